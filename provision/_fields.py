@@ -1,0 +1,217 @@
+"""Typed, path-aware readers for JSON/TOML data.
+
+Every loader (host profiles, matrices, lock files, model configs) reads through
+these so that any wrong value becomes one ``InvalidInput`` naming the file and the
+dotted path of the field, e.g. ``host.json: nvidia.gpus[1].memory_total_bytes: ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+from provision.errors import InvalidInput
+
+__all__ = ["MAX_INPUT_BYTES", "Fields", "read_json_file", "read_toml_file"]
+
+#: Inputs larger than this are refused before parsing (a host profile is < 10 kB).
+MAX_INPUT_BYTES = 8 * 1024 * 1024
+_MAX_DEPTH = 64
+_MAX_INT = 2**62
+
+
+def _depth(value: object, limit: int) -> int:
+    """Nesting depth, stopping early once ``limit`` is passed."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, Mapping):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def _read_bytes(path: Path) -> bytes:
+    source = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_INPUT_BYTES:
+            raise InvalidInput(source, "(file)", f"file is {size} bytes; the limit is {MAX_INPUT_BYTES}")
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise InvalidInput(source, "(file)", "is a directory, expected a file") from None
+    except FileNotFoundError:
+        raise InvalidInput(source, "(file)", "no such file") from None
+    except OSError as exc:
+        raise InvalidInput(source, "(file)", f"cannot read: {exc.strerror or exc}") from None
+
+
+def _check_depth(source: str, data: object) -> None:
+    if _depth(data, _MAX_DEPTH) > _MAX_DEPTH:
+        raise InvalidInput(source, "(document)", f"nested deeper than {_MAX_DEPTH} levels")
+
+
+def read_json_file(path: Path) -> Any:
+    """Parse a JSON file or raise ``InvalidInput`` naming the line and column."""
+    raw = _read_bytes(path)
+    try:
+        text = raw.decode("utf-8")
+        data = json.loads(text, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise InvalidInput(str(path), "(document)", "not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            str(path), "(document)", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    except ValueError as exc:  # NaN/Infinity constants, or too deep for the decoder
+        raise InvalidInput(str(path), "(document)", f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput(str(path), "(document)", f"nested deeper than {_MAX_DEPTH} levels") from None
+    _check_depth(str(path), data)
+    return data
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def read_toml_file(path: Path) -> dict[str, Any]:
+    """Parse a TOML file or raise ``InvalidInput`` with the parser's message."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    raw = _read_bytes(path)
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidInput(str(path), "(document)", "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(str(path), "(document)", f"invalid TOML: {exc}") from None
+    except RecursionError:
+        raise InvalidInput(str(path), "(document)", f"nested deeper than {_MAX_DEPTH} levels") from None
+    _check_depth(str(path), data)
+    return data
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+class Fields:
+    """A mapping read at a known place: ``Fields(data, "host.json", "nvidia")``.
+
+    Each getter validates one key and raises ``InvalidInput`` with the full path.
+    """
+
+    __slots__ = ("data", "path", "source")
+
+    def __init__(self, data: object, source: str, path: str = "") -> None:
+        if not isinstance(data, Mapping):
+            raise InvalidInput(source, path or "(document)", f"expected an object, got {_type_name(data)}")
+        self.data: Mapping[str, Any] = data
+        self.source = source
+        self.path = path
+
+    def where(self, key: str | int) -> str:
+        if isinstance(key, int):
+            return f"{self.path}[{key}]"
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str | int, problem: str) -> InvalidInput:
+        return InvalidInput(self.source, self.where(key), problem)
+
+    def has(self, key: str) -> bool:
+        return key in self.data and self.data[key] is not None
+
+    def _get(self, key: str, types: tuple[type, ...], expected: str, *, required: bool, default: Any) -> Any:
+        if key not in self.data:
+            if required:
+                raise self.fail(key, "required key is missing")
+            return default
+        value = self.data[key]
+        if value is None and not required:
+            return default
+        # bool is an int subclass in Python: never accept it where a number is meant.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise self.fail(key, f"expected {expected}, got {_type_name(value)}")
+        return value
+
+    def str(self, key: str, *, required: bool = True, default: str | None = None) -> Any:
+        value = self._get(key, (str,), "a string", required=required, default=default)
+        if isinstance(value, str) and not value.strip():
+            raise self.fail(key, "must not be empty")
+        return value
+
+    def bool(self, key: str, *, required: bool = True, default: bool | None = None) -> Any:
+        return self._get(key, (bool,), "true or false", required=required, default=default)
+
+    def int(
+        self, key: str, *, required: bool = True, default: int | None = None, minimum: int = 0,
+        maximum: int = _MAX_INT,
+    ) -> Any:
+        value = self._get(key, (int,), "an integer", required=required, default=default)
+        if value is not None and not minimum <= value <= maximum:
+            raise self.fail(key, f"{value} is out of range [{minimum}, {maximum}]")
+        return value
+
+    def number(self, key: str, *, required: bool = True, default: float | None = None, minimum: float = 0.0) -> Any:
+        value = self._get(key, (int, float), "a number", required=required, default=default)
+        if value is not None and (not math.isfinite(value) or value < minimum):
+            raise self.fail(key, f"{value} is out of range (must be finite and >= {minimum})")
+        return value
+
+    def version(self, key: str, *, required: bool = True) -> Version | None:
+        text = self.str(key, required=required)
+        if text is None:
+            return None
+        try:
+            return Version(text)
+        except InvalidVersion:
+            raise self.fail(key, f"{text!r} is not a version") from None
+
+    def choice(self, key: str, choices: Sequence[str], *, required: bool = True, default: str | None = None) -> Any:
+        value = self.str(key, required=required, default=default)
+        if value is not None and value not in choices:
+            raise self.fail(key, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def obj(self, key: str, *, required: bool = True) -> Fields | None:
+        value = self._get(key, (dict,), "an object", required=required, default=None)
+        return None if value is None else Fields(value, self.source, self.where(key))
+
+    def list(self, key: str, *, required: bool = True) -> list[Any]:
+        value = self._get(key, (list,), "an array", required=required, default=[])
+        return list(value)
+
+    def objs(self, key: str, *, required: bool = True) -> list[Fields]:
+        """An array of objects, each wrapped with its indexed path."""
+        items = self.list(key, required=required)
+        base = self.where(key)
+        out = []
+        for i, item in enumerate(items):
+            if not isinstance(item, Mapping):
+                raise InvalidInput(self.source, f"{base}[{i}]", f"expected an object, got {_type_name(item)}")
+            out.append(Fields(item, self.source, f"{base}[{i}]"))
+        return out
+
+    def strs(self, key: str, *, required: bool = True) -> list[str]:
+        items = self.list(key, required=required)
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise InvalidInput(self.source, f"{self.where(key)}[{i}]", f"expected a string, got {_type_name(item)}")
+        return items
