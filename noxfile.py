@@ -1,0 +1,145 @@
+"""Sessions: ``provision`` (the main job), ``tests``, ``lint``, ``render_matrix``, ``conda``, ``docker``.
+
+Sessions only compose ``provision`` commands and tool calls; every decision lives in the
+``provision`` package, where it is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+BUILD = ROOT / "build" / "provision"
+nox.options.sessions = ["provision"]
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _pyproject_group(name: str) -> list[str]:
+    return nox.project.dependency_groups(nox.project.load_toml(ROOT / "pyproject.toml"), name)
+
+
+def _install_toolkit(session: nox.Session) -> None:
+    session.install("-e", str(ROOT))
+
+
+def _find_links() -> list[str]:
+    """pip's configured local wheel folders, handed to uv (which does not read pip's config)."""
+    sys.path.insert(0, str(ROOT))
+    from provision.sources import pip_find_links, read_pip_config
+
+    folders = pip_find_links(os.environ, read_pip_config(os.environ))
+    return [arg for folder in folders for arg in ("--find-links", str(folder))]
+
+
+def _host_dir(session: nox.Session, host_json: Path) -> Path:
+    host = json.loads(host_json.read_text())
+    sys.path.insert(0, str(ROOT))
+    from provision.host import host_from_dict
+
+    return BUILD / host_from_dict(host, str(host_json)).host_id
+
+
+@nox.session(python=False if os.environ.get("PROVISION_NOX_SYSTEM") else None)
+def provision(session: nox.Session) -> None:
+    """Detect this machine, plan, render, build the environment and prove it with the smoke test.
+
+    Extra arguments go to ``provision render`` (e.g. ``-- --model glm-4-9b-0414 --precision nf4``).
+    ``--model-path DIR`` is passed to the smoke test instead.
+    """
+    if session.python is not False:
+        _install_toolkit(session)
+    BUILD.mkdir(parents=True, exist_ok=True)
+    host_json = BUILD / "host.json"
+    session.run("provision", "detect", "-o", str(host_json))
+    args = list(session.posargs)
+    smoke_env = {}
+    if "--model-path" in args:
+        i = args.index("--model-path")
+        smoke_env["PROVISION_MODEL_PATH"] = str(Path(args[i + 1]).resolve())
+        del args[i : i + 2]
+    out = _host_dir(session, host_json)
+    if not any(a.startswith("--wheelhouse") for a in args):
+        args = ["--wheelhouse", "auto", *args]
+    session.run("provision", "render", "--host", str(host_json), "--out", str(out), *args)
+    session.run("provision", "build", str(out), env=smoke_env)
+    session.log(f"environment files: {out}")
+    session.log(f"activate with: source {out / 'venv' / 'bin' / 'activate'}")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite, with torch (CPU) and transformers so the tiny-model loads run for real."""
+    session.install(*_find_links(), "-e", str(ROOT), *_pyproject_group("test"), "torch==2.13.0+cpu; platform_machine=='x86_64' and python_version=='3.11'", "transformers>=5", "accelerate",
+                    "pillow", "safetensors", "huggingface_hub", "tokenizers")
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the package, tests and this file."""
+    session.install(*_pyproject_group("lint"))
+    session.run("ruff", "check", "provision", "tests", "noxfile.py", "benchmarks")
+
+
+VARIANTS = ["cpu", "cu126", "cu128", "cu130"]
+
+
+@nox.session
+@nox.parametrize("variant", VARIANTS)
+def render_matrix(session: nox.Session, variant: str) -> None:
+    """Render every CUDA variant of the chosen torch: the local twin of the CI matrix.
+
+    Plans for ``PROVISION_MATRIX_HOST`` (default: the H100 reference host, whose driver runs them all).
+    """
+    _install_toolkit(session)
+    host = Path(os.environ.get("PROVISION_MATRIX_HOST", ROOT / "tests" / "fixtures" / "hosts" / "h100-80gb.json"))
+    device = ["--device", "cpu"] if variant == "cpu" else []
+    session.run("provision", "render", "--host", str(host), "--variant", variant, *device,
+                "--out", str(BUILD / "matrix" / variant), "--force", *session.posargs)
+
+
+@nox.session
+def conda(session: nox.Session) -> None:
+    """Build the rendered environment.yml with conda/mamba/micromamba and run the smoke test in it."""
+    tool = next((t for t in ("micromamba", "mamba", "conda") if shutil.which(t)), None)
+    if tool is None:
+        session.skip("no conda, mamba or micromamba on PATH: cannot build environment.yml here")
+    _install_toolkit(session)
+    host_json = BUILD / "host.json"
+    session.run("provision", "detect", "-o", str(host_json))
+    out = _host_dir(session, host_json)
+    session.run("provision", "render", "--host", str(host_json), "--out", str(out), *session.posargs)
+    prefix = out / "conda-env"
+    session.run(tool, "env", "create", "--yes", "--prefix", str(prefix), "--file", str(out / "environment.yml"),
+                external=True)
+    session.run(tool, "run", "--prefix", str(prefix), "python", "-m", "pip", "install", "--no-deps", str(ROOT),
+                external=True)
+    session.run(tool, "run", "--prefix", str(prefix), "python", "-m", "provision", "smoke", "--lock",
+                str(out / "provision.lock.json"), external=True)
+
+
+@nox.session
+def docker(session: nox.Session) -> None:
+    """docker build (BuildKit) the rendered Dockerfile, then run the smoke test in the container."""
+    if shutil.which("docker") is None:
+        session.skip("no docker client on PATH")
+    probe = session.run("docker", "info", external=True, silent=True, success_codes=[0, 1])
+    if not probe or "Server Version" not in str(probe):
+        session.skip("no Docker engine is running (docker info failed): cannot build the image here")
+    _install_toolkit(session)
+    host_json = BUILD / "host.json"
+    session.run("provision", "detect", "-o", str(host_json))
+    out = _host_dir(session, host_json)
+    session.run("provision", "render", "--host", str(host_json), "--out", str(out), *session.posargs)
+    tag = f"provision-smoke:{out.name.lower()}"
+    session.run("docker", "build", "-f", str(out / "Dockerfile"), "-t", tag, str(ROOT), external=True,
+                env={"DOCKER_BUILDKIT": "1"})
+    gpus = [] if "cpu" in out.name else ["--gpus", "all"]
+    session.run("docker", "run", "--rm", *gpus, tag, "provision", "smoke", "--tiny", external=True)

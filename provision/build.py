@@ -1,0 +1,133 @@
+"""Build the virtual environment a render describes, and prove it with the smoke test.
+
+The venv is built by the rendered ``setup-venv.sh`` itself (the same install step the
+Dockerfile runs), into a fresh folder that replaces the old one only once it is complete:
+a failed or interrupted build leaves the previous environment working. A venv whose
+recorded lock digest matches the current lock is reused as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision.errors import BuildError, InvalidInput, SmokeError
+
+__all__ = ["BuildResult", "build_environment", "env_digest", "source_root", "venv_python"]
+
+STAMP = ".provision-lock.sha256"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildResult:
+    venv: Path
+    reused: bool
+    seconds: float
+    smoke: dict[str, object] | None
+
+
+#: The rendered files that decide what gets installed. The lock also records volatile host
+#: facts (free memory, free disk), so it is not what decides reuse.
+ENV_FILES = ("requirements.txt", "install.sh", "setup-venv.sh")
+
+
+def env_digest(out: Path) -> str:
+    """sha256 over the files that define the environment's contents."""
+    h = hashlib.sha256()
+    for name in ENV_FILES:
+        path = out / name
+        try:
+            h.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+        except FileNotFoundError:
+            raise InvalidInput(str(path), "(file)", "no such file; run provision render first") from None
+    return h.hexdigest()
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def source_root() -> Path | None:
+    """The checkout this toolkit runs from, if it runs from one (it is installed into the venv)."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "provision").is_dir() else None
+
+
+def _reusable(venv: Path, digest: str) -> bool:
+    stamp = venv / STAMP
+    return venv_python(venv).exists() and stamp.is_file() and stamp.read_text().strip() == digest
+
+
+def _run_setup(out: Path, target: Path, env: dict[str, str]) -> None:
+    script = out / "setup-venv.sh"
+    if not script.is_file():
+        raise InvalidInput(str(script), "(file)", "no such file; run provision render first")
+    log = out / "build.log"
+    with log.open("w", encoding="utf-8") as fh:
+        proc = subprocess.run(["bash", str(script), str(target)], cwd=out, env=env, stdout=fh,
+                              stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
+        hint = ""
+        text = "\n".join(tail)
+        if "download.pytorch.org" in text or "No matching distribution" in text or "not found" in text:
+            hint = (" If the PyTorch index cannot be reached, pass --wheelhouse DIR (or PROVISION_WHEELHOUSE) "
+                    "with the torch wheel, or --index-url for a mirror, and render again.")
+        raise BuildError(f"setup-venv.sh failed (exit {proc.returncode}); the previous environment is untouched. "
+                         f"Last lines of {log}:\n" + text + ("\n" + hint if hint else ""))
+
+
+def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] | None = None) -> BuildResult:
+    """Build ``out/venv`` from the files in ``out`` (or reuse it), then run the smoke test in it.
+
+    :raises BuildError: the install failed; the old venv (if any) is kept.
+    :raises SmokeError: the environment built but the model did not load or generate.
+    """
+    start = time.perf_counter()
+    out = out.resolve()
+    digest = env_digest(out)
+    venv = out / "venv"
+    reused = _reusable(venv, digest)
+    env = dict(environ if environ is not None else os.environ)
+    root = source_root()
+    if root is not None:
+        env.setdefault("PROVISION_SOURCE", str(root))
+    if not reused:
+        staging = out / "venv.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            _run_setup(out, staging, env)
+            (staging / STAMP).write_text(digest + "\n", encoding="utf-8")
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        old = out / "venv.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if venv.exists():
+            venv.rename(old)
+        staging.rename(venv)
+        shutil.rmtree(old, ignore_errors=True)
+    report = run_smoke_in(venv, out, env) if smoke else None
+    return BuildResult(venv=venv, reused=reused, seconds=time.perf_counter() - start, smoke=report)
+
+
+def run_smoke_in(venv: Path, out: Path, env: dict[str, str]) -> dict[str, object]:
+    """Run ``provision smoke`` with the venv's own Python, against the rendered lock."""
+    report_path = out / "smoke.json"
+    argv = [str(venv_python(venv)), "-m", "provision", "smoke", "--lock", str(out / "provision.lock.json"),
+            "--json", "-o", str(report_path)]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        raise SmokeError(f"the smoke test failed in {venv} (exit {proc.returncode}); see the output above")
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise SmokeError(f"the smoke test printed no JSON report: {proc.stdout[:200]!r}") from None

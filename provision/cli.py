@@ -1,0 +1,304 @@
+"""The command line: parse options, call the library, print, map errors to exit codes.
+
+This is the only module that prints or exits. ``--json`` writes exactly one JSON
+document to stdout; human text goes to stderr when JSON is requested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from provision.errors import EXIT_BAD_INPUT, InvalidInput, NoViablePlan, ProvisionError
+
+if TYPE_CHECKING:
+    from provision.catalog import ModelSpec
+    from provision.host import HostProfile
+    from provision.matrix import Matrix
+    from provision.plan import Plan
+
+__all__ = ["main"]
+
+DEFAULT_CONTEXT = 4096
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is the contract's one-line exit-2 error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InvalidInput("command line", "options", message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= value <= 10_000_000:
+        raise argparse.ArgumentTypeError(f"{value} is out of range [1, 10000000]")
+    return value
+
+
+def _add_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", type=Path, help="plan for the machine this host profile describes")
+    p.add_argument("--model", default=None, help="catalog id or local directory with config.json")
+    p.add_argument("--python", help="Python X.Y the environment is built with (default: the host's)")
+    p.add_argument("--context", type=_positive_int, default=DEFAULT_CONTEXT, help="tokens to budget for")
+    p.add_argument("--precision", choices=("bf16", "fp16", "int8", "nf4", "fp32"))
+    p.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
+    p.add_argument("--torch", dest="torch_version", help="pin this torch release")
+    p.add_argument("--variant", help="pin this PyTorch index variant (cpu, cu126, cu128, ...)")
+    p.add_argument("--wheelhouse", action="append", metavar="DIR",
+                   help="take torch from wheels in DIR (repeatable; env PROVISION_WHEELHOUSE); 'auto' uses "
+                        "pip's find-links folders when the PyTorch index is unreachable")
+    p.add_argument("--index-url", help="mirror of the PyTorch index to install torch from (env PROVISION_INDEX_URL)")
+    p.add_argument("--matrix", type=Path, help="read the matrices from this folder instead of the bundled ones")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="provision", description=__doc__)
+    from provision import __version__
+
+    parser.add_argument("--version", action="version", version=f"provision {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("detect", help="describe this machine as a host profile")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-o", "--output", type=Path, help="also write the profile to FILE")
+
+    p = sub.add_parser("plan", help="choose torch, CUDA variant, precision and placement")
+    _add_plan_options(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("render", help="write the environment files for a plan")
+    _add_plan_options(p)
+    p.add_argument("--plan", dest="plan_file", type=Path, help="render this plan JSON instead of planning")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--force", action="store_true", help="overwrite files edited since the last render")
+    p.add_argument("--no-resolve", action="store_true", help="do not run a resolver for hashes")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("smoke", help="load the model in this environment and generate")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model-path", type=Path)
+    src.add_argument("--tiny", action="store_true")
+    src.add_argument("--synthetic", action="store_true")
+    p.add_argument("--model", default=None)
+    p.add_argument("--precision", choices=("bf16", "fp16", "int8", "nf4", "fp32"))
+    p.add_argument("--lock", type=Path, help="take model, precision and placement from this provision.lock.json")
+    p.add_argument("--context", type=_positive_int, default=None)
+    p.add_argument("--new-tokens", type=_positive_int, default=16)
+    p.add_argument("-o", "--output", type=Path, help="also write the report to FILE")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("doctor", help="diagnose this environment against the machine and the model")
+    p.add_argument("--model", default=None)
+    p.add_argument("--lock", type=Path)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("build", help="build the venv for a rendered folder and run the smoke test in it")
+    p.add_argument("out", type=Path, help="a folder written by provision render")
+    p.add_argument("--no-smoke", action="store_true")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("matrix", help="inspect or refresh the compatibility matrices")
+    msub = p.add_subparsers(dest="matrix_command", required=True, parser_class=_Parser)
+    r = msub.add_parser("refresh", help="rebuild torch rows from the PyTorch wheel index")
+    r.add_argument("--matrix", type=Path)
+    r.add_argument("--write", action="store_true", help="write the change (default: show the diff only)")
+    r.add_argument("--variant", action="append", help="variants to fetch (default: those in the matrix)")
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# Shared steps
+
+
+def _load_inputs(args: argparse.Namespace) -> tuple[HostProfile, Matrix, ModelSpec]:
+    from provision.catalog import load_catalog, resolve_model
+    from provision.matrix import load_matrix
+
+    matrix = load_matrix(args.matrix)
+    catalog = load_catalog((matrix.root or Path()) / "models.toml")
+    model = resolve_model(args.model or catalog.default.id, catalog)
+    if args.host is not None:
+        from provision.host import load_host
+
+        host = load_host(args.host)
+    else:
+        from provision.detect import detect_host
+
+        host = detect_host()
+    return host, matrix, model
+
+
+def _wheelhouses(args: argparse.Namespace) -> tuple[Path, ...]:
+    from provision.sources import index_reachable, resolve_index_url, resolve_wheelhouses
+
+    index = resolve_index_url(getattr(args, "index_url", None), os.environ) or "https://download.pytorch.org/whl/"
+    return resolve_wheelhouses(args.wheelhouse, os.environ, index_reachable=lambda: index_reachable(index))
+
+
+def _preferences(args: argparse.Namespace, host: HostProfile) -> Any:
+    import re
+
+    from packaging.version import InvalidVersion, Version
+
+    from provision.plan import Preferences
+    from provision.sources import torch_builds
+
+    python = args.python
+    if python is not None and not re.match(r"^3\.\d{1,2}$", python):
+        raise InvalidInput("--python", "python", f"{python!r} is not a Python version like '3.11'")
+    torch_version = None
+    if args.torch_version:
+        try:
+            torch_version = Version(args.torch_version)
+        except InvalidVersion:
+            raise InvalidInput("--torch", "torch", f"{args.torch_version!r} is not a version") from None
+    available = None
+    wheelhouses = _wheelhouses(args)
+    if wheelhouses:
+        available = torch_builds(wheelhouses, python=python or host.python_minor, platform=host.platform)
+    variant = args.variant
+    if variant is not None and not re.match(r"^(cpu|cu\d{3})$", variant):
+        raise InvalidInput("--variant", "variant", f"{variant!r} is not a variant like 'cu128' or 'cpu'")
+    return Preferences(python=python, context_tokens=args.context, precision=args.precision, device=args.device,
+                       torch_version=torch_version, variant=variant, torch_available=available)
+
+
+def _make_plan(args: argparse.Namespace) -> tuple[HostProfile, Matrix, ModelSpec, Plan]:
+    from provision.plan import plan
+
+    host, matrix, model = _load_inputs(args)
+    return host, matrix, model, plan(host, matrix, model, _preferences(args, host))
+
+
+def _print_json(doc: object) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+def _console(stderr: bool) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+# ---------------------------------------------------------------------------
+# Commands
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from provision.detect import detect_host
+
+    host = detect_host()
+    doc = host.to_dict()
+    text = json.dumps(doc, indent=2) + "\n"
+    if args.output:
+        from provision.render import write_text_atomic
+
+        write_text_atomic(args.output, text)
+    if args.json:
+        sys.stdout.write(text)
+    else:
+        _show_host(host, _console(stderr=False))
+    return 0
+
+
+def _show_host(host: HostProfile, console: Any) -> None:
+    from rich.table import Table
+
+    console.print(f"[bold]{host.os} {host.arch}[/], Python {host.python}, "
+                  f"RAM {host.ram_bytes / 1e9:.1f} GB"
+                  + (f", disk free {host.disk_free_bytes / 1e9:.0f} GB" if host.disk_free_bytes else ""))
+    if host.nvidia is None:
+        console.print("No NVIDIA driver or GPU: CPU only.")
+        return
+    nv = host.nvidia
+    console.print(f"NVIDIA driver {nv.driver_version}, CUDA {nv.cuda_driver_version or '(derived from driver)'}")
+    table = Table("GPU", "name", "compute capability", "total", "free")
+    for g in nv.gpus:
+        table.add_row(str(g.index), g.name, g.cc_text, f"{g.memory_total_bytes / 1e9:.1f} GB",
+                      f"{g.memory_free_bytes / 1e9:.1f} GB")
+    console.print(table)
+
+
+def show_plan(plan: Plan, console: Any) -> None:
+    """A readable plan: the choice on top, then every reason and warning."""
+    from rich.table import Table
+
+    p = plan.placement
+    where = f"GPU {', '.join(map(str, p.gpus))}" if p.gpus else p.device.upper()
+    console.print(f"[bold]{plan.model_id}[/] ({plan.model_repo}): [bold]{p.precision}[/] on {where}, "
+                  f"torch {plan.torch_version} [{plan.variant}], Python {plan.python}")
+    console.print(f"memory: {p.required_bytes / 1e9:.1f} GB needed of {p.available_bytes / 1e9:.1f} GB "
+                  f"({', '.join(f'{k} {v / 1e9:.2f}' for k, v in p.breakdown.items())})")
+    table = Table("decision", "choice", "why", show_lines=False)
+    for r in plan.reasons:
+        table.add_row(r.decision, r.choice, r.why)
+    console.print(table)
+    pins = "  ".join(f"{k}=={v}" for k, v in sorted(plan.packages.items()))
+    console.print(f"pins: {pins}")
+    for w in plan.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    try:
+        _host, _matrix, _model, plan = _make_plan(args)
+    except NoViablePlan as exc:
+        if args.json:
+            _print_json(exc.to_dict())
+        _show_no_plan(exc)
+        return exc.exit_code
+    if args.json:
+        _print_json(plan.to_dict())
+    else:
+        show_plan(plan, _console(stderr=False))
+    return 0
+
+
+def _show_no_plan(exc: NoViablePlan) -> None:
+    err = _console(stderr=True)
+    err.print(f"[red]no viable plan:[/] {exc.message}")
+    for remedy in exc.remedies:
+        err.print(f"  - {remedy}")
+
+
+_COMMANDS = {
+    "detect": "_cmd_detect",
+    "plan": "_cmd_plan",
+    "render": "_cmd_render",
+    "smoke": "_cmd_smoke",
+    "doctor": "_cmd_doctor",
+    "build": "_cmd_build",
+    "matrix": "_cmd_matrix",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the only place that turns errors into exit codes."""
+    try:
+        args = _build_parser().parse_args(argv)
+        return int(globals()[_COMMANDS[args.command]](args))
+    except NoViablePlan as exc:
+        if getattr(locals().get("args"), "json", False):
+            _print_json(exc.to_dict())
+        _show_no_plan(exc)
+        return exc.exit_code
+    except ProvisionError as exc:
+        if isinstance(exc, InvalidInput):
+            sys.stderr.write(f"error: {exc}\n")
+        else:
+            sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except SystemExit as exc:  # argparse --help / --version
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_BAD_INPUT

@@ -1,0 +1,404 @@
+"""Load and cross-check the compatibility matrices (``matrices/*.toml``).
+
+Everything is validated once, here, into frozen dataclasses with real
+``Version``/``SpecifierSet`` values; the planner then trusts the data and never
+re-parses. A bad file is one ``InvalidInput`` naming the file and dotted key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
+
+from provision._fields import Fields, read_toml_file
+from provision.errors import InvalidInput
+
+__all__ = [
+    "PLATFORMS",
+    "BnbRelease",
+    "Companion",
+    "CudaFamily",
+    "CudaToolkit",
+    "Matrix",
+    "TorchRelease",
+    "TorchVariant",
+    "load_matrix",
+]
+
+PLATFORMS = ("linux-x86_64", "linux-aarch64", "windows-x86_64", "macos-arm64")
+MATRIX_FILES = ("cuda.toml", "torch.toml", "bitsandbytes.toml", "companions.toml", "models.toml")
+_ARCH_RE = re.compile(r"^sm_(\d{1,2})(\d)a?$")
+_VARIANT_RE = re.compile(r"^(cpu|cu\d{3}|rocm\d+(\.\d+)*)$")
+_PY_RE = re.compile(r"^3\.\d{1,2}$")
+_CC_RE = re.compile(r"^\d{1,2}\.\d$")
+PYTORCH_INDEX = "https://download.pytorch.org/whl/"
+PYPI_INDEX = "https://pypi.org/simple"
+
+
+def parse_arch(arch: str) -> tuple[int, int]:
+    """``sm_86`` -> (8, 6); ``sm_120`` -> (12, 0); ``sm_90a`` -> (9, 0)."""
+    match = _ARCH_RE.match(arch)
+    if not match:
+        raise ValueError(arch)
+    return int(match.group(1)), int(match.group(2))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CudaFamily:
+    """Minor-version compatibility: a driver at ``*_min_driver`` runs any ``major.x`` build."""
+
+    major: int
+    linux_min_driver: Version
+    windows_min_driver: Version
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CudaToolkit:
+    """A CUDA toolkit and the driver it needs for full compatibility."""
+
+    version: Version
+    linux_min_driver: Version
+    windows_min_driver: Version
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TorchVariant:
+    """One build flavour of a torch release, as named by the PyTorch index (``cu128``)."""
+
+    name: str
+    cuda: Version | None
+    platforms: tuple[str, ...]
+    archs: tuple[str, ...] = ()
+    ptx: tuple[str, ...] = ()
+    archs_by_platform: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    ptx_by_platform: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    pythons: tuple[str, ...] | None = None
+    source: str = ""
+
+    def archs_for(self, platform: str) -> tuple[str, ...]:
+        return self.archs_by_platform.get(platform, self.archs)
+
+    def ptx_for(self, platform: str) -> tuple[str, ...]:
+        return self.ptx_by_platform.get(platform, self.ptx)
+
+    @property
+    def index_url(self) -> str:
+        return f"{PYTORCH_INDEX}{self.name}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TorchRelease:
+    version: Version
+    date: str
+    pythons: tuple[str, ...]
+    torchvision: Version | None
+    torchaudio: Version | None
+    pypi_default: dict[str, str] = field(hash=False)
+    variants: tuple[TorchVariant, ...]
+    source: str = ""
+
+    def variant(self, name: str) -> TorchVariant | None:
+        return next((v for v in self.variants if v.name == name), None)
+
+    def pythons_for(self, variant: TorchVariant) -> tuple[str, ...]:
+        return variant.pythons if variant.pythons is not None else self.pythons
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BnbRelease:
+    version: Version
+    torch: SpecifierSet
+    pythons: SpecifierSet
+    platforms: tuple[str, ...]
+    cuda_libs: tuple[Version, ...]
+    min_cc_int8: tuple[int, int]
+    fast_cc_int8: tuple[int, int]
+    min_cc_4bit: tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Companion:
+    """A package we pin beside torch, with what it needs from torch and Python."""
+
+    name: str
+    version: Version
+    requires_torch: SpecifierSet
+    requires_python: SpecifierSet
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Matrix:
+    families: tuple[CudaFamily, ...]
+    toolkits: tuple[CudaToolkit, ...]
+    torch: tuple[TorchRelease, ...]  # newest first
+    bitsandbytes: tuple[BnbRelease, ...]  # newest first
+    companions: tuple[Companion, ...]  # per name, newest first
+    digest: str  # sha256 over the matrix files, recorded in locks
+    root: Path | None = None
+
+    def family(self, major: int) -> CudaFamily | None:
+        return next((f for f in self.families if f.major == major), None)
+
+    def toolkit(self, version: Version) -> CudaToolkit | None:
+        key = Version(f"{version.major}.{version.minor}")
+        return next((t for t in self.toolkits if t.version == key), None)
+
+    def companion_versions(self, name: str) -> tuple[Companion, ...]:
+        return tuple(c for c in self.companions if c.name == name)
+
+
+def _spec(f: Fields, key: str, *, required: bool = True) -> SpecifierSet:
+    text = f.str(key, required=required, default="")
+    try:
+        return SpecifierSet(text or "")
+    except InvalidSpecifier:
+        raise f.fail(key, f"{text!r} is not a version specifier") from None
+
+
+def _cc(f: Fields, key: str) -> tuple[int, int]:
+    text = f.str(key)
+    if not _CC_RE.match(text):
+        raise f.fail(key, f"{text!r} is not a compute capability like '7.5'")
+    major, minor = text.split(".")
+    return int(major), int(minor)
+
+
+def _platforms(f: Fields, key: str) -> tuple[str, ...]:
+    items = f.strs(key)
+    for i, item in enumerate(items):
+        if item not in PLATFORMS:
+            raise InvalidInput(f.source, f"{f.where(key)}[{i}]", f"{item!r} is not one of {', '.join(PLATFORMS)}")
+    if not items:
+        raise f.fail(key, "must list at least one platform")
+    return tuple(items)
+
+
+def _archs(f: Fields, key: str, *, required: bool = True) -> tuple[str, ...]:
+    items = f.strs(key, required=required)
+    for i, item in enumerate(items):
+        if not _ARCH_RE.match(item):
+            raise InvalidInput(f.source, f"{f.where(key)}[{i}]", f"{item!r} is not an architecture like 'sm_86'")
+    return tuple(items)
+
+
+def _pythons(f: Fields, key: str, *, required: bool = True) -> tuple[str, ...]:
+    items = f.strs(key, required=required)
+    for i, item in enumerate(items):
+        if not _PY_RE.match(item):
+            raise InvalidInput(f.source, f"{f.where(key)}[{i}]", f"{item!r} is not a Python version like '3.11'")
+    return tuple(items)
+
+
+def _check_schema(f: Fields) -> None:
+    version = f.int("schema_version", minimum=0)
+    if version != 1:
+        raise f.fail("schema_version", f"unsupported schema_version {version}; this provision reads 1")
+
+
+def _load_cuda(path: Path) -> tuple[tuple[CudaFamily, ...], tuple[CudaToolkit, ...]]:
+    f = Fields(read_toml_file(path), str(path))
+    _check_schema(f)
+    families = []
+    for row in f.objs("family"):
+        families.append(
+            CudaFamily(
+                major=row.int("major", minimum=1, maximum=99),
+                linux_min_driver=row.version("linux_min_driver"),
+                windows_min_driver=row.version("windows_min_driver"),
+            )
+        )
+    toolkits = []
+    for row in f.objs("toolkit"):
+        version = row.version("version")
+        assert version is not None
+        if len(version.release) != 2:
+            raise row.fail("version", f"{version} must be major.minor")
+        toolkits.append(
+            CudaToolkit(
+                version=version,
+                linux_min_driver=row.version("linux_min_driver"),
+                windows_min_driver=row.version("windows_min_driver"),
+            )
+        )
+    return tuple(families), tuple(sorted(toolkits, key=lambda t: t.version))
+
+
+def _archs_by_platform(v: Fields, key: str) -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {}
+    bp = v.obj(key, required=False)
+    if bp is not None:
+        for platform in bp.data:
+            if platform not in PLATFORMS:
+                raise bp.fail(platform, f"{platform!r} is not one of {', '.join(PLATFORMS)}")
+            out[platform] = _archs(bp, platform, required=True)
+    return out
+
+
+def _load_variant(v: Fields) -> TorchVariant:
+    name = v.str("name")
+    if not _VARIANT_RE.match(name):
+        raise v.fail("name", f"{name!r} is not a PyTorch index name like 'cu128' or 'cpu'")
+    cuda = v.version("cuda", required=name != "cpu")
+    if name == "cpu" and cuda is not None:
+        raise v.fail("cuda", "a cpu variant has no CUDA version")
+    if cuda is not None and name != f"cu{cuda.major}{cuda.minor}":
+        raise v.fail("cuda", f"{cuda} does not match variant name {name!r}")
+    by_platform = _archs_by_platform(v, "archs_by_platform")
+    ptx_by_platform = _archs_by_platform(v, "ptx_by_platform")
+    pythons = _pythons(v, "pythons", required=False) if v.has("pythons") else None
+    archs = _archs(v, "archs", required=cuda is not None)
+    if cuda is not None and not archs:
+        raise v.fail("archs", "a CUDA variant must list the architectures it was compiled for")
+    return TorchVariant(
+        name=name,
+        cuda=cuda,
+        platforms=_platforms(v, "platforms"),
+        archs=archs,
+        ptx=_archs(v, "ptx", required=False),
+        archs_by_platform=by_platform,
+        ptx_by_platform=ptx_by_platform,
+        pythons=pythons,
+        source=v.str("source", required=False, default=""),
+    )
+
+
+def _load_torch(path: Path) -> tuple[TorchRelease, ...]:
+    f = Fields(read_toml_file(path), str(path))
+    _check_schema(f)
+    releases = []
+    seen: set[Version] = set()
+    for row in f.objs("release"):
+        version = row.version("version")
+        assert version is not None
+        if version in seen:
+            raise row.fail("version", f"release {version} appears twice")
+        seen.add(version)
+        variants = tuple(_load_variant(v) for v in row.objs("variant"))
+        names = [v.name for v in variants]
+        if len(set(names)) != len(names):
+            raise row.fail("variant", "a variant name appears twice")
+        defaults: dict[str, str] = {}
+        pd = row.obj("pypi_default", required=False)
+        if pd is not None:
+            for platform in pd.data:
+                if platform not in PLATFORMS:
+                    raise pd.fail(platform, f"{platform!r} is not one of {', '.join(PLATFORMS)}")
+                default = pd.str(platform)
+                if default not in names:
+                    raise pd.fail(platform, f"{default!r} is not a variant of torch {version}")
+                defaults[platform] = default
+        releases.append(
+            TorchRelease(
+                version=version,
+                date=row.str("date"),
+                pythons=_pythons(row, "pythons"),
+                torchvision=row.version("torchvision", required=False),
+                torchaudio=row.version("torchaudio", required=False),
+                pypi_default=defaults,
+                variants=variants,
+                source=row.str("source", required=False, default=""),
+            )
+        )
+    return tuple(sorted(releases, key=lambda r: r.version, reverse=True))
+
+
+def _load_bnb(path: Path) -> tuple[BnbRelease, ...]:
+    f = Fields(read_toml_file(path), str(path))
+    _check_schema(f)
+    out = []
+    for row in f.objs("release"):
+        libs = []
+        for i, text in enumerate(row.strs("cuda_libs")):
+            if not re.match(r"^\d{2}\.\d$", text):
+                raise InvalidInput(row.source, f"{row.where('cuda_libs')}[{i}]", f"{text!r} is not a CUDA version")
+            libs.append(Version(text))
+        version = row.version("version")
+        assert version is not None
+        out.append(
+            BnbRelease(
+                version=version,
+                torch=_spec(row, "torch"),
+                pythons=_spec(row, "pythons"),
+                platforms=_platforms(row, "platforms"),
+                cuda_libs=tuple(libs),
+                min_cc_int8=_cc(row, "min_cc_int8"),
+                fast_cc_int8=_cc(row, "fast_cc_int8"),
+                min_cc_4bit=_cc(row, "min_cc_4bit"),
+            )
+        )
+    return tuple(sorted(out, key=lambda r: r.version, reverse=True))
+
+
+def _load_companions(path: Path) -> tuple[Companion, ...]:
+    f = Fields(read_toml_file(path), str(path))
+    _check_schema(f)
+    out = []
+    for row in f.objs("package"):
+        name = row.str("name")
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
+            raise row.fail("name", f"{name!r} is not a package name")
+        version = row.version("version")
+        assert version is not None
+        out.append(
+            Companion(
+                name=name.lower(),
+                version=version,
+                requires_torch=_spec(row, "requires_torch", required=False),
+                requires_python=_spec(row, "requires_python", required=False),
+            )
+        )
+    return tuple(sorted(out, key=lambda c: (c.name, c.version), reverse=True))
+
+
+def _cross_check(path: Path, families: tuple[CudaFamily, ...], toolkits: tuple[CudaToolkit, ...],
+                 releases: tuple[TorchRelease, ...]) -> None:
+    """Every CUDA a torch build uses must have a driver floor, so no choice points at unknown data."""
+    known = {t.version for t in toolkits}
+    majors = {f.major for f in families}
+    for i, release in enumerate(releases):
+        for j, variant in enumerate(release.variants):
+            if variant.cuda is None:
+                continue
+            where = f"release[{i}].variant[{j}].cuda"
+            if variant.cuda not in known:
+                raise InvalidInput(str(path), where, f"CUDA {variant.cuda} (torch {release.version}) has no row in cuda.toml")
+            if variant.cuda.major not in majors:
+                raise InvalidInput(str(path), where, f"CUDA family {variant.cuda.major} has no row in cuda.toml")
+
+
+def matrix_digest(root: Path) -> str:
+    """sha256 over the matrix files' names and bytes, in a fixed order."""
+    h = hashlib.sha256()
+    for name in MATRIX_FILES:
+        p = root / name
+        if p.is_file():
+            h.update(name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def load_matrix(root: Path | None = None) -> Matrix:
+    """Read every matrix file under ``root`` (default: the bundled ``matrices/``).
+
+    :raises InvalidInput: naming the file and the key that is wrong.
+    """
+    if root is None:
+        from provision.resources import data_dir
+
+        root = data_dir("matrices")
+    families, toolkits = _load_cuda(root / "cuda.toml")
+    releases = _load_torch(root / "torch.toml")
+    _cross_check(root / "torch.toml", families, toolkits, releases)
+    return Matrix(
+        families=families,
+        toolkits=toolkits,
+        torch=releases,
+        bitsandbytes=_load_bnb(root / "bitsandbytes.toml"),
+        companions=_load_companions(root / "companions.toml"),
+        digest=matrix_digest(root),
+        root=root,
+    )

@@ -1,0 +1,594 @@
+"""The planner: a pure function of (host, matrix, model, preferences) -> Plan.
+
+No I/O, no torch import. Search order follows what users want most: the best
+precision that fits (bf16 > fp16 > int8 > nf4), placed on one GPU before being split,
+then the newest torch whose build the driver runs and which has kernels for every
+GPU it uses. Every choice carries a human reason; when nothing fits,
+``NoViablePlan`` says what to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from packaging.version import Version
+
+from provision.errors import InvalidInput, NoViablePlan
+from provision.matrix import PYPI_INDEX, parse_arch
+
+if TYPE_CHECKING:
+    from provision.catalog import ModelSpec
+    from provision.host import GpuInfo, HostProfile
+    from provision.matrix import BnbRelease, Matrix, TorchRelease, TorchVariant
+
+__all__ = ["PLAN_SCHEMA", "PRECISIONS", "Placement", "Plan", "Preferences", "Reason", "plan"]
+
+PLAN_SCHEMA = "provision.plan/v1"
+PRECISIONS = ("bf16", "fp16", "int8", "nf4", "fp32")
+DEVICES = ("auto", "cuda", "cpu", "mps")
+GB = 1e9
+#: Off CUDA the OS, Python and page cache need room too: plan on this share of RAM.
+RAM_USABLE_FRACTION = 0.9
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Preferences:
+    """What the user asked for. ``None`` means "choose for me"."""
+
+    python: str | None = None
+    context_tokens: int = 4096
+    precision: str | None = None
+    device: str = "auto"
+    torch_version: Version | None = None
+    #: a PyTorch index variant name (``cu126``) to use instead of choosing one.
+    variant: str | None = None
+    #: torch builds installable from the configured wheel sources, as (version, variant) pairs;
+    #: variant "" is a plain PyPI build. None means any build on the indexes.
+    torch_available: frozenset[tuple[Version, str]] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reason:
+    decision: str
+    choice: str
+    why: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"decision": self.decision, "choice": self.choice, "why": self.why}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Placement:
+    """Where the weights go and what that costs."""
+
+    device: str
+    gpus: tuple[int, ...]
+    precision: str
+    required_bytes: int
+    available_bytes: int
+    breakdown: dict[str, int] = field(hash=False)
+    max_memory: dict[str, int] | None = field(default=None, hash=False)
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    model_id: str
+    model_repo: str
+    parameters: int
+    python: str
+    torch_version: Version
+    variant: str
+    index_url: str
+    placement: Placement
+    packages: dict[str, str] = field(hash=False)
+    warnings: tuple[str, ...] = ()
+    reasons: tuple[Reason, ...] = ()
+    cuda: Version | None = None
+
+    @property
+    def precision(self) -> str:
+        return self.placement.precision
+
+    @property
+    def device(self) -> str:
+        return self.placement.device
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.placement
+        memory: dict[str, Any] = {
+            "required_bytes": p.required_bytes,
+            "available_bytes": p.available_bytes,
+            "breakdown": dict(p.breakdown),
+        }
+        if p.max_memory:
+            memory["max_memory"] = dict(p.max_memory)
+        return {
+            "schema": PLAN_SCHEMA,
+            "model": {"id": self.model_id, "repo": self.model_repo, "parameters": self.parameters},
+            "python": self.python,
+            "torch": {"version": str(self.torch_version), "variant": self.variant, "index_url": self.index_url},
+            "cuda": str(self.cuda) if self.cuda else None,
+            "device": p.device,
+            "gpus": list(p.gpus),
+            "precision": p.precision,
+            "memory": memory,
+            "packages": dict(sorted(self.packages.items())),
+            "warnings": list(self.warnings),
+            "reasons": [r.to_dict() for r in self.reasons],
+        }
+
+
+# ---------------------------------------------------------------------------
+# Driver and kernel rules (pure helpers, each testable alone)
+
+
+def driver_cuda(host: HostProfile, matrix: Matrix) -> Version | None:
+    """The CUDA version the driver fully supports: NVML's figure, else derived from the driver."""
+    nv = host.nvidia
+    if nv is None:
+        return None
+    if nv.cuda_driver_version is not None:
+        return nv.cuda_driver_version
+    driver = Version(nv.driver_version)
+    best = None
+    for tk in matrix.toolkits:
+        floor = tk.windows_min_driver if host.os == "windows" else tk.linux_min_driver
+        if driver >= floor:
+            best = tk.version
+    return best
+
+
+def driver_runs(host: HostProfile, matrix: Matrix, cuda: Version) -> tuple[bool, bool, str]:
+    """Whether the host driver runs a build for ``cuda``.
+
+    Returns (runs, native, why). ``native`` is False when it relies on minor-version
+    compatibility (the family floor), which runs the build but cannot JIT newer PTX.
+    """
+    nv = host.nvidia
+    assert nv is not None
+    driver = Version(nv.driver_version)
+    own = driver_cuda(host, matrix)
+    if own is not None and own >= cuda:
+        return True, True, f"driver {nv.driver_version} supports CUDA {own} >= {cuda}"
+    family = matrix.family(cuda.major)
+    if family is not None:
+        floor = family.windows_min_driver if host.os == "windows" else family.linux_min_driver
+        if driver >= floor:
+            return True, False, (
+                f"driver {nv.driver_version} (CUDA {own}) runs CUDA {cuda} builds through minor-version "
+                f"compatibility (family floor {floor})"
+            )
+    tk = matrix.toolkit(cuda)
+    need = None
+    if tk is not None:
+        need = tk.windows_min_driver if host.os == "windows" else tk.linux_min_driver
+    if family is not None:
+        floor = family.windows_min_driver if host.os == "windows" else family.linux_min_driver
+        need = min(need, floor) if need is not None else floor
+    return False, False, f"driver {nv.driver_version} runs CUDA <= {own}; CUDA {cuda} needs >= {need}"
+
+
+def has_kernels(gpu: GpuInfo, variant: TorchVariant, platform: str, *, can_jit: bool) -> tuple[bool, str]:
+    """An sm_XY cubin runs on the same major with equal or higher minor; PTX JITs forward if allowed."""
+    major, minor = gpu.compute_capability
+    archs = variant.archs_for(platform)
+    for arch in archs:
+        a_major, a_minor = parse_arch(arch)
+        if a_major == major and a_minor <= minor:
+            return True, f"{gpu.name} ({gpu.sm}) runs the {arch} kernels in {variant.name}"
+    if can_jit:
+        for arch in variant.ptx_for(platform):
+            if parse_arch(arch) <= (major, minor):
+                return True, f"{gpu.name} ({gpu.sm}) JIT-compiles the {arch} PTX in {variant.name}"
+    return False, f"{variant.name} has no kernels for {gpu.name} ({gpu.sm}); it has {', '.join(archs)}"
+
+
+def supports_bf16(gpu: GpuInfo) -> bool:
+    return gpu.compute_capability >= (8, 0)
+
+
+# ---------------------------------------------------------------------------
+# The search
+
+
+@dataclass(slots=True)
+class _Search:
+    """Collects why candidates were rejected, to build remedies when nothing fits."""
+
+    rejections: dict[str, list[str]] = field(default_factory=dict)
+
+    def reject(self, kind: str, why: str) -> None:
+        self.rejections.setdefault(kind, [])
+        if why not in self.rejections[kind]:
+            self.rejections[kind].append(why)
+
+
+def _python_ok(release: TorchRelease, variant: TorchVariant, python: str) -> bool:
+    return python in release.pythons_for(variant)
+
+
+def _companion(matrix: Matrix, name: str, torch: Version, python: str,
+               minimum: Version | None = None) -> Version | None:
+    for c in matrix.companion_versions(name):
+        if torch in c.requires_torch and Version(python) in c.requires_python and (minimum is None or c.version >= minimum):
+            return c.version
+    return None
+
+
+def _bnb_for(matrix: Matrix, torch: Version, variant: TorchVariant, platform: str, python: str,
+             gpus: Sequence[GpuInfo], precision: str, search: _Search) -> BnbRelease | None:
+    assert variant.cuda is not None
+    cuda = Version(f"{variant.cuda.major}.{variant.cuda.minor}")
+    for rel in matrix.bitsandbytes:
+        if platform not in rel.platforms:
+            search.reject("bnb", f"bitsandbytes {rel.version} has no {platform} wheels")
+            continue
+        if torch not in rel.torch or Version(python) not in rel.pythons:
+            continue
+        if cuda not in rel.cuda_libs:
+            search.reject("bnb", f"bitsandbytes {rel.version} ships no library for CUDA {cuda}")
+            continue
+        floor = rel.min_cc_int8 if precision == "int8" else rel.min_cc_4bit
+        low = [g for g in gpus if g.compute_capability < floor]
+        if low:
+            search.reject("bnb", f"bitsandbytes {rel.version} {precision} needs compute capability "
+                                 f">= {floor[0]}.{floor[1]}; {low[0].name} is {low[0].cc_text}")
+            continue
+        return rel
+    return None
+
+
+def _in_wheelhouse(release: TorchRelease, variant: TorchVariant, platform: str,
+                   available: frozenset[tuple[Version, str]]) -> bool:
+    if (release.version, variant.name) in available:
+        return True
+    plain = platform.startswith("macos") or release.pypi_default.get(platform) == variant.name
+    return plain and (release.version, "") in available
+
+
+def _torch_candidates(host: HostProfile, matrix: Matrix, prefs: Preferences, python: str, *,
+                      cuda: bool, search: _Search) -> list[tuple[TorchRelease, TorchVariant]]:
+    """(release, variant) pairs that exist for this platform and Python, newest torch first."""
+    platform = host.platform
+    out = []
+    for release in matrix.torch:
+        if prefs.torch_version is not None and release.version != prefs.torch_version:
+            continue
+        variants = [v for v in release.variants if (v.cuda is not None) == cuda and platform in v.platforms]
+        if prefs.variant is not None:
+            variants = [v for v in variants if v.name == prefs.variant]
+            if not variants:
+                search.reject("variant", f"torch {release.version} has no {prefs.variant} build for {platform}")
+                continue
+        if prefs.torch_available is not None:
+            variants = [v for v in variants if _in_wheelhouse(release, v, platform, prefs.torch_available)]
+            if not variants:
+                search.reject("wheelhouse", f"torch {release.version} is not in the configured wheel sources")
+                continue
+        if not variants:
+            search.reject("platform", f"torch {release.version} has no {'CUDA' if cuda else 'CPU'} build for {platform}")
+            continue
+        fitting = [v for v in variants if _python_ok(release, v, python)]
+        if not fitting:
+            search.reject("python", f"torch {release.version} has no wheels for Python {python} "
+                                    f"(has {', '.join(release.pythons)})")
+            continue
+        # Highest CUDA first within a release: newest kernels and libraries.
+        fitting.sort(key=lambda v: v.cuda or Version("0"), reverse=True)
+        out.extend((release, v) for v in fitting)
+    return out
+
+
+def _gb(n: float) -> str:
+    return f"{n / GB:.1f} GB"
+
+
+def _precision_order(gpus: Sequence[GpuInfo], forced: str | None) -> list[str]:
+    """bf16 where every GPU has it, else fp16; then int8, then nf4. A forced precision alone."""
+    if forced is not None:
+        return [forced]
+    sixteen = "bf16" if all(supports_bf16(g) for g in gpus) else "fp16"
+    return [sixteen, "int8", "nf4"]
+
+
+def _cuda_placements(host: HostProfile, model: ModelSpec, precision: str, context: int,
+                     gpus: Sequence[GpuInfo], search: _Search) -> list[Placement]:
+    """Ways to place the model in ``precision``: the roomiest single GPU first, then splits."""
+    from provision.memory import estimate_memory, split_across_gpus
+
+    est = estimate_memory(model.config, precision=precision, context_tokens=context, device="cuda")
+    out: list[Placement] = []
+    by_free = sorted(gpus, key=lambda g: (-g.memory_free_bytes, g.index))
+    best = by_free[0]
+    if est.total <= best.memory_free_bytes:
+        out.append(Placement(
+            device="cuda", gpus=(best.index,), precision=precision, required_bytes=est.total,
+            available_bytes=best.memory_free_bytes, breakdown=est.breakdown,
+            why=f"{_gb(est.total)} fits in {_gb(best.memory_free_bytes)} free on GPU {best.index} ({best.name})",
+        ))
+    else:
+        search.reject("memory", f"{model.name} needs {_gb(est.total)} in {precision}; GPU {best.index} "
+                                f"({best.name}) has {_gb(best.memory_free_bytes)} free")
+    if len(by_free) > 1:
+        free = {g.index: g.memory_free_bytes for g in by_free}
+        split = split_across_gpus(model.config, precision=precision, context_tokens=context, free_bytes=free)
+        if split is not None:
+            used = tuple(sorted(split.per_gpu))
+            available = sum(free[i] for i in used)
+            out.append(Placement(
+                device="cuda", gpus=used, precision=precision, required_bytes=split.total,
+                available_bytes=available, breakdown=split.breakdown, max_memory=split.max_memory,
+                why=(f"{_gb(split.total)} split over GPUs {', '.join(map(str, used))} "
+                     f"({_gb(available)} free together)"),
+            ))
+        else:
+            total_free = sum(free.values())
+            search.reject("memory", f"{model.name} in {precision} does not fit split over {len(by_free)} GPUs "
+                                    f"({_gb(total_free)} free together)")
+    return out
+
+
+def _plan_cuda(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences, python: str,
+               search: _Search) -> Plan | None:
+    platform = host.platform
+    candidates = []
+    for release, variant in _torch_candidates(host, matrix, prefs, python, cuda=True, search=search):
+        assert variant.cuda is not None
+        candidates.append((release, variant, driver_runs(host, matrix, variant.cuda)))
+    # Within a release, builds the driver runs natively come before minor-version-compatible ones.
+    candidates.sort(key=lambda c: (c[0].version, c[2][1], c[1].cuda), reverse=True)
+    usable = [g for g in host.gpus]
+    for precision in _precision_order(usable, prefs.precision):
+        if precision == "bf16" and not all(supports_bf16(g) for g in usable):
+            low = next(g for g in usable if not supports_bf16(g))
+            search.reject("precision", f"bf16 needs compute capability >= 8.0; {low.name} is {low.cc_text}")
+            continue
+        if precision == "fp32":
+            pass
+        for placement in _cuda_placements(host, model, precision, prefs.context_tokens, usable, search):
+            placed = [g for g in usable if g.index in placement.gpus]
+            for release, variant, (runs, native, why_driver) in candidates:
+                if not runs:
+                    search.reject("driver", why_driver)
+                    continue
+                kernel_notes = []
+                ok = True
+                for gpu in placed:
+                    has, why_k = has_kernels(gpu, variant, platform, can_jit=native)
+                    if not has:
+                        search.reject("kernels", f"torch {release.version} {why_k}")
+                        ok = False
+                        break
+                    kernel_notes.append(why_k)
+                if not ok:
+                    continue
+                bnb = None
+                if precision in ("int8", "nf4"):
+                    bnb = _bnb_for(matrix, release.version, variant, platform, python, placed, precision, search)
+                    if bnb is None:
+                        search.reject("bnb", f"no bitsandbytes release supports torch {release.version} "
+                                             f"{variant.name} on {platform} for {precision}")
+                        continue
+                plan = _assemble(host, matrix, model, prefs, python, release, variant, placement, search,
+                                 driver_why=why_driver, native=native, kernel_notes=kernel_notes, bnb=bnb)
+                if plan is not None:
+                    return plan
+    return None
+
+
+def _plan_cpu(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences, python: str,
+              search: _Search, device: str) -> Plan | None:
+    from provision.memory import estimate_memory
+
+    precisions = [prefs.precision] if prefs.precision else ["bf16"]
+    available = int(host.ram_bytes * RAM_USABLE_FRACTION)
+    for precision in precisions:
+        if precision in ("int8", "nf4"):
+            search.reject("precision", f"{precision} needs bitsandbytes on an NVIDIA GPU; this plan runs on {device}")
+            continue
+        est = estimate_memory(model.config, precision=precision, context_tokens=prefs.context_tokens, device="cpu")
+        if est.total > available:
+            search.reject("memory", f"{model.name} needs {_gb(est.total)} of RAM in {precision}; "
+                                    f"{_gb(available)} of {_gb(host.ram_bytes)} RAM is usable")
+            continue
+        where = "unified memory (MPS)" if device == "mps" else "RAM"
+        placement = Placement(
+            device=device, gpus=(), precision=precision, required_bytes=est.total, available_bytes=available,
+            breakdown=est.breakdown,
+            why=f"{_gb(est.total)} fits in {_gb(available)} usable {where}",
+        )
+        for release, variant in _torch_candidates(host, matrix, prefs, python, cuda=False, search=search):
+            plan = _assemble(host, matrix, model, prefs, python, release, variant, placement, search,
+                             driver_why=None, native=True, kernel_notes=[], bnb=None)
+            if plan is not None:
+                return plan
+    return None
+
+
+def _pin(version: Version, variant: TorchVariant, from_pypi: bool) -> str:
+    return str(version) if from_pypi else f"{version}+{variant.name}"
+
+
+def _assemble(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences, python: str,
+              release: TorchRelease, variant: TorchVariant, placement: Placement, search: _Search, *,
+              driver_why: str | None, native: bool, kernel_notes: list[str], bnb: BnbRelease | None) -> Plan | None:
+    """Pin the companions for one (torch, variant, placement); None when a companion is missing."""
+    platform = host.platform
+    transformers = _companion(matrix, "transformers", release.version, python, model.min_transformers)
+    if transformers is None:
+        search.reject("transformers", f"no transformers >= {model.min_transformers} in the matrix supports "
+                                      f"torch {release.version} on Python {python}")
+        return None
+    # PyPI carries the platform's default build under the plain version: hashes and mirrors work there.
+    from_pypi = platform.startswith("macos") or release.pypi_default.get(platform) == variant.name
+    index_url = PYPI_INDEX if from_pypi else variant.index_url
+    packages = {"torch": _pin(release.version, variant, from_pypi), "transformers": str(transformers)}
+    if getattr(model, "needs_torchvision", False) and release.torchvision is not None:
+        packages["torchvision"] = _pin(release.torchvision, variant, from_pypi)
+    for name in ("accelerate", "safetensors", "huggingface-hub", "tokenizers", "pillow"):
+        version = _companion(matrix, name, release.version, python)
+        if version is not None:
+            packages[name] = str(version)
+    if bnb is not None:
+        packages["bitsandbytes"] = str(bnb.version)
+
+    warnings: list[str] = []
+    reasons = [
+        Reason(decision="python", choice=python,
+               why=("requested with --python" if prefs.python else f"the host's Python is {host.python}")
+               + f"; torch {release.version} has wheels for {', '.join(release.pythons_for(variant))}"),
+    ]
+    newest = matrix.torch[0].version
+    torch_why = f"newest release that fits this host (matrix has up to {newest})"
+    if prefs.torch_version is not None:
+        torch_why = "requested with --torch"
+    elif prefs.torch_available is not None:
+        torch_why = "newest release that fits this host among the torch wheels in the configured wheel sources"
+    if release.version != newest and prefs.torch_version is None:
+        skipped = sorted(search.rejections.get("kernels", []) + search.rejections.get("driver", [])
+                         + search.rejections.get("python", []) + search.rejections.get("bnb", []))
+        if skipped:
+            torch_why += f"; newer builds were rejected: {skipped[0]}"
+    reasons.append(Reason(decision="torch", choice=str(release.version), why=torch_why))
+    if variant.cuda is None:
+        variant_why = f"CPU build for {platform}" + (" (MPS included)" if placement.device == "mps" else "")
+    else:
+        variant_why = f"{driver_why}; " + "; ".join(kernel_notes)
+        if not native:
+            warnings.append(f"{variant.name} relies on CUDA minor-version compatibility: {driver_why}. "
+                            f"Updating the driver to one that supports CUDA {variant.cuda} natively removes this.")
+    variant_why += f"; installed from {'PyPI' if from_pypi else index_url}"
+    reasons.append(Reason(decision="variant", choice=variant.name, why=variant_why))
+    reasons.append(Reason(decision="precision", choice=placement.precision,
+                          why=_precision_why(placement, prefs, host)))
+    reasons.append(Reason(decision="device", choice=placement.device, why=placement.why))
+    reasons.append(Reason(decision="transformers", choice=str(transformers),
+                          why=f"{model.name} needs transformers >= {model.min_transformers}; newest pinned release "
+                              f"supporting torch {release.version}"))
+    if bnb is not None:
+        floor = bnb.fast_cc_int8
+        reasons.append(Reason(decision="bitsandbytes", choice=str(bnb.version),
+                              why=f"newest release with a CUDA {variant.cuda} library for torch {release.version} "
+                                  f"on {platform}"))
+        slow = [g for g in host.gpus if g.index in placement.gpus and g.compute_capability < floor]
+        if placement.precision == "int8" and slow:
+            warnings.append(f"{slow[0].name} (cc {slow[0].cc_text}) lacks the fast int8 tensor-core path "
+                            f"(cc >= {floor[0]}.{floor[1]}); int8 will be slow")
+    if placement.precision == "fp16":
+        warnings.append(f"{model.name} is trained in bf16; fp16 can overflow in rare activations. "
+                        "bf16 needs compute capability >= 8.0")
+    if len(placement.gpus) > 1:
+        warnings.append(f"the model is split over {len(placement.gpus)} GPUs (pipeline, one GPU active at a time)")
+    if placement.device in ("cpu", "mps") and model.parameters > 2e9:
+        warnings.append(f"{model.name} on {placement.device.upper()} generates slowly (seconds per token)")
+    return Plan(
+        model_id=model.id, model_repo=model.repo, parameters=model.parameters, python=python,
+        torch_version=release.version, variant=variant.name, index_url=index_url, placement=placement,
+        packages=packages, warnings=tuple(warnings), reasons=tuple(reasons), cuda=variant.cuda,
+    )
+
+
+def _precision_why(placement: Placement, prefs: Preferences, host: HostProfile) -> str:
+    p = placement.precision
+    if prefs.precision:
+        return f"requested with --precision; {placement.why}"
+    if placement.device != "cuda":
+        return f"bf16 halves memory against fp32 at the checkpoint's own precision; {placement.why}"
+    placed = [g for g in host.gpus if g.index in placement.gpus]
+    ccs = ", ".join(sorted({g.cc_text for g in placed}))
+    if p == "bf16":
+        return f"compute capability {ccs} supports bf16 and {placement.why}"
+    if p == "fp16":
+        return f"compute capability {ccs} has no bf16 (needs >= 8.0); fp16 is the 16-bit choice and {placement.why}"
+    return f"16-bit does not fit the free memory; {p} {placement.why}"
+
+
+def _remedies(host: HostProfile, model: ModelSpec, prefs: Preferences, search: _Search) -> tuple[str, list[str]]:
+    """Turn the rejections into one message and concrete changes, most actionable first."""
+    r = search.rejections
+    remedies: list[str] = []
+    first = None
+    if "driver" in r and "kernels" not in r and not any(k in r for k in ("memory", "bnb")):
+        first = r["driver"][-1]
+        remedies.append("update the NVIDIA driver (>= 525.60.13 runs CUDA 12 builds; >= 580 runs CUDA 13 builds)")
+    if "kernels" in r:
+        first = first or r["kernels"][0]
+        remedies.append("use a GPU with compute capability >= 7.5, or --device cpu")
+    if "python" in r:
+        first = first or r["python"][0]
+        remedies.append("use Python 3.10 - 3.13 (--python 3.12 plans for another interpreter)")
+    if "platform" in r:
+        first = first or r["platform"][0]
+    if "wheelhouse" in r:
+        first = first or r["wheelhouse"][0]
+        remedies.append("add a torch wheel for this host to the wheelhouse, or plan without --wheelhouse")
+    if "memory" in r:
+        first = first or r["memory"][-1]
+        remedies.append("free GPU memory used by other processes")
+        remedies.append(f"lower --context (now {prefs.context_tokens})")
+        if prefs.precision:
+            remedies.append("drop --precision to let the planner quantize")
+        if host.gpus:
+            remedies.append("use a GPU with more free memory, or add a second GPU to split over")
+            remedies.append("run on CPU with --device cpu (needs about 23 GB RAM in bf16)")
+        else:
+            remedies.append("use a machine with more RAM, or one with an NVIDIA GPU")
+    if "bnb" in r:
+        first = first or r["bnb"][0]
+        remedies.append("pick a torch/CUDA combination that bitsandbytes ships (see matrices/bitsandbytes.toml)")
+    if "precision" in r:
+        first = first or r["precision"][0]
+        remedies.append("choose another --precision, or leave it out")
+    if "variant" in r:
+        first = first or r["variant"][0]
+        remedies.append("choose a variant this torch release ships for the platform, or leave --variant out")
+    if "transformers" in r:
+        first = first or r["transformers"][0]
+        remedies.append("pick a newer torch (--torch) that transformers >= 5 supports")
+    message = f"no viable plan for {model.name}: {first or 'no torch build in the matrix fits this host'}"
+    return message, remedies or ["check the host profile against matrices/torch.toml"]
+
+
+def plan(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences | None = None) -> Plan:
+    """Choose torch, CUDA variant, precision and placement for ``model`` on ``host``.
+
+    :raises InvalidInput: for a contradictory preference (e.g. ``--device cuda`` without a GPU).
+    :raises NoViablePlan: when nothing fits; carries remedies.
+    """
+    prefs = prefs or Preferences()
+    if prefs.precision is not None and prefs.precision not in PRECISIONS:
+        raise InvalidInput("--precision", "precision", f"{prefs.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if prefs.device not in DEVICES:
+        raise InvalidInput("--device", "device", f"{prefs.device!r} is not one of {', '.join(DEVICES)}")
+    if prefs.context_tokens < 1:
+        raise InvalidInput("--context", "context", "must be at least 1 token")
+    python = prefs.python or host.python_minor
+    search = _Search()
+    device = prefs.device
+    if device == "auto" and prefs.variant == "cpu":
+        device = "cpu"
+    if device == "auto":
+        device = "cuda" if host.gpus and host.platform.startswith(("linux", "windows")) else (
+            "mps" if host.platform == "macos-arm64" else "cpu")
+    if device == "cuda":
+        if not host.gpus:
+            raise InvalidInput("--device", "device", "cuda was requested but the host has no NVIDIA GPU")
+        if prefs.variant == "cpu":
+            raise InvalidInput("--variant", "variant", "cpu cannot run on --device cuda")
+        if prefs.precision == "fp32":
+            search.reject("precision", "fp32 doubles the memory of the bf16 checkpoint; this planner places 16-bit "
+                                       "or quantized weights on GPUs")
+            result = None
+        else:
+            result = _plan_cuda(host, matrix, model, prefs, python, search)
+    elif device == "mps" and host.platform != "macos-arm64":
+        raise InvalidInput("--device", "device", "mps needs an Apple-silicon Mac (macos-arm64)")
+    else:
+        result = _plan_cpu(host, matrix, model, prefs, python, search, device)
+    if result is None:
+        message, remedies = _remedies(host, model, prefs, search)
+        raise NoViablePlan(message, remedies)
+    return result

@@ -1,0 +1,156 @@
+"""Where packages come from: wheel folders, index overrides, and what pip is configured with.
+
+On a machine that cannot reach the PyTorch index (an air-gapped box, or CI with only a PyPI
+mirror), torch must come from a wheelhouse. These helpers find the folders the user or pip
+points at and list the torch builds in them, so the planner can restrict itself to builds that
+will actually install. Precedence: ``--wheelhouse`` > ``PROVISION_WHEELHOUSE`` > none.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import configparser
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+from packaging.tags import Tag
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+from packaging.version import Version
+
+from provision.errors import InvalidInput
+
+__all__ = [
+    "WHEELHOUSE_ENV",
+    "INDEX_URL_ENV",
+    "index_reachable",
+    "pip_find_links",
+    "read_pip_config",
+    "resolve_index_url",
+    "resolve_wheelhouses",
+    "torch_builds",
+]
+
+WHEELHOUSE_ENV = "PROVISION_WHEELHOUSE"
+INDEX_URL_ENV = "PROVISION_INDEX_URL"
+_URL_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d+)?(/[A-Za-z0-9._~%/+-]*)?$")
+_PLATFORM_TAGS = {
+    "linux-x86_64": re.compile(r"^(manylinux\w*_x86_64|linux_x86_64)$"),
+    "linux-aarch64": re.compile(r"^(manylinux\w*_aarch64|linux_aarch64)$"),
+    "windows-x86_64": re.compile(r"^win_amd64$"),
+    "macos-arm64": re.compile(r"^macosx_\d+_\d+_(arm64|universal2)$"),
+}
+
+
+def resolve_wheelhouses(cli: Iterable[str] | None, environ: Mapping[str, str], *,
+                        index_reachable: Callable[[], bool] | None = None) -> tuple[Path, ...]:
+    """Folders to take wheels from: the CLI's, else the environment's (os.pathsep-separated).
+
+    ``auto`` means: only if the PyTorch index cannot be reached, the local find-links
+    folders pip is configured with (``index_reachable`` does the probing).
+
+    :raises InvalidInput: when a named folder does not exist.
+    """
+    items = list(cli or [])
+    source = "--wheelhouse"
+    if not items and environ.get(WHEELHOUSE_ENV):
+        items = [p for p in environ[WHEELHOUSE_ENV].split(os.pathsep) if p]
+        source = WHEELHOUSE_ENV
+    if items == ["auto"]:
+        if index_reachable is None or index_reachable():
+            return ()
+        return pip_find_links(environ, read_pip_config(environ))
+    out = []
+    for item in items:
+        path = Path(item.removeprefix("file://")).expanduser()
+        if not path.is_dir():
+            raise InvalidInput(source, item, "no such directory")
+        out.append(path.resolve())
+    return tuple(dict.fromkeys(out))
+
+
+def resolve_index_url(cli: str | None, environ: Mapping[str, str]) -> str | None:
+    """An index URL override for torch (a mirror of the PyTorch index), validated.
+
+    :raises InvalidInput: for anything but a plain http(s) URL.
+    """
+    source, value = ("--index-url", cli) if cli else (INDEX_URL_ENV, environ.get(INDEX_URL_ENV))
+    if not value:
+        return None
+    if not _URL_RE.match(value):
+        raise InvalidInput(source, "url", f"{value!r} is not a plain http(s) URL")
+    return value.rstrip("/")
+
+
+def read_pip_config(environ: Mapping[str, str]) -> str:
+    """pip's configuration files flattened to ``section.key=value`` lines (what ``pip config list`` shows)."""
+    home = Path(environ.get("HOME", "~")).expanduser()
+    xdg = [p for p in environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(os.pathsep) if p]
+    files = [Path("/etc/pip.conf"), *(Path(d) / "pip" / "pip.conf" for d in xdg),
+             home / ".pip" / "pip.conf", home / ".config" / "pip" / "pip.conf"]
+    if environ.get("PIP_CONFIG_FILE"):
+        files.append(Path(environ["PIP_CONFIG_FILE"]))
+    lines = []
+    for path in files:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(path, encoding="utf-8")
+        except (configparser.Error, OSError, UnicodeDecodeError):
+            continue
+        for section in parser.sections():
+            for key, value in parser.items(section):
+                lines.append(f"{section}.{key}={value}")
+    return "\n".join(lines)
+
+
+def index_reachable(url: str, timeout: float = 5.0) -> bool:
+    """Whether ``url`` answers at all (any HTTP status); DNS or connect failures mean no."""
+    import requests
+
+    try:
+        requests.head(url, timeout=timeout, allow_redirects=True)
+    except requests.RequestException:
+        return False
+    return True
+
+
+def pip_find_links(environ: Mapping[str, str], config_text: str | None) -> tuple[Path, ...]:
+    """The local find-links folders pip is configured with (``PIP_FIND_LINKS``, ``pip config list``)."""
+    raw: list[str] = []
+    if environ.get("PIP_FIND_LINKS"):
+        raw.extend(environ["PIP_FIND_LINKS"].split())
+    for line in (config_text or "").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().endswith("find-links"):
+            raw.extend(value.strip().strip("'\"").split())
+    out = []
+    for item in raw:
+        path = Path(item.removeprefix("file://"))
+        if path.is_dir():
+            out.append(path.resolve())
+    return tuple(dict.fromkeys(out))
+
+
+def _python_matches(tag: Tag, python: str) -> bool:
+    major, minor = python.split(".")
+    return tag.interpreter in (f"cp{major}{minor}", f"py{major}", f"py{major}{minor}") and tag.abi != f"cp{major}{minor}t"
+
+
+def torch_builds(folders: Iterable[Path], *, python: str, platform: str) -> frozenset[tuple[Version, str]]:
+    """(version, variant) of every torch wheel in ``folders`` that installs on ``python``/``platform``.
+
+    The variant is the local version label (``2.13.0+cpu`` -> ``cpu``), or "" for a plain PyPI build.
+    """
+    pattern = _PLATFORM_TAGS[platform]
+    found = set()
+    for folder in folders:
+        for wheel in sorted(folder.glob("torch-*.whl")):
+            try:
+                name, version, _build, tags = parse_wheel_filename(wheel.name)
+            except InvalidWheelFilename:
+                continue
+            if name != "torch":
+                continue
+            if any(_python_matches(t, python) and pattern.match(t.platform) for t in tags):
+                found.add((Version(version.public), version.local or ""))
+    return frozenset(found)
