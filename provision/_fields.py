@@ -153,7 +153,7 @@ class Fields:
 
     def str(self, key: str, *, required: bool = True, default: str | None = None) -> Any:
         value = self._get(key, (str,), "a string", required=required, default=default)
-        if isinstance(value, str) and not value.strip():
+        if key in self.data and isinstance(value, str) and not value.strip():
             raise self.fail(key, "must not be empty")
         return value
 

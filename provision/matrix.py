@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from provision._fields import Fields, read_toml_file
@@ -63,7 +64,7 @@ class CudaToolkit:
 
     version: Version
     linux_min_driver: Version
-    windows_min_driver: Version
+    windows_min_driver: Version | None  # None: NVIDIA lists none; the family floor applies
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,6 +154,10 @@ class Matrix:
 
 
 def _spec(f: Fields, key: str, *, required: bool = True) -> SpecifierSet:
+    """A specifier; an empty string means "no bound" (METADATA sets none)."""
+    raw = f.data.get(key)
+    if raw == "":
+        return SpecifierSet()
     text = f.str(key, required=required, default="")
     try:
         return SpecifierSet(text or "")
@@ -222,7 +227,7 @@ def _load_cuda(path: Path) -> tuple[tuple[CudaFamily, ...], tuple[CudaToolkit, .
             CudaToolkit(
                 version=version,
                 linux_min_driver=row.version("linux_min_driver"),
-                windows_min_driver=row.version("windows_min_driver"),
+                windows_min_driver=row.version("windows_min_driver", required=False),
             )
         )
     return tuple(families), tuple(sorted(toolkits, key=lambda t: t.version))
@@ -346,7 +351,7 @@ def _load_companions(path: Path) -> tuple[Companion, ...]:
         assert version is not None
         out.append(
             Companion(
-                name=name.lower(),
+                name=canonicalize_name(name),
                 version=version,
                 requires_torch=_spec(row, "requires_torch", required=False),
                 requires_python=_spec(row, "requires_python", required=False),

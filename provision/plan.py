@@ -21,7 +21,7 @@ from provision.matrix import PYPI_INDEX, parse_arch
 if TYPE_CHECKING:
     from provision.catalog import ModelSpec
     from provision.host import GpuInfo, HostProfile
-    from provision.matrix import BnbRelease, Matrix, TorchRelease, TorchVariant
+    from provision.matrix import BnbRelease, CudaToolkit, Matrix, TorchRelease, TorchVariant
 
 __all__ = ["PLAN_SCHEMA", "PRECISIONS", "Placement", "Plan", "Preferences", "Reason", "plan"]
 
@@ -135,10 +135,19 @@ def driver_cuda(host: HostProfile, matrix: Matrix) -> Version | None:
     driver = Version(nv.driver_version)
     best = None
     for tk in matrix.toolkits:
-        floor = tk.windows_min_driver if host.os == "windows" else tk.linux_min_driver
-        if driver >= floor:
+        floor = _toolkit_floor(matrix, tk, host.os)
+        if floor is not None and driver >= floor:
             best = tk.version
     return best
+
+
+def _toolkit_floor(matrix: Matrix, tk: CudaToolkit, os_name: str) -> Version | None:
+    if os_name != "windows":
+        return tk.linux_min_driver
+    if tk.windows_min_driver is not None:
+        return tk.windows_min_driver
+    family = matrix.family(tk.version.major)
+    return family.windows_min_driver if family else None
 
 
 def driver_runs(host: HostProfile, matrix: Matrix, cuda: Version) -> tuple[bool, bool, str]:
@@ -162,9 +171,7 @@ def driver_runs(host: HostProfile, matrix: Matrix, cuda: Version) -> tuple[bool,
                 f"compatibility (family floor {floor})"
             )
     tk = matrix.toolkit(cuda)
-    need = None
-    if tk is not None:
-        need = tk.windows_min_driver if host.os == "windows" else tk.linux_min_driver
+    need = _toolkit_floor(matrix, tk, host.os) if tk is not None else None
     if family is not None:
         floor = family.windows_min_driver if host.os == "windows" else family.linux_min_driver
         need = min(need, floor) if need is not None else floor

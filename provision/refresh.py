@@ -1,0 +1,469 @@
+"""Backend of ``provision matrix refresh``: re-read the PyTorch wheel indexes into torch.toml.
+
+The wheel index pages (PEP 503 simple pages under ``https://download.pytorch.org/whl/<variant>/torch/``)
+are the only place that says which platforms and Python versions each ``torch+<variant>`` build
+exists for.  Everything else in torch.toml (GPU architectures, PTX, dates, pairings, sources) is
+verified by hand, so a refresh only rewrites ``platforms`` / ``pythons`` and adds rows it has never
+seen, and always shows a diff before anything is written.
+
+Pure functions do the parsing, merging, rendering and diffing; ``fetch_index`` and ``write_atomic``
+are the only I/O.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+
+from provision.errors import InvalidInput, ProvisionError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "DEFAULT_INDEX_URL",
+    "TORCH_HEADER",
+    "RefreshResult",
+    "WheelRow",
+    "collect_rows",
+    "cuda_of_variant",
+    "dump_torch_toml",
+    "fetch_index",
+    "merge_torch",
+    "parse_index_html",
+    "parse_wheel_names",
+    "platform_of_tag",
+    "refresh_torch",
+    "render_diff",
+    "write_atomic",
+]
+
+DEFAULT_INDEX_URL = "https://download.pytorch.org/whl"
+
+TORCH_HEADER = """\
+# torch.toml: PyTorch releases, their wheel variants and what each variant runs on.
+# Schema: matrices/README.md.  Written by provision/refresh.py's emitter (stable key order,
+# byte-identical on re-run); `provision matrix refresh` rewrites only `platforms`/`pythons`
+# from the PyTorch wheel indexes and keeps every hand-verified field (archs, ptx, sources, notes).
+# How each block was obtained is in its `source` and `note` keys.
+"""
+
+# Keys in the order a reader expects them; anything else follows alphabetically.
+_KEY_ORDER: dict[str, tuple[str, ...]] = {
+    "meta": ("sources", "retrieved", "note"),
+    "release": (
+        "version",
+        "date",
+        "pythons",
+        "torchvision",
+        "torchaudio",
+        "pypi_default",
+        "source",
+        "note",
+    ),
+    "variant": (
+        "name",
+        "cuda",
+        "platforms",
+        "pythons",
+        "archs",
+        "ptx",
+        "archs_by_platform",
+        "ptx_by_platform",
+        "source",
+        "note",
+    ),
+}
+
+_PLATFORMS = ("linux-x86_64", "linux-aarch64", "windows-x86_64", "macos-arm64")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WheelRow:
+    """One torch wheel file reduced to what the matrix records."""
+
+    version: str  # public version, e.g. "2.9.1"
+    variant: str  # "cu128", "cpu", ...
+    platform: str  # one of _PLATFORMS
+    python: str  # CPython minor, e.g. "3.12"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefreshResult:
+    """What a refresh would change: the old and new file text and their unified diff."""
+
+    old_text: str
+    new_text: str
+    diff: str
+
+    @property
+    def changed(self) -> bool:
+        return self.old_text != self.new_text
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _AnchorParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.hrefs: list[str] = []
+        self.texts: list[str] = []
+        self._in_a = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._in_a = True
+            self.texts.append("")
+            self.hrefs.append(dict(attrs).get("href") or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a":
+            self._in_a = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_a and self.texts:
+            self.texts[-1] += data
+
+
+def parse_index_html(html: str) -> list[str]:
+    """File names linked from a PEP 503 page (href basename, ``%2B`` decoded, fragment dropped)."""
+    parser = _AnchorParser()
+    parser.feed(html)
+    names: list[str] = []
+    for href, text in zip(parser.hrefs, parser.texts, strict=True):
+        path = urlsplit(href).path if href else ""
+        name = unquote(path.rsplit("/", 1)[-1]) if path else text.strip()
+        if name.endswith(".whl"):
+            names.append(name)
+    return names
+
+
+def platform_of_tag(tag_platform: str) -> str | None:
+    """Map a wheel platform tag to the matrix platform name; None for platforms we do not plan for."""
+    if tag_platform == "win_amd64":
+        return "windows-x86_64"
+    if tag_platform.startswith(("manylinux", "linux")):
+        if tag_platform.endswith("_x86_64"):
+            return "linux-x86_64"
+        if tag_platform.endswith("_aarch64"):
+            return "linux-aarch64"
+        return None
+    if tag_platform.startswith("macosx_") and tag_platform.endswith("_arm64"):
+        return "macos-arm64"
+    return None
+
+
+_CP = re.compile(r"^cp(\d)(\d+)$")
+
+
+def parse_wheel_names(filenames: Iterable[str], *, default_variant: str) -> list[WheelRow]:
+    """Turn torch wheel file names into rows.
+
+    The variant is the local version (``+cu128``); a wheel without one (macOS wheels on the cpu
+    index, PyPI-style names) belongs to ``default_variant``, the index the page came from.
+    Free-threaded (``cp313t``) and non-CPython wheels are left out: the planner does not pick them.
+    Names that are not valid wheel names are skipped.
+    """
+    rows: set[WheelRow] = set()
+    for filename in filenames:
+        try:
+            name, version, _build, tags = parse_wheel_filename(filename)
+        except (InvalidWheelFilename, InvalidVersion):
+            continue
+        if name != "torch":
+            continue
+        variant = version.local or default_variant
+        public = version.public
+        for tag in tags:
+            match = _CP.match(tag.interpreter)
+            if match is None or tag.abi.endswith("t"):
+                continue
+            platform = platform_of_tag(tag.platform)
+            if platform is None:
+                continue
+            python = f"{match.group(1)}.{match.group(2)}"
+            rows.add(WheelRow(version=public, variant=variant, platform=platform, python=python))
+    return sorted(rows, key=lambda r: (Version(r.version), r.variant, r.platform, _pykey(r.python)))
+
+
+def _pykey(python: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in python.split("."))
+
+
+def collect_rows(rows: Iterable[WheelRow]) -> dict[str, dict[str, dict[str, list[str]]]]:
+    """Group rows as release -> variant -> {"platforms": [...], "pythons": [...]} (sorted)."""
+    grouped: dict[str, dict[str, dict[str, set[str]]]] = {}
+    for row in rows:
+        entry = grouped.setdefault(row.version, {}).setdefault(row.variant, {"platforms": set(), "pythons": set()})
+        entry["platforms"].add(row.platform)
+        entry["pythons"].add(row.python)
+    return {
+        version: {
+            variant: {
+                "platforms": _sort_platforms(entry["platforms"]),
+                "pythons": sorted(entry["pythons"], key=_pykey),
+            }
+            for variant, entry in sorted(variants.items())
+        }
+        for version, variants in sorted(grouped.items(), key=lambda kv: Version(kv[0]))
+    }
+
+
+def _sort_platforms(platforms: Iterable[str]) -> list[str]:
+    order = {p: i for i, p in enumerate(_PLATFORMS)}
+    return sorted(set(platforms), key=lambda p: (order.get(p, len(order)), p))
+
+
+def cuda_of_variant(variant: str) -> str | None:
+    """``cu128`` -> ``"12.8"``, ``cu118`` -> ``"11.8"``; None for cpu and other accelerators."""
+    match = re.fullmatch(r"cu(\d{2})(\d)", variant)
+    return f"{int(match.group(1))}.{match.group(2)}" if match else None
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def merge_torch(
+    existing: Mapping[str, Any],
+    scanned: Mapping[str, Mapping[str, Mapping[str, list[str]]]],
+    *,
+    scanned_from: str = "download.pytorch.org wheel index",
+) -> dict[str, Any]:
+    """Fold scanned index rows into torch.toml data; hand-verified fields are kept as they are.
+
+    For a variant the index lists, ``platforms`` become exactly what the index shows (a platform
+    the file listed but the index does not is kept: the PyPI-only default builds, e.g. the
+    linux-aarch64 CPU wheel of an old release, are never on a variant page), and ``pythons`` is
+    written only where it differs from the release's.  Variants and releases the file lacks are
+    added with what the index can tell; their ``archs`` stay absent until someone verifies them.
+    Nothing is deleted.
+    """
+    data = _deepcopy(existing)
+    releases: list[dict[str, Any]] = data.setdefault("release", [])
+    by_version = {str(r.get("version")): r for r in releases}
+    for version, variants in scanned.items():
+        release = by_version.get(version)
+        if release is None:
+            all_pythons = sorted({p for v in variants.values() for p in v["pythons"]}, key=_pykey)
+            release = {
+                "version": version,
+                "pythons": all_pythons,
+                "note": f"added by refresh from {scanned_from}; date, torchvision and "
+                "pypi_default still to be verified by hand",
+                "variant": [],
+            }
+            releases.append(release)
+            by_version[version] = release
+        release_pythons = list(release.get("pythons", []))
+        variant_list: list[dict[str, Any]] = release.setdefault("variant", [])
+        by_name = {str(v.get("name")): v for v in variant_list}
+        for name, seen in variants.items():
+            variant = by_name.get(name)
+            if variant is None:
+                variant = {"name": name}
+                cuda = cuda_of_variant(name)
+                if cuda is not None:
+                    variant["cuda"] = cuda
+                variant["source"] = f"{scanned_from} (refresh); archs not yet verified"
+                variant_list.append(variant)
+                by_name[name] = variant
+            kept = [p for p in variant.get("platforms", []) if p not in seen["platforms"]]
+            pypi_only = [p for p in kept if _is_pypi_only(release, name, p)]
+            variant["platforms"] = _sort_platforms([*seen["platforms"], *pypi_only])
+            if list(seen["pythons"]) == release_pythons:
+                variant.pop("pythons", None)
+            else:
+                variant["pythons"] = list(seen["pythons"])
+    data["release"] = sorted(releases, key=lambda r: Version(str(r["version"])), reverse=True)
+    for release in data["release"]:
+        release["variant"] = sorted(release.get("variant", []), key=_variant_key)
+    return data
+
+
+def _is_pypi_only(release: Mapping[str, Any], variant: str, platform: str) -> bool:
+    """macOS wheels and PyPI's own default builds live on PyPI, not (only) on the variant page."""
+    return platform == "macos-arm64" or release.get("pypi_default", {}).get(platform) == variant
+
+
+def _variant_key(variant: Mapping[str, Any]) -> tuple[int, tuple[int, ...], str]:
+    name = str(variant.get("name", ""))
+    cuda = cuda_of_variant(name)
+    if cuda is not None:
+        return (0, _pykey(cuda), name)
+    return (1 if name == "cpu" else 2, (), name)
+
+
+def _deepcopy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deepcopy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_deepcopy(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- TOML emitter
+
+
+def _ordered_keys(table: str, keys: Iterable[str]) -> list[str]:
+    preferred = _KEY_ORDER.get(table, ())
+    keys = list(keys)
+    head = [k for k in preferred if k in keys]
+    return head + sorted(k for k in keys if k not in preferred)
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else _string(key)
+
+
+def _string(value: str) -> str:
+    out = ['"']
+    for ch in value:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _value(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(v, where) for v in value) + "]"
+    if isinstance(value, Mapping):
+        keys = sorted(value, key=lambda k: (_PLATFORMS.index(k) if k in _PLATFORMS else 99, k))
+        return "{ " + ", ".join(f"{_key(k)} = {_value(value[k], where)}" for k in keys) + " }"
+    raise InvalidInput("torch.toml", where, f"cannot write a value of type {type(value).__name__}")
+
+
+def dump_torch_toml(data: Mapping[str, Any], *, header: str = TORCH_HEADER) -> str:
+    """Render torch.toml data as TOML text with a fixed key and row order (same input, same bytes)."""
+    lines: list[str] = [header.rstrip("\n"), ""] if header else []
+    lines.append(f"schema_version = {_value(data.get('schema_version', 1), 'schema_version')}")
+    meta = data.get("meta")
+    if isinstance(meta, Mapping):
+        lines += ["", "[meta]"]
+        lines += [f"{_key(k)} = {_value(meta[k], 'meta.' + k)}" for k in _ordered_keys("meta", meta)]
+    for i, release in enumerate(data.get("release", [])):
+        lines += ["", "[[release]]"]
+        for k in _ordered_keys("release", (k for k in release if k != "variant")):
+            lines.append(f"{_key(k)} = {_value(release[k], f'release[{i}].{k}')}")
+        for j, variant in enumerate(release.get("variant", [])):
+            lines += ["", "  [[release.variant]]"]
+            for k in _ordered_keys("variant", variant):
+                lines.append(f"  {_key(k)} = {_value(variant[k], f'release[{i}].variant[{j}].{k}')}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- diff, write, fetch
+
+
+def render_diff(old_text: str, new_text: str, path: str = "torch.toml") -> str:
+    """Unified diff of the file before and after, as shown to the user before writing."""
+    return "".join(
+        difflib.unified_diff(
+            old_text.splitlines(keepends=True),
+            new_text.splitlines(keepends=True),
+            fromfile=f"a/{path}",
+            tofile=f"b/{path}",
+        )
+    )
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and ``os.replace`` (readers never see half)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)  # noqa: PTH105 - atomic rename is the point here
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fetch_index(
+    variant: str,
+    *,
+    base_url: str = DEFAULT_INDEX_URL,
+    timeout: float = 30.0,
+    session: Any = None,
+) -> str:
+    """HTML of ``<base_url>/<variant>/torch/``; ProvisionError naming the URL when it cannot be read."""
+    import requests
+
+    url = f"{base_url.rstrip('/')}/{variant}/torch/"
+    getter = session if session is not None else requests
+    try:
+        response = getter.get(url, timeout=timeout)
+    except requests.RequestException as exc:
+        raise ProvisionError(
+            f"cannot reach the PyTorch wheel index {url}: {exc.__class__.__name__}: {exc}; "
+            "check the network or pass another --index-url"
+        ) from exc
+    if response.status_code != 200:
+        raise ProvisionError(f"the PyTorch wheel index {url} answered HTTP {response.status_code}")
+    return response.text
+
+
+def refresh_torch(
+    torch_toml: Path,
+    variants: Sequence[str],
+    *,
+    fetch: Callable[[str], str] = fetch_index,
+    min_version: str | None = None,
+) -> RefreshResult:
+    """Read the index page of each variant and work out the new torch.toml (nothing is written).
+
+    ``min_version`` drops releases older than it from what is added (old releases already in
+    the file are left alone).
+    """
+    torch_toml = Path(torch_toml)
+    old_text = torch_toml.read_text(encoding="utf-8")
+    try:
+        existing = tomllib.loads(old_text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(str(torch_toml), "(file)", f"not valid TOML: {exc}") from exc
+    rows: list[WheelRow] = []
+    for variant in variants:
+        rows += parse_wheel_names(parse_index_html(fetch(variant)), default_variant=variant)
+    if min_version is not None:
+        floor = Version(min_version)
+        rows = [r for r in rows if Version(r.version) >= floor]
+    merged = merge_torch(existing, collect_rows(rows))
+    new_text = dump_torch_toml(merged)
+    return RefreshResult(old_text=old_text, new_text=new_text, diff=render_diff(old_text, new_text, torch_toml.name))
