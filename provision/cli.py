@@ -232,20 +232,22 @@ def show_plan(plan: Plan, console: Any) -> None:
     """A readable plan: the choice on top, then every reason and warning."""
     from rich.table import Table
 
+    from rich.markup import escape
+
     p = plan.placement
     where = f"GPU {', '.join(map(str, p.gpus))}" if p.gpus else p.device.upper()
     console.print(f"[bold]{plan.model_id}[/] ({plan.model_repo}): [bold]{p.precision}[/] on {where}, "
-                  f"torch {plan.torch_version} [{plan.variant}], Python {plan.python}")
+                  f"torch {plan.torch_version} {escape('[' + plan.variant + ']')}, Python {plan.python}")
     console.print(f"memory: {p.required_bytes / 1e9:.1f} GB needed of {p.available_bytes / 1e9:.1f} GB "
                   f"({', '.join(f'{k} {v / 1e9:.2f}' for k, v in p.breakdown.items())})")
     table = Table("decision", "choice", "why", show_lines=False)
     for r in plan.reasons:
-        table.add_row(r.decision, r.choice, r.why)
+        table.add_row(escape(r.decision), escape(r.choice), escape(r.why))
     console.print(table)
     pins = "  ".join(f"{k}=={v}" for k, v in sorted(plan.packages.items()))
     console.print(f"pins: {pins}")
     for w in plan.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {escape(w)}")
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -264,10 +266,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _show_no_plan(exc: NoViablePlan) -> None:
+    from rich.markup import escape
+
     err = _console(stderr=True)
-    err.print(f"[red]no viable plan:[/] {exc.message}")
+    err.print(f"[red]no viable plan:[/] {escape(exc.message)}")
     for remedy in exc.remedies:
-        err.print(f"  - {remedy}")
+        err.print(f"  - {escape(remedy)}")
 
 
 _COMMANDS = {
@@ -302,3 +306,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except SystemExit as exc:  # argparse --help / --version
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_BAD_INPUT
+
+
+def _cmd_matrix(args: argparse.Namespace) -> int:
+    """``matrix refresh``: rebuild torch rows from the PyTorch index; show the diff, write on --write."""
+    from provision.matrix import load_matrix
+    from provision.refresh import refresh_torch, write_atomic
+
+    matrix = load_matrix(args.matrix)
+    assert matrix.root is not None
+    path = matrix.root / "torch.toml"
+    variants = args.variant or sorted({v.name for r in matrix.torch for v in r.variants})
+    result = refresh_torch(path, variants, min_version="2.2")
+    if not result.changed:
+        sys.stderr.write(f"{path}: up to date with the PyTorch index ({', '.join(variants)})\n")
+        return 0
+    sys.stdout.write(result.diff)
+    if args.write:
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:  # the refreshed data must validate before it lands
+            trial = Path(tmp) / "matrices"
+            shutil.copytree(matrix.root, trial)
+            (trial / "torch.toml").write_text(result.new_text, encoding="utf-8")
+            try:
+                load_matrix(trial)
+            except InvalidInput as exc:
+                raise ProvisionError(
+                    f"not written: the refreshed torch.toml needs facts only a person can add ({exc.field}: "
+                    f"{exc.problem}); apply the diff above and fill in archs, date and torchvision by hand"
+                ) from None
+        write_atomic(path, result.new_text)
+        sys.stderr.write(f"wrote {path}\n")
+    else:
+        sys.stderr.write("dry run: pass --write to apply this change\n")
+    return 0

@@ -206,6 +206,17 @@ class _Search:
     """Collects why candidates were rejected, to build remedies when nothing fits."""
 
     rejections: dict[str, list[str]] = field(default_factory=dict)
+    #: the first reason each torch release was passed over, for the "torch" reason.
+    by_release: dict[Version, str] = field(default_factory=dict)
+    #: the smallest GPU memory any tried placement needed: (bytes, precision).
+    min_gpu_need: tuple[int, str] | None = None
+
+    def need(self, required: int, precision: str) -> None:
+        if self.min_gpu_need is None or required < self.min_gpu_need[0]:
+            self.min_gpu_need = (required, precision)
+
+    def passed_over(self, release: Version, why: str) -> None:
+        self.by_release.setdefault(release, why)
 
     def reject(self, kind: str, why: str) -> None:
         self.rejections.setdefault(kind, [])
@@ -280,8 +291,9 @@ def _torch_candidates(host: HostProfile, matrix: Matrix, prefs: Preferences, pyt
             continue
         fitting = [v for v in variants if _python_ok(release, v, python)]
         if not fitting:
-            search.reject("python", f"torch {release.version} has no wheels for Python {python} "
-                                    f"(has {', '.join(release.pythons)})")
+            why_py = f"torch {release.version} has no wheels for Python {python} (has {', '.join(release.pythons)})"
+            search.reject("python", why_py)
+            search.passed_over(release.version, why_py)
             continue
         # Highest CUDA first within a release: newest kernels and libraries.
         fitting.sort(key=lambda v: v.cuda or Version("0"), reverse=True)
@@ -307,6 +319,7 @@ def _cuda_placements(host: HostProfile, model: ModelSpec, precision: str, contex
     from provision.memory import estimate_memory, split_across_gpus
 
     est = estimate_memory(model.config, precision=precision, context_tokens=context, device="cuda")
+    search.need(est.total, precision)
     out: list[Placement] = []
     by_free = sorted(gpus, key=lambda g: (-g.memory_free_bytes, g.index))
     best = by_free[0]
@@ -322,16 +335,21 @@ def _cuda_placements(host: HostProfile, model: ModelSpec, precision: str, contex
     if len(by_free) > 1:
         free = {g.index: g.memory_free_bytes for g in by_free}
         split = split_across_gpus(model.config, precision=precision, context_tokens=context, free_bytes=free)
-        if split is not None:
-            used = tuple(sorted(split.per_gpu))
+        if split.fits and len(split.gpus) > 1:
+            used = tuple(sorted(split.gpus))
             available = sum(free[i] for i in used)
+            breakdown: dict[str, int] = {}
+            for share in split.shares:
+                for key, value in share.estimate.breakdown.items():
+                    breakdown[key] = breakdown.get(key, 0) + value
+            per_gpu = ", ".join(f"GPU {s.index} {_gb(s.estimate.total)} of {_gb(s.free_bytes)}" for s in split.shares)
             out.append(Placement(
-                device="cuda", gpus=used, precision=precision, required_bytes=split.total,
-                available_bytes=available, breakdown=split.breakdown, max_memory=split.max_memory,
-                why=(f"{_gb(split.total)} split over GPUs {', '.join(map(str, used))} "
-                     f"({_gb(available)} free together)"),
+                device="cuda", gpus=used, precision=precision, required_bytes=split.required_bytes,
+                available_bytes=available, breakdown=breakdown,
+                max_memory={str(k): v for k, v in sorted(split.max_memory.items())},
+                why=f"{_gb(split.required_bytes)} split layer by layer over {len(used)} GPUs ({per_gpu})",
             ))
-        else:
+        elif not split.fits:
             total_free = sum(free.values())
             search.reject("memory", f"{model.name} in {precision} does not fit split over {len(by_free)} GPUs "
                                     f"({_gb(total_free)} free together)")
@@ -360,6 +378,7 @@ def _plan_cuda(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefe
             for release, variant, (runs, native, why_driver) in candidates:
                 if not runs:
                     search.reject("driver", why_driver)
+                    search.passed_over(release.version, f"{variant.name}: {why_driver}")
                     continue
                 kernel_notes = []
                 ok = True
@@ -367,6 +386,7 @@ def _plan_cuda(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefe
                     has, why_k = has_kernels(gpu, variant, platform, can_jit=native)
                     if not has:
                         search.reject("kernels", f"torch {release.version} {why_k}")
+                        search.passed_over(release.version, why_k)
                         ok = False
                         break
                     kernel_notes.append(why_k)
@@ -376,8 +396,10 @@ def _plan_cuda(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefe
                 if precision in ("int8", "nf4"):
                     bnb = _bnb_for(matrix, release.version, variant, platform, python, placed, precision, search)
                     if bnb is None:
-                        search.reject("bnb", f"no bitsandbytes release supports torch {release.version} "
-                                             f"{variant.name} on {platform} for {precision}")
+                        why_bnb = (f"no bitsandbytes release supports torch {release.version} "
+                                   f"{variant.name} on {platform} for {precision}")
+                        search.reject("bnb", why_bnb)
+                        search.passed_over(release.version, why_bnb)
                         continue
                 plan = _assemble(host, matrix, model, prefs, python, release, variant, placement, search,
                                  driver_why=why_driver, native=native, kernel_notes=kernel_notes, bnb=bnb)
@@ -455,10 +477,9 @@ def _assemble(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefer
     elif prefs.torch_available is not None:
         torch_why = "newest release that fits this host among the torch wheels in the configured wheel sources"
     if release.version != newest and prefs.torch_version is None:
-        skipped = sorted(search.rejections.get("kernels", []) + search.rejections.get("driver", [])
-                         + search.rejections.get("python", []) + search.rejections.get("bnb", []))
-        if skipped:
-            torch_why += f"; newer builds were rejected: {skipped[0]}"
+        newer = sorted((v for v in search.by_release if v > release.version), reverse=True)
+        if newer:
+            torch_why += f"; torch {newer[0]} was passed over: {search.by_release[newer[0]]}"
     reasons.append(Reason(decision="torch", choice=str(release.version), why=torch_why))
     if variant.cuda is None:
         variant_why = f"CPU build for {platform}" + (" (MPS included)" if placement.device == "mps" else "")
@@ -534,14 +555,22 @@ def _remedies(host: HostProfile, model: ModelSpec, prefs: Preferences, search: _
         remedies.append("add a torch wheel for this host to the wheelhouse, or plan without --wheelhouse")
     if "memory" in r:
         first = first or r["memory"][-1]
-        remedies.append("free GPU memory used by other processes")
-        remedies.append(f"lower --context (now {prefs.context_tokens})")
         if prefs.precision:
             remedies.append("drop --precision to let the planner quantize")
         if host.gpus:
-            remedies.append("use a GPU with more free memory, or add a second GPU to split over")
-            remedies.append("run on CPU with --device cpu (needs about 23 GB RAM in bf16)")
+            remedies.append("free GPU memory used by other processes")
+            if search.min_gpu_need is not None:
+                need, precision = search.min_gpu_need
+                remedies.append(f"use a GPU with at least {_gb(need)} free ({precision}), "
+                                "or add a second GPU to split over")
+            remedies.append(f"lower --context (now {prefs.context_tokens})")
+            from provision.memory import estimate_memory
+
+            cpu = estimate_memory(model.config, precision="bf16", context_tokens=prefs.context_tokens, device="cpu")
+            remedies.append(f"run on CPU with --device cpu (needs {_gb(cpu.total / RAM_USABLE_FRACTION)} of RAM "
+                            f"in bf16; this host has {_gb(host.ram_bytes)})")
         else:
+            remedies.append(f"lower --context (now {prefs.context_tokens})")
             remedies.append("use a machine with more RAM, or one with an NVIDIA GPU")
     if "bnb" in r:
         first = first or r["bnb"][0]
@@ -555,7 +584,7 @@ def _remedies(host: HostProfile, model: ModelSpec, prefs: Preferences, search: _
     if "transformers" in r:
         first = first or r["transformers"][0]
         remedies.append("pick a newer torch (--torch) that transformers >= 5 supports")
-    message = f"no viable plan for {model.name}: {first or 'no torch build in the matrix fits this host'}"
+    message = first or f"no torch build in the matrix fits this host for {model.name}"
     return message, remedies or ["check the host profile against matrices/torch.toml"]
 
 

@@ -1,0 +1,572 @@
+"""How much memory a GLM-family model needs: a pure estimate from its ``config.json``.
+
+The model is rebuilt module by module from the config (the same modules, names and
+shapes that transformers creates), so weights are counted exactly for every precision
+instead of "parameters x bytes". What the estimate assumes, so that a measurement can
+be compared with it:
+
+* transformers >= 5 with ``attn_implementation="sdpa"``, batch 1 (``batch_size``),
+  no padding, ``generate()`` computing logits for the last position only
+  (``logits_to_keep=1``, which every GLM class supports).
+* bf16/fp16: 2 bytes per parameter; fp32: 4. KV cache and activations use the compute
+  dtype (4 bytes in fp32, else 2; bnb int8/nf4 compute in 16-bit).
+* int8 = bitsandbytes LLM.int8 (``Linear8bitLt``, threshold 6): each quantized Linear holds
+  an int8 weight plus one fp32 scale per output row (``SCB``).
+* nf4 = bitsandbytes 4-bit: two weights per byte, one absmax per 64 weights; with double
+  quantization (the default here) the absmax are 8-bit plus one fp32 absmax per 256 blocks.
+* transformers+bnb quantize every ``nn.Linear`` except ``lm_head`` (``get_keys_to_not_convert``;
+  glm4v has no ``_keep_in_fp32_modules``), so the vision tower *is* quantized. Embeddings,
+  RMSNorm/LayerNorm, the Conv3d patch embedding and the Conv2d downsample stay 16-bit,
+  and so do all biases.
+* On CUDA, large quantized blocks are rounded the way the caching allocator rounds them
+  (requests >= 10 MiB round up to 2 MiB; a remainder <= 1 MiB is not split off).
+
+Calibration (GLM-4-9B text model, H100, torch 2.11, transformers 5.17,
+shared/notes/gpu-measurements.md): torch allocated after load 18.80 / 6.73 / 10.69 GB for
+bf16 / nf4 / int8; the estimator gives 18.80 / 6.71 / 10.71. Peak during a 160-token
+generate was 18.85 / 6.86 / 10.74 GB, and ``peak_allocated`` stays above each.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from provision._fields import Fields
+from provision.errors import InvalidInput
+
+__all__ = [
+    "CUDA_CONTEXT_BYTES",
+    "DEVICES",
+    "PRECISIONS",
+    "Architecture",
+    "GpuShare",
+    "GpuSplit",
+    "MemoryEstimate",
+    "estimate_memory",
+    "parameter_count",
+    "parameters_by_part",
+    "parse_architecture",
+    "split_across_gpus",
+]
+
+PRECISIONS = ("bf16", "fp16", "fp32", "int8", "nf4")
+QUANTIZED = ("int8", "nf4")
+DEVICES = ("cuda", "cpu", "mps")
+FAMILIES = ("glm4v", "glm4", "glm")
+
+#: CUDA context + loaded kernels (cuBLAS, sdpa), outside torch's allocator. Measured on an
+#: H100 with torch 2.11.0+cu130: nvidia-smi grew 0.651 GB at the first CUDA tensor and
+#: 0.727 GB (minus reserved) once a bf16 matmul, a Linear and sdpa had run.
+CUDA_CONTEXT_BYTES = 750_000_000
+#: cuBLAS + cublasLt workspaces, allocated through torch's allocator (measured 32 MiB + ~1 MiB).
+CUDA_WORKSPACE_BYTES = 40 * 2**20
+#: Reserved-but-unallocated memory of torch's caching allocator after loading, as a fraction of
+#: the weights: nvidia-smi minus torch allocated was +0.14 / +0.51 / +1.25 GB on 18.80 / 6.73 /
+#: 10.69 GB for bf16 / nf4 / int8 (bnb quantizes from 16-bit copies that stay cached).
+ALLOCATOR_SLACK = {"bf16": 0.01, "fp16": 0.01, "fp32": 0.01, "nf4": 0.08, "int8": 0.12}
+#: Off CUDA: a Python process with torch + transformers + tokenizer (not measured, a round figure)
+#: plus 2% allocator fragmentation.
+CPU_RUNTIME_BYTES = 1_000_000_000
+CPU_SLACK = 0.02
+#: bitsandbytes 4-bit block sizes (CUDA defaults) and transformers' bnb max_memory factor.
+NF4_BLOCK = 64
+NF4_NESTED_BLOCK = 256
+BNB_MAX_MEMORY_FACTOR = 0.90
+
+_MIB = 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class _Module:
+    """One module with parameters, named as transformers names it."""
+
+    name: str
+    kind: str  # linear | embedding | norm | conv
+    weight: int
+    bias: int = 0
+    rows: int = 0  # output features of a Linear (LLM.int8 keeps one scale per row)
+    part: str = ""  # overrides the unit's part (the final norm travels with lm_head)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    """What a device map places as a whole: the vision tower, embeddings, one layer, or the head."""
+
+    name: str
+    part: str
+    modules: tuple[_Module, ...]
+    decoder_layers: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Architecture:
+    """The dimensions the estimator needs, parsed and checked from a config."""
+
+    family: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied: bool
+    qkv_bias: bool
+    norms_per_layer: int
+    vision: dict[str, int] | None = None
+    units: tuple[_Unit, ...] = field(default=(), repr=False)
+
+    @property
+    def kv_bytes_per_token_layer(self) -> int:
+        """K and V of one token in one layer, in elements."""
+        return 2 * self.kv_heads * self.head_dim
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def parse_architecture(config: Mapping[str, Any], *, source: str = "config.json", path: str = "") -> Architecture:
+    """Read a GLM / GLM-4 / GLM-4.1V config (v4 or v5 layout) into an ``Architecture``.
+
+    :raises InvalidInput: unsupported ``model_type`` or a missing / wrong dimension,
+        naming ``source`` and the dotted key.
+    """
+    top = Fields(config, source, path)
+    family = top.str("model_type")
+    if family not in FAMILIES:
+        hint = " (use glm-4-9b-chat-hf, the transformers-native conversion)" if family == "chatglm" else ""
+        raise top.fail("model_type", f"{family!r} is not supported; expected one of {', '.join(FAMILIES)}{hint}")
+    text = top.obj("text_config") if family == "glm4v" else top
+    assert text is not None
+    hidden = text.int("hidden_size", minimum=1)
+    heads = text.int("num_attention_heads", minimum=1)
+    kv_heads = text.int("num_key_value_heads", required=False, default=heads, minimum=1)
+    if heads % kv_heads:
+        raise text.fail("num_key_value_heads", f"{kv_heads} does not divide num_attention_heads {heads}")
+    if family == "glm4v":  # Glm4vTextAttention ignores head_dim
+        head_dim = hidden // heads
+    else:
+        head_dim = text.int("head_dim", required=False, default=hidden // heads, minimum=1)
+    tied = text.bool("tie_word_embeddings", required=False, default=None)
+    if tied is None:
+        tied = top.bool("tie_word_embeddings", required=False, default=False)
+    arch = Architecture(
+        family=family,
+        hidden=hidden,
+        layers=text.int("num_hidden_layers", minimum=1, maximum=10_000),
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate=text.int("intermediate_size", minimum=1),
+        vocab=text.int("vocab_size", minimum=1),
+        tied=tied,
+        qkv_bias=True if family == "glm4v" else text.bool("attention_bias", required=False, default=True),
+        norms_per_layer=2 if family == "glm" else 4,
+        vision=_parse_vision(top.obj("vision_config"), hidden) if family == "glm4v" else None,
+    )
+    return _with_units(arch)
+
+
+def _parse_vision(vis: Fields | None, text_hidden: int) -> dict[str, int]:
+    assert vis is not None
+    image = vis.data.get("image_size", 336)
+    if isinstance(image, list) and image and all(isinstance(x, int) and not isinstance(x, bool) for x in image):
+        image = image[0]
+    if not isinstance(image, int) or isinstance(image, bool) or image < 1:
+        raise vis.fail("image_size", f"expected a positive integer, got {image!r}")
+    dims = {
+        "hidden": vis.int("hidden_size", minimum=1),
+        "depth": vis.int("depth", minimum=1, maximum=10_000),
+        "heads": vis.int("num_heads", minimum=1),
+        "out_hidden": vis.int("out_hidden_size", minimum=1),
+        "intermediate": vis.int("intermediate_size", minimum=1),
+        "patch": vis.int("patch_size", required=False, default=14, minimum=1),
+        "temporal_patch": vis.int("temporal_patch_size", required=False, default=2, minimum=1),
+        "in_channels": vis.int("in_channels", required=False, default=3, minimum=1),
+        "merge": vis.int("spatial_merge_size", required=False, default=2, minimum=1),
+        "qkv_bias": int(vis.bool("attention_bias", required=False, default=False)),
+        "image_size": image,
+    }
+    if dims["out_hidden"] != text_hidden:
+        raise vis.fail("out_hidden_size", f"{dims['out_hidden']} must equal text_config.hidden_size {text_hidden}")
+    return dims
+
+
+def _linear(name: str, fan_in: int, fan_out: int, *, bias: bool = False) -> _Module:
+    return _Module(name, "linear", fan_in * fan_out, fan_out if bias else 0, fan_out)
+
+
+def _vision_unit(v: Mapping[str, int]) -> _Unit:
+    h, o, p = v["hidden"], v["out_hidden"], "model.visual."
+    mods = [
+        _Module(p + "embeddings.position_embedding", "embedding", (v["image_size"] // v["patch"]) ** 2 * h),
+        _Module(p + "patch_embed.proj", "conv", v["in_channels"] * v["temporal_patch"] * v["patch"] ** 2 * h, h),
+    ]
+    for i in range(v["depth"]):
+        b = f"{p}blocks.{i}."
+        mods += [
+            _Module(b + "norm1", "norm", h),
+            _Module(b + "norm2", "norm", h),
+            _linear(b + "attn.qkv", h, 3 * h, bias=bool(v["qkv_bias"])),
+            _linear(b + "attn.proj", h, h),
+            _linear(b + "mlp.gate_proj", h, o),  # the block MLP is sized by out_hidden_size
+            _linear(b + "mlp.up_proj", h, o),
+            _linear(b + "mlp.down_proj", o, h),
+        ]
+    mods += [
+        _Module(p + "post_conv_layernorm", "norm", h),
+        _Module(p + "post_layernorm", "norm", h),
+        _Module(p + "downsample", "conv", h * o * v["merge"] ** 2, o),
+        _linear(p + "merger.proj", o, o),
+        _Module(p + "merger.post_projection_norm", "norm", o, o),  # LayerNorm: weight + bias
+        _linear(p + "merger.gate_proj", o, v["intermediate"]),
+        _linear(p + "merger.up_proj", o, v["intermediate"]),
+        _linear(p + "merger.down_proj", v["intermediate"], o),
+    ]
+    return _Unit("model.visual", "vision", tuple(mods))
+
+
+def _with_units(a: Architecture) -> Architecture:
+    prefix = "model.language_model." if a.family == "glm4v" else "model."
+    units = [_vision_unit(a.vision)] if a.vision else []
+    embed = _Module(prefix + "embed_tokens", "embedding", a.vocab * a.hidden)
+    units.append(_Unit(prefix + "embed_tokens", "embed_tokens", (embed,)))
+    norms = ["input_layernorm", "post_attention_layernorm", "post_self_attn_layernorm", "post_mlp_layernorm"]
+    q, kv = a.heads * a.head_dim, a.kv_heads * a.head_dim
+    for i in range(a.layers):
+        b = f"{prefix}layers.{i}."
+        mods = (
+            _linear(b + "self_attn.q_proj", a.hidden, q, bias=a.qkv_bias),
+            _linear(b + "self_attn.k_proj", a.hidden, kv, bias=a.qkv_bias),
+            _linear(b + "self_attn.v_proj", a.hidden, kv, bias=a.qkv_bias),
+            _linear(b + "self_attn.o_proj", q, a.hidden),
+            _linear(b + "mlp.gate_up_proj", a.hidden, 2 * a.intermediate),
+            _linear(b + "mlp.down_proj", a.intermediate, a.hidden),
+            *(_Module(b + n, "norm", a.hidden) for n in norms[: a.norms_per_layer]),
+        )
+        units.append(_Unit(f"{prefix}layers.{i}", "decoder_layers", mods, decoder_layers=1))
+    head = [_Module(prefix + "norm", "norm", a.hidden, part="final_norm")]
+    if not a.tied:  # a tied lm_head shares embed_tokens' storage
+        head.append(_linear("lm_head", a.hidden, a.vocab))
+    units.append(_Unit("lm_head", "lm_head", tuple(head)))
+    return Architecture(**{f: getattr(a, f) for f in Architecture.__slots__ if f != "units"}, units=tuple(units))
+
+
+def _arch(spec_or_config: Any) -> Architecture:
+    if isinstance(spec_or_config, Architecture):
+        return spec_or_config
+    config = getattr(spec_or_config, "config", spec_or_config)
+    return parse_architecture(config)
+
+
+def parameter_count(spec_or_config: Any) -> int:
+    """All parameters, as ``sum(p.numel() for p in model.parameters())`` reports them."""
+    return sum(parameters_by_part(spec_or_config).values())
+
+
+def parameters_by_part(spec_or_config: Any) -> dict[str, int]:
+    """Parameters per part: ``vision``, ``embed_tokens``, ``decoder_layers``, ``final_norm``, ``lm_head``.
+
+    ``lm_head`` is absent when it is tied to ``embed_tokens``.
+    """
+    parts: dict[str, int] = {}
+    for unit in _arch(spec_or_config).units:
+        for m in unit.modules:
+            part = m.part or unit.part
+            parts[part] = parts.get(part, 0) + m.weight + m.bias
+    return parts
+
+
+# ---------------------------------------------------------------- bytes
+
+
+def _skipped(name: str, keep: Sequence[str]) -> bool:
+    """transformers' rule: a module stays unquantized if a skip key names it or one of its parents."""
+    dotted = f".{name}."
+    return any(f".{key}." in dotted or name.startswith(f"{key}.") for key in keep)
+
+
+def _quantized_weight_bytes(weight: int, rows: int, precision: str, double_quant: bool) -> int:
+    if precision == "int8":
+        return weight + 4 * rows
+    blocks = math.ceil(weight / NF4_BLOCK)
+    if double_quant:
+        return math.ceil(weight / 2) + blocks + 4 * math.ceil(blocks / NF4_NESTED_BLOCK) + 4
+    return math.ceil(weight / 2) + 4 * blocks
+
+
+def _rounding(size: int) -> int:
+    """Bytes the CUDA caching allocator adds to a block of ``size`` bytes (large-pool rule)."""
+    if size < 10 * _MIB:
+        return 0
+    rest = -size % (2 * _MIB)
+    return rest if rest <= _MIB else 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Opts:
+    precision: str
+    device: str
+    keep: tuple[str, ...]
+    double_quant: bool
+
+
+def _module_bytes(m: _Module, o: _Opts) -> tuple[int, int]:
+    """(bytes held, bytes accelerate's device map counts for it)."""
+    if o.precision == "fp32":
+        return 4 * (m.weight + m.bias), 4 * (m.weight + m.bias)
+    if o.precision in QUANTIZED and m.kind == "linear" and not _skipped(m.name, o.keep):
+        q = _quantized_weight_bytes(m.weight, m.rows, o.precision, o.double_quant)
+        if o.device == "cuda":
+            q += _rounding(m.weight if o.precision == "int8" else math.ceil(m.weight / 2))
+        counted = m.weight if o.precision == "int8" else math.ceil(m.weight / 2)
+        return q + 2 * m.bias, counted + 2 * m.bias
+    return 2 * (m.weight + m.bias), 2 * (m.weight + m.bias)
+
+
+def _is_quantized(m: _Module, o: _Opts) -> bool:
+    return o.precision in QUANTIZED and m.kind == "linear" and not _skipped(m.name, o.keep)
+
+
+# ---------------------------------------------------------------- estimate
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryEstimate:
+    """Bytes one device needs. ``total`` is what must be free (nvidia-smi's view on CUDA).
+
+    ``peak_allocated`` (weights + kv_cache + activations) is what
+    ``torch.cuda.max_memory_allocated()`` should stay under during ``generate``.
+    """
+
+    precision: str
+    device: str
+    context_tokens: int
+    weights: int
+    kv_cache: int
+    activations: int
+    overhead: int
+    weights_by_part: dict[str, int] = field(default_factory=dict)
+    overhead_parts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.activations + self.overhead
+
+    @property
+    def peak_allocated(self) -> int:
+        return self.weights + self.kv_cache + self.activations
+
+    @property
+    def breakdown(self) -> dict[str, int]:
+        """The plan's ``memory.breakdown``."""
+        return {"weights": self.weights, "kv_cache": self.kv_cache, "activations": self.activations,
+                "overhead": self.overhead}
+
+
+def _check(precision: str, device: str, context_tokens: int, batch_size: int, image_tokens: int) -> None:
+    if precision not in PRECISIONS:
+        raise InvalidInput("--precision", "precision", f"{precision!r} is not one of {', '.join(PRECISIONS)}")
+    if device not in DEVICES:
+        raise ValueError(f"device {device!r} is not one of {DEVICES}")
+    if not 1 <= context_tokens <= 2**24:
+        raise InvalidInput("--context", "context", f"{context_tokens} is out of range [1, {2**24}]")
+    if batch_size < 1 or image_tokens < 0 or image_tokens > context_tokens:
+        raise ValueError("batch_size must be >= 1 and 0 <= image_tokens <= context_tokens")
+
+
+def _activations(a: Architecture, units: Sequence[_Unit], o: _Opts, tokens: int, batch: int, image_tokens: int) -> int:
+    """Peak transient bytes of one prefill over ``units`` (layers run one at a time)."""
+    cb = 4 if o.precision == "fp32" else 2
+    t = tokens * batch
+    peak = 0
+    if any(u.decoder_layers for u in units):
+        hidden = 4 * t * a.hidden * cb  # residual, normed input, block output, next residual
+        qkv = t * (a.heads + 2 * a.kv_heads) * a.head_dim * cb
+        attn = qkv + 3 * t * a.heads * a.head_dim * cb  # K and V repeated to all heads for sdpa, output
+        mlp = t * 4 * a.intermediate * cb  # gate_up output, act(gate), act*up
+        peak = hidden + max(attn, mlp)
+    if image_tokens and a.vision and any(u.part == "vision" for u in units):
+        v = a.vision
+        patches = image_tokens * batch * v["merge"] ** 2
+        block = 3 * patches * v["hidden"] * cb + max(
+            patches * 4 * v["hidden"] * cb + 2 * patches * v["hidden"] * 4,  # qkv + out, fp32 rotary q/k
+            3 * patches * v["out_hidden"] * cb,  # gate, up, product
+        )
+        merger = image_tokens * batch * (2 * v["out_hidden"] + 3 * v["intermediate"]) * cb
+        peak = max(peak, block, merger)
+    if any(u.part == "lm_head" for u in units):
+        peak += batch * a.vocab * (cb + 3 * 4)  # last-position logits, fp32 copy, scores, probs
+    mods = [m for u in units for m in u.modules if _is_quantized(m, o)]
+    if mods and tokens > 1:
+        if o.precision == "nf4":  # prefill dequantizes each weight to 16-bit before the matmul
+            peak += max(m.weight for m in mods) * cb
+        else:  # LLM.int8: int8 input + int32 and 16-bit outputs
+            peak += t * max(m.rows * (4 + cb) for m in mods) + t * a.intermediate
+    if o.device == "cuda":
+        peak += CUDA_WORKSPACE_BYTES
+    return peak
+
+
+def _estimate_units(
+    a: Architecture, units: Sequence[_Unit], o: _Opts, tokens: int, batch: int, image_tokens: int
+) -> MemoryEstimate:
+    by_part: dict[str, int] = {}
+    for u in units:
+        for m in u.modules:
+            by_part[m.part or u.part] = by_part.get(m.part or u.part, 0) + _module_bytes(m, o)[0]
+    weights = sum(by_part.values())
+    cb = 4 if o.precision == "fp32" else 2
+    layers = sum(u.decoder_layers for u in units)
+    kv = tokens * batch * layers * a.kv_bytes_per_token_layer * cb
+    if o.device == "cuda":
+        overhead = {"cuda_context": CUDA_CONTEXT_BYTES, "allocator_slack": int(weights * ALLOCATOR_SLACK[o.precision])}
+    else:
+        overhead = {"runtime": CPU_RUNTIME_BYTES, "allocator_slack": int(weights * CPU_SLACK)}
+    return MemoryEstimate(
+        precision=o.precision, device=o.device, context_tokens=tokens, weights=weights, kv_cache=kv,
+        activations=_activations(a, units, o, tokens, batch, image_tokens), overhead=sum(overhead.values()),
+        weights_by_part=by_part, overhead_parts=overhead,
+    )
+
+
+def _keep_for(spec_or_config: Any, precision: str, keep_16bit: Sequence[str] | None) -> Sequence[str] | None:
+    """An explicit ``keep_16bit`` wins; else a ``ModelSpec``'s catalog entry; else transformers' default."""
+    if keep_16bit is not None:
+        return keep_16bit
+    skip = getattr(spec_or_config, "skip_modules", None)
+    return (skip(precision) or None) if callable(skip) else None
+
+
+def _opts(precision: str, device: str, keep_16bit: Sequence[str] | None, double_quant: bool) -> _Opts:
+    return _Opts(precision, device, tuple(keep_16bit) if keep_16bit is not None else ("lm_head",), double_quant)
+
+
+def estimate_memory(
+    spec_or_config: Any,
+    *,
+    precision: str,
+    context_tokens: int,
+    device: str = "cuda",
+    batch_size: int = 1,
+    image_tokens: int = 0,
+    keep_16bit: Sequence[str] | None = None,
+    double_quant: bool = True,
+) -> MemoryEstimate:
+    """Memory to load the whole model on one device and generate up to ``context_tokens``.
+
+    ``spec_or_config``: a ``ModelSpec`` (its ``config``), a config mapping, or an ``Architecture``.
+    ``image_tokens``: how many of the context tokens are image tokens (after the 2x2 merge);
+    sizes the vision tower's workspace. ``keep_16bit``: Linear modules bnb must skip (default
+    ``["lm_head"]``, transformers' own choice; add ``"model.visual"`` to keep the vision tower 16-bit).
+
+    :raises InvalidInput: unknown precision, a context out of range, or a bad config.
+    """
+    _check(precision, device, context_tokens, batch_size, image_tokens)
+    a = _arch(spec_or_config)
+    o = _opts(precision, device, _keep_for(spec_or_config, precision, keep_16bit), double_quant)
+    return _estimate_units(a, a.units, o, context_tokens, batch_size, image_tokens)
+
+
+# ---------------------------------------------------------------- multi-GPU
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuShare:
+    """The units one GPU holds, and what that costs it."""
+
+    index: int
+    units: tuple[str, ...]
+    decoder_layers: tuple[int, int]  # [first, last) decoder layer indices; (0, 0) when none
+    estimate: MemoryEstimate
+    free_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuSplit:
+    """A layer-granular placement over GPUs. ``fits`` is False when some unit found no room."""
+
+    fits: bool
+    precision: str
+    shares: tuple[GpuShare, ...] = ()
+    max_memory: dict[int, int] = field(default_factory=dict)
+    unplaced: tuple[str, ...] = ()
+
+    @property
+    def gpus(self) -> tuple[int, ...]:
+        return tuple(s.index for s in self.shares)
+
+    @property
+    def required_bytes(self) -> int:
+        return sum(s.estimate.total for s in self.shares)
+
+
+def split_across_gpus(
+    spec_or_config: Any,
+    *,
+    precision: str,
+    context_tokens: int,
+    free_bytes: Sequence[int] | Mapping[int, int],
+    batch_size: int = 1,
+    image_tokens: int = 0,
+    keep_16bit: Sequence[str] | None = None,
+    double_quant: bool = True,
+) -> GpuSplit:
+    """Fill GPUs in order with whole units (vision tower, embeddings, decoder layers, head).
+
+    Each GPU pays its own CUDA context, allocator slack, KV cache for its layers and a full
+    activation workspace; the first holds the embeddings (and the vision tower), the last the
+    final norm and ``lm_head``. GPUs left empty are not used. ``max_memory`` is meant for
+    ``from_pretrained(device_map="auto", max_memory=...)``: each used GPU but the last gets
+    exactly its planned bytes as accelerate counts them (quantized weights at 1 or 0.5 byte,
+    divided by transformers' bnb factor 0.9; GPU 0 also gets room for the largest unit, which
+    accelerate holds back there); the last GPU gets what it has left.
+
+    :raises InvalidInput: as ``estimate_memory``.
+    """
+    _check(precision, "cuda", context_tokens, batch_size, image_tokens)
+    a = _arch(spec_or_config)
+    o = _opts(precision, "cuda", _keep_for(spec_or_config, precision, keep_16bit), double_quant)
+    frees = dict(free_bytes) if isinstance(free_bytes, Mapping) else dict(enumerate(free_bytes))
+    order = sorted(frees)
+    units = list(a.units)
+
+    def estimate(us: Sequence[_Unit]) -> MemoryEstimate:
+        return _estimate_units(a, us, o, context_tokens, batch_size, image_tokens)
+
+    placed: list[tuple[int, list[_Unit]]] = []
+    pos = 0
+    for n, gpu in enumerate(order):
+        if pos == len(units):
+            break
+        take: list[_Unit] = []
+        while pos < len(units) and estimate([*take, units[pos]]).total <= frees[gpu]:
+            take.append(units[pos])
+            pos += 1
+        is_last_gpu = n == len(order) - 1
+        if not take and not is_last_gpu:
+            continue  # this GPU cannot hold even the next unit; try the next one
+        if take:
+            placed.append((gpu, take))
+    if pos < len(units):
+        return GpuSplit(fits=False, precision=precision, unplaced=tuple(u.name for u in units[pos:]))
+
+    largest = max(sum(_module_bytes(m, o)[1] for m in u.modules) for u in units)
+    factor = BNB_MAX_MEMORY_FACTOR if precision in QUANTIZED else 1.0
+    shares, max_memory = [], {}
+    start = 0
+    for n, (gpu, us) in enumerate(placed):
+        est = estimate(us)
+        layers = sum(u.decoder_layers for u in us)
+        shares.append(GpuShare(index=gpu, units=tuple(u.name for u in us), estimate=est, free_bytes=frees[gpu],
+                               decoder_layers=(start, start + layers) if layers else (0, 0)))
+        start += layers
+        if n == len(placed) - 1:
+            budget = frees[gpu] - (est.total - est.weights)
+        else:
+            budget = sum(_module_bytes(m, o)[1] for u in us for m in u.modules) + (largest if n == 0 else 0)
+        max_memory[gpu] = math.ceil(budget / factor)
+    return GpuSplit(fits=True, precision=precision, shares=tuple(shares), max_memory=max_memory)

@@ -1,0 +1,283 @@
+"""The memory estimator: exact parameter counts, bytes per precision, calibration, GPU splits."""
+
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+
+import pytest
+
+from provision.catalog import load_catalog
+from provision.errors import InvalidInput
+from provision.memory import (
+    CUDA_CONTEXT_BYTES,
+    estimate_memory,
+    parameter_count,
+    parameters_by_part,
+    parse_architecture,
+    split_across_gpus,
+)
+
+GB = 1e9
+
+# model-facts.md section 5's recommended tiny glm4v config, vocabulary cut to 1000.
+TINY = {
+    "architectures": ["Glm4vForConditionalGeneration"], "model_type": "glm4v", "tie_word_embeddings": False,
+    "text_config": {
+        "model_type": "glm4v_text", "attention_bias": True, "hidden_act": "silu", "hidden_size": 64,
+        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "max_position_embeddings": 65536, "rms_norm_eps": 1e-5, "vocab_size": 1000,
+        "partial_rotary_factor": 0.5, "rope_theta": 10000,
+        "rope_scaling": {"rope_type": "default", "mrope_section": [2, 2, 4]},
+    },
+    "vision_config": {
+        "model_type": "glm4v", "hidden_size": 32, "depth": 2, "num_heads": 2, "attention_bias": False,
+        "intermediate_size": 128, "hidden_act": "silu", "image_size": 336, "patch_size": 14, "in_channels": 3,
+        "out_hidden_size": 64, "rms_norm_eps": 1e-5, "spatial_merge_size": 2, "temporal_patch_size": 2,
+    },
+}
+
+# Hand count of TINY, module by module, as (weight, bias) of every Linear and the rest.
+_T_LINEARS = [  # per decoder layer: q, k, v (biased), o, gate_up, down
+    (64 * 64, 64), (64 * 32, 32), (64 * 32, 32), (64 * 64, 0), (64 * 256, 0), (128 * 64, 0),
+]
+_V_LINEARS = [(32 * 96, 0), (32 * 32, 0), (32 * 64, 0), (32 * 64, 0), (64 * 32, 0)]  # qkv, proj, gate, up, down
+_M_LINEARS = [(64 * 64, 0), (64 * 128, 0), (64 * 128, 0), (128 * 64, 0)]  # merger proj, gate, up, down
+TINY_TEXT_LAYERS = 2 * (sum(w + b for w, b in _T_LINEARS) + 4 * 64)  # + 4 RMSNorms
+TINY_VISION = (
+    576 * 32  # position embedding: (336 / 14)^2 positions
+    + 3 * 2 * 14 * 14 * 32 + 32  # Conv3d patch embed
+    + 2 * (sum(w for w, _ in _V_LINEARS) + 2 * 32)  # blocks: linears + norm1/norm2
+    + 32 + 32  # post_conv_layernorm, post_layernorm
+    + 32 * 64 * 2 * 2 + 64  # Conv2d downsample
+    + sum(w for w, _ in _M_LINEARS) + 2 * 64  # merger + its LayerNorm
+)
+TINY_TOTAL = TINY_VISION + 1000 * 64 + TINY_TEXT_LAYERS + 64 + 64 * 1000
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog()
+
+
+def test_tiny_parameter_count_matches_hand_count():
+    assert TINY_TOTAL == 316_384
+    assert parameter_count(TINY) == TINY_TOTAL
+    assert parameters_by_part(TINY) == {
+        "vision": TINY_VISION, "embed_tokens": 64_000, "decoder_layers": TINY_TEXT_LAYERS,
+        "final_norm": 64, "lm_head": 64_000,
+    }
+
+
+def test_tiny_bytes_per_precision_by_hand():
+    bf16 = estimate_memory(TINY, precision="bf16", context_tokens=8, device="cpu")
+    fp32 = estimate_memory(TINY, precision="fp32", context_tokens=8, device="cpu")
+    assert bf16.weights == 2 * TINY_TOTAL
+    assert fp32.weights == 4 * TINY_TOTAL
+
+    linears = 2 * _T_LINEARS + 2 * _V_LINEARS + _M_LINEARS  # every Linear except lm_head is quantized
+    quantized_params = sum(w for w, _ in linears)
+    rest_16bit = 2 * (TINY_TOTAL - quantized_params)  # biases, embeddings, norms, convs, lm_head
+    int8 = sum(w + 4 * (w // fan_in) for (w, _), fan_in in zip(linears, _fan_ins(), strict=True))
+    assert estimate_memory(TINY, precision="int8", context_tokens=8, device="cpu").weights == int8 + rest_16bit
+
+    def nf4(w: int) -> int:  # packed nibbles + uint8 absmax per 64 + fp32 absmax per 256 blocks + offset
+        blocks = math.ceil(w / 64)
+        return math.ceil(w / 2) + blocks + 4 * math.ceil(blocks / 256) + 4
+
+    expected = sum(nf4(w) for w, _ in linears) + rest_16bit
+    assert estimate_memory(TINY, precision="nf4", context_tokens=8, device="cpu").weights == expected
+    no_dq = sum(math.ceil(w / 2) + 4 * math.ceil(w / 64) for w, _ in linears) + rest_16bit
+    assert estimate_memory(TINY, precision="nf4", context_tokens=8, device="cpu", double_quant=False).weights == no_dq
+
+
+def _fan_ins() -> list[int]:
+    text = [64, 64, 64, 64, 64, 128]
+    vision = [32, 32, 32, 32, 64]
+    merger = [64, 64, 64, 128]
+    return 2 * text + 2 * vision + merger
+
+
+def test_full_autoglm_counts(catalog):
+    spec = catalog.get("autoglm-phone-9b")
+    assert parameter_count(spec) == 10_292_777_472
+    parts = parameters_by_part(spec)
+    assert parts["vision"] == 892_498_432
+    assert parts["decoder_layers"] == 8_158_760_960
+    assert parts["embed_tokens"] == parts["lm_head"] == 620_756_992
+    text_only = parameter_count(spec) - parts["vision"]
+    assert text_only == parameter_count(catalog.get("glm-4-9b-0414")) == 9_400_279_040
+    assert parameter_count(catalog.get("glm-4-9b-chat-hf")) == 9_399_951_360
+
+
+def test_autoglm_weights_match_model_facts(catalog):
+    spec = catalog.default
+    bf16 = estimate_memory(spec, precision="bf16", context_tokens=1)
+    assert bf16.weights == 20_585_554_944  # 20.59 GB, the contract's example
+    int8 = estimate_memory(spec, precision="int8", context_tokens=1).weights
+    nf4 = estimate_memory(spec, precision="nf4", context_tokens=1).weights
+    nf4_vision16 = estimate_memory(spec, precision="nf4", context_tokens=1,
+                                   keep_16bit=["lm_head", "model.visual"]).weights
+    assert int8 == pytest.approx(11.6 * GB, rel=0.03)
+    assert nf4 == pytest.approx(7.3 * GB, rel=0.03)
+    assert nf4_vision16 == pytest.approx(8.6 * GB, rel=0.03)
+
+
+# gpu-measurements.md: GLM-4-9B (glm-4-9b-chat-hf config) on an H100, 32-token prompt + 128 new tokens.
+MEASURED = {  # precision: (torch allocated after load, peak during generate, NVML delta after load)
+    "bf16": (18.80, 18.85, 18.94),
+    "nf4": (6.73, 6.86, 7.24),
+    "int8": (10.69, 10.74, 11.94),
+}
+
+
+@pytest.mark.parametrize("precision", sorted(MEASURED))
+def test_calibrated_against_h100_measurements(catalog, precision):
+    allocated, peak, nvml = (x * GB for x in MEASURED[precision])
+    est = estimate_memory(catalog.get("glm-4-9b-chat-hf"), precision=precision, context_tokens=160)
+    assert est.weights == pytest.approx(allocated, rel=0.03)
+    assert peak <= est.peak_allocated <= peak + 1.5 * GB
+    # nvidia-smi's delta was taken after CUDA init, so it lacks the context that `total` adds.
+    assert nvml <= est.total <= nvml + 1.5 * GB
+    assert est.total - est.peak_allocated == est.overhead >= CUDA_CONTEXT_BYTES
+
+
+def test_kv_cache_is_40_kb_per_token(catalog):
+    spec = catalog.default
+    one = estimate_memory(spec, precision="bf16", context_tokens=1).kv_cache
+    assert one == 2 * 40 * 2 * 128 * 2 == 40_960
+    assert estimate_memory(spec, precision="nf4", context_tokens=25_480).kv_cache == pytest.approx(1.04 * GB, rel=0.01)
+    assert estimate_memory(spec, precision="fp32", context_tokens=1, device="cpu").kv_cache == 2 * one
+
+
+def test_monotonic_in_context(catalog):
+    for precision in ("bf16", "int8", "nf4"):
+        totals = [estimate_memory(catalog.default, precision=precision, context_tokens=n).total
+                  for n in (1, 16, 512, 4096, 25_480)]
+        assert totals == sorted(totals) and len(set(totals)) == len(totals)
+
+
+def test_image_tokens_size_the_vision_workspace(catalog):
+    # The vision tower runs before the decoder, so its workspace counts only where it is the larger one.
+    plain = estimate_memory(TINY, precision="bf16", context_tokens=100, device="cpu")
+    image = estimate_memory(TINY, precision="bf16", context_tokens=100, image_tokens=90, device="cpu")
+    assert image.activations > plain.activations
+    big = estimate_memory(catalog.default, precision="bf16", context_tokens=8192, image_tokens=6400)
+    assert big.activations == estimate_memory(catalog.default, precision="bf16", context_tokens=8192).activations
+    with pytest.raises(ValueError):
+        estimate_memory(catalog.default, precision="bf16", context_tokens=10, image_tokens=11)
+
+
+def test_cpu_has_no_cuda_context(catalog):
+    cpu = estimate_memory(catalog.default, precision="fp32", context_tokens=4096, device="cpu")
+    gpu = estimate_memory(catalog.default, precision="fp32", context_tokens=4096, device="cuda")
+    assert cpu.weights == gpu.weights == 4 * 10_292_777_472
+    assert "cuda_context" not in cpu.overhead_parts and gpu.overhead_parts["cuda_context"] == CUDA_CONTEXT_BYTES
+    assert set(cpu.breakdown) == {"weights", "kv_cache", "activations", "overhead"}
+    assert sum(cpu.breakdown.values()) == cpu.total
+
+
+def test_tied_embeddings_have_no_lm_head():
+    tied = copy.deepcopy(TINY)
+    tied["text_config"]["tie_word_embeddings"] = True
+    assert "lm_head" not in parameters_by_part(tied)
+    assert parameter_count(tied) == TINY_TOTAL - 64_000
+
+
+def test_spec_keep_16bit_is_used(catalog):
+    spec = catalog.default
+    assert spec.skip_modules("nf4") == ("lm_head",)
+    assert spec.skip_modules("bf16") == ()
+    assert (estimate_memory(spec, precision="nf4", context_tokens=1).weights
+            == estimate_memory(spec.config, precision="nf4", context_tokens=1).weights)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "problem"),
+    [
+        (lambda c: c.update(model_type="chatglm"), "model_type", "glm-4-9b-chat-hf"),
+        (lambda c: c.update(model_type="llama"), "model_type", "not supported"),
+        (lambda c: c["text_config"].update(num_key_value_heads=3), "text_config.num_key_value_heads", "divide"),
+        (lambda c: c["text_config"].pop("hidden_size"), "text_config.hidden_size", "missing"),
+        (lambda c: c["vision_config"].update(out_hidden_size=32), "vision_config.out_hidden_size", "must equal"),
+        (lambda c: c["vision_config"].update(depth="24"), "vision_config.depth", "integer"),
+    ],
+)
+def test_bad_configs_name_the_key(mutate, field, problem):
+    config = copy.deepcopy(TINY)
+    mutate(config)
+    with pytest.raises(InvalidInput) as err:
+        parse_architecture(config, source="m/config.json")
+    assert err.value.source == "m/config.json"
+    assert err.value.field == field
+    assert problem in err.value.problem
+
+
+def test_bad_precision_and_context():
+    with pytest.raises(InvalidInput, match="--precision"):
+        estimate_memory(TINY, precision="int4", context_tokens=8)
+    with pytest.raises(InvalidInput, match="--context"):
+        estimate_memory(TINY, precision="bf16", context_tokens=0)
+
+
+# ---------------------------------------------------------------- multi-GPU
+
+
+def test_split_single_roomy_gpu_equals_plain_estimate(catalog):
+    spec = catalog.default
+    split = split_across_gpus(spec, precision="bf16", context_tokens=4096, free_bytes=[80 * GB])
+    assert split.fits and split.gpus == (0,)
+    assert split.required_bytes == estimate_memory(spec, precision="bf16", context_tokens=4096).total
+    assert split.shares[0].decoder_layers == (0, 40)
+
+
+def test_split_over_two_gpus(catalog):
+    spec = catalog.default
+    single = estimate_memory(spec, precision="bf16", context_tokens=4096)
+    split = split_across_gpus(spec, precision="bf16", context_tokens=4096, free_bytes={3: 12 * GB, 5: 12 * GB})
+    assert split.fits and split.gpus == (3, 5)
+    first, last = split.shares
+    assert first.units[:2] == ("model.visual", "model.language_model.embed_tokens")
+    assert last.units[-1] == "lm_head"
+    assert first.decoder_layers[0] == 0 and first.decoder_layers[1] == last.decoder_layers[0]
+    assert last.decoder_layers[1] == 40
+    for share in split.shares:
+        assert share.estimate.total <= share.free_bytes
+        assert share.estimate.overhead_parts["cuda_context"] == CUDA_CONTEXT_BYTES
+    assert sum(s.estimate.weights for s in split.shares) == single.weights
+    assert sum(s.estimate.kv_cache for s in split.shares) == single.kv_cache
+    assert split.required_bytes > single.total + CUDA_CONTEXT_BYTES - 1  # a second context
+    assert set(split.max_memory) == {3, 5}
+    assert split.max_memory[5] <= 12 * GB
+
+
+def test_split_that_cannot_fit(catalog):
+    split = split_across_gpus(catalog.default, precision="bf16", context_tokens=4096, free_bytes=[8 * GB, 8 * GB])
+    assert not split.fits
+    assert split.unplaced[-1] == "lm_head"
+    assert split.max_memory == {} and split.shares == ()
+
+
+def test_split_skips_a_gpu_that_is_too_small(catalog):
+    split = split_across_gpus(catalog.default, precision="nf4", context_tokens=4096,
+                              free_bytes=[0.5 * GB, 16 * GB])
+    assert split.fits and split.gpus == (1,)
+
+
+def test_split_quantized_max_memory_accounts_for_bnb_factor(catalog):
+    split = split_across_gpus(catalog.default, precision="int8", context_tokens=4096, free_bytes=[9 * GB, 9 * GB])
+    assert split.fits and len(split.gpus) == 2
+    first = split.shares[0]
+    # GPU 0: planned weights as accelerate counts them (int8 at 1 byte, no scales) plus the largest
+    # unit (lm_head, 16-bit), divided by transformers' bnb factor 0.9.
+    counted = split.max_memory[0] * 0.9 - 2 * 151_552 * 4096
+    assert 0.97 * first.estimate.weights <= counted <= first.estimate.weights
+
+
+def test_planner_modules_do_not_import_torch():
+    code = ("import sys, provision.catalog, provision.memory, provision.resources;"
+            "bad = [m for m in ('torch', 'transformers', 'pynvml', 'accelerate') if m in sys.modules];"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
