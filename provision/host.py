@@ -34,6 +34,7 @@ _CUDA_RE = re.compile(r"^\d{1,2}\.\d{1,2}$")
 # Bounds that catch typos and unit mix-ups without rejecting real machines.
 _MAX_MEMORY = 2**50  # 1 PiB
 _MAX_GPUS = 64
+_KNOWN_KEYS = frozenset({"schema", "os", "arch", "python", "ram_bytes", "disk_free_bytes", "nvidia"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,6 +136,8 @@ class HostProfile:
                 for g in self.nvidia.gpus
             ]
             out["nvidia"] = nv
+        # Unknown keys survive a round trip (detection records how it found each fact there).
+        out.update({k: v for k, v in self.extra.items() if k not in _KNOWN_KEYS})
         return out
 
 
@@ -207,8 +210,7 @@ def host_from_dict(data: object, source: str = "host") -> HostProfile:
         raise f.fail("nvidia", "required key is missing (use null for a machine without an NVIDIA GPU)")
     nv_fields = f.obj("nvidia", required=False)
     nvidia = _nvidia_from_fields(nv_fields) if nv_fields is not None else None
-    known = {"schema", "os", "arch", "python", "ram_bytes", "disk_free_bytes", "nvidia"}
-    extra = {k: v for k, v in f.data.items() if k not in known}
+    extra = {k: v for k, v in f.data.items() if k not in _KNOWN_KEYS}
     return HostProfile(
         os=os_name, arch=arch, python=python, ram_bytes=ram, disk_free_bytes=disk, nvidia=nvidia, extra=extra
     )
