@@ -99,7 +99,7 @@ def render_matrix(session: nox.Session, variant: str) -> None:
     Plans for ``PROVISION_MATRIX_HOST`` (default: the H100 reference host, whose driver runs them all).
     """
     _install_toolkit(session)
-    host = Path(os.environ.get("PROVISION_MATRIX_HOST", ROOT / "tests" / "fixtures" / "hosts" / "h100-80gb.json"))
+    host = Path(os.environ.get("PROVISION_MATRIX_HOST", ROOT / "tests" / "fixtures" / "hosts" / "linux-x86_64-h100-80gb-driver580.json"))
     device = ["--device", "cpu"] if variant == "cpu" else []
     session.run("provision", "render", "--host", str(host), "--variant", variant, *device,
                 "--out", str(BUILD / "matrix" / variant), "--force", *session.posargs)

@@ -1,6 +1,6 @@
 """Measure the light path and the warm re-provision, and print the figures.
 
-    python benchmarks/bench_provision.py [--host tests/fixtures/hosts/a10g.json] [--warm]
+    python benchmarks/bench_provision.py [--host tests/fixtures/hosts/linux-x86_64-a10g-driver535.json] [--warm]
 
 1. ``provision plan`` per process (cold interpreter), best of N, and whether torch or
    transformers were imported (``python -X importtime``). Target: < 0.5 s.
@@ -50,7 +50,7 @@ def _plan_and_render_in_process(host: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", type=Path, default=ROOT / "tests/fixtures/hosts/a10g.json")
+    parser.add_argument("--host", type=Path, default=ROOT / "tests/fixtures/hosts/linux-x86_64-a10g-driver535.json")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--warm", action="store_true", help="also time a warm `nox -s provision`")
     args = parser.parse_args()

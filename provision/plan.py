@@ -211,6 +211,15 @@ class _Search:
     #: the smallest GPU memory any tried placement needed: (bytes, precision).
     min_gpu_need: tuple[int, str] | None = None
 
+    #: the rejection that came closest to a plan: (stage, kind, why); later stages are closer.
+    furthest: tuple[int, str, str] | None = None
+
+    def stage(self, stage: int, kind: str, why: str) -> None:
+        """A (torch, variant) candidate for a placement that fit failed at ``stage`` (1 driver ... 4)."""
+        self.reject(kind, why)
+        if self.furthest is None or stage > self.furthest[0]:
+            self.furthest = (stage, kind, why)
+
     def need(self, required: int, precision: str) -> None:
         if self.min_gpu_need is None or required < self.min_gpu_need[0]:
             self.min_gpu_need = (required, precision)
@@ -237,26 +246,30 @@ def _companion(matrix: Matrix, name: str, torch: Version, python: str,
 
 
 def _bnb_for(matrix: Matrix, torch: Version, variant: TorchVariant, platform: str, python: str,
-             gpus: Sequence[GpuInfo], precision: str, search: _Search) -> BnbRelease | None:
+             gpus: Sequence[GpuInfo], precision: str) -> tuple[BnbRelease | None, str]:
+    """The newest bitsandbytes for this build and GPUs, or None and the most telling reason why not."""
     assert variant.cuda is not None
     cuda = Version(f"{variant.cuda.major}.{variant.cuda.minor}")
+    reasons: list[str] = []
     for rel in matrix.bitsandbytes:
         if platform not in rel.platforms:
-            search.reject("bnb", f"bitsandbytes {rel.version} has no {platform} wheels")
+            reasons.append(f"bitsandbytes {rel.version} has no {platform} wheels")
             continue
         if torch not in rel.torch or Version(python) not in rel.pythons:
+            reasons.append(f"bitsandbytes {rel.version} does not support torch {torch} on Python {python}")
             continue
         if cuda not in rel.cuda_libs:
-            search.reject("bnb", f"bitsandbytes {rel.version} ships no library for CUDA {cuda}")
+            reasons.append(f"bitsandbytes {rel.version} ships no library for CUDA {cuda}")
             continue
         floor = rel.min_cc_int8 if precision == "int8" else rel.min_cc_4bit
         low = [g for g in gpus if g.compute_capability < floor]
         if low:
-            search.reject("bnb", f"bitsandbytes {rel.version} {precision} needs compute capability "
-                                 f">= {floor[0]}.{floor[1]}; {low[0].name} is {low[0].cc_text}")
+            # The GPU itself is the binding limit: say so before anything about libraries.
+            reasons.insert(0, f"bitsandbytes {rel.version} {precision} needs compute capability "
+                              f">= {floor[0]}.{floor[1]}; {low[0].name} is {low[0].cc_text}")
             continue
-        return rel
-    return None
+        return rel, ""
+    return None, reasons[0] if reasons else f"no bitsandbytes release in the matrix for {platform}"
 
 
 def _in_wheelhouse(release: TorchRelease, variant: TorchVariant, platform: str,
@@ -377,7 +390,7 @@ def _plan_cuda(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefe
             placed = [g for g in usable if g.index in placement.gpus]
             for release, variant, (runs, native, why_driver) in candidates:
                 if not runs:
-                    search.reject("driver", why_driver)
+                    search.stage(1, "driver", why_driver)
                     search.passed_over(release.version, f"{variant.name}: {why_driver}")
                     continue
                 kernel_notes = []
@@ -385,7 +398,7 @@ def _plan_cuda(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefe
                 for gpu in placed:
                     has, why_k = has_kernels(gpu, variant, platform, can_jit=native)
                     if not has:
-                        search.reject("kernels", f"torch {release.version} {why_k}")
+                        search.stage(2, "kernels", f"torch {release.version} {why_k}")
                         search.passed_over(release.version, why_k)
                         ok = False
                         break
@@ -394,12 +407,10 @@ def _plan_cuda(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefe
                     continue
                 bnb = None
                 if precision in ("int8", "nf4"):
-                    bnb = _bnb_for(matrix, release.version, variant, platform, python, placed, precision, search)
+                    bnb, why_bnb = _bnb_for(matrix, release.version, variant, platform, python, placed, precision)
                     if bnb is None:
-                        why_bnb = (f"no bitsandbytes release supports torch {release.version} "
-                                   f"{variant.name} on {platform} for {precision}")
-                        search.reject("bnb", why_bnb)
-                        search.passed_over(release.version, why_bnb)
+                        search.stage(3, "bnb", why_bnb)
+                        search.passed_over(release.version, f"{variant.name}: {why_bnb}")
                         continue
                 plan = _assemble(host, matrix, model, prefs, python, release, variant, placement, search,
                                  driver_why=why_driver, native=native, kernel_notes=kernel_notes, bnb=bnb)
@@ -448,8 +459,13 @@ def _assemble(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefer
     platform = host.platform
     transformers = _companion(matrix, "transformers", release.version, python, model.min_transformers)
     if transformers is None:
-        search.reject("transformers", f"no transformers >= {model.min_transformers} in the matrix supports "
-                                      f"torch {release.version} on Python {python}")
+        rows = [c for c in matrix.companion_versions("transformers") if c.version >= model.min_transformers]
+        if rows and not any(Version(python) in c.requires_python for c in rows):
+            search.stage(4, "python", f"transformers >= {model.min_transformers} needs Python "
+                                      f"{rows[-1].requires_python}, not Python {python}")
+        else:
+            search.stage(4, "transformers", f"no transformers >= {model.min_transformers} in the matrix supports "
+                                            f"torch {release.version} on Python {python}")
         return None
     # PyPI carries the platform's default build under the plain version: hashes and mirrors work there.
     from_pypi = platform.startswith("macos") or release.pypi_default.get(platform) == variant.name
@@ -539,24 +555,35 @@ def _remedies(host: HostProfile, model: ModelSpec, prefs: Preferences, search: _
     r = search.rejections
     remedies: list[str] = []
     first = None
-    if "driver" in r and "kernels" not in r and not any(k in r for k in ("memory", "bnb")):
-        first = r["driver"][-1]
+    binding = None
+    if search.furthest is not None:  # something fit in memory but no build could run it
+        _stage, binding, first = search.furthest
+    if binding == "driver":
         remedies.append("update the NVIDIA driver (>= 525.60.13 runs CUDA 12 builds; >= 580 runs CUDA 13 builds)")
-    if "kernels" in r:
-        first = first or r["kernels"][0]
-        remedies.append("use a GPU with compute capability >= 7.5, or --device cpu")
-    if "python" in r:
+    if binding == "kernels":
+        remedies.append("use a GPU whose architecture current torch builds include (compute capability >= 7.5 "
+                        "for CUDA 13 builds), or --device cpu")
+    if binding == "bnb":
+        remedies.append("choose a precision the GPU supports, or leave --precision out")
+    if binding == "transformers":
+        remedies.append("pick a newer torch (--torch) that transformers >= 5 supports")
+    if binding == "python":
+        remedies.append("use Python 3.11 - 3.14 (--python X.Y plans for another interpreter)")
+    if "python" in r and binding is None:
         first = first or r["python"][0]
-        remedies.append("use Python 3.10 - 3.13 (--python 3.12 plans for another interpreter)")
-    if "platform" in r:
+        remedies.append("use Python 3.10 - 3.14 (--python X.Y plans for another interpreter)")
+    if "platform" in r and binding is None:
         first = first or r["platform"][0]
-    if "wheelhouse" in r:
+    if "wheelhouse" in r and binding is None:
         first = first or r["wheelhouse"][0]
         remedies.append("add a torch wheel for this host to the wheelhouse, or plan without --wheelhouse")
+    if "precision" in r:
+        first = first or r["precision"][0]
+        remedies.append("choose another --precision, or leave it out")
     if "memory" in r:
         first = first or r["memory"][-1]
         if prefs.precision:
-            remedies.append("drop --precision to let the planner quantize")
+            remedies.append("drop --precision to let the planner pick one that fits")
         if host.gpus:
             remedies.append("free GPU memory used by other processes")
             if search.min_gpu_need is not None:
@@ -572,18 +599,9 @@ def _remedies(host: HostProfile, model: ModelSpec, prefs: Preferences, search: _
         else:
             remedies.append(f"lower --context (now {prefs.context_tokens})")
             remedies.append("use a machine with more RAM, or one with an NVIDIA GPU")
-    if "bnb" in r:
-        first = first or r["bnb"][0]
-        remedies.append("pick a torch/CUDA combination that bitsandbytes ships (see matrices/bitsandbytes.toml)")
-    if "precision" in r:
-        first = first or r["precision"][0]
-        remedies.append("choose another --precision, or leave it out")
-    if "variant" in r:
+    if "variant" in r and binding is None:
         first = first or r["variant"][0]
         remedies.append("choose a variant this torch release ships for the platform, or leave --variant out")
-    if "transformers" in r:
-        first = first or r["transformers"][0]
-        remedies.append("pick a newer torch (--torch) that transformers >= 5 supports")
     message = first or f"no torch build in the matrix fits this host for {model.name}"
     return message, remedies or ["check the host profile against matrices/torch.toml"]
 

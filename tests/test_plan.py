@@ -1,0 +1,327 @@
+"""The planner against reference hosts of real machines, and each rule on its own.
+
+Every expectation cites the fact it rests on (matrices/*.toml carry the sources):
+- bf16 needs compute capability >= 8.0 (V100 7.0, T4 7.5, GTX 1080 Ti 6.1 have none).
+- CUDA 13 builds (cu130/cu132) start at sm_75; cu126 keeps sm_50..sm_90; cu128 from 2.11 drops sm_70.
+- torch 2.15.0 ships cu130/cu132 only (CUDA 12.6 removed, pytorch/pytorch#190385).
+- A driver runs CUDA X.Y natively from the toolkit's own floor (570.124.06 for 12.8, 580.95.05 for 13.0)
+  and any 12.x / 11.x build from the family floor (525.60.13 / 450.80.02) via minor-version compatibility.
+- bitsandbytes' int8 matmul needs cc >= 7.5, its 4-bit path cc >= 6.0 (0.48+).
+- AutoGLM-Phone-9B needs transformers >= 5 (v5 config layout); transformers 5.21+ needs Python >= 3.11.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+from provision.catalog import load_catalog, resolve_model
+from provision.errors import InvalidInput, NoViablePlan
+from provision.host import GpuInfo, HostProfile, NvidiaInfo, load_host
+from provision.matrix import load_matrix, parse_arch
+from provision.memory import estimate_memory
+from provision.plan import Preferences, driver_cuda, driver_runs, has_kernels, plan
+
+HOSTS = Path(__file__).parent / "fixtures" / "hosts"
+MATRIX = load_matrix()
+CATALOG = load_catalog()
+AUTOGLM = resolve_model("autoglm-phone-9b", CATALOG)
+
+
+def host(name: str) -> HostProfile:
+    return load_host(HOSTS / f"{name}.json")
+
+
+# (host file, torch, variant, precision, device, gpus, why)
+REFERENCE = [
+    ("linux-x86_64-h100-80gb-driver580", "2.15.0", "cu130", "bf16", "cuda", [0],
+     "driver 580.159 runs CUDA 13.0 natively but not 13.2 (needs 595.71): cu130 before cu132"),
+    ("linux-x86_64-a10g-driver535", "2.14.1", "cu126", "bf16", "cuda", [0],
+     "2.15 has only CUDA 13 builds, which need driver >= 580; cu126 runs on 535 by minor-version compatibility"),
+    ("linux-x86_64-a100-80gb-driver550", "2.14.1", "cu126", "bf16", "cuda", [0], "as A10G; 85 GB free"),
+    ("linux-x86_64-a100-40gb-driver535", "2.14.1", "cu126", "bf16", "cuda", [0], "22.3 GB fits in 42 GB"),
+    ("linux-x86_64-l4-driver550", "2.14.1", "cu126", "bf16", "cuda", [0], "cc 8.9 has bf16; 22.3 of 23.7 GB"),
+    ("linux-x86_64-rtx3090-driver550", "2.14.1", "cu126", "bf16", "cuda", [0], "cc 8.6, 24 GB"),
+    ("linux-x86_64-rtx4090-driver550", "2.14.1", "cu126", "bf16", "cuda", [0], "cc 8.9, 24 GB"),
+    ("linux-x86_64-2x-rtx4090-driver550", "2.14.1", "cu126", "bf16", "cuda", [0],
+     "bf16 fits on the roomier GPU alone: one GPU before a split"),
+    ("linux-x86_64-rtx5090-driver575", "2.13.0", "cu129", "bf16", "cuda", [0],
+     "sm_120 needs a cu128+ build; driver 575 runs 12.9 natively, not 13.x; 2.13.0 is the newest with cu129"),
+    ("linux-x86_64-rtx3060-12gb-driver550", "2.14.1", "cu126", "nf4", "cuda", [0],
+     "12 GB: bf16 (22 GB) and int8 (15 GB) do not fit, nf4 (9.6 GB) does"),
+    ("linux-x86_64-v100-16gb-driver535", "2.14.1", "cu126", "nf4", "cuda", [0],
+     "no bf16 (cc 7.0), fp16 does not fit 16 GB, int8 needs cc 7.5: nf4"),
+    ("linux-x86_64-v100-16gb-driver580", "2.14.1", "cu126", "nf4", "cuda", [0],
+     "the uv trap: driver 580 runs CUDA 13, but cu130 has no sm_70; cu126 does"),
+    ("linux-x86_64-t4-driver535", "2.14.1", "cu126", "int8", "cuda", [0],
+     "cc 7.5: no bf16; fp16 needs 22 GB of 15.7; int8 (15.3 GB) fits and has the fast path"),
+    ("linux-x86_64-t4-driver470", "2.7.1", "cu118", "int8", "cuda", [0],
+     "driver 470 runs only CUDA 11.x (family floor 450.80.02); 2.7.1 is the newest torch with cu118"),
+    ("linux-x86_64-gtx1080ti-driver535", "2.14.1", "cu126", "nf4", "cuda", [0],
+     "cc 6.1: cu126 keeps sm_60 (a sm_60 cubin runs on 6.1); int8 needs 7.5; nf4 needs 6.0"),
+    ("windows-x86_64-rtx4070-driver566", "2.14.1", "cu126", "nf4", "cuda", [0],
+     "Windows driver 566 runs 12.7 natively; 12 GB: nf4"),
+    ("linux-aarch64-gh200-driver570", "2.14.1", "cu126", "bf16", "cuda", [0],
+     "aarch64 cu126 has sm_90; driver 570 cannot run the CUDA 13 builds of 2.15"),
+    ("linux-x86_64-cpu-only-32gb", "2.15.0", "cpu", "bf16", "cpu", [],
+     "no GPU: the CPU build, bf16 (the checkpoint's dtype) fits in 30 GB of usable RAM"),
+    ("macos-arm64-m2-32gb", "2.15.0", "cpu", "bf16", "mps", [], "Apple silicon: PyPI's build, MPS device"),
+]
+
+
+def assert_valid(p, h: HostProfile, model=AUTOGLM) -> None:  # noqa: ANN001
+    """Independent checks of a plan against the facts, not against the planner's own code paths."""
+    release = next(r for r in MATRIX.torch if r.version == p.torch_version)
+    variant = release.variant(p.variant)
+    assert variant is not None and h.platform in variant.platforms
+    assert p.python in release.pythons_for(variant)
+    assert Version(p.packages["transformers"]) >= model.min_transformers
+    if model.id == "autoglm-phone-9b":
+        assert Version(p.packages["transformers"]).major >= 5
+    assert p.placement.required_bytes <= p.placement.available_bytes
+    if p.precision in ("int8", "nf4"):
+        assert "bitsandbytes" in p.packages
+    else:
+        assert "bitsandbytes" not in p.packages
+    if p.device != "cuda":
+        assert variant.cuda is None and p.placement.gpus == ()
+        return
+    assert variant.cuda is not None
+    driver = Version(h.nvidia.driver_version)
+    family = MATRIX.family(variant.cuda.major)
+    floor = family.windows_min_driver if h.os == "windows" else family.linux_min_driver
+    assert driver >= floor, "the driver cannot run this CUDA even with minor-version compatibility"
+    for gpu in h.gpus:
+        if gpu.index not in p.placement.gpus:
+            continue
+        cubins = [parse_arch(a) for a in variant.archs_for(h.platform)]
+        assert any(a[0] == gpu.compute_capability[0] and a[1] <= gpu.compute_capability[1] for a in cubins)
+        if p.precision == "bf16":
+            assert gpu.compute_capability >= (8, 0)
+        assert gpu.memory_free_bytes > 0
+
+
+@pytest.mark.parametrize(("name", "torch", "variant", "precision", "device", "gpus", "why"), REFERENCE,
+                         ids=[r[0] for r in REFERENCE])
+def test_reference_hosts(name: str, torch: str, variant: str, precision: str, device: str, gpus: list[int],
+                         why: str) -> None:
+    h = host(name)
+    p = plan(h, MATRIX, AUTOGLM)
+    got = (str(p.torch_version), p.variant, p.precision, p.device, list(p.placement.gpus))
+    assert got == (torch, variant, precision, device, gpus), why
+    assert_valid(p, h)
+    decisions = {r.decision for r in p.reasons}
+    assert {"torch", "variant", "precision", "device"} <= decisions
+    assert all(r.why for r in p.reasons)
+
+
+def test_reference_set_covers_the_machines_the_issue_names() -> None:
+    names = " ".join(r[0] for r in REFERENCE)
+    for card in ("v100", "t4", "a10g", "l4", "a100", "h100", "rtx3060", "rtx3090", "rtx4090", "rtx5090",
+                 "gtx1080ti", "cpu-only", "macos-arm64", "windows", "aarch64"):
+        assert card in names
+    assert len(REFERENCE) >= 15
+
+
+def test_eight_gb_card_is_no_plan_with_remedies() -> None:
+    with pytest.raises(NoViablePlan) as info:
+        plan(host("linux-x86_64-rtx3070-8gb-driver550"), MATRIX, AUTOGLM)
+    exc = info.value
+    assert "nf4" in exc.message and "8.2 GB free" in exc.message
+    assert any(r.startswith("use a GPU with at least") for r in exc.remedies)
+    assert any("--device cpu" in r for r in exc.remedies)
+    assert any("--context" in r for r in exc.remedies)
+    doc = exc.to_dict()
+    assert doc["error"] == "no-viable-plan" and doc["schema"] == "provision.plan/v1"
+
+
+def test_forced_cpu_on_the_eight_gb_box_plans_cpu() -> None:
+    p = plan(host("linux-x86_64-rtx3070-8gb-driver550"), MATRIX, AUTOGLM, Preferences(device="cpu"))
+    assert p.device == "cpu" and p.variant == "cpu" and p.placement.gpus == ()
+
+
+# --- precision and placement policy -------------------------------------------------------------
+
+
+def _box(*gpus: tuple[str, str, float], driver: str = "570.133.07", cuda: str | None = "12.8",
+         python: str = "3.12.3", ram_gb: float = 64) -> HostProfile:
+    infos = tuple(
+        GpuInfo(index=i, name=name, compute_capability=tuple(int(x) for x in cc.split(".")),
+                memory_total_bytes=int(gb * 1e9) + 500_000_000, memory_free_bytes=int(gb * 1e9))
+        for i, (name, cc, gb) in enumerate(gpus)
+    )
+    return HostProfile(os="linux", arch="x86_64", python=Version(python), ram_bytes=int(ram_gb * 1e9),
+                       nvidia=NvidiaInfo(driver_version=driver, cuda_driver_version=Version(cuda) if cuda else None,
+                                         gpus=infos))
+
+
+def test_split_bf16_over_two_gpus_before_quantizing() -> None:
+    h = _box(("NVIDIA GeForce RTX 4080", "8.9", 15.5), ("NVIDIA GeForce RTX 4080", "8.9", 15.5))
+    p = plan(h, MATRIX, AUTOGLM)
+    assert p.precision == "bf16" and p.placement.gpus == (0, 1)
+    assert set(p.placement.max_memory) == {"0", "1"}
+    assert any("split" in w for w in p.warnings)
+    assert p.placement.available_bytes == 31_000_000_000
+
+
+def test_fp16_below_cc8_when_it_fits() -> None:
+    p = plan(_box(("Tesla V100-SXM2-32GB", "7.0", 31.0)), MATRIX, AUTOGLM)
+    assert p.precision == "fp16"
+    assert any("fp16" in w for w in p.warnings)
+
+
+def test_int8_where_16_bit_does_not_fit_and_fast_path_exists() -> None:
+    p = plan(_box(("NVIDIA RTX A4000", "8.6", 15.9)), MATRIX, AUTOGLM)
+    assert p.precision == "int8" and "bitsandbytes" in p.packages
+
+
+def test_free_memory_not_total_decides() -> None:
+    roomy = _box(("NVIDIA A10G", "8.6", 23.6))
+    busy = _box(("NVIDIA A10G", "8.6", 12.0))
+    assert plan(roomy, MATRIX, AUTOGLM).precision == "bf16"
+    assert plan(busy, MATRIX, AUTOGLM).precision == "nf4"
+
+
+def test_longer_context_needs_more_memory_and_can_change_precision() -> None:
+    h = _box(("NVIDIA A10G", "8.6", 23.6))
+    short = plan(h, MATRIX, AUTOGLM, Preferences(context_tokens=1024))
+    long = plan(h, MATRIX, AUTOGLM, Preferences(context_tokens=65536))
+    assert short.precision == "bf16"
+    assert long.placement.required_bytes > 0 and long.precision != "bf16"
+    assert long.precision in ("int8", "nf4")
+
+
+def test_forced_precision_is_honoured_or_refused() -> None:
+    h = _box(("NVIDIA A10G", "8.6", 23.6))
+    assert plan(h, MATRIX, AUTOGLM, Preferences(precision="nf4")).precision == "nf4"
+    with pytest.raises(NoViablePlan, match="bf16 needs compute capability >= 8.0"):
+        plan(_box(("Tesla T4", "7.5", 15.5)), MATRIX, AUTOGLM, Preferences(precision="bf16"))
+    with pytest.raises(NoViablePlan, match="needs"):
+        plan(_box(("Tesla T4", "7.5", 15.5)), MATRIX, AUTOGLM, Preferences(precision="fp16"))
+    with pytest.raises(NoViablePlan, match="int8 needs compute capability >= 7.5"):
+        plan(_box(("Tesla V100-SXM2-16GB", "7.0", 15.5)), MATRIX, AUTOGLM, Preferences(precision="int8"))
+
+
+def test_cpu_host_never_gets_quantized_or_gpu_plan() -> None:
+    h = host("linux-x86_64-cpu-only-32gb")
+    with pytest.raises(NoViablePlan):
+        plan(h, MATRIX, AUTOGLM, Preferences(precision="nf4"))
+    with pytest.raises(InvalidInput, match="^--device: device: cuda was requested"):
+        plan(h, MATRIX, AUTOGLM, Preferences(device="cuda"))
+    small = replace(h, ram_bytes=16 * 10**9)
+    with pytest.raises(NoViablePlan, match="of RAM"):
+        plan(small, MATRIX, AUTOGLM)
+
+
+# --- driver, kernels, python, wheelhouse ---------------------------------------------------------
+
+
+def test_driver_cuda_is_derived_from_the_driver_when_nvml_did_not_say() -> None:
+    h = _box(("NVIDIA A10G", "8.6", 23.0), driver="535.183.01", cuda=None)
+    assert driver_cuda(h, MATRIX) == Version("12.1")  # 12.1 needs 530.30.02; 12.4 needs 550.54.15
+    runs, native, why = driver_runs(h, MATRIX, Version("12.6"))
+    assert runs and not native and "minor-version compatibility" in why
+    runs, native, why = driver_runs(h, MATRIX, Version("13.0"))
+    assert not runs and "needs >=" in why
+
+
+def test_minor_version_compatibility_is_a_warning_and_native_builds_win_within_a_release() -> None:
+    p = plan(host("linux-x86_64-a10g-driver535"), MATRIX, AUTOGLM)
+    assert any("minor-version compatibility" in w for w in p.warnings)
+    h100 = plan(host("linux-x86_64-h100-80gb-driver580"), MATRIX, AUTOGLM)
+    assert h100.variant == "cu130" and not h100.warnings  # cu132 would need minor-version compatibility
+
+
+def test_old_driver_gets_exit_3_with_a_driver_remedy() -> None:
+    h = _box(("Tesla T4", "7.5", 15.0), driver="418.67", cuda="10.1")
+    with pytest.raises(NoViablePlan) as info:
+        plan(h, MATRIX, AUTOGLM)
+    assert "418.67" in info.value.message
+    assert any("driver" in r for r in info.value.remedies)
+
+
+@pytest.mark.parametrize(
+    ("cc", "archs", "ptx", "native", "expected"),
+    [
+        ((8, 6), ["sm_80"], [], True, True),  # same major, higher minor runs the sm_80 cubin
+        ((8, 0), ["sm_86"], [], True, False),  # a newer minor's cubin does not run on an older minor
+        ((9, 0), ["sm_80", "sm_86"], [], True, False),  # no cubin crosses majors
+        ((12, 0), ["sm_90"], ["sm_90"], True, True),  # PTX JIT-compiles forward
+        ((12, 0), ["sm_90"], ["sm_90"], False, False),  # ... but not under minor-version compatibility
+        ((7, 0), ["sm_75", "sm_80"], ["sm_75"], True, False),  # PTX never runs backward
+        ((6, 1), ["sm_60", "sm_70"], [], True, True),
+    ],
+)
+def test_kernel_rule(cc: tuple[int, int], archs: list[str], ptx: list[str], native: bool, expected: bool) -> None:
+    from provision.matrix import TorchVariant
+
+    variant = TorchVariant(name="cu128", cuda=Version("12.8"), platforms=("linux-x86_64",), archs=tuple(archs),
+                           ptx=tuple(ptx))
+    gpu = GpuInfo(index=0, name="GPU", compute_capability=cc, memory_total_bytes=1, memory_free_bytes=1)
+    assert has_kernels(gpu, variant, "linux-x86_64", can_jit=native)[0] is expected
+
+
+def test_python_is_honoured_and_unsupported_python_refused() -> None:
+    h = host("linux-x86_64-a10g-driver535")
+    p = plan(h, MATRIX, AUTOGLM, Preferences(python="3.10"))
+    assert p.python == "3.10"
+    assert p.packages["transformers"] == "5.20.2"  # 5.21+ needs Python >= 3.11
+    with pytest.raises(NoViablePlan) as info:
+        plan(h, MATRIX, AUTOGLM, Preferences(python="3.8"))
+    assert "Python 3.8" in info.value.message
+    assert any("Python" in r for r in info.value.remedies)
+
+
+def test_python_315_only_gets_torch_that_has_wheels() -> None:
+    p = plan(host("linux-x86_64-h100-80gb-driver580"), MATRIX, AUTOGLM, Preferences(python="3.15"))
+    assert p.torch_version == Version("2.15.0")
+
+
+def test_wheelhouse_restricts_torch_to_builds_present() -> None:
+    h = host("linux-x86_64-cpu-only-32gb")
+    available = frozenset({(Version("2.13.0"), "cpu")})
+    p = plan(h, MATRIX, AUTOGLM, Preferences(torch_available=available))
+    assert (str(p.torch_version), p.variant, p.packages["torch"]) == ("2.13.0", "cpu", "2.13.0+cpu")
+    with pytest.raises(NoViablePlan) as info:
+        plan(h, MATRIX, AUTOGLM, Preferences(torch_available=frozenset({(Version("2.13.0"), "cu128")})))
+    assert any("wheelhouse" in r for r in info.value.remedies)
+
+
+def test_pypi_default_build_installs_from_pypi_with_plain_version() -> None:
+    h = host("linux-x86_64-h100-80gb-driver580")
+    p = plan(h, MATRIX, AUTOGLM, Preferences(torch_version=Version("2.14.1")))
+    assert p.variant == "cu130"  # PyPI's default build for 2.14.1 on linux-x86_64
+    assert p.index_url == "https://pypi.org/simple" and p.packages["torch"] == "2.14.1"
+    cpu = plan(host("linux-x86_64-cpu-only-32gb"), MATRIX, AUTOGLM)
+    assert cpu.index_url == "https://download.pytorch.org/whl/cpu" and cpu.packages["torch"].endswith("+cpu")
+
+
+def test_variant_preference() -> None:
+    h = host("linux-x86_64-h100-80gb-driver580")
+    p = plan(h, MATRIX, AUTOGLM, Preferences(variant="cu126"))
+    assert p.variant == "cu126" and p.torch_version == Version("2.14.1")
+
+
+def test_text_model_plans_too() -> None:
+    glm = resolve_model("glm-4-9b-0414", CATALOG)
+    p = plan(host("linux-x86_64-a10g-driver535"), MATRIX, glm)
+    assert p.model_id == "glm-4-9b-0414" and p.precision == "bf16"
+    assert p.placement.breakdown["weights"] == estimate_memory(glm.config, precision="bf16",
+                                                               context_tokens=4096).weights
+
+
+def test_plan_json_matches_the_contract() -> None:
+    doc = plan(host("linux-x86_64-a10g-driver535"), MATRIX, AUTOGLM).to_dict()
+    assert doc["schema"] == "provision.plan/v1"
+    assert set(doc) >= {"model", "python", "torch", "device", "gpus", "precision", "memory", "packages",
+                        "warnings", "reasons"}
+    assert set(doc["torch"]) == {"version", "variant", "index_url"}
+    assert doc["model"] == {"id": "autoglm-phone-9b", "repo": "zai-org/AutoGLM-Phone-9B",
+                            "parameters": 10292777472}
+    assert set(doc["memory"]) >= {"required_bytes", "available_bytes", "breakdown"}
+    assert doc["memory"]["breakdown"]["weights"] == 20585554944
+    json.dumps(doc)  # serialisable as is
