@@ -1,0 +1,480 @@
+"""Render a plan into environment files: requirements, install/setup scripts, conda, Docker, CI, lock.
+
+``render_files(RenderInputs) -> {relative path: bytes}`` is pure: the same inputs give
+the same bytes. Every value is validated (``provision.quoting``) while the per-file
+view-models are built; templates only place values through a quoting filter for their
+language. ``write_rendered`` is the only writer: it stages every file in a temporary
+folder next to the output, refuses to overwrite files edited since the last render
+(their sha256 differs from the old lock) unless forced, then moves files into place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from provision import __version__
+from provision._fields import Fields, read_toml_file
+from provision.errors import InvalidInput
+from provision.lock import LOCK_NAME, build_lock, canonical_json, dump_lock, edited_files, read_lock, sha256_hex
+from provision.quoting import (
+    check_index_url,
+    check_label,
+    check_model_id,
+    check_package_name,
+    check_path,
+    check_repo_id,
+    check_version,
+    docker_exec,
+    ps_quote,
+    sh_quote,
+    yaml_str,
+)
+from provision.requirements import Resolution, torch_index_for, unresolved
+from provision.resources import data_dir
+
+__all__ = [
+    "FILE_NAMES",
+    "EditedFiles",
+    "RenderInputs",
+    "load_images",
+    "render_files",
+    "write_rendered",
+    "write_text_atomic",
+]
+
+WORKFLOW_PATH = ".github/workflows/provision.yml"
+FILE_NAMES = (
+    "requirements.txt", "install.sh", "setup-venv.sh", "setup-venv.ps1", "environment.yml",
+    "Dockerfile", WORKFLOW_PATH, LOCK_NAME,
+)
+_EXECUTABLE = frozenset({"install.sh", "setup-venv.sh"})
+_PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
+_VARIANT_RE = re.compile(r"^(cpu|cu\d{3})$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9./-]{0,127}$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9 ._:/+=,()<>-]{0,200}$")
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+_QUANT = {"int8": "bnb-8bit", "nf4": "bnb-4bit"}
+_SERVE_PORT = "8000"
+
+
+class EditedFiles(InvalidInput):
+    """The output folder holds files changed since the last render (exit 2 unless --force)."""
+
+    def __init__(self, out_dir: Path, names: Sequence[str]) -> None:
+        super().__init__(str(out_dir), ", ".join(names),
+                         "edited since the last render (sha256 differs from provision.lock.json); "
+                         "use --force to overwrite")
+        self.names = tuple(names)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RenderInputs:
+    """Everything a render depends on; nothing else is read.
+
+    ``variants``: one mapping per CUDA/CPU variant of the chosen torch for the CI matrix,
+    each ``{"variant", "cuda", "index_url", "packages"}``. ``hashes``: the resolution
+    from ``provision.requirements.resolve`` (None: pins without hashes).
+    ``docker_env_dir``: the output folder relative to the Docker build context (the checkout root).
+    """
+
+    plan: Mapping[str, Any]
+    host: Mapping[str, Any]
+    model: str
+    context: int = 4096
+    flags: Mapping[str, Any] = field(default_factory=dict)
+    matrix_digest: str = ""
+    variants: tuple[Mapping[str, Any], ...] = ()
+    wheelhouse: tuple[str, ...] = ()
+    index_url: str | None = None
+    hashes: Resolution | None = None
+    toolkit_version: str = __version__
+    toolkit_source: str | None = None
+    docker_env_dir: str = "."
+    gpu_runner_labels: tuple[str, ...] = ("self-hosted", "linux", "gpu")
+    cpu_runner_labels: tuple[str, ...] = ("ubuntu-22.04",)
+    images: Mapping[str, Any] | None = None
+
+
+# ---------------------------------------------------------------- data files
+
+
+def load_images(path: Path | None = None) -> dict[str, Any]:
+    """Read ``matrices/images.toml`` (validated when a render uses it)."""
+    return read_toml_file(path or data_dir("matrices") / "images.toml")
+
+
+# ---------------------------------------------------------------- view-models
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Plan:
+    model_id: str
+    repo: str | None
+    python: str
+    torch: str
+    variant: str
+    cuda: str | None
+    index_url: str
+    device: str
+    precision: str
+    packages: tuple[tuple[str, str], ...]
+
+
+def _cuda_of(variant: str) -> str | None:
+    """``cu128`` -> ``12.8``, ``cu118`` -> ``11.8``, ``cpu`` -> None."""
+    if variant == "cpu":
+        return None
+    digits = variant[2:]
+    return f"{digits[:-1]}.{digits[-1]}"
+
+
+def _packages(f: Fields, key: str) -> tuple[tuple[str, str], ...]:
+    pk = f.obj(key)
+    assert pk is not None
+    out = {}
+    for name, version in pk.data.items():
+        canon = check_package_name(name, source=f.source, field=pk.where(str(name)))
+        out[canon] = check_version(version, source=f.source, field=pk.where(str(name)))
+    if not out:
+        raise f.fail(key, "must pin at least one package")
+    return tuple(sorted(out.items()))
+
+
+def _read_plan(plan: Mapping[str, Any]) -> _Plan:
+    f = Fields(plan, "plan")
+    if f.str("schema") != "provision.plan/v1":
+        raise f.fail("schema", "expected 'provision.plan/v1'")
+    if "error" in f.data:
+        raise f.fail("error", "a no-viable-plan document cannot be rendered")
+    model = f.obj("model")
+    torch = f.obj("torch")
+    assert model is not None and torch is not None
+    python = f.str("python")
+    if not _PYTHON_RE.fullmatch(python):
+        raise f.fail("python", f"{python!r} is not a Python minor like 3.11")
+    variant = torch.str("variant")
+    if not _VARIANT_RE.fullmatch(variant):
+        raise torch.fail("variant", f"{variant!r} is not cpu or cuXYZ")
+    repo = model.str("repo", required=False)
+    return _Plan(
+        model_id=check_model_id(model.str("id"), field="model.id"),
+        repo=None if repo is None else check_repo_id(repo, field="model.repo"),
+        python=python,
+        torch=check_version(torch.str("version"), field="torch.version"),
+        variant=variant,
+        cuda=_cuda_of(variant),
+        index_url=check_index_url(torch.str("index_url"), field="torch.index_url"),
+        device=f.choice("device", ("cuda", "cpu", "mps")),
+        precision=f.choice("precision", ("bf16", "fp16", "int8", "nf4", "fp32")),
+        packages=_packages(f, "packages"),
+    )
+
+
+def _image_ref(row: Fields) -> str:
+    image, tag = row.str("image"), row.str("tag")
+    if not _IMAGE_RE.fullmatch(image) or "//" in image:
+        raise row.fail("image", f"{image!r} is not an image name")
+    if not _TAG_RE.fullmatch(tag):
+        raise row.fail("tag", f"{tag!r} is not an image tag")
+    ref = f"{image}:{tag}"
+    digest = row.str("digest", required=False)
+    if digest is not None:
+        if not _DIGEST_RE.fullmatch(digest):
+            raise row.fail("digest", f"{digest!r} is not sha256:<64 hex>")
+        ref += f"@{digest}"
+    return ref
+
+
+def _base_image(images: Mapping[str, Any], plan: _Plan) -> tuple[str, bool]:
+    """(image reference, whether the image already has the plan's Python)."""
+    f = Fields(images, "matrices/images.toml")
+    if plan.cuda is None:
+        for row in f.objs("cpu"):
+            if row.str("python") == plan.python:
+                return _image_ref(row), True
+        raise InvalidInput("matrices/images.toml", "cpu", f"no CPU image for Python {plan.python}")
+    for row in f.objs("cuda"):
+        if row.str("cuda") == plan.cuda:
+            ref = _image_ref(row)
+            if not row.str("tag").startswith(plan.cuda + "."):
+                raise row.fail("tag", f"image CUDA does not match {plan.cuda}")
+            return ref, False
+    raise InvalidInput("matrices/images.toml", "cuda", f"no runtime image for CUDA {plan.cuda} ({plan.variant})")
+
+
+def _actions(images: Mapping[str, Any]) -> dict[str, str]:
+    f = Fields(images, "matrices/images.toml")
+    out = {}
+    for row in f.objs("action"):
+        name, sha, tag = row.str("name"), row.str("sha"), row.str("tag")
+        if not re.fullmatch(r"[A-Za-z0-9-]+/[A-Za-z0-9._-]+", name) or not re.fullmatch(r"[0-9a-f]{40}", sha):
+            raise row.fail("sha", "expected owner/name and a 40-hex commit")
+        out[name] = f"{name}@{sha} # {check_label(tag, source=f.source, field=row.where('tag'))}"
+    for need in ("actions/checkout", "actions/setup-python"):
+        if need not in out:
+            raise f.fail("action", f"{need} is missing")
+    return out
+
+
+def _uv_image(images: Mapping[str, Any]) -> str:
+    f = Fields(images, "matrices/images.toml")
+    uv = f.obj("uv")
+    assert uv is not None
+    return _image_ref(uv)
+
+
+def _torch_index(inputs: RenderInputs, plan: _Plan) -> str | None:
+    """The index line for torch builds (see ``provision.requirements.torch_index_for``)."""
+    return torch_index_for(plan.index_url, wheelhouse=inputs.wheelhouse, index_url=inputs.index_url)
+
+
+def _wheelhouse(inputs: RenderInputs) -> tuple[str, ...]:
+    out = []
+    for i, p in enumerate(inputs.wheelhouse):
+        text = check_path(p, source="--wheelhouse", field=f"[{i}]")
+        if not text.startswith("/"):
+            raise InvalidInput("--wheelhouse", f"[{i}]", f"{text!r} must be an absolute path")
+        out.append(text)
+    return tuple(out)
+
+
+def _label_value(text: str) -> str:
+    if not _LABEL_VALUE_RE.fullmatch(text):
+        raise InvalidInput("render", "label", f"{text!r} has characters a label may not hold")
+    return text
+
+
+def _one_line(text: str) -> str:
+    """Free text for a comment line: printable ASCII only, whitespace collapsed."""
+    clean = "".join(ch if 32 <= ord(ch) < 127 else " " for ch in text)
+    return " ".join(clean.split())[:300]
+
+
+def _serve_argv(plan: _Plan) -> list[str]:
+    """``transformers serve`` for the plan (see the Dockerfile template for why this engine)."""
+    argv = ["transformers", "serve"]
+    if plan.repo is not None:
+        argv.append(plan.repo)
+    argv += ["--host", "0.0.0.0", "--port", _SERVE_PORT]  # noqa: S104 (a server in a container)
+    if plan.precision in _QUANT:
+        argv += ["--quantization", _QUANT[plan.precision]]
+    else:
+        argv += ["--dtype", _DTYPES[plan.precision]]
+    argv += ["--device", "cpu" if plan.device == "cpu" else "auto"]
+    return argv
+
+
+def _variant_plans(inputs: RenderInputs, plan: _Plan) -> list[dict[str, Any]]:
+    """One CI matrix entry per sibling variant: its runner and its plan as JSON."""
+    rows = inputs.variants or ({"variant": plan.variant, "cuda": plan.cuda, "index_url": plan.index_url,
+                                "packages": dict(plan.packages)},)
+    out = []
+    for i, row in enumerate(rows):
+        f = Fields(row, "variants", f"[{i}]")
+        variant = f.str("variant")
+        if not _VARIANT_RE.fullmatch(variant):
+            raise f.fail("variant", f"{variant!r} is not cpu or cuXYZ")
+        sub = dict(inputs.plan)
+        sub["torch"] = {**dict(inputs.plan["torch"]), "variant": variant,
+                        "index_url": check_index_url(f.str("index_url"), source="variants",
+                                                     field=f.where("index_url"))}
+        sub["packages"] = dict(_packages(f, "packages"))
+        sub["torch"]["version"] = check_version(sub["packages"].get("torch", plan.torch).split("+")[0],
+                                                source="variants", field=f.where("packages"))
+        if variant == "cpu":
+            sub["device"], sub["gpus"] = "cpu", []
+        labels = inputs.cpu_runner_labels if variant == "cpu" else inputs.gpu_runner_labels
+        out.append({
+            "variant": variant,
+            "runner": [check_label(x, field="runner_labels") for x in labels],
+            "plan_json": canonical_json(sub).decode(),
+        })
+    return sorted(out, key=lambda r: r["variant"])
+
+
+# ---------------------------------------------------------------- templates
+
+
+@cache
+def _environment(template_dir: str) -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(template_dir),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701 (shell/YAML/Dockerfile text, quoted per language by filters)
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(shquote=sh_quote, psquote=ps_quote, yamlstr=yaml_str, dockerexec=docker_exec)
+    return env
+
+
+def _render(name: str, view: Mapping[str, Any]) -> bytes:
+    text = _environment(str(data_dir("templates"))).get_template(name).render(**view)
+    return text.encode("utf-8")
+
+
+def render_files(inputs: RenderInputs) -> dict[str, bytes]:
+    """All rendered files, keyed by their path inside the output folder.
+
+    :raises InvalidInput: a plan, image table, label or path value fails validation.
+    """
+    plan = _read_plan(inputs.plan)
+    if inputs.matrix_digest and not _SHA_RE.fullmatch(inputs.matrix_digest):
+        raise InvalidInput("render", "matrix_digest", "expected a sha256 hex digest")
+    images = inputs.images if inputs.images is not None else load_images()
+    resolution = inputs.hashes or unresolved(dict(plan.packages), "no resolver was run for this render")
+    missing = set(dict(plan.packages)) - {r.name for r in resolution.requirements}
+    if missing:
+        raise InvalidInput("render", "hashes", f"resolution lacks plan packages: {', '.join(sorted(missing))}")
+    torch_index = _torch_index(inputs, plan)
+    wheelhouse = _wheelhouse(inputs)
+    source = None if inputs.toolkit_source is None else check_path(
+        inputs.toolkit_source, source="toolkit_source", field="path")
+    env_dir = check_path(inputs.docker_env_dir, source="docker_env_dir", field="path").strip("/") or "."
+    base, has_python = _base_image(images, plan)
+    common = {
+        "toolkit_version": check_version(inputs.toolkit_version, source="render", field="toolkit_version"),
+        "model_id": plan.model_id, "repo": plan.repo, "python": plan.python, "variant": plan.variant,
+        "cuda": plan.cuda, "torch": plan.torch, "precision": plan.precision, "device": plan.device,
+        "torch_index": torch_index, "wheelhouse": list(wheelhouse), "hash_status": resolution.status,
+        "unhashed": [f"{r.name}=={r.version}" for r in resolution.requirements if not r.hashes],
+    }
+    files: dict[str, bytes] = {}
+    files["requirements.txt"] = _render("requirements.txt.j2", {
+        **common, "reasons": [_one_line(r) for r in resolution.reasons],
+        "requirements": [{"pin": f"{r.name}=={r.version}", "hashes": list(r.hashes)}
+                         for r in resolution.requirements],
+    })
+    files["install.sh"] = _render("install.sh.j2", common)
+    files["setup-venv.sh"] = _render("setup-venv.sh.j2", {**common, "toolkit_source": source})
+    files["setup-venv.ps1"] = _render("setup-venv.ps1.j2", {**common, "toolkit_source": source})
+    files["environment.yml"] = _render("environment.yml.j2", {
+        **common, "env_name": f"provision-{plan.model_id}-{plan.variant}",
+        "pip_lines": [
+            " ".join([f"{r.name}=={r.version}", *(f"--hash={h}" for h in r.hashes)])
+            if resolution.status == "complete" else f"{r.name}=={r.version}"
+            for r in resolution.requirements
+        ],
+    })
+    req_sha = sha256_hex(files["requirements.txt"])
+    plan_sha = sha256_hex(canonical_json(inputs.plan))
+    nvidia = inputs.host.get("nvidia") if isinstance(inputs.host, Mapping) else None
+    host_driver = nvidia.get("driver_version") if isinstance(nvidia, Mapping) else None
+    labels = {
+        "org.opencontainers.image.title": f"provision {plan.model_id}",
+        "org.opencontainers.image.description": (
+            f"{plan.model_id} {plan.precision} on torch {plan.torch} {plan.variant}"),
+        "org.opencontainers.image.version": common["toolkit_version"],
+        "io.provision.model": plan.model_id,
+        "io.provision.precision": plan.precision,
+        "io.provision.torch": dict(plan.packages).get("torch", plan.torch),
+        "io.provision.variant": plan.variant,
+        "io.provision.cuda": plan.cuda or "none",
+        "io.provision.plan-sha256": plan_sha,
+        "io.provision.requirements-sha256": req_sha,
+        "io.provision.hashes": resolution.status,
+        "io.provision.driver": (f"CUDA {plan.cuda} runtime, planned for host driver "
+                                f"{check_version(host_driver, source='host', field='nvidia.driver_version')}"
+                                if plan.cuda and host_driver else ("CUDA " + plan.cuda if plan.cuda else "cpu")),
+    }
+    files["Dockerfile"] = _render("Dockerfile.j2", {
+        **common, "base_image": base, "has_python": has_python, "uv_image": _uv_image(images),
+        "env_dir": env_dir, "serve_argv": _serve_argv(plan), "port": _SERVE_PORT,
+        "labels": [(k, _label_value(v)) for k, v in sorted(labels.items())],
+    })
+    files[WORKFLOW_PATH] = _render("provision.yml.j2", {
+        **common, "actions": _actions(images), "matrix": _variant_plans(inputs, plan),
+    })
+    lock = build_lock(
+        inputs={
+            "host": dict(inputs.host), "matrix_digest": inputs.matrix_digest, "model": inputs.model,
+            "context": inputs.context, "flags": dict(inputs.flags), "toolkit_version": inputs.toolkit_version,
+            "wheelhouse": list(wheelhouse), "index_url": inputs.index_url,
+            "runner_labels": {"gpu": list(inputs.gpu_runner_labels), "cpu": list(inputs.cpu_runner_labels)},
+            "docker_env_dir": env_dir,
+        },
+        plan=inputs.plan,
+        hashes={"status": resolution.status, "resolver": resolution.resolver, "reasons": list(resolution.reasons),
+                "unhashed": list(resolution.unhashed)},
+        files=files,
+    )
+    files[LOCK_NAME] = dump_lock(lock)
+    return files
+
+
+# ---------------------------------------------------------------- the writer
+
+
+def write_rendered(out_dir: Path, files: Mapping[str, bytes], *, force: bool = False) -> list[str]:
+    """Write ``files`` under ``out_dir`` all-or-nothing; return the names that changed.
+
+    Every file is first written into a temp folder beside ``out_dir`` (same filesystem),
+    then moved over its target with ``os.replace``. A file whose bytes differ from the
+    sha256 the previous lock recorded was edited by someone: refuse unless ``force``.
+
+    :raises EditedFiles: edited files are in the way and ``force`` is false.
+    """
+    out_dir = Path(out_dir)
+    old = read_lock(out_dir / LOCK_NAME) if (out_dir / LOCK_NAME).is_file() else None
+    if not force:
+        if old is not None:
+            edited = edited_files(out_dir, old, [n for n in files if n != LOCK_NAME])
+        else:  # no lock: anything already there was not written by us
+            edited = [n for n in files if (out_dir / n).exists()]
+        if edited:
+            raise EditedFiles(out_dir, edited)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.render-", dir=out_dir.parent))
+    stage.chmod(0o755)
+    changed = []
+    try:
+        for name in sorted(files):
+            path = stage / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(files[name])
+            path.chmod(0o755 if name in _EXECUTABLE else 0o644)
+        if not out_dir.exists():
+            stage.replace(out_dir)  # a fresh folder appears whole
+            return sorted(files)
+        # lock last: until it lands, the old lock still describes the old files
+        for name in sorted(files, key=lambda n: (n == LOCK_NAME, n)):
+            target = out_dir / name
+            if target.is_file() and target.read_bytes() == files[name] and (
+                    os.access(target, os.X_OK) == (name in _EXECUTABLE)):
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (stage / name).replace(target)
+            changed.append(name)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    return changed
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write one file whole: a temp file beside it, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        Path(tmp).chmod(0o644)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,435 @@
+"""Hash-pinned requirements from a real resolver (``uv pip compile --generate-hashes``).
+
+The planner pins the top-level packages; the resolver pins their whole dependency
+closure for the plan's Python and platform and records every distribution's sha256.
+An index that cannot be reached (download.pytorch.org on an offline builder) does not
+block a render: its packages keep exact pins without hashes, the rest of the closure is
+resolved against PyPI, and ``Resolution.status`` says ``partial`` with the reason. A
+later render on a connected machine completes it.
+
+Layers (cog's query/parse/evaluate split): ``uv_compile`` and ``probe_index`` do I/O
+and are injectable; ``parse_compiled`` and ``merge_resolution`` are pure and are unit
+tested on recorded resolver output; ``resolve`` composes them and caches complete
+results by the sha256 of their inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from provision._fields import Fields
+from provision.errors import InvalidInput
+from provision.quoting import check_index_url, check_package_name, check_path, check_version
+
+__all__ = [
+    "PYPI_INDEX",
+    "TORCH_INDEX_PACKAGES",
+    "CompileFailed",
+    "PinnedRequirement",
+    "Resolution",
+    "ResolveRequest",
+    "merge_resolution",
+    "parse_compiled",
+    "probe_index",
+    "python_platform",
+    "resolution_from_dict",
+    "resolve",
+    "resolve_request",
+    "torch_index_for",
+    "unresolved",
+    "uv_compile",
+]
+
+PYPI_INDEX = "https://pypi.org/simple"
+#: Packages served from the PyTorch index when the plan's index is not PyPI.
+TORCH_INDEX_PACKAGES = frozenset({"torch", "torchvision", "torchaudio"})
+_RESOLVER_TIMEOUT_S = 300
+_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[A-Za-z0-9,._-]*\])?==([^\s;\\]+)")
+_HASH_OPT_RE = re.compile(r"--hash=(sha256:[0-9a-f]{64})")
+
+# uv's --python-platform names for the host profile's os/arch (torch >= 2.6 wheels are manylinux_2_28).
+_PLATFORMS = {
+    ("linux", "x86_64"): "x86_64-manylinux_2_28",
+    ("linux", "aarch64"): "aarch64-manylinux_2_28",
+    ("linux", "arm64"): "aarch64-manylinux_2_28",
+    ("windows", "x86_64"): "x86_64-pc-windows-msvc",
+    ("darwin", "arm64"): "aarch64-apple-darwin",
+    ("darwin", "aarch64"): "aarch64-apple-darwin",
+    ("darwin", "x86_64"): "x86_64-apple-darwin",
+}
+
+
+class CompileFailed(Exception):
+    """The resolver ran and failed; ``str()`` is its last error lines."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PinnedRequirement:
+    """One ``name==version`` line; ``hashes`` empty when its index was not reachable."""
+
+    name: str
+    version: str
+    hashes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "hashes": list(self.hashes)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resolution:
+    """The pinned closure plus how complete its hashes are (``complete|partial|none``)."""
+
+    status: str
+    requirements: tuple[PinnedRequirement, ...]
+    reasons: tuple[str, ...] = ()
+    resolver: str = "none"
+
+    @property
+    def unhashed(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.requirements if not r.hashes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "resolver": self.resolver,
+            "reasons": list(self.reasons),
+            "unhashed": list(self.unhashed),
+            "requirements": [r.to_dict() for r in self.requirements],
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResolveRequest:
+    """Everything the resolution depends on; its ``key`` names the cache entry."""
+
+    packages: Mapping[str, str]
+    python: str
+    platform: str
+    torch_index: str | None = None  # None: every package comes from PyPI
+    find_links: tuple[str, ...] = ()
+    extra_requirements: tuple[str, ...] = ()  # e.g. "transformers[serving]==5.24.0"
+    exclude_newer: str | None = None
+
+    def key(self, resolver_version: str) -> str:
+        doc = {
+            "packages": dict(sorted(self.packages.items())),
+            "python": self.python,
+            "platform": self.platform,
+            "torch_index": self.torch_index,
+            "find_links": list(self.find_links),
+            "extra_requirements": sorted(self.extra_requirements),
+            "exclude_newer": self.exclude_newer,
+            "resolver": resolver_version,
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def torch_names(self) -> tuple[str, ...]:
+        """Plan packages that only the PyTorch index serves for this variant."""
+        if self.torch_index is None:
+            return ()
+        return tuple(n for n, v in sorted(self.packages.items()) if n in TORCH_INDEX_PACKAGES or "+" in v)
+
+
+def python_platform(os_name: str, arch: str) -> str:
+    """uv's ``--python-platform`` for a host profile's ``os`` and ``arch``.
+
+    :raises InvalidInput: for a combination no torch wheel exists for.
+    """
+    try:
+        return _PLATFORMS[(os_name, arch)]
+    except KeyError:
+        raise InvalidInput("host", "os/arch", f"no wheel platform for {os_name}/{arch}") from None
+
+
+def parse_compiled(text: str) -> tuple[PinnedRequirement, ...]:
+    """Parse ``uv pip compile``/``pip-compile`` output into pins with their hashes.
+
+    Continuation lines (``\\``), comments and option lines are handled; names are
+    canonicalized and the result is sorted by name, hashes sorted, so equal closures
+    compare equal whatever the resolver's formatting.
+    """
+    logical: list[str] = []
+    buf = ""
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        if buf.strip():
+            logical.append(buf.strip())
+        buf = ""
+    if buf.strip():
+        logical.append(buf.strip())
+    pins: dict[str, PinnedRequirement] = {}
+    for line in logical:
+        if line.startswith("-"):
+            continue  # --index-url, --find-links, ...
+        m = _PIN_RE.match(line)
+        if not m:
+            raise CompileFailed(f"unexpected resolver line: {line[:120]!r}")
+        name = check_package_name(m.group(1), source="resolver output", field="name")
+        version = check_version(m.group(3), source="resolver output", field=name)
+        hashes = tuple(sorted(set(_HASH_OPT_RE.findall(line))))
+        pins[name] = PinnedRequirement(name=name, version=version, hashes=hashes)
+    return tuple(pins[n] for n in sorted(pins))
+
+
+def merge_resolution(
+    packages: Mapping[str, str],
+    compiled: Sequence[PinnedRequirement],
+    *,
+    resolver: str,
+    reasons: Sequence[str] = (),
+) -> Resolution:
+    """Join the resolved closure with the plan's pins.
+
+    Plan packages the resolver did not return (excluded because their index was
+    unreachable) are added without hashes. A resolver pin that disagrees with the
+    plan is a bug in the inputs, never silently accepted.
+
+    :raises InvalidInput: when a resolved version differs from the plan's pin.
+    """
+    by_name = {r.name: PinnedRequirement(name=r.name, version=r.version, hashes=tuple(sorted(set(r.hashes))))
+               for r in compiled}
+    for name, version in packages.items():
+        got = by_name.get(name)
+        if got is None:
+            by_name[name] = PinnedRequirement(name=name, version=version)
+        elif got.version != version:
+            raise InvalidInput("resolver output", name, f"resolved {got.version}, the plan pins {version}")
+    reqs = tuple(by_name[n] for n in sorted(by_name))
+    hashed = sum(1 for r in reqs if r.hashes)
+    status = "complete" if hashed == len(reqs) else ("none" if hashed == 0 else "partial")
+    return Resolution(status=status, requirements=reqs, reasons=tuple(reasons), resolver=resolver)
+
+
+def unresolved(packages: Mapping[str, str], reason: str) -> Resolution:
+    """Exact pins only, no hashes: what a render gets without any resolver."""
+    reqs = tuple(PinnedRequirement(name=n, version=packages[n]) for n in sorted(packages))
+    return Resolution(status="none", requirements=reqs, reasons=(reason,), resolver="none")
+
+
+def resolution_from_dict(data: Any, source: str = "provision.lock.json") -> Resolution:
+    """Read a resolution back (cache entries, ``hashes`` in a lock), validating every field."""
+    f = Fields(data, source, "hashes")
+    reqs = []
+    for item in f.objs("requirements"):
+        name = check_package_name(item.str("name"), source=source, field=item.where("name"))
+        version = check_version(item.str("version"), source=source, field=item.where("version"))
+        hashes = tuple(item.strs("hashes"))
+        for i, h in enumerate(hashes):
+            if not _HASH_RE.fullmatch(h):
+                raise InvalidInput(source, f"{item.where('hashes')}[{i}]", f"{h!r} is not sha256:<64 hex>")
+        reqs.append(PinnedRequirement(name=name, version=version, hashes=hashes))
+    return Resolution(
+        status=f.choice("status", ("complete", "partial", "none")),
+        requirements=tuple(sorted(reqs, key=lambda r: r.name)),
+        reasons=tuple(f.strs("reasons", required=False)),
+        resolver=f.str("resolver"),
+    )
+
+
+# ---------------------------------------------------------------- I/O edge
+
+
+def probe_index(url: str, timeout: float = 5.0) -> str | None:
+    """``None`` when ``url`` answers, else why not (one short line)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/", timeout=timeout):  # noqa: S310 (https only, validated)
+            return None
+    except urllib.error.HTTPError as exc:
+        return None if exc.code < 500 else f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))[:200]
+
+
+CompileFn = Callable[..., str]
+
+
+def uv_compile(
+    requirements: Sequence[str],
+    *,
+    python: str,
+    platform: str,
+    index_url: str,
+    extra_index_urls: Sequence[str] = (),
+    find_links: Sequence[str] = (),
+    excludes: Sequence[str] = (),
+    exclude_newer: str | None = None,
+) -> str:
+    """Run ``uv pip compile --generate-hashes`` and return its output.
+
+    :raises CompileFailed: uv missing, failed or timed out (the message says which).
+    """
+    uv = shutil.which("uv")
+    if uv is None:
+        raise CompileFailed("uv is not on PATH")
+    with tempfile.TemporaryDirectory(prefix="provision-resolve-") as tmp:
+        req = Path(tmp) / "requirements.in"
+        req.write_text("".join(f"{r}\n" for r in requirements), encoding="utf-8")
+        argv = [uv, "pip", "compile", str(req), "--generate-hashes", "--no-header", "--no-annotate",
+                "--no-config", "--quiet", "--python-version", python, "--python-platform", platform,
+                "--index-url", index_url]
+        for url in extra_index_urls:
+            argv += ["--extra-index-url", url]
+        for link in find_links:
+            argv += ["--find-links", link]
+        if excludes:
+            exc = Path(tmp) / "excludes.txt"
+            exc.write_text("".join(f"{e}\n" for e in excludes), encoding="utf-8")
+            argv += ["--excludes", str(exc)]
+        if exclude_newer:
+            argv += ["--exclude-newer", exclude_newer]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=_RESOLVER_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            raise CompileFailed(f"uv pip compile timed out after {_RESOLVER_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        tail = " | ".join(line.strip() for line in done.stderr.strip().splitlines()[-3:])
+        raise CompileFailed(tail or f"uv exited {done.returncode}")
+    return done.stdout
+
+
+def _uv_version() -> str:
+    uv = shutil.which("uv")
+    if uv is None:
+        return "uv (missing)"
+    try:
+        out = subprocess.run([uv, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "uv (unknown)"
+    return out.stdout.strip() or "uv (unknown)"
+
+
+def resolve(
+    request: ResolveRequest,
+    *,
+    compile_fn: CompileFn = uv_compile,
+    probe: Callable[[str], str | None] = probe_index,
+    resolver_version: str | None = None,
+    cache_dir: Path | None = None,
+) -> Resolution:
+    """Resolve and hash the plan's closure, degrading to partial/none with reasons.
+
+    1. Everything against PyPI + the PyTorch index (if reachable) + wheelhouses.
+    2. PyTorch index unreachable and the wheelhouse lacks the build: resolve the rest
+       with the torch packages excluded; they keep exact pins without hashes.
+    3. Resolver missing or failing: exact pins, no hashes.
+    Only complete resolutions are cached, so a connected re-render can complete a partial one.
+    """
+    version = resolver_version or (_uv_version() if compile_fn is uv_compile else "injected")
+    cache_file = cache_dir / f"{request.key(version)}.json" if cache_dir else None
+    if cache_file is not None and cache_file.is_file():
+        try:
+            return resolution_from_dict(json.loads(cache_file.read_text(encoding="utf-8")), str(cache_file))
+        except (InvalidInput, ValueError):
+            pass  # a corrupt cache entry is re-resolved and overwritten
+    pins = [f"{n}=={v}" for n, v in sorted(request.packages.items())] + list(request.extra_requirements)
+    extra_indexes: list[str] = []
+    reasons: list[str] = []
+    if request.torch_index is not None:
+        why = probe(request.torch_index)
+        if why is None:
+            extra_indexes.append(request.torch_index)
+        else:
+            reasons.append(f"{request.torch_index} was not reachable at render time ({why})")
+    common = {"python": request.python, "platform": request.platform, "index_url": PYPI_INDEX,
+              "extra_index_urls": extra_indexes, "find_links": list(request.find_links),
+              "exclude_newer": request.exclude_newer}
+    try:
+        result = merge_resolution(request.packages, parse_compiled(compile_fn(pins, **common)),
+                                  resolver=version, reasons=reasons)
+    except CompileFailed as exc:
+        if not reasons or not request.torch_names:
+            return unresolved(request.packages, f"resolver failed: {exc}")
+        torch_names = request.torch_names
+        rest = [p for p in pins if p.split("==")[0].split("[")[0] not in torch_names]
+        try:
+            text = compile_fn(rest, excludes=list(torch_names), **common)
+            result = merge_resolution(request.packages, parse_compiled(text), resolver=version, reasons=[
+                *reasons, f"no hashes for {', '.join(torch_names)}: served only by that index; "
+                "their own dependencies are resolved at install time"])
+        except CompileFailed as exc2:
+            return unresolved(request.packages, f"resolver failed: {exc2}")
+    if result.status == "complete" and cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result.to_dict(), sort_keys=True, indent=1), encoding="utf-8")
+        tmp.replace(cache_file)
+    return result
+
+
+def torch_index_for(plan_index: str, *, wheelhouse: Sequence[str] = (), index_url: str | None = None) -> str | None:
+    """The index the torch builds come from, as requirements.txt names it.
+
+    ``index_url`` (``--index-url`` / PROVISION_INDEX_URL) replaces the PyTorch index. A
+    wheelhouse (``--wheelhouse`` / PROVISION_WHEELHOUSE) also replaces it: uv treats an
+    unreachable index as fatal, so an offline machine's files must not name one. PyPI
+    (macOS plans) needs no extra index line.
+
+    :raises InvalidInput: the override is not an https index URL.
+    """
+    if index_url is not None:
+        return check_index_url(index_url, source="--index-url", field="url")
+    if wheelhouse or plan_index.rstrip("/") == PYPI_INDEX:
+        return None
+    return check_index_url(plan_index, source="plan", field="torch.index_url")
+
+
+def resolve_request(
+    plan: Mapping[str, Any],
+    host: Mapping[str, Any],
+    *,
+    wheelhouse: Sequence[str] = (),
+    index_url: str | None = None,
+    serving: bool = True,
+    extra_requirements: Sequence[str] = (),
+    exclude_newer: str | None = None,
+) -> ResolveRequest:
+    """The resolution a render of ``plan`` needs, with the same index choice as the render.
+
+    ``serving`` adds ``transformers[serving]`` (fastapi, uvicorn, ...) so the Docker
+    image's ``transformers serve`` runs from the same pinned closure as the venv.
+
+    :raises InvalidInput: a plan or host field is malformed.
+    """
+    f = Fields(plan, "plan")
+    torch = f.obj("torch")
+    pk = f.obj("packages")
+    assert torch is not None and pk is not None
+    packages = {check_package_name(n, field=pk.where(str(n))): check_version(v, field=pk.where(str(n)))
+                for n, v in pk.data.items()}
+    h = Fields(host, "host")
+    extras = list(extra_requirements)
+    if serving and "transformers" in packages:
+        extras.append(f"transformers[serving]=={packages['transformers']}")
+    finds = []
+    for i, p in enumerate(wheelhouse):
+        text = check_path(p, source="--wheelhouse", field=f"[{i}]")
+        if not text.startswith("/"):
+            raise InvalidInput("--wheelhouse", f"[{i}]", f"{text!r} must be an absolute path")
+        finds.append(text)
+    return ResolveRequest(
+        packages=packages,
+        python=f.str("python"),
+        platform=python_platform(h.str("os"), h.str("arch")),
+        torch_index=torch_index_for(torch.str("index_url"), wheelhouse=wheelhouse, index_url=index_url),
+        find_links=tuple(finds),
+        extra_requirements=tuple(extras),
+        exclude_newer=exclude_newer,
+    )

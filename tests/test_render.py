@@ -1,0 +1,437 @@
+"""render_files / write_rendered / requirements resolution: determinism, safety, hashes, atomic writes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+import subprocess
+
+import pytest
+
+from provision.errors import InvalidInput
+from provision.lock import LOCK_NAME
+from provision.quoting import docker_exec, ps_quote, sh_quote, yaml_str
+from provision.render import FILE_NAMES, WORKFLOW_PATH, EditedFiles, RenderInputs, render_files, write_rendered
+from provision.requirements import (
+    CompileFailed,
+    PinnedRequirement,
+    ResolveRequest,
+    merge_resolution,
+    parse_compiled,
+    resolve,
+)
+
+# ---------------------------------------------------------------- fixtures (plans as dicts)
+
+HOST_GPU = {"schema": "provision.host/v1", "os": "linux", "arch": "x86_64", "python": "3.11.7",
+            "ram_bytes": 68719476736, "nvidia": {"driver_version": "570.124.06", "gpus": []}}
+HOST_CPU = {"schema": "provision.host/v1", "os": "linux", "arch": "x86_64", "python": "3.11.7",
+            "ram_bytes": 25769803776, "nvidia": None}
+H1, H2, H3 = "sha256:" + "1" * 64, "sha256:" + "2" * 64, "sha256:" + "3" * 64
+
+
+def make_plan(variant: str = "cu128", precision: str = "bf16", torch: str = "2.9.1") -> dict:
+    cpu = variant == "cpu"
+    packages = {"torch": f"{torch}+{variant}", "torchvision": "0.24.1+" + variant,
+                "transformers": "5.24.0", "accelerate": "1.15.0"}
+    if precision in ("int8", "nf4"):
+        packages["bitsandbytes"] = "0.49.0"
+    return {
+        "schema": "provision.plan/v1",
+        "model": {"id": "autoglm-phone-9b", "repo": "zai-org/AutoGLM-Phone-9B", "parameters": 10292777472},
+        "python": "3.11",
+        "torch": {"version": torch, "variant": variant, "index_url": f"https://download.pytorch.org/whl/{variant}"},
+        "device": "cpu" if cpu else "cuda", "gpus": [] if cpu else [0], "precision": precision,
+        "memory": {"required_bytes": 1, "available_bytes": 2, "breakdown": {}},
+        "packages": packages, "warnings": [], "reasons": [],
+    }
+
+
+def make_inputs(plan: dict | None = None, **kw) -> RenderInputs:
+    plan = plan or make_plan()
+    variants = tuple(
+        {"variant": v, "cuda": None, "index_url": f"https://download.pytorch.org/whl/{v}",
+         "packages": {**plan.get("packages", {}), "torch": f"2.9.1+{v}", "torchvision": f"0.24.1+{v}"}}
+        for v in ("cpu", "cu126", "cu128", "cu130"))
+    base = {"plan": plan, "host": HOST_CPU if plan["device"] == "cpu" else HOST_GPU, "model": "autoglm-phone-9b",
+            "matrix_digest": "a" * 64, "variants": variants, "toolkit_source": "/src/provision",
+            "docker_env_dir": "build/provision/test"}
+    base.update(kw)
+    return RenderInputs(**base)
+
+
+def text(files: dict, name: str) -> str:
+    return files[name].decode()
+
+
+# ---------------------------------------------------------------- determinism and content
+
+
+def test_same_inputs_give_byte_identical_files():
+    a, b = render_files(make_inputs()), render_files(make_inputs(plan=make_plan()))
+    assert a == b
+    assert set(a) == set(FILE_NAMES)
+
+
+def test_lock_records_inputs_plan_and_every_file_digest():
+    import hashlib
+
+    files = render_files(make_inputs())
+    lock = json.loads(files[LOCK_NAME])
+    assert lock["schema"] == "provision.lock/v1"
+    assert lock["inputs"]["matrix_digest"] == "a" * 64
+    assert lock["inputs"]["host"] == HOST_GPU
+    assert lock["plan"]["torch"]["variant"] == "cu128"
+    assert lock["hashes"]["status"] == "none"
+    assert set(lock["files"]) == set(FILE_NAMES) - {LOCK_NAME}
+    for name, digest in lock["files"].items():
+        assert hashlib.sha256(files[name]).hexdigest() == digest
+    assert files[LOCK_NAME] == json.dumps(lock, sort_keys=True, indent=2).encode() + b"\n"
+
+
+def test_requirements_pin_every_package_and_name_the_index():
+    files = render_files(make_inputs())
+    req = text(files, "requirements.txt")
+    assert "--extra-index-url https://download.pytorch.org/whl/cu128" in req
+    pins = [ln for ln in req.splitlines() if ln and not ln.startswith(("#", "-"))]
+    assert sorted(pins) == sorted(f"{k}=={v}" for k, v in make_plan()["packages"].items())
+    assert all(re.fullmatch(r"[a-z0-9-]+==[0-9][^\s]*", p) for p in pins)
+
+
+def test_partial_hashes_are_explained_and_installed_in_two_steps():
+    res = merge_resolution(
+        make_plan()["packages"],
+        [PinnedRequirement(name="transformers", version="5.24.0", hashes=(H2, H1)),
+         PinnedRequirement(name="accelerate", version="1.15.0", hashes=(H3,)),
+         PinnedRequirement(name="numpy", version="2.3.0", hashes=(H1,))],
+        resolver="fake", reasons=["https://download.pytorch.org/whl/cu128 was not reachable"])
+    assert res.status == "partial" and res.unhashed == ("torch", "torchvision")
+    files = render_files(make_inputs(hashes=res))
+    req = text(files, "requirements.txt")
+    head = req.split("\n\n")[0]
+    assert "#   torch==2.9.1+cu128" in head and "#   torchvision==0.24.1+cu128" in head
+    assert "was not reachable" in head
+    assert f"transformers==5.24.0 \\\n    --hash={H1} \\\n    --hash={H2}\n" in req
+    assert "\ntorch==2.9.1+cu128\n" in req
+    install = text(files, "install.sh")
+    assert "hashes=partial" in install and "unhashed='torch==2.9.1+cu128 torchvision==0.24.1+cu128'" in install
+    lock = json.loads(files[LOCK_NAME])
+    assert lock["hashes"]["status"] == "partial"
+    assert lock["hashes"]["unhashed"] == ["torch", "torchvision"]
+    env = text(files, "environment.yml")
+    assert "--hash" not in env  # pip would refuse a half-hashed file
+
+
+def test_complete_hashes_require_hashes_everywhere():
+    pkgs = make_plan()["packages"]
+    res = merge_resolution(pkgs, [PinnedRequirement(name=n, version=v, hashes=(H1,)) for n, v in pkgs.items()],
+                           resolver="fake")
+    files = render_files(make_inputs(hashes=res))
+    assert "hashes=complete" in text(files, "install.sh")
+    assert "--require-hashes" in text(files, "install.sh")
+    assert f"torch==2.9.1+cu128 --hash={H1}" in text(files, "environment.yml")
+
+
+def test_dockerfile_matches_variant_cuda_runs_non_root_and_serves():
+    for variant, tag in (("cu126", "12.6."), ("cu128", "12.8."), ("cu130", "13.0.")):
+        df = text(render_files(make_inputs(make_plan(variant))), "Dockerfile")
+        froms = re.findall(r"^FROM (\S+)", df, re.M)
+        assert froms and all(f.startswith("nvidia/cuda:" + tag) and "runtime" in f for f in froms)
+        assert re.search(r"^USER 10001:10001$", df, re.M)
+        assert f'LABEL io.provision.variant="{variant}"' in df
+        assert "--mount=type=cache" in df and '"/opt/provision-env/install.sh"' in df
+        cmd = next(ln for ln in df.splitlines() if ln.startswith("CMD "))
+        assert json.loads(cmd[4:])[:3] == ["transformers", "serve", "zai-org/AutoGLM-Phone-9B"]
+        assert not re.search(r"^(ENV|ARG)\b.*(TOKEN|SECRET)", df, re.M)
+
+
+def test_cpu_dockerfile_uses_slim_python_and_int8_serves_quantized():
+    df = text(render_files(make_inputs(make_plan("cpu"))), "Dockerfile")
+    assert "FROM python:3.11-slim-bookworm AS builder" in df
+    df8 = text(render_files(make_inputs(make_plan("cu128", "int8"))), "Dockerfile")
+    assert '"--quantization", "bnb-8bit"' in df8
+
+
+def test_unknown_cuda_has_no_image():
+    with pytest.raises(InvalidInput, match=r"no runtime image for CUDA 12\.5"):
+        render_files(make_inputs(make_plan("cu125")))
+
+
+def test_workflow_matrix_lists_every_variant_with_its_runner_and_plan():
+    import yaml
+
+    files = render_files(make_inputs(gpu_runner_labels=("self-hosted", "a100")))
+    wf = yaml.safe_load(files[WORKFLOW_PATH])
+    rows = wf["jobs"]["environment"]["strategy"]["matrix"]["include"]
+    assert [r["variant"] for r in rows] == ["cpu", "cu126", "cu128", "cu130"]
+    assert rows[0]["runner"] == ["ubuntu-22.04"] and rows[1]["runner"] == ["self-hosted", "a100"]
+    plan126 = json.loads(rows[1]["plan"])
+    assert plan126["torch"]["variant"] == "cu126" and plan126["packages"]["torch"] == "2.9.1+cu126"
+    assert json.loads(rows[0]["plan"])["device"] == "cpu"
+    uses = [s["uses"] for s in wf["jobs"]["environment"]["steps"] if "uses" in s]
+    assert all(re.fullmatch(r"[\w-]+/[\w-]+@[0-9a-f]{40}", u) for u in uses)
+
+
+def test_environment_yml_parses_and_pins_python():
+    import yaml
+
+    env = yaml.safe_load(render_files(make_inputs())["environment.yml"])
+    assert env["channels"][0] == "conda-forge"
+    assert env["dependencies"][0] == "python=3.11"
+    pip = env["dependencies"][2]["pip"]
+    assert pip[0] == "--extra-index-url https://download.pytorch.org/whl/cu128"
+    assert "torch==2.9.1+cu128" in pip
+
+
+def test_wheelhouse_and_index_override_reach_every_installer():
+    files = render_files(make_inputs(make_plan("cpu"), wheelhouse=("/opt/wheels",),
+                                     index_url="https://mirror.example.org/whl/cpu"))
+    req = text(files, "requirements.txt")
+    assert "--find-links /opt/wheels" in req
+    assert "--extra-index-url https://mirror.example.org/whl/cpu" in req
+    assert "download.pytorch.org" not in req
+    offline = text(render_files(make_inputs(make_plan("cpu"), wheelhouse=("/opt/wheels",))), "requirements.txt")
+    assert "--find-links /opt/wheels" in offline
+    assert "index-url" not in offline  # uv fails hard on an unreachable index: a wheelhouse replaces it
+    df = text(files, "Dockerfile")
+    assert "--mount=type=bind,from=wheelhouse-0,target=/opt/wheels" in df
+    assert "--build-context wheelhouse-0=/opt/wheels" in df
+
+
+# ---------------------------------------------------------------- hostile input
+
+HOSTILE = [
+    "x'; touch /tmp/pwned; echo '",
+    "$(touch /tmp/pwned)",
+    "`touch /tmp/pwned`",
+    "a\nRUN touch /tmp/pwned",
+    "a;b",
+    "a b",
+    "autoglm\uff1bphone",  # fullwidth semicolon
+    "autoglm\u2019phone",  # right single quote (PowerShell treats it as a quote)
+    '"quoted"',
+]
+
+
+@pytest.mark.parametrize("bad", HOSTILE)
+@pytest.mark.parametrize("where", ["model.id", "model.repo", "torch.index_url", "torch.version", "package",
+                                   "version", "wheelhouse", "index_url", "runner", "toolkit_source"])
+def test_hostile_values_are_rejected(bad, where):
+    plan = make_plan()
+    kw: dict = {}
+    if where == "model.id":
+        plan["model"]["id"] = bad
+    elif where == "model.repo":
+        plan["model"]["repo"] = bad
+    elif where == "torch.index_url":
+        plan["torch"]["index_url"] = "https://download.pytorch.org/whl/" + bad
+    elif where == "torch.version":
+        plan["torch"]["version"] = "2.9.1" + bad
+    elif where == "package":
+        plan["packages"][bad] = "1.0"
+    elif where == "version":
+        plan["packages"]["transformers"] = "5.0" + bad
+    elif where == "wheelhouse":
+        kw["wheelhouse"] = ("/opt/" + bad,)
+    elif where == "index_url":
+        kw["index_url"] = "https://example.org/" + bad
+    elif where == "runner":
+        kw["gpu_runner_labels"] = ("gpu", bad)
+    elif where == "toolkit_source":
+        kw["toolkit_source"] = "/src/" + bad
+    with pytest.raises(InvalidInput):
+        render_files(make_inputs(plan, **kw))
+
+
+def test_http_and_credential_urls_are_rejected():
+    for url in ("http://download.pytorch.org/whl/cu128", "https://user:pw@host/whl", "https://host/whl?x=1"):
+        plan = make_plan()
+        plan["torch"]["index_url"] = url
+        with pytest.raises(InvalidInput, match=r"torch\.index_url"):
+            render_files(make_inputs(plan))
+
+
+@pytest.mark.parametrize("bad", [*HOSTILE, "'", "\\", "it's ${HOME}"])
+def test_quoting_keeps_hostile_text_data(bad, tmp_path):
+    """The quoting filters are the second line of defence: bash reads the value back unchanged."""
+    script = tmp_path / "q.sh"
+    script.write_text(f"v={sh_quote(bad)}\nprintf '%s' \"$v\"\n")
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout == bad
+    assert not (tmp_path / "pwned").exists()
+    assert shlex.split(sh_quote(bad)) == [bad]
+    assert json.loads(yaml_str(bad)) == bad and "\n" not in yaml_str(bad)
+    assert "\n" not in docker_exec(["echo", bad]) and json.loads(docker_exec(["echo", bad])) == ["echo", bad]
+    quoted = ps_quote(bad)
+    assert quoted.startswith("'") and quoted.endswith("'")
+    inner = quoted[1:-1]
+    for q in "'\u2018\u2019\u201a\u201b":
+        assert inner.count(q) % 2 == 0  # every quote doubled: never closes the string
+
+
+def test_resolver_reasons_cannot_break_out_of_comments():
+    res = merge_resolution(make_plan()["packages"], [], resolver="fake",
+                           reasons=["boom\n--index-url https://evil.example/simple\r\nx"])
+    req = text(render_files(make_inputs(hashes=res)), "requirements.txt")
+    assert not any(ln.startswith("--index-url") for ln in req.splitlines())
+
+
+def test_hf_token_never_reaches_rendered_files(monkeypatch):
+    token = "hf_FAKEtoken1234567890abcdefghijklmnop"
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", token)
+    for plan in (make_plan(), make_plan("cpu")):
+        files = render_files(make_inputs(plan))
+        for name, data in files.items():
+            assert token.encode() not in data, name
+
+
+def test_rendered_scripts_parse_and_keep_values_quoted():
+    files = render_files(make_inputs())
+    for name, shell in (("install.sh", "sh"), ("setup-venv.sh", "bash")):
+        subprocess.run([shell, "-n", "/dev/stdin"], input=files[name], check=True)
+    assert "default_source=/src/provision" in text(files, "setup-venv.sh")
+
+
+def test_no_viable_plan_document_is_refused():
+    with pytest.raises(InvalidInput, match="no-viable-plan"):
+        render_files(make_inputs({"schema": "provision.plan/v1", "error": "no-viable-plan", "message": "m",
+                                  "remedies": [], "device": "cpu"}))
+
+
+# ---------------------------------------------------------------- resolver output parsing (recorded uv output)
+
+UV_OUTPUT = """\
+accelerate==1.15.0 \\
+    --hash=sha256:5654f8c5eaa0d4fa68b33e287a97765da6849bf6d51dcac874e73fbbddfb6134 \\
+    --hash=sha256:97eacca0b73e45cb867dbf8c5d5d4dc32219544300e0c8992c7334dc2ef33cec
+    # via -r requirements.in
+Jinja2==3.1.6 \\
+    --hash=sha256:85ece4451f492d0c13c5dd7c13a64681a86afae63a5f347908daf103ce6d2f67 \\
+    --hash=sha256:0137fb05990d35f1275a587e9aee6d56da821fc83491a0fb838183be43f66d6d
+    # via torch
+torch==2.13.0+cpu \\
+    --hash=sha256:6746dbcbeb526eb61330b76b41ff1b4eb848951103a892eeb080dfa2b264667b
+    # via
+    #   -r requirements.in
+    #   accelerate
+transformers==5.24.0 \\
+    --hash=sha256:906cb8c3cb2123575e263962586a4d21a979ce97feeb95fe6aaf66fe6ae88bf3
+"""
+
+
+def test_parse_compiled_reads_recorded_uv_output():
+    pins = parse_compiled(UV_OUTPUT)
+    assert [p.name for p in pins] == ["accelerate", "jinja2", "torch", "transformers"]
+    jinja = pins[1]
+    assert jinja.version == "3.1.6" and jinja.hashes == tuple(sorted(jinja.hashes)) and len(jinja.hashes) == 2
+    assert pins[2].version == "2.13.0+cpu"
+
+
+def test_parse_compiled_rejects_garbage():
+    with pytest.raises(CompileFailed):
+        parse_compiled("torch>=2\n")
+
+
+def test_merge_refuses_a_resolver_that_moved_a_pin():
+    with pytest.raises(InvalidInput, match=r"resolved 2\.0\.0, the plan pins 2\.9\.1"):
+        merge_resolution({"torch": "2.9.1"}, [PinnedRequirement(name="torch", version="2.0.0", hashes=(H1,))],
+                         resolver="fake")
+
+
+class FakeResolver:
+    """Stands in for `uv pip compile`: the PyPI part resolves, the PyTorch index does not."""
+
+    def __init__(self, *, torch_ok: bool):
+        self.torch_ok = torch_ok
+        self.calls: list[dict] = []
+
+    def __call__(self, requirements, **kw):
+        self.calls.append({"requirements": list(requirements), **kw})
+        if any(r.startswith("torch") for r in requirements) and not kw.get("find_links") and not self.torch_ok:
+            raise CompileFailed("No solution found: torch==2.9.1+cu128 not found")
+        lines = [f"{r.split('[')[0].split('==')[0]}=={r.split('==')[1]} \\\n    --hash={H1}" for r in requirements]
+        return "\n".join([*lines, f"numpy==2.3.0 \\\n    --hash={H2}"]) + "\n"
+
+
+def _request(**kw) -> ResolveRequest:
+    base = {"packages": {"torch": "2.9.1+cu128", "transformers": "5.24.0"}, "python": "3.11",
+            "platform": "x86_64-manylinux_2_28", "torch_index": "https://download.pytorch.org/whl/cu128"}
+    base.update(kw)
+    return ResolveRequest(**base)
+
+
+def test_resolve_without_the_torch_index_is_partial_with_reasons(tmp_path):
+    fake = FakeResolver(torch_ok=False)
+    res = resolve(_request(), compile_fn=fake, probe=lambda url: "dns error", cache_dir=tmp_path)
+    assert res.status == "partial" and res.unhashed == ("torch",)
+    assert any("not reachable" in r and "dns error" in r for r in res.reasons)
+    assert fake.calls[-1]["excludes"] == ["torch"]
+    assert fake.calls[0]["extra_index_urls"] == []
+    assert not list(tmp_path.iterdir())  # partial results are never cached
+
+
+def test_resolve_complete_is_cached_by_inputs(tmp_path):
+    fake = FakeResolver(torch_ok=True)
+    first = resolve(_request(), compile_fn=fake, probe=lambda url: None, cache_dir=tmp_path, resolver_version="v1")
+    assert first.status == "complete" and [r.name for r in first.requirements] == ["numpy", "torch", "transformers"]
+    assert fake.calls[0]["extra_index_urls"] == ["https://download.pytorch.org/whl/cu128"]
+    again = resolve(_request(), compile_fn=fake, probe=lambda url: None, cache_dir=tmp_path, resolver_version="v1")
+    assert again == first and len(fake.calls) == 1
+    resolve(_request(python="3.12"), compile_fn=fake, probe=lambda url: None, cache_dir=tmp_path,
+            resolver_version="v1")
+    assert len(fake.calls) == 2
+
+
+def test_resolve_wheelhouse_completes_an_offline_render():
+    fake = FakeResolver(torch_ok=False)
+    res = resolve(_request(find_links=("/opt/wheels",)), compile_fn=fake, probe=lambda url: "offline")
+    assert res.status == "complete"
+
+
+def test_resolve_without_any_resolver_keeps_exact_pins():
+    def broken(requirements, **kw):
+        raise CompileFailed("uv is not on PATH")
+
+    res = resolve(_request(torch_index=None), compile_fn=broken, probe=lambda url: None)
+    assert res.status == "none" and [f"{r.name}=={r.version}" for r in res.requirements] == [
+        "torch==2.9.1+cu128", "transformers==5.24.0"]
+    assert "uv is not on PATH" in res.reasons[0]
+
+
+# ---------------------------------------------------------------- the writer
+
+
+def test_write_is_atomic_and_refuses_edited_files(tmp_path):
+    out = tmp_path / "env"
+    files = render_files(make_inputs())
+    assert write_rendered(out, files, force=False) == sorted(files)
+    assert (out / "install.sh").stat().st_mode & 0o111
+    assert write_rendered(out, files, force=False) == []  # unchanged: nothing rewritten
+    (out / "Dockerfile").write_text("FROM scratch\n")
+    other = render_files(make_inputs(make_plan("cu126")))
+    with pytest.raises(EditedFiles) as err:
+        write_rendered(out, other, force=False)
+    assert err.value.exit_code == 2 and err.value.names == ("Dockerfile",)
+    assert (out / "Dockerfile").read_text() == "FROM scratch\n"  # nothing was touched
+    assert json.loads((out / LOCK_NAME).read_bytes())["plan"]["torch"]["variant"] == "cu128"
+    changed = write_rendered(out, other, force=True)
+    assert "Dockerfile" in changed and (out / "Dockerfile").read_bytes() == other["Dockerfile"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["env"]  # no staging folder left behind
+
+
+def test_foreign_files_without_a_lock_are_not_clobbered(tmp_path):
+    out = tmp_path / "env"
+    out.mkdir()
+    (out / "requirements.txt").write_text("mine\n")
+    with pytest.raises(EditedFiles):
+        write_rendered(out, render_files(make_inputs()), force=False)
+
+
+def test_render_inputs_are_not_mutated():
+    plan = make_plan()
+    before = copy.deepcopy(plan)
+    render_files(make_inputs(plan))
+    assert plan == before
