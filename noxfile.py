@@ -73,11 +73,23 @@ def provision(session: nox.Session) -> None:
     session.log(f"activate with: source {out / 'venv' / 'bin' / 'activate'}")
 
 
+#: What the tiny-model tests load: the CPU torch build that lies in this machine's wheel folder
+#: (pip's find-links), and transformers 5. Elsewhere torch comes from the indexes.
+SMOKE_DEPS = [
+    "torch==2.13.0+cpu; platform_machine == 'x86_64' and python_version == '3.11'",
+    "transformers>=5",
+    "accelerate",
+    "pillow",
+    "safetensors",
+    "huggingface_hub",
+    "tokenizers",
+]
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite, with torch (CPU) and transformers so the tiny-model loads run for real."""
-    session.install(*_find_links(), "-e", str(ROOT), *_pyproject_group("test"), "torch==2.13.0+cpu; platform_machine=='x86_64' and python_version=='3.11'", "transformers>=5", "accelerate",
-                    "pillow", "safetensors", "huggingface_hub", "tokenizers")
+    session.install(*_find_links(), "-e", str(ROOT), *_pyproject_group("test"), *SMOKE_DEPS)
     session.run("pytest", *(session.posargs or ["-q"]))
 
 
@@ -99,7 +111,8 @@ def render_matrix(session: nox.Session, variant: str) -> None:
     Plans for ``PROVISION_MATRIX_HOST`` (default: the H100 reference host, whose driver runs them all).
     """
     _install_toolkit(session)
-    host = Path(os.environ.get("PROVISION_MATRIX_HOST", ROOT / "tests" / "fixtures" / "hosts" / "linux-x86_64-h100-80gb-driver580.json"))
+    default = ROOT / "tests" / "fixtures" / "hosts" / "linux-x86_64-h100-80gb-driver580.json"
+    host = Path(os.environ.get("PROVISION_MATRIX_HOST", default))
     device = ["--device", "cpu"] if variant == "cpu" else []
     session.run("provision", "render", "--host", str(host), "--variant", variant, *device,
                 "--out", str(BUILD / "matrix" / variant), "--force", *session.posargs)

@@ -230,9 +230,8 @@ def _show_host(host: HostProfile, console: Any) -> None:
 
 def show_plan(plan: Plan, console: Any) -> None:
     """A readable plan: the choice on top, then every reason and warning."""
-    from rich.table import Table
-
     from rich.markup import escape
+    from rich.table import Table
 
     p = plan.placement
     where = f"GPU {', '.join(map(str, p.gpus))}" if p.gpus else p.device.upper()
@@ -306,6 +305,201 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except SystemExit as exc:  # argparse --help / --version
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_BAD_INPUT
+
+
+def _sibling_variants(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Any, chosen: Plan) -> tuple:
+    """Plans for every other variant of the chosen torch that this host can run: the CI matrix rows."""
+    from dataclasses import replace
+
+    from provision.plan import plan
+
+    release = next(r for r in matrix.torch if r.version == chosen.torch_version)
+    rows = []
+    for variant in release.variants:
+        if host.platform not in variant.platforms:
+            continue
+        if variant.name == chosen.variant:
+            sibling = chosen
+        else:
+            device = "cpu" if variant.cuda is None else "auto"
+            if device == "cpu" and host.platform == "macos-arm64":
+                device = "mps"
+            try:
+                sibling = plan(host, matrix, model, replace(prefs, torch_version=release.version,
+                                                            variant=variant.name, device=device,
+                                                            precision=None if variant.cuda is None else prefs.precision))
+            except ProvisionError:
+                continue
+        rows.append({"variant": sibling.variant, "cuda": str(sibling.cuda) if sibling.cuda else None,
+                     "index_url": sibling.index_url, "packages": dict(sibling.packages)})
+    return tuple(rows)
+
+
+def _read_plan_file(path: Path) -> dict[str, Any]:
+    from provision._fields import Fields, read_json_file
+    from provision.plan import PLAN_SCHEMA
+
+    doc = read_json_file(path)
+    f = Fields(doc, str(path))
+    schema = f.str("schema")
+    if schema != PLAN_SCHEMA:
+        raise f.fail("schema", f"unsupported schema {schema!r}; expected {PLAN_SCHEMA!r}")
+    if "error" in f.data:
+        raise f.fail("error", "this is a no-plan document; there is nothing to render")
+    model = f.obj("model")
+    assert model is not None
+    model.str("id")
+    return dict(doc)
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    """Plan (or read ``--plan``), resolve hashes, render every file, write them atomically."""
+    from provision.build import source_root
+    from provision.catalog import load_catalog, resolve_model
+    from provision.matrix import load_matrix
+    from provision.render import RenderInputs, render_files, write_rendered
+    from provision.requirements import resolve, resolve_request
+    from provision.sources import resolve_index_url
+
+    index_url = resolve_index_url(args.index_url, os.environ)
+    if args.plan_file is not None:
+        plan_doc = _read_plan_file(args.plan_file)
+        matrix = load_matrix(args.matrix)
+        if args.host is not None:
+            from provision.host import load_host
+
+            host = load_host(args.host)
+        else:
+            from provision.detect import detect_host
+
+            host = detect_host()
+        model = resolve_model(plan_doc["model"]["id"], load_catalog((matrix.root or Path()) / "models.toml"))
+        variants: tuple = ()
+        wheelhouse = _wheelhouses(args)
+    else:
+        host, matrix, model = _load_inputs(args)
+        prefs = _preferences(args, host)
+        from provision.plan import plan
+
+        chosen = plan(host, matrix, model, prefs)
+        plan_doc = chosen.to_dict()
+        variants = _sibling_variants(host, matrix, model, prefs, chosen)
+        wheelhouse = _wheelhouses(args)
+    host_doc = host.to_dict()
+    hashes = None
+    if not args.no_resolve:
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "provision" / "resolve"
+        request = resolve_request(plan_doc, host_doc, wheelhouse=[str(w) for w in wheelhouse], index_url=index_url)
+        hashes = resolve(request, cache_dir=cache)
+    root = source_root()
+    out = args.out.resolve()
+    docker_dir = os.path.relpath(out, root) if root is not None and out.is_relative_to(root) else "."
+    flags = {k: v for k, v in sorted(vars(args).items())
+             if k in ("model", "python", "context", "precision", "device", "torch_version", "variant")
+             and v is not None}
+    inputs = RenderInputs(
+        plan=plan_doc, host=host_doc, model=model.id, context=args.context, flags=flags,
+        matrix_digest=matrix.digest, variants=variants, wheelhouse=tuple(str(w) for w in wheelhouse),
+        index_url=index_url, hashes=hashes, toolkit_source=str(root) if root else None,
+        docker_env_dir=docker_dir,
+    )
+    files = render_files(inputs)
+    changed = write_rendered(out, files, force=args.force)
+    if args.json:
+        _print_json({"schema": "provision.render/v1", "out": str(out), "files": sorted(files), "changed": changed,
+                     "hashes": hashes.status if hashes else "none", "plan": plan_doc})
+    else:
+        err = _console(stderr=True)
+        from provision.plan import Plan  # noqa: F401  (type only)
+
+        if args.plan_file is None:
+            show_plan(chosen, err)
+        state = hashes.status if hashes else "none (--no-resolve)"
+        err.print(f"rendered {len(files)} files into {out} ({len(changed)} changed); hashes: {state}")
+        if hashes is not None and hashes.status != "complete":
+            for reason in hashes.reasons:
+                err.print(f"  - {reason}")
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from provision.build import build_environment
+
+    result = build_environment(args.out, smoke=not args.no_smoke)
+    if args.json:
+        _print_json({"schema": "provision.build/v1", "venv": str(result.venv), "reused": result.reused,
+                     "seconds": round(result.seconds, 2), "smoke": result.smoke})
+        return 0
+    err = _console(stderr=True)
+    err.print(f"environment {'reused' if result.reused else 'built'}: {result.venv} ({result.seconds:.1f} s)")
+    if result.smoke is not None:
+        err.print(f"smoke report: {args.out / 'smoke.json'}")
+    return 0
+
+
+def _show_smoke(report: dict[str, Any], console: Any) -> None:
+    from rich.markup import escape
+
+    source = report.get("source")
+    label = {"tiny": "TINY stand-in model (same architecture, random weights; not the 9B)",
+             "synthetic": "full-size architecture with random weights", "weights": "real weights"}.get(
+        str(source), str(source))
+    console.print(f"[bold green]smoke ok[/]: {escape(str(report.get('model')))} from {escape(label)}, "
+                  f"{report.get('precision')} on {report.get('device')}")
+    peak, est = report.get("peak_memory_bytes"), report.get("estimated_memory_bytes")
+    console.print(f"  load {report.get('load_seconds')} s, peak memory {int(peak or 0) / 1e9:.2f} GB"
+                  + (f" (estimate {int(est) / 1e9:.2f} GB)" if est else "")
+                  + f", {report.get('tokens_generated')} tokens at {report.get('tokens_per_second')} tok/s")
+
+
+def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What to smoke-test: the lock's plan (model, precision, placement), overridden by options."""
+    from provision._fields import Fields
+    from provision.lock import read_lock
+
+    settings: dict[str, Any] = {"model": args.model, "precision": args.precision, "device": None, "gpus": (),
+                                "max_memory": None}
+    if args.lock is not None:
+        lock = read_lock(args.lock)
+        if lock is None:
+            raise InvalidInput(str(args.lock), "(file)", "no such file")
+        plan = Fields(lock.get("plan"), str(args.lock), "plan")
+        model = plan.obj("model")
+        assert model is not None
+        settings["model"] = settings["model"] or model.str("id")
+        settings["precision"] = settings["precision"] or plan.choice("precision", ("bf16", "fp16", "int8", "nf4", "fp32"))
+        settings["device"] = plan.choice("device", ("cuda", "cpu", "mps"))
+        settings["gpus"] = tuple(plan.list("gpus", required=False))
+        memory = plan.obj("memory", required=False)
+        if memory is not None and memory.has("max_memory"):
+            settings["max_memory"] = dict(memory.data["max_memory"])
+    return settings
+
+
+def _cmd_smoke(args: argparse.Namespace) -> int:
+    from provision.catalog import load_catalog, resolve_model
+    from provision.smoke import run_smoke
+
+    settings = _smoke_settings(args)
+    catalog = load_catalog()
+    model_path = args.model_path or (Path(os.environ["PROVISION_MODEL_PATH"])
+                                     if os.environ.get("PROVISION_MODEL_PATH") else None)
+    if model_path is not None and not (model_path / "config.json").is_file():
+        raise InvalidInput("--model-path", str(model_path), "no config.json in this directory")
+    spec = resolve_model(settings["model"] or catalog.default.id, catalog)
+    source = "tiny" if args.tiny else "synthetic" if args.synthetic else "weights" if model_path else "auto"
+    report = run_smoke(model=spec, model_path=model_path, source=source, precision=settings["precision"],
+                       device=settings["device"], gpus=settings["gpus"], max_memory=settings["max_memory"],
+                       context_tokens=args.context, new_tokens=args.new_tokens)
+    doc = report.to_dict()
+    if args.output:
+        from provision.render import write_text_atomic
+
+        write_text_atomic(args.output, json.dumps(doc, indent=2) + "\n")
+    if args.json:
+        _print_json(doc)
+    _show_smoke(doc, _console(stderr=args.json))
+    return 0
 
 
 def _cmd_matrix(args: argparse.Namespace) -> int:

@@ -29,8 +29,14 @@ PLAN_SCHEMA = "provision.plan/v1"
 PRECISIONS = ("bf16", "fp16", "int8", "nf4", "fp32")
 DEVICES = ("auto", "cuda", "cpu", "mps")
 GB = 1e9
-#: Off CUDA the OS, Python and page cache need room too: plan on this share of RAM.
-RAM_USABLE_FRACTION = 0.9
+#: Off CUDA the OS and other processes need room too: keep this much RAM back
+#: (the larger of an absolute floor and a share; Python and torch are already in the estimate).
+RAM_RESERVE_BYTES = 1_500_000_000
+RAM_RESERVE_FRACTION = 0.06
+
+
+def usable_ram(ram_bytes: int) -> int:
+    return ram_bytes - max(RAM_RESERVE_BYTES, int(ram_bytes * RAM_RESERVE_FRACTION))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -424,7 +430,7 @@ def _plan_cpu(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefer
     from provision.memory import estimate_memory
 
     precisions = [prefs.precision] if prefs.precision else ["bf16"]
-    available = int(host.ram_bytes * RAM_USABLE_FRACTION)
+    available = usable_ram(host.ram_bytes)
     for precision in precisions:
         if precision in ("int8", "nf4"):
             search.reject("precision", f"{precision} needs bitsandbytes on an NVIDIA GPU; this plan runs on {device}")
@@ -594,7 +600,8 @@ def _remedies(host: HostProfile, model: ModelSpec, prefs: Preferences, search: _
             from provision.memory import estimate_memory
 
             cpu = estimate_memory(model.config, precision="bf16", context_tokens=prefs.context_tokens, device="cpu")
-            remedies.append(f"run on CPU with --device cpu (needs {_gb(cpu.total / RAM_USABLE_FRACTION)} of RAM "
+            need_ram = cpu.total + max(RAM_RESERVE_BYTES, int(cpu.total * RAM_RESERVE_FRACTION / (1 - RAM_RESERVE_FRACTION)))
+            remedies.append(f"run on CPU with --device cpu (needs {_gb(need_ram)} of RAM "
                             f"in bf16; this host has {_gb(host.ram_bytes)})")
         else:
             remedies.append(f"lower --context (now {prefs.context_tokens})")

@@ -8,9 +8,9 @@ will actually install. Precedence: ``--wheelhouse`` > ``PROVISION_WHEELHOUSE`` >
 
 from __future__ import annotations
 
+import configparser
 import os
 import re
-import configparser
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -21,8 +21,8 @@ from packaging.version import Version
 from provision.errors import InvalidInput
 
 __all__ = [
-    "WHEELHOUSE_ENV",
     "INDEX_URL_ENV",
+    "WHEELHOUSE_ENV",
     "index_reachable",
     "pip_find_links",
     "read_pip_config",

@@ -73,7 +73,7 @@ REFERENCE = [
 ]
 
 
-def assert_valid(p, h: HostProfile, model=AUTOGLM) -> None:  # noqa: ANN001
+def assert_valid(p, h: HostProfile, model=AUTOGLM) -> None:
     """Independent checks of a plan against the facts, not against the planner's own code paths."""
     release = next(r for r in MATRIX.torch if r.version == p.torch_version)
     variant = release.variant(p.variant)
@@ -198,11 +198,11 @@ def test_longer_context_needs_more_memory_and_can_change_precision() -> None:
 def test_forced_precision_is_honoured_or_refused() -> None:
     h = _box(("NVIDIA A10G", "8.6", 23.6))
     assert plan(h, MATRIX, AUTOGLM, Preferences(precision="nf4")).precision == "nf4"
-    with pytest.raises(NoViablePlan, match="bf16 needs compute capability >= 8.0"):
+    with pytest.raises(NoViablePlan, match=r"bf16 needs compute capability >= 8\.0"):
         plan(_box(("Tesla T4", "7.5", 15.5)), MATRIX, AUTOGLM, Preferences(precision="bf16"))
     with pytest.raises(NoViablePlan, match="needs"):
         plan(_box(("Tesla T4", "7.5", 15.5)), MATRIX, AUTOGLM, Preferences(precision="fp16"))
-    with pytest.raises(NoViablePlan, match="int8 needs compute capability >= 7.5"):
+    with pytest.raises(NoViablePlan, match=r"int8 needs compute capability >= 7\.5"):
         plan(_box(("Tesla V100-SXM2-16GB", "7.0", 15.5)), MATRIX, AUTOGLM, Preferences(precision="int8"))
 
 
@@ -210,7 +210,7 @@ def test_cpu_host_never_gets_quantized_or_gpu_plan() -> None:
     h = host("linux-x86_64-cpu-only-32gb")
     with pytest.raises(NoViablePlan):
         plan(h, MATRIX, AUTOGLM, Preferences(precision="nf4"))
-    with pytest.raises(InvalidInput, match="^--device: device: cuda was requested"):
+    with pytest.raises(InvalidInput, match=r"^--device: device: cuda was requested"):
         plan(h, MATRIX, AUTOGLM, Preferences(device="cuda"))
     small = replace(h, ram_bytes=16 * 10**9)
     with pytest.raises(NoViablePlan, match="of RAM"):
