@@ -336,19 +336,11 @@ def _sibling_variants(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs
 
 
 def _read_plan_file(path: Path) -> dict[str, Any]:
-    from provision._fields import Fields, read_json_file
-    from provision.plan import PLAN_SCHEMA
+    from provision._fields import read_json_file
+    from provision.render import validate_plan
 
     doc = read_json_file(path)
-    f = Fields(doc, str(path))
-    schema = f.str("schema")
-    if schema != PLAN_SCHEMA:
-        raise f.fail("schema", f"unsupported schema {schema!r}; expected {PLAN_SCHEMA!r}")
-    if "error" in f.data:
-        raise f.fail("error", "this is a no-plan document; there is nothing to render")
-    model = f.obj("model")
-    assert model is not None
-    model.str("id")
+    validate_plan(doc, source=str(path))
     return dict(doc)
 
 
@@ -463,6 +455,9 @@ def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
         lock = read_lock(args.lock)
         if lock is None:
             raise InvalidInput(str(args.lock), "(file)", "no such file")
+        from provision.render import validate_plan
+
+        validate_plan(lock.get("plan"), source=str(args.lock), prefix="plan")
         plan = Fields(lock.get("plan"), str(args.lock), "plan")
         model = plan.obj("model")
         assert model is not None

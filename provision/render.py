@@ -181,6 +181,20 @@ def _read_plan(plan: Mapping[str, Any]) -> _Plan:
     )
 
 
+def validate_plan(plan: Any, *, source: str = "plan", prefix: str = "") -> None:
+    """Check a plan document as a render would, naming ``source`` (a file) and ``prefix.field``.
+
+    :raises InvalidInput: for any field a render would refuse.
+    """
+    try:
+        _read_plan(plan)
+    except InvalidInput as exc:
+        if exc.source != "plan":
+            raise
+        field = exc.field if not prefix else (prefix if exc.field == "(document)" else f"{prefix}.{exc.field}")
+        raise InvalidInput(source, field, exc.problem) from None
+
+
 def _image_ref(row: Fields) -> str:
     image, tag = row.str("image"), row.str("tag")
     if not _IMAGE_RE.fullmatch(image) or "//" in image:
