@@ -99,6 +99,10 @@ def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] 
     root = source_root()
     if root is not None:
         env.setdefault("PROVISION_SOURCE", str(root))
+    old = out / "venv.old"
+    if not venv.exists() and venv_python(old).exists():
+        old.rename(venv)  # a build interrupted between the two renames below: the last good venv comes back
+        reused = _reusable(venv, digest)
     if not reused:
         staging = out / "venv.partial"
         shutil.rmtree(staging, ignore_errors=True)
@@ -108,7 +112,6 @@ def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] 
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        old = out / "venv.old"
         shutil.rmtree(old, ignore_errors=True)
         if venv.exists():
             venv.rename(old)

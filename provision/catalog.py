@@ -203,8 +203,9 @@ def resolve_model(
     if id_or_dir.strip() and exists(directory):
         return _local_spec(directory, read_config)
     raise InvalidInput(
-        "--model", id_or_dir or "(empty)",
-        f"unknown model; known ids: {', '.join(catalog.ids)} (or a directory holding config.json)",
+        "--model", "model",
+        f"{id_or_dir!r} is not a known model; known ids: {', '.join(catalog.ids)} "
+        "(or a directory holding config.json)",
     )
 
 

@@ -125,7 +125,7 @@ def _load_inputs(args: argparse.Namespace) -> tuple[HostProfile, Matrix, ModelSp
 
     matrix = load_matrix(args.matrix)
     catalog = load_catalog((matrix.root or Path()) / "models.toml")
-    model = resolve_model(args.model or catalog.default.id, catalog)
+    model = resolve_model(catalog.default.id if args.model is None else args.model, catalog)
     if args.host is not None:
         from provision.host import load_host
 
@@ -284,6 +284,23 @@ _COMMANDS = {
 }
 
 
+def _one_line(text: str) -> str:
+    """Escape anything that could break the contract's single ``error:`` line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from provision.doctor import doctor_report, print_findings, run_doctor
+
+    findings = run_doctor(model_id=args.model, lock_path=args.lock)
+    report = doctor_report(findings)
+    if args.json:
+        _print_json(report)
+    else:
+        print_findings(findings, _console(stderr=False))
+    return 0 if report["ok"] else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the only place that turns errors into exit codes."""
     try:
@@ -294,11 +311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_json(exc.to_dict())
         _show_no_plan(exc)
         return exc.exit_code
+    except InvalidInput as exc:
+        sys.stderr.write(f"error: {_one_line(str(exc))}\n")
+        return exc.exit_code
     except ProvisionError as exc:
-        if isinstance(exc, InvalidInput):
-            sys.stderr.write(f"error: {exc}\n")
-        else:
-            sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
@@ -446,6 +463,8 @@ def _show_smoke(report: dict[str, Any], console: Any) -> None:
 
 def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
     """What to smoke-test: the lock's plan (model, precision, placement), overridden by options."""
+    import re
+
     from provision._fields import Fields
     from provision.lock import read_lock
 
@@ -464,10 +483,19 @@ def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
         settings["model"] = settings["model"] or model.str("id")
         settings["precision"] = settings["precision"] or plan.choice("precision", ("bf16", "fp16", "int8", "nf4", "fp32"))
         settings["device"] = plan.choice("device", ("cuda", "cpu", "mps"))
-        settings["gpus"] = tuple(plan.list("gpus", required=False))
+        gpus = plan.list("gpus", required=False)
+        for i, gpu in enumerate(gpus):
+            if not isinstance(gpu, int) or isinstance(gpu, bool) or not 0 <= gpu < 64:
+                raise InvalidInput(str(args.lock), f"plan.gpus[{i}]", "expected a GPU index 0-63")
+        settings["gpus"] = tuple(gpus)
         memory = plan.obj("memory", required=False)
-        if memory is not None and memory.has("max_memory"):
-            settings["max_memory"] = dict(memory.data["max_memory"])
+        limits = memory.obj("max_memory", required=False) if memory is not None else None
+        if limits is not None:
+            settings["max_memory"] = {
+                key: limits.int(key, minimum=1) for key in limits.data if re.fullmatch(r"\d{1,2}|cpu", key)
+            }
+            if len(settings["max_memory"]) != len(limits.data):
+                raise InvalidInput(str(args.lock), "plan.memory.max_memory", "keys must be GPU indices or 'cpu'")
     return settings
 
 
@@ -481,7 +509,7 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
                                      if os.environ.get("PROVISION_MODEL_PATH") else None)
     if model_path is not None and not (model_path / "config.json").is_file():
         raise InvalidInput("--model-path", str(model_path), "no config.json in this directory")
-    spec = resolve_model(settings["model"] or catalog.default.id, catalog)
+    spec = resolve_model(catalog.default.id if settings["model"] is None else settings["model"], catalog)
     source = "tiny" if args.tiny else "synthetic" if args.synthetic else "weights" if model_path else "auto"
     report = run_smoke(model=spec, model_path=model_path, source=source, precision=settings["precision"],
                        device=settings["device"], gpus=settings["gpus"], max_memory=settings["max_memory"],

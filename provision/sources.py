@@ -78,7 +78,8 @@ def resolve_index_url(cli: str | None, environ: Mapping[str, str]) -> str | None
     if not value:
         return None
     if not _URL_RE.match(value):
-        raise InvalidInput(source, "url", f"{value!r} is not a plain http(s) URL")
+        shown = re.sub(r"//[^/@]*@", "//***@", value)  # never echo credentials
+        raise InvalidInput(source, "url", f"{shown!r} is not a plain http(s) URL")
     return value.rstrip("/")
 
 

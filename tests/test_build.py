@@ -1,0 +1,194 @@
+"""Crash safety: a failed or interrupted build keeps the previous venv; renders never clobber edits.
+
+``build_environment`` runs a fake rendered folder whose setup-venv.sh only makes a folder
+(no pip, no network); the render tests go through the real CLI.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import provision.build
+import provision.cli
+from provision.build import STAMP, build_environment, env_digest
+from provision.cli import main
+from provision.errors import BuildError, InvalidInput
+
+A10G = Path(__file__).parent / "fixtures" / "hosts" / "linux-x86_64-a10g-driver535.json"
+
+#: A setup-venv.sh that counts its runs, then builds a minimal "venv" at $1 (or fails).
+FAKE_SETUP = """#!/usr/bin/env bash
+set -euo pipefail
+echo run >> runs.txt
+mkdir -p "$1/bin"
+printf '#!/bin/sh\\nexit 0\\n' > "$1/bin/python"
+chmod +x "$1/bin/python"
+echo "{marker}" > "$1/marker"
+{tail}
+"""
+INDEX_FAILURE = """echo "Looking in indexes: https://download.pytorch.org/whl/cu126"
+echo "ERROR: Could not find a version that satisfies the requirement torch==2.14.1+cu126"
+echo "ERROR: No matching distribution found for torch==2.14.1+cu126"
+exit 1"""
+
+
+def rendered(out: Path, *, marker: str = "new", tail: str = "") -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "requirements.txt").write_text("torch==2.14.1+cu126\n")
+    (out / "install.sh").write_text("#!/bin/sh\nexit 0\n")
+    (out / "setup-venv.sh").write_text(FAKE_SETUP.format(marker=marker, tail=tail))
+    return out
+
+
+def old_venv(out: Path) -> Path:
+    """A working previous environment, built from other files (its stamp does not match)."""
+    venv = out / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("#!/bin/sh\n")
+    (venv / "marker").write_text("old\n")
+    (venv / STAMP).write_text("0" * 64 + "\n")
+    return venv
+
+
+def runs(out: Path) -> int:
+    path = out / "runs.txt"
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+def leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name in ("venv.partial", "venv.old"))
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+
+
+def test_success_swaps_in_the_new_venv(tmp_path: Path, env: dict[str, str]) -> None:
+    out = rendered(tmp_path / "out")
+    old_venv(out)
+    result = build_environment(out, smoke=False, environ=env)
+    assert result.reused is False and result.venv == out.resolve() / "venv"
+    assert (out / "venv" / "marker").read_text() == "new\n"
+    assert (out / "venv" / STAMP).read_text().strip() == env_digest(out)
+    assert leftovers(out) == []
+    assert runs(out) == 1
+
+
+def test_matching_digest_reuses_without_running_setup(tmp_path: Path, env: dict[str, str]) -> None:
+    out = rendered(tmp_path / "out")
+    build_environment(out, smoke=False, environ=env)
+    again = build_environment(out, smoke=False, environ=env)
+    assert again.reused is True and runs(out) == 1
+    (out / "requirements.txt").write_text("torch==2.14.1+cu128\n")  # a new render: rebuild
+    third = build_environment(out, smoke=False, environ=env)
+    assert third.reused is False and runs(out) == 2
+
+
+def test_failed_build_keeps_the_old_venv_and_names_the_fix(tmp_path: Path, env: dict[str, str]) -> None:
+    out = rendered(tmp_path / "out", tail=INDEX_FAILURE)
+    venv = old_venv(out)
+    before = {p.relative_to(venv): p.read_bytes() for p in venv.rglob("*") if p.is_file()}
+    with pytest.raises(BuildError) as exc:
+        build_environment(out, smoke=False, environ=env)
+    message = str(exc.value)
+    assert "setup-venv.sh failed (exit 1)" in message
+    assert "No matching distribution found for torch==2.14.1+cu126" in message
+    assert "--wheelhouse" in message  # the offline fix
+    assert {p.relative_to(venv): p.read_bytes() for p in venv.rglob("*") if p.is_file()} == before
+    assert leftovers(out) == []
+    assert runs(out) == 1
+
+
+def test_failed_first_build_leaves_nothing(tmp_path: Path, env: dict[str, str]) -> None:
+    out = rendered(tmp_path / "out", tail="exit 3")
+    with pytest.raises(BuildError, match=r"exit 3"):
+        build_environment(out, smoke=False, environ=env)
+    assert not (out / "venv").exists() and leftovers(out) == []
+
+
+def test_interrupted_build_keeps_the_old_venv(tmp_path: Path, env: dict[str, str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    out = rendered(tmp_path / "out")
+    venv = old_venv(out)
+    real_run = subprocess.run
+
+    def interrupted(argv: list[str], **kwargs: Any) -> Any:
+        real_run(argv, **kwargs)  # the setup got as far as writing venv.partial ...
+        assert (out / "venv.partial" / "marker").exists()
+        raise KeyboardInterrupt  # ... when Ctrl-C arrived
+
+    monkeypatch.setattr(provision.build.subprocess, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_environment(out, smoke=False, environ=env)
+    assert (venv / "marker").read_text() == "old\n"
+    assert leftovers(out) == []
+
+
+def test_stale_partial_from_a_killed_build_is_discarded(tmp_path: Path, env: dict[str, str]) -> None:
+    out = rendered(tmp_path / "out")
+    (out / "venv.partial" / "junk").mkdir(parents=True)
+    build_environment(out, smoke=False, environ=env)
+    assert not (out / "venv" / "junk").exists() and leftovers(out) == []
+
+
+def test_unrendered_folder_is_bad_input(tmp_path: Path, env: dict[str, str]) -> None:
+    with pytest.raises(InvalidInput, match="run provision render first"):
+        build_environment(tmp_path, smoke=False, environ=env)
+
+
+@pytest.mark.skipif(not hasattr(provision.cli, "_cmd_build"), reason="provision.cli has no _cmd_build yet")
+def test_build_command_reports_the_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    out = rendered(tmp_path / "out", tail=INDEX_FAILURE)
+    venv = old_venv(out)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    rc = main(["build", str(out), "--no-smoke"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.startswith("error: setup-venv.sh failed (exit 1)") and "Traceback" not in err
+    assert (venv / "marker").read_text() == "old\n"
+
+
+# ---------------------------------------------------------------------------
+# Renders: atomic, and never over a user's edits without --force
+
+
+def render(out: Path, *extra: str) -> int:
+    return main(["render", "--host", str(A10G), "--out", str(out), "--no-resolve", *extra])
+
+
+@pytest.mark.skipif(not hasattr(provision.cli, "_cmd_render"), reason="provision.cli has no _cmd_render yet")
+def test_render_refuses_to_overwrite_edits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert render(out) == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert render(out) == 0  # unchanged files re-render cleanly
+    capsys.readouterr()
+    edited = (out / "setup-venv.sh").read_text() + "# my local tweak\n"
+    (out / "setup-venv.sh").write_text(edited)
+    assert render(out, "--precision", "nf4") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {out}") and "setup-venv.sh" in err and "--force" in err
+    assert (out / "setup-venv.sh").read_text() == edited
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != "setup-venv.sh"} == {
+        k: v for k, v in first.items() if k != "setup-venv.sh"}  # nothing else changed either
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
+    assert render(out, "--precision", "nf4", "--force") == 0
+    assert "# my local tweak" not in (out / "setup-venv.sh").read_text()
+    assert (out / "provision.lock.json").read_bytes() != first["provision.lock.json"]
+
+
+@pytest.mark.skipif(not hasattr(provision.cli, "_cmd_render"), reason="provision.cli has no _cmd_render yet")
+def test_render_refuses_foreign_files_without_a_lock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "Dockerfile").write_text("FROM scratch\n")
+    assert render(out) == 2
+    assert "Dockerfile" in capsys.readouterr().err
+    assert (out / "Dockerfile").read_text() == "FROM scratch\n"
+    assert sorted(p.name for p in out.iterdir()) == ["Dockerfile"]
