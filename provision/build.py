@@ -84,6 +84,17 @@ def _run_setup(out: Path, target: Path, env: dict[str, str]) -> None:
                          f"Last lines of {log}:\n" + text + ("\n" + hint if hint else ""))
 
 
+def _recover(venv: Path, old: Path) -> None:
+    """After a build that was killed outright: keep a complete venv, else bring the previous one back."""
+    if not old.exists():
+        return
+    if (venv / STAMP).is_file():
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    shutil.rmtree(venv, ignore_errors=True)
+    old.rename(venv)
+
+
 def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] | None = None) -> BuildResult:
     """Build ``out/venv`` from the files in ``out`` (or reuse it), then run the smoke test in it.
 
@@ -94,28 +105,26 @@ def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] 
     out = out.resolve()
     digest = env_digest(out)
     venv = out / "venv"
-    reused = _reusable(venv, digest)
     env = dict(environ if environ is not None else os.environ)
     root = source_root()
     if root is not None:
         env.setdefault("PROVISION_SOURCE", str(root))
     old = out / "venv.old"
-    if not venv.exists() and venv_python(old).exists():
-        old.rename(venv)  # a build interrupted between the two renames below: the last good venv comes back
-        reused = _reusable(venv, digest)
+    _recover(venv, old)
+    reused = _reusable(venv, digest)
     if not reused:
-        staging = out / "venv.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            _run_setup(out, staging, env)
-            (staging / STAMP).write_text(digest + "\n", encoding="utf-8")
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
+        # Built in place (a venv's scripts and activate files name its own path, so a venv built
+        # elsewhere and renamed would point at the wrong folder); the previous one waits aside.
         if venv.exists():
             venv.rename(old)
-        staging.rename(venv)
+        try:
+            _run_setup(out, venv, env)
+            (venv / STAMP).write_text(digest + "\n", encoding="utf-8")  # written last: marks it complete
+        except BaseException:
+            shutil.rmtree(venv, ignore_errors=True)
+            if old.exists():
+                old.rename(venv)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     report = run_smoke_in(venv, out, env) if smoke else None
     return BuildResult(venv=venv, reused=reused, seconds=time.perf_counter() - start, smoke=report)

@@ -118,8 +118,9 @@ def test_interrupted_build_keeps_the_old_venv(tmp_path: Path, env: dict[str, str
     real_run = subprocess.run
 
     def interrupted(argv: list[str], **kwargs: Any) -> Any:
-        real_run(argv, **kwargs)  # the setup got as far as writing venv.partial ...
-        assert (out / "venv.partial" / "marker").exists()
+        real_run(argv, **kwargs)  # the setup got as far as writing the new venv in place ...
+        assert (out / "venv" / "marker").read_text() == "new\n"
+        assert (out / "venv.old" / "marker").read_text() == "old\n"  # ... with the old one aside
         raise KeyboardInterrupt  # ... when Ctrl-C arrived
 
     monkeypatch.setattr(provision.build.subprocess, "run", interrupted)
@@ -129,11 +130,30 @@ def test_interrupted_build_keeps_the_old_venv(tmp_path: Path, env: dict[str, str
     assert leftovers(out) == []
 
 
-def test_stale_partial_from_a_killed_build_is_discarded(tmp_path: Path, env: dict[str, str]) -> None:
+def test_killed_build_brings_the_previous_venv_back(tmp_path: Path, env: dict[str, str]) -> None:
+    """SIGKILL mid-build leaves an unstamped venv and the old one aside; the next build recovers."""
     out = rendered(tmp_path / "out")
-    (out / "venv.partial" / "junk").mkdir(parents=True)
-    build_environment(out, smoke=False, environ=env)
-    assert not (out / "venv" / "junk").exists() and leftovers(out) == []
+    good = old_venv(out)
+    (good / STAMP).write_text(env_digest(out) + "\n")  # the previous build matches the current files
+    good.rename(out / "venv.old")
+    (out / "venv" / "bin").mkdir(parents=True)  # the half-written new one, never stamped
+    (out / "venv" / "junk").write_text("half\n")
+    result = build_environment(out, smoke=False, environ=env)
+    assert result.reused is True and runs(out) == 0
+    assert (out / "venv" / "marker").read_text() == "old\n" and not (out / "venv" / "junk").exists()
+    assert leftovers(out) == []
+
+
+def test_killed_after_completion_keeps_the_new_venv(tmp_path: Path, env: dict[str, str]) -> None:
+    out = rendered(tmp_path / "out")
+    old_venv(out).rename(out / "venv.old")
+    new = out / "venv"
+    (new / "bin").mkdir(parents=True)
+    (new / "bin" / "python").write_text("#!/bin/sh\n")
+    (new / "marker").write_text("new\n")
+    (new / STAMP).write_text(env_digest(out) + "\n")  # stamped: it was complete
+    result = build_environment(out, smoke=False, environ=env)
+    assert result.reused is True and (new / "marker").read_text() == "new\n" and leftovers(out) == []
 
 
 def test_unrendered_folder_is_bad_input(tmp_path: Path, env: dict[str, str]) -> None:
