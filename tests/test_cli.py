@@ -1,0 +1,97 @@
+"""The command line as other programs use it: JSON on stdout, exit codes, the light planner path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provision.cli import main
+
+HOSTS = Path(__file__).parent / "fixtures" / "hosts"
+A10G = HOSTS / "linux-x86_64-a10g-driver535.json"
+RTX3070 = HOSTS / "linux-x86_64-rtx3070-8gb-driver550.json"
+
+
+def test_plan_json_is_exactly_one_document(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--host", str(A10G), "--json"]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(out)  # one document, nothing else on stdout
+    assert doc["schema"] == "provision.plan/v1" and doc["precision"] == "bf16"
+    assert doc["torch"]["variant"] == "cu126"
+
+
+def test_no_plan_is_exit_3_with_the_no_plan_document(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--host", str(RTX3070), "--json"]) == 3
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["error"] == "no-viable-plan" and doc["remedies"]
+    assert "no viable plan" in captured.err
+
+
+def test_bad_option_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--host", str(A10G), "--context", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: command line: options: ") and err.count("\n") == 1
+
+
+def test_human_plan_shows_every_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--host", str(A10G)]) == 0
+    out = capsys.readouterr().out
+    for decision in ("python", "torch", "variant", "precision", "device", "transformers"):
+        assert decision in out
+    assert "[cu126]" in out  # rich markup must not eat the variant
+
+
+def test_plan_imports_neither_torch_nor_transformers() -> None:
+    code = (
+        "import sys; from provision.cli import main; "
+        f"rc = main(['plan', '--host', {str(A10G)!r}, '--json']); "
+        "heavy = sorted(m for m in ('torch', 'transformers', 'pynvml', 'bitsandbytes', 'accelerate') "
+        "if m in sys.modules); print(heavy, file=sys.stderr); sys.exit(rc if not heavy else 99)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_python_dash_m_is_the_same_command() -> None:
+    proc = subprocess.run([sys.executable, "-m", "provision", "plan", "--host", str(RTX3070), "--json"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 3
+    assert json.loads(proc.stdout)["error"] == "no-viable-plan"
+
+
+def _render(out: Path, *extra: str) -> dict[str, bytes]:
+    assert main(["render", "--host", str(A10G), "--out", str(out), "--no-resolve", *extra]) == 0
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_render_twice_is_byte_identical_and_the_lock_records_inputs(tmp_path: Path) -> None:
+    first = _render(tmp_path / "a")
+    second = _render(tmp_path / "b")
+    assert first == second
+    lock = json.loads(first["provision.lock.json"])
+    assert lock["plan"]["torch"]["variant"] == "cu126"
+    assert lock["inputs"]["model"] == "autoglm-phone-9b" and len(lock["inputs"]["matrix_digest"]) == 64
+    assert set(lock["files"]) == set(first) - {"provision.lock.json"}
+
+
+def test_render_ci_matrix_lists_the_sibling_variants(tmp_path: Path) -> None:
+    files = _render(tmp_path / "h100", "--host", str(HOSTS / "linux-x86_64-h100-80gb-driver580.json"))
+    workflow = files[".github/workflows/provision.yml"].decode()
+    for variant in ("cu130", "cu132", "cpu"):  # torch 2.15.0's builds for linux-x86_64
+        assert f'variant: "{variant}"' in workflow
+
+
+def test_render_with_a_wheelhouse_plans_only_for_wheels_present(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-2.12.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    cpu = HOSTS / "linux-x86_64-cpu-only-32gb.json"
+    files = _render(tmp_path / "out", "--host", str(cpu), "--wheelhouse", str(wheels))
+    requirements = files["requirements.txt"].decode()
+    assert "torch==2.12.0+cpu" in requirements and f"--find-links {wheels}" in requirements
+    assert "download.pytorch.org" not in requirements
