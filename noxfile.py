@@ -100,7 +100,16 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", "provision", "tests", "noxfile.py", "benchmarks")
 
 
-VARIANTS = ["cpu", "cu126", "cu128", "cu130"]
+def _newest_torch_variants() -> tuple[str, list[str]]:
+    """The newest torch in the matrix and its linux-x86_64 builds: what the rendered CI matrix runs."""
+    sys.path.insert(0, str(ROOT))
+    from provision.matrix import load_matrix
+
+    release = load_matrix(ROOT / "matrices").torch[0]
+    return str(release.version), sorted(v.name for v in release.variants if "linux-x86_64" in v.platforms)
+
+
+TORCH, VARIANTS = _newest_torch_variants()
 
 
 @nox.session
@@ -114,7 +123,7 @@ def render_matrix(session: nox.Session, variant: str) -> None:
     default = ROOT / "tests" / "fixtures" / "hosts" / "linux-x86_64-h100-80gb-driver580.json"
     host = Path(os.environ.get("PROVISION_MATRIX_HOST", default))
     device = ["--device", "cpu"] if variant == "cpu" else []
-    session.run("provision", "render", "--host", str(host), "--variant", variant, *device,
+    session.run("provision", "render", "--host", str(host), "--torch", TORCH, "--variant", variant, *device,
                 "--out", str(BUILD / "matrix" / variant), "--force", *session.posargs)
 
 
