@@ -469,7 +469,7 @@ def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
     from provision.lock import read_lock
 
     settings: dict[str, Any] = {"model": args.model, "precision": args.precision, "device": None, "gpus": (),
-                                "max_memory": None}
+                                "max_memory": None, "device_map": None}
     if args.lock is not None:
         lock = read_lock(args.lock)
         if lock is None:
@@ -496,6 +496,13 @@ def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
             }
             if len(settings["max_memory"]) != len(limits.data):
                 raise InvalidInput(str(args.lock), "plan.memory.max_memory", "keys must be GPU indices or 'cpu'")
+        placed = memory.obj("device_map", required=False) if memory is not None else None
+        if placed is not None:
+            settings["device_map"] = {}
+            for key in placed.data:
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
+                    raise placed.fail(key, "is not a module name")
+                settings["device_map"][key] = placed.int(key, maximum=63)
     return settings
 
 
@@ -513,6 +520,7 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
     source = "tiny" if args.tiny else "synthetic" if args.synthetic else "weights" if model_path else "auto"
     report = run_smoke(model=spec, model_path=model_path, source=source, precision=settings["precision"],
                        device=settings["device"], gpus=settings["gpus"], max_memory=settings["max_memory"],
+                       device_map=settings["device_map"],
                        context_tokens=args.context, new_tokens=args.new_tokens)
     doc = report.to_dict()
     if args.output:

@@ -497,6 +497,8 @@ class GpuSplit:
     precision: str
     shares: tuple[GpuShare, ...] = ()
     max_memory: dict[int, int] = field(default_factory=dict)
+    #: module name -> GPU, exactly this placement, for ``from_pretrained(device_map=...)``.
+    device_map: dict[str, int] = field(default_factory=dict)
     unplaced: tuple[str, ...] = ()
 
     @property
@@ -558,6 +560,16 @@ def split_across_gpus(
     if pos < len(units):
         return GpuSplit(fits=False, precision=precision, unplaced=tuple(u.name for u in units[pos:]))
 
+    device_map: dict[str, int] = {}
+    for gpu, us in placed:
+        for u in us:
+            if u.part == "lm_head":  # the final norm travels with the head
+                device_map.update((m.name, gpu) for m in u.modules)
+            else:
+                device_map[u.name] = gpu
+    # The rotary embedding holds only buffers; it runs once per forward, beside the first layer.
+    first_layer = next(name for name in device_map if ".layers." in name)
+    device_map[first_layer.split("layers.")[0] + "rotary_emb"] = device_map[first_layer]
     largest = max(sum(_module_bytes(m, o)[1] for m in u.modules) for u in units)
     factor = BNB_MAX_MEMORY_FACTOR if precision in QUANTIZED else 1.0
     shares, max_memory = [], {}
@@ -573,4 +585,5 @@ def split_across_gpus(
         else:
             budget = sum(_module_bytes(m, o)[1] for u in us for m in u.modules) + (largest if n == 0 else 0)
         max_memory[gpu] = math.ceil(budget / factor)
-    return GpuSplit(fits=True, precision=precision, shares=tuple(shares), max_memory=max_memory)
+    return GpuSplit(fits=True, precision=precision, shares=tuple(shares), max_memory=max_memory,
+                    device_map=device_map)

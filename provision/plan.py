@@ -76,6 +76,8 @@ class Placement:
     available_bytes: int
     breakdown: dict[str, int] = field(hash=False)
     max_memory: dict[str, int] | None = field(default=None, hash=False)
+    #: module -> GPU for a split, so the load places exactly what was planned
+    device_map: dict[str, int] | None = field(default=None, hash=False)
     why: str = ""
 
 
@@ -111,6 +113,8 @@ class Plan:
         }
         if p.max_memory:
             memory["max_memory"] = dict(p.max_memory)
+        if p.device_map:
+            memory["device_map"] = dict(p.device_map)
         return {
             "schema": PLAN_SCHEMA,
             "model": {"id": self.model_id, "repo": self.model_repo, "parameters": self.parameters},
@@ -366,6 +370,7 @@ def _cuda_placements(host: HostProfile, model: ModelSpec, precision: str, contex
                 device="cuda", gpus=used, precision=precision, required_bytes=split.required_bytes,
                 available_bytes=available, breakdown=breakdown,
                 max_memory={str(k): v for k, v in sorted(split.max_memory.items())},
+                device_map=dict(split.device_map),
                 why=f"{_gb(split.required_bytes)} split layer by layer over {len(used)} GPUs ({per_gpu})",
             ))
         elif not split.fits:

@@ -432,10 +432,19 @@ def _quantization_config(precision: str, compute_dtype: Any, skip: Sequence[str]
     )
 
 
-def _placement(device: str, gpus: Sequence[int], max_memory: Mapping[str, int] | None) -> tuple[Any, dict[Any, int] | None]:
-    """``device_map`` and ``max_memory`` for from_pretrained; several GPUs split with "auto"."""
+def _placement(
+    device: str, gpus: Sequence[int], max_memory: Mapping[str, int] | None,
+    device_map: Mapping[str, int] | None = None,
+) -> tuple[Any, dict[Any, int] | None]:
+    """``device_map`` and ``max_memory`` for from_pretrained.
+
+    A planned split comes as an explicit module -> GPU map, so the load places exactly what the
+    planner counted; without one, several GPUs split with "auto" under ``max_memory``.
+    """
     if device != "cuda":
         return {"": device}, None
+    if device_map:
+        return dict(device_map), None
     if max_memory is None and len(gpus) <= 1:
         return {"": gpus[0] if gpus else 0}, None
     if max_memory is not None:
@@ -689,6 +698,7 @@ def run_smoke(
     device: str | None = None,
     gpus: Sequence[int] = (),
     max_memory: Mapping[str, int] | None = None,
+    device_map: Mapping[str, int] | None = None,
     context_tokens: int | None = None,
     new_tokens: int = 16,
     image: bool = True,
@@ -738,7 +748,8 @@ def run_smoke(
     try:
         return _run_loaded(
             spec, chosen, torch=torch, transformers=transformers, precision=precision, device=device,
-            gpus=gpus, max_memory=max_memory, context_tokens=context_tokens, new_tokens=new_tokens,
+            gpus=gpus, max_memory=max_memory, device_map=device_map, context_tokens=context_tokens,
+            new_tokens=new_tokens,
             image=image, measure_bandwidth=measure_bandwidth,
         )  # fmt: skip
     finally:
@@ -756,6 +767,7 @@ def _run_loaded(
     device: str,
     gpus: tuple[int, ...],
     max_memory: Mapping[str, int] | None,
+    device_map: Mapping[str, int] | None,
     context_tokens: int | None,
     new_tokens: int,
     image: bool,
@@ -785,8 +797,8 @@ def _run_loaded(
     dtype = _dtype_for(precision, device, used_gpus)
     skip = spec.skip_modules(precision) if hasattr(spec, "skip_modules") else ()
     quant = _quantization_config(precision, dtype, skip)
-    device_map, limits = _placement(device, used_gpus, max_memory)
-    load_kwargs: dict[str, Any] = {"dtype": dtype, "device_map": device_map, "local_files_only": True}
+    placement, limits = _placement(device, used_gpus, max_memory, device_map)
+    load_kwargs: dict[str, Any] = {"dtype": dtype, "device_map": placement, "local_files_only": True}
     if limits is not None:
         load_kwargs["max_memory"] = limits
     if quant is not None:
