@@ -329,11 +329,13 @@ def _gb(n: float) -> str:
 
 
 def _precision_order(gpus: Sequence[GpuInfo], forced: str | None) -> list[str]:
-    """bf16 where every GPU has it, else fp16; then int8, then nf4. A forced precision alone."""
+    """bf16 where a GPU has it, fp16 where one lacks it; then int8, then nf4. A forced precision alone."""
     if forced is not None:
         return [forced]
-    sixteen = "bf16" if all(supports_bf16(g) for g in gpus) else "fp16"
-    return [sixteen, "int8", "nf4"]
+    order = ["bf16"] if any(supports_bf16(g) for g in gpus) else []
+    if not all(supports_bf16(g) for g in gpus):
+        order.append("fp16")
+    return [*order, "int8", "nf4"]
 
 
 def _cuda_placements(host: HostProfile, model: ModelSpec, precision: str, context: int,
@@ -389,15 +391,15 @@ def _plan_cuda(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefe
         candidates.append((release, variant, driver_runs(host, matrix, variant.cuda)))
     # Within a release, builds the driver runs natively come before minor-version-compatible ones.
     candidates.sort(key=lambda c: (c[0].version, c[2][1], c[1].cuda), reverse=True)
-    usable = [g for g in host.gpus]
+    usable = list(host.gpus)
     for precision in _precision_order(usable, prefs.precision):
-        if precision == "bf16" and not all(supports_bf16(g) for g in usable):
-            low = next(g for g in usable if not supports_bf16(g))
+        # bf16 runs only on GPUs that have it: a mixed box places bf16 on its newer cards alone.
+        gpus = [g for g in usable if supports_bf16(g)] if precision == "bf16" else usable
+        if not gpus:
+            low = usable[0]
             search.reject("precision", f"bf16 needs compute capability >= 8.0; {low.name} is {low.cc_text}")
             continue
-        if precision == "fp32":
-            pass
-        for placement in _cuda_placements(host, model, precision, prefs.context_tokens, usable, search):
+        for placement in _cuda_placements(host, model, precision, prefs.context_tokens, gpus, search):
             placed = [g for g in usable if g.index in placement.gpus]
             for release, variant, (runs, native, why_driver) in candidates:
                 if not runs:

@@ -89,7 +89,7 @@ _KEY_ORDER: dict[str, tuple[str, ...]] = {
     ),
 }
 
-_PLATFORMS = ("linux-x86_64", "linux-aarch64", "windows-x86_64", "macos-arm64")
+_PLATFORMS = ("linux-x86_64", "linux-aarch64", "windows-x86_64", "macos-arm64", "macos-x86_64")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,6 +165,8 @@ def platform_of_tag(tag_platform: str) -> str | None:
         return None
     if tag_platform.startswith("macosx_") and tag_platform.endswith("_arm64"):
         return "macos-arm64"
+    if tag_platform.startswith("macosx_") and tag_platform.endswith("_x86_64"):
+        return "macos-x86_64"
     return None
 
 
@@ -297,7 +299,7 @@ def merge_torch(
 
 def _is_pypi_only(release: Mapping[str, Any], variant: str, platform: str) -> bool:
     """macOS wheels and PyPI's own default builds live on PyPI, not (only) on the variant page."""
-    return platform == "macos-arm64" or release.get("pypi_default", {}).get(platform) == variant
+    return platform.startswith("macos") or release.get("pypi_default", {}).get(platform) == variant
 
 
 def _variant_key(variant: Mapping[str, Any]) -> tuple[int, tuple[int, ...], str]:

@@ -39,6 +39,7 @@ _PLATFORM_TAGS = {
     "linux-aarch64": re.compile(r"^(manylinux\w*_aarch64|linux_aarch64)$"),
     "windows-x86_64": re.compile(r"^win_amd64$"),
     "macos-arm64": re.compile(r"^macosx_\d+_\d+_(arm64|universal2)$"),
+    "macos-x86_64": re.compile(r"^macosx_\d+_\d+_(x86_64|intel|universal2)$"),
 }
 
 

@@ -325,3 +325,32 @@ def test_plan_json_matches_the_contract() -> None:
     assert set(doc["memory"]) >= {"required_bytes", "available_bytes", "breakdown"}
     assert doc["memory"]["breakdown"]["weights"] == 20585554944
     json.dumps(doc)  # serialisable as is
+
+
+def test_mixed_box_places_bf16_on_the_card_that_has_it() -> None:
+    h = _box(("NVIDIA GeForce GTX 1080 Ti", "6.1", 10.9), ("NVIDIA GeForce RTX 4090", "8.9", 24.5),
+             driver="550.127.05", cuda="12.4")
+    p = plan(h, MATRIX, AUTOGLM)
+    assert (p.precision, p.placement.gpus) == ("bf16", (1,))
+    assert_valid(p, h)
+
+
+def test_mixed_box_without_room_for_bf16_uses_a_build_with_kernels_for_both_cards() -> None:
+    # The 3090 is busy: bf16 (22.5 GB) fits on no bf16 card alone; fp16 fits split over both.
+    h = _box(("NVIDIA GeForce GTX 1080 Ti", "6.1", 10.9), ("NVIDIA GeForce RTX 3090", "8.6", 20.0),
+             driver="550.127.05", cuda="12.4")
+    p = plan(h, MATRIX, AUTOGLM)
+    assert p.precision == "fp16" and p.placement.gpus == (0, 1)  # 16-bit split before quantizing
+    assert p.variant == "cu126"  # sm_61 and sm_86 kernels in one build
+    assert_valid(p, h)
+
+
+def test_intel_mac_gets_the_last_torch_with_intel_mac_wheels() -> None:
+    h = HostProfile(os="darwin", arch="x86_64", python=Version("3.11.9"), ram_bytes=64 * 10**9)
+    p = plan(h, MATRIX, AUTOGLM)
+    assert (str(p.torch_version), p.variant, p.device) == ("2.2.2", "cpu", "cpu")
+    assert p.packages["torch"] == "2.2.2" and p.index_url == "https://pypi.org/simple"
+    assert p.packages["transformers"] == "5.0.0"  # the last transformers 5 that accepts torch 2.2
+    assert_valid(p, h)
+    with pytest.raises(NoViablePlan, match=r"Python 3\.13"):
+        plan(h, MATRIX, AUTOGLM, Preferences(python="3.13"))

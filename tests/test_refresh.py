@@ -54,7 +54,7 @@ def test_platform_tags_map_to_matrix_platforms():
     assert platform_of_tag("manylinux2014_aarch64") == "linux-aarch64"
     assert platform_of_tag("win_amd64") == "windows-x86_64"
     assert platform_of_tag("macosx_11_0_arm64") == "macos-arm64"
-    assert platform_of_tag("macosx_10_9_x86_64") is None
+    assert platform_of_tag("macosx_10_9_x86_64") == "macos-x86_64"  # Intel Macs, torch <= 2.2
     assert platform_of_tag("linux_s390x") is None
 
 
