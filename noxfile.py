@@ -46,6 +46,20 @@ def _host_dir(session: nox.Session, host_json: Path) -> Path:
     return BUILD / host_from_dict(host, str(host_json)).host_id
 
 
+def _detect_and_render(session: nox.Session, *render_args: str) -> Path:
+    """``provision detect`` then ``provision render`` into build/provision/<host-id>/; returns that folder."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    host_json = BUILD / "host.json"
+    session.run("provision", "detect", "-o", str(host_json))
+    out = _host_dir(session, host_json)
+    session.run("provision", "render", "--host", str(host_json), "--out", str(out), *render_args)
+    return out
+
+
+def _planned_precision(out: Path) -> str:
+    return json.loads((out / "provision.lock.json").read_text())["plan"]["precision"]
+
+
 @nox.session(python=False if os.environ.get("PROVISION_NOX_SYSTEM") else None)
 def provision(session: nox.Session) -> None:
     """Detect this machine, plan, render, build the environment and prove it with the smoke test.
@@ -55,19 +69,15 @@ def provision(session: nox.Session) -> None:
     """
     if session.python is not False:
         _install_toolkit(session)
-    BUILD.mkdir(parents=True, exist_ok=True)
-    host_json = BUILD / "host.json"
-    session.run("provision", "detect", "-o", str(host_json))
     args = list(session.posargs)
     smoke_env = {}
     if "--model-path" in args:
         i = args.index("--model-path")
         smoke_env["PROVISION_MODEL_PATH"] = str(Path(args[i + 1]).resolve())
         del args[i : i + 2]
-    out = _host_dir(session, host_json)
     if not any(a.startswith("--wheelhouse") for a in args):
         args = ["--wheelhouse", "auto", *args]
-    session.run("provision", "render", "--host", str(host_json), "--out", str(out), *args)
+    out = _detect_and_render(session, *args)
     session.run("provision", "build", str(out), env=smoke_env)
     session.log(f"environment files: {out}")
     session.log(f"activate with: source {out / 'venv' / 'bin' / 'activate'}")
@@ -134,10 +144,7 @@ def conda(session: nox.Session) -> None:
     if tool is None:
         session.skip("no conda, mamba or micromamba on PATH: cannot build environment.yml here")
     _install_toolkit(session)
-    host_json = BUILD / "host.json"
-    session.run("provision", "detect", "-o", str(host_json))
-    out = _host_dir(session, host_json)
-    session.run("provision", "render", "--host", str(host_json), "--out", str(out), *session.posargs)
+    out = _detect_and_render(session, *session.posargs)
     prefix = out / "conda-env"
     session.run(tool, "env", "create", "--yes", "--prefix", str(prefix), "--file", str(out / "environment.yml"),
                 external=True)
@@ -156,12 +163,10 @@ def docker(session: nox.Session) -> None:
     if not probe or "Server Version" not in str(probe):
         session.skip("no Docker engine is running (docker info failed): cannot build the image here")
     _install_toolkit(session)
-    host_json = BUILD / "host.json"
-    session.run("provision", "detect", "-o", str(host_json))
-    out = _host_dir(session, host_json)
-    session.run("provision", "render", "--host", str(host_json), "--out", str(out), *session.posargs)
+    out = _detect_and_render(session, *session.posargs)
     tag = f"provision-smoke:{out.name.lower()}"
     session.run("docker", "build", "-f", str(out / "Dockerfile"), "-t", tag, str(ROOT), external=True,
                 env={"DOCKER_BUILDKIT": "1"})
-    gpus = [] if "cpu" in out.name else ["--gpus", "all"]
-    session.run("docker", "run", "--rm", *gpus, tag, "provision", "smoke", "--tiny", external=True)
+    gpus = [] if out.name.endswith("-cpu") else ["--gpus", "all"]
+    session.run("docker", "run", "--rm", *gpus, tag, "provision", "smoke", "--precision", _planned_precision(out),
+                external=True)
