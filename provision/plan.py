@@ -15,20 +15,21 @@ from typing import TYPE_CHECKING, Any
 
 from packaging.version import Version
 
+from provision.compat import driver_cuda, driver_runs, has_kernels, supports_bf16  # noqa: F401 (re-exported)
 from provision.errors import InvalidInput, NoViablePlan
-from provision.matrix import PYPI_INDEX, parse_arch
+from provision.matrix import PYPI_INDEX
+from provision.remedies import Search, gb, remedies
 
 if TYPE_CHECKING:
     from provision.catalog import ModelSpec
     from provision.host import GpuInfo, HostProfile
-    from provision.matrix import BnbRelease, CudaToolkit, Matrix, TorchRelease, TorchVariant
+    from provision.matrix import BnbRelease, Matrix, TorchRelease, TorchVariant
 
 __all__ = ["PLAN_SCHEMA", "PRECISIONS", "Placement", "Plan", "Preferences", "Reason", "plan"]
 
 PLAN_SCHEMA = "provision.plan/v1"
 PRECISIONS = ("bf16", "fp16", "int8", "nf4", "fp32")
 DEVICES = ("auto", "cuda", "cpu", "mps")
-GB = 1e9
 #: Off CUDA the OS and other processes need room too: keep this much RAM back
 #: (the larger of an absolute floor and a share; Python and torch are already in the estimate).
 RAM_RESERVE_BYTES = 1_500_000_000
@@ -132,115 +133,7 @@ class Plan:
 
 
 # ---------------------------------------------------------------------------
-# Driver and kernel rules (pure helpers, each testable alone)
-
-
-def driver_cuda(host: HostProfile, matrix: Matrix) -> Version | None:
-    """The CUDA version the driver fully supports: NVML's figure, else derived from the driver."""
-    nv = host.nvidia
-    if nv is None:
-        return None
-    if nv.cuda_driver_version is not None:
-        return nv.cuda_driver_version
-    driver = Version(nv.driver_version)
-    best = None
-    for tk in matrix.toolkits:
-        floor = _toolkit_floor(matrix, tk, host.os)
-        if floor is not None and driver >= floor:
-            best = tk.version
-    return best
-
-
-def _toolkit_floor(matrix: Matrix, tk: CudaToolkit, os_name: str) -> Version | None:
-    if os_name != "windows":
-        return tk.linux_min_driver
-    if tk.windows_min_driver is not None:
-        return tk.windows_min_driver
-    family = matrix.family(tk.version.major)
-    return family.windows_min_driver if family else None
-
-
-def driver_runs(host: HostProfile, matrix: Matrix, cuda: Version) -> tuple[bool, bool, str]:
-    """Whether the host driver runs a build for ``cuda``.
-
-    Returns (runs, native, why). ``native`` is False when it relies on minor-version
-    compatibility (the family floor), which runs the build but cannot JIT newer PTX.
-    """
-    nv = host.nvidia
-    assert nv is not None
-    driver = Version(nv.driver_version)
-    own = driver_cuda(host, matrix)
-    if own is not None and own >= cuda:
-        return True, True, f"driver {nv.driver_version} supports CUDA {own} >= {cuda}"
-    family = matrix.family(cuda.major)
-    if family is not None:
-        floor = family.windows_min_driver if host.os == "windows" else family.linux_min_driver
-        if driver >= floor:
-            return True, False, (
-                f"driver {nv.driver_version} (CUDA {own}) runs CUDA {cuda} builds through minor-version "
-                f"compatibility (family floor {floor})"
-            )
-    tk = matrix.toolkit(cuda)
-    need = _toolkit_floor(matrix, tk, host.os) if tk is not None else None
-    if family is not None:
-        floor = family.windows_min_driver if host.os == "windows" else family.linux_min_driver
-        need = min(need, floor) if need is not None else floor
-    return False, False, f"driver {nv.driver_version} runs CUDA <= {own}; CUDA {cuda} needs >= {need}"
-
-
-def has_kernels(gpu: GpuInfo, variant: TorchVariant, platform: str, *, can_jit: bool) -> tuple[bool, str]:
-    """An sm_XY cubin runs on the same major with equal or higher minor; PTX JITs forward if allowed."""
-    major, minor = gpu.compute_capability
-    archs = variant.archs_for(platform)
-    for arch in archs:
-        a_major, a_minor = parse_arch(arch)
-        if a_major == major and a_minor <= minor:
-            return True, f"{gpu.name} ({gpu.sm}) runs the {arch} kernels in {variant.name}"
-    if can_jit:
-        for arch in variant.ptx_for(platform):
-            if parse_arch(arch) <= (major, minor):
-                return True, f"{gpu.name} ({gpu.sm}) JIT-compiles the {arch} PTX in {variant.name}"
-    return False, f"{variant.name} has no kernels for {gpu.name} ({gpu.sm}); it has {', '.join(archs)}"
-
-
-def supports_bf16(gpu: GpuInfo) -> bool:
-    return gpu.compute_capability >= (8, 0)
-
-
-# ---------------------------------------------------------------------------
 # The search
-
-
-@dataclass(slots=True)
-class _Search:
-    """Collects why candidates were rejected, to build remedies when nothing fits."""
-
-    rejections: dict[str, list[str]] = field(default_factory=dict)
-    #: the first reason each torch release was passed over, for the "torch" reason.
-    by_release: dict[Version, str] = field(default_factory=dict)
-    #: the smallest GPU memory any tried placement needed: (bytes, precision).
-    min_gpu_need: tuple[int, str] | None = None
-
-    #: the rejection that came closest to a plan: (stage, kind, why); later stages are closer.
-    furthest: tuple[int, str, str] | None = None
-
-    def stage(self, stage: int, kind: str, why: str) -> None:
-        """A (torch, variant) candidate for a placement that fit failed at ``stage`` (1 driver ... 4)."""
-        self.reject(kind, why)
-        if self.furthest is None or stage > self.furthest[0]:
-            self.furthest = (stage, kind, why)
-
-    def need(self, required: int, precision: str) -> None:
-        if self.min_gpu_need is None or required < self.min_gpu_need[0]:
-            self.min_gpu_need = (required, precision)
-
-    def passed_over(self, release: Version, why: str) -> None:
-        self.by_release.setdefault(release, why)
-
-    def reject(self, kind: str, why: str) -> None:
-        self.rejections.setdefault(kind, [])
-        if why not in self.rejections[kind]:
-            self.rejections[kind].append(why)
 
 
 def _python_ok(release: TorchRelease, variant: TorchVariant, python: str) -> bool:
@@ -291,7 +184,7 @@ def _in_wheelhouse(release: TorchRelease, variant: TorchVariant, platform: str,
 
 
 def _torch_candidates(host: HostProfile, matrix: Matrix, prefs: Preferences, python: str, *,
-                      cuda: bool, search: _Search) -> list[tuple[TorchRelease, TorchVariant]]:
+                      cuda: bool, search: Search) -> list[tuple[TorchRelease, TorchVariant]]:
     """(release, variant) pairs that exist for this platform and Python, newest torch first."""
     platform = host.platform
     out = []
@@ -324,10 +217,6 @@ def _torch_candidates(host: HostProfile, matrix: Matrix, prefs: Preferences, pyt
     return out
 
 
-def _gb(n: float) -> str:
-    return f"{n / GB:.1f} GB"
-
-
 def _precision_order(gpus: Sequence[GpuInfo], forced: str | None) -> list[str]:
     """bf16 where a GPU has it, fp16 where one lacks it; then int8, then nf4. A forced precision alone."""
     if forced is not None:
@@ -339,7 +228,7 @@ def _precision_order(gpus: Sequence[GpuInfo], forced: str | None) -> list[str]:
 
 
 def _cuda_placements(host: HostProfile, model: ModelSpec, precision: str, context: int,
-                     gpus: Sequence[GpuInfo], search: _Search) -> list[Placement]:
+                     gpus: Sequence[GpuInfo], search: Search) -> list[Placement]:
     """Ways to place the model in ``precision``: the roomiest single GPU first, then splits."""
     from provision.memory import estimate_memory, split_across_gpus
 
@@ -352,11 +241,11 @@ def _cuda_placements(host: HostProfile, model: ModelSpec, precision: str, contex
         out.append(Placement(
             device="cuda", gpus=(best.index,), precision=precision, required_bytes=est.total,
             available_bytes=best.memory_free_bytes, breakdown=est.breakdown,
-            why=f"{_gb(est.total)} fits in {_gb(best.memory_free_bytes)} free on GPU {best.index} ({best.name})",
+            why=f"{gb(est.total)} fits in {gb(best.memory_free_bytes)} free on GPU {best.index} ({best.name})",
         ))
     else:
-        search.reject("memory", f"{model.name} needs {_gb(est.total)} in {precision}; GPU {best.index} "
-                                f"({best.name}) has {_gb(best.memory_free_bytes)} free")
+        search.reject("memory", f"{model.name} needs {gb(est.total)} in {precision}; GPU {best.index} "
+                                f"({best.name}) has {gb(best.memory_free_bytes)} free")
     if len(by_free) > 1:
         free = {g.index: g.memory_free_bytes for g in by_free}
         split = split_across_gpus(model.config, precision=precision, context_tokens=context, free_bytes=free)
@@ -367,23 +256,23 @@ def _cuda_placements(host: HostProfile, model: ModelSpec, precision: str, contex
             for share in split.shares:
                 for key, value in share.estimate.breakdown.items():
                     breakdown[key] = breakdown.get(key, 0) + value
-            per_gpu = ", ".join(f"GPU {s.index} {_gb(s.estimate.total)} of {_gb(s.free_bytes)}" for s in split.shares)
+            per_gpu = ", ".join(f"GPU {s.index} {gb(s.estimate.total)} of {gb(s.free_bytes)}" for s in split.shares)
             out.append(Placement(
                 device="cuda", gpus=used, precision=precision, required_bytes=split.required_bytes,
                 available_bytes=available, breakdown=breakdown,
                 max_memory={str(k): v for k, v in sorted(split.max_memory.items())},
                 device_map=dict(split.device_map),
-                why=f"{_gb(split.required_bytes)} split layer by layer over {len(used)} GPUs ({per_gpu})",
+                why=f"{gb(split.required_bytes)} split layer by layer over {len(used)} GPUs ({per_gpu})",
             ))
         elif not split.fits:
             total_free = sum(free.values())
             search.reject("memory", f"{model.name} in {precision} does not fit split over {len(by_free)} GPUs "
-                                    f"({_gb(total_free)} free together)")
+                                    f"({gb(total_free)} free together)")
     return out
 
 
 def _plan_cuda(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences, python: str,
-               search: _Search) -> Plan | None:
+               search: Search) -> Plan | None:
     platform = host.platform
     candidates = []
     for release, variant in _torch_candidates(host, matrix, prefs, python, cuda=True, search=search):
@@ -433,7 +322,7 @@ def _plan_cuda(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefe
 
 
 def _plan_cpu(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences, python: str,
-              search: _Search, device: str) -> Plan | None:
+              search: Search, device: str) -> Plan | None:
     from provision.memory import estimate_memory
 
     precisions = [prefs.precision] if prefs.precision else ["bf16"]
@@ -444,14 +333,14 @@ def _plan_cpu(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefer
             continue
         est = estimate_memory(model.config, precision=precision, context_tokens=prefs.context_tokens, device="cpu")
         if est.total > available:
-            search.reject("memory", f"{model.name} needs {_gb(est.total)} of RAM in {precision}; "
-                                    f"{_gb(available)} of {_gb(host.ram_bytes)} RAM is usable")
+            search.reject("memory", f"{model.name} needs {gb(est.total)} of RAM in {precision}; "
+                                    f"{gb(available)} of {gb(host.ram_bytes)} RAM is usable")
             continue
         where = "unified memory (MPS)" if device == "mps" else "RAM"
         placement = Placement(
             device=device, gpus=(), precision=precision, required_bytes=est.total, available_bytes=available,
             breakdown=est.breakdown,
-            why=f"{_gb(est.total)} fits in {_gb(available)} usable {where}",
+            why=f"{gb(est.total)} fits in {gb(available)} usable {where}",
         )
         for release, variant in _torch_candidates(host, matrix, prefs, python, cuda=False, search=search):
             plan = _assemble(host, matrix, model, prefs, python, release, variant, placement, search,
@@ -466,7 +355,7 @@ def _pin(version: Version, variant: TorchVariant, from_pypi: bool) -> str:
 
 
 def _assemble(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences, python: str,
-              release: TorchRelease, variant: TorchVariant, placement: Placement, search: _Search, *,
+              release: TorchRelease, variant: TorchVariant, placement: Placement, search: Search, *,
               driver_why: str | None, native: bool, kernel_notes: list[str], bnb: BnbRelease | None) -> Plan | None:
     """Pin the companions for one (torch, variant, placement); None when a companion is missing."""
     platform = host.platform
@@ -563,63 +452,6 @@ def _precision_why(placement: Placement, prefs: Preferences, host: HostProfile) 
     return f"16-bit does not fit the free memory; {p} {placement.why}"
 
 
-def _remedies(host: HostProfile, model: ModelSpec, prefs: Preferences, search: _Search) -> tuple[str, list[str]]:
-    """Turn the rejections into one message and concrete changes, most actionable first."""
-    r = search.rejections
-    remedies: list[str] = []
-    first = None
-    binding = None
-    if search.furthest is not None:  # something fit in memory but no build could run it
-        _stage, binding, first = search.furthest
-    if binding == "driver":
-        remedies.append("update the NVIDIA driver (>= 525.60.13 runs CUDA 12 builds; >= 580 runs CUDA 13 builds)")
-    if binding == "kernels":
-        remedies.append("use a GPU whose architecture current torch builds include (compute capability >= 7.5 "
-                        "for CUDA 13 builds), or --device cpu")
-    if binding == "bnb":
-        remedies.append("choose a precision the GPU supports, or leave --precision out")
-    if binding == "transformers":
-        remedies.append("pick a newer torch (--torch) that transformers >= 5 supports")
-    if binding == "python":
-        remedies.append("use Python 3.11 - 3.14 (--python X.Y plans for another interpreter)")
-    if "python" in r and binding is None:
-        first = first or r["python"][0]
-        remedies.append("use Python 3.10 - 3.14 (--python X.Y plans for another interpreter)")
-    if "platform" in r and binding is None:
-        first = first or r["platform"][0]
-    if "wheelhouse" in r and binding is None:
-        first = first or r["wheelhouse"][0]
-        remedies.append("add a torch wheel for this host to the wheelhouse, or plan without --wheelhouse")
-    if "precision" in r:
-        first = first or r["precision"][0]
-        remedies.append("choose another --precision, or leave it out")
-    if "memory" in r:
-        first = first or r["memory"][-1]
-        if prefs.precision:
-            remedies.append("drop --precision to let the planner pick one that fits")
-        if host.gpus:
-            remedies.append("free GPU memory used by other processes")
-            if search.min_gpu_need is not None:
-                need, precision = search.min_gpu_need
-                remedies.append(f"use a GPU with at least {_gb(need)} free ({precision}), "
-                                "or add a second GPU to split over")
-            remedies.append(f"lower --context (now {prefs.context_tokens})")
-            from provision.memory import estimate_memory
-
-            cpu = estimate_memory(model.config, precision="bf16", context_tokens=prefs.context_tokens, device="cpu")
-            need_ram = cpu.total + max(RAM_RESERVE_BYTES, int(cpu.total * RAM_RESERVE_FRACTION / (1 - RAM_RESERVE_FRACTION)))
-            remedies.append(f"run on CPU with --device cpu (needs {_gb(need_ram)} of RAM "
-                            f"in bf16; this host has {_gb(host.ram_bytes)})")
-        else:
-            remedies.append(f"lower --context (now {prefs.context_tokens})")
-            remedies.append("use a machine with more RAM, or one with an NVIDIA GPU")
-    if "variant" in r and binding is None:
-        first = first or r["variant"][0]
-        remedies.append("choose a variant this torch release ships for the platform, or leave --variant out")
-    message = first or f"no torch build in the matrix fits this host for {model.name}"
-    return message, remedies or ["check the host profile against matrices/torch.toml"]
-
-
 def plan(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences | None = None) -> Plan:
     """Choose torch, CUDA variant, precision and placement for ``model`` on ``host``.
 
@@ -634,7 +466,7 @@ def plan(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences
     if prefs.context_tokens < 1:
         raise InvalidInput("--context", "context", "must be at least 1 token")
     python = prefs.python or host.python_minor
-    search = _Search()
+    search = Search()
     device = prefs.device
     if device == "auto" and prefs.variant == "cpu":
         device = "cpu"
@@ -657,6 +489,6 @@ def plan(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences
     else:
         result = _plan_cpu(host, matrix, model, prefs, python, search, device)
     if result is None:
-        message, remedies = _remedies(host, model, prefs, search)
-        raise NoViablePlan(message, remedies)
+        message, changes = remedies(host, model, prefs, search)
+        raise NoViablePlan(message, changes)
     return result

@@ -20,11 +20,12 @@ import pytest
 from packaging.version import Version
 
 from provision.catalog import load_catalog, resolve_model
+from provision.compat import driver_cuda, driver_runs, has_kernels
 from provision.errors import InvalidInput, NoViablePlan
 from provision.host import GpuInfo, HostProfile, NvidiaInfo, load_host
 from provision.matrix import load_matrix, parse_arch
 from provision.memory import estimate_memory
-from provision.plan import Preferences, driver_cuda, driver_runs, has_kernels, plan
+from provision.plan import Preferences, plan
 
 HOSTS = Path(__file__).parent / "fixtures" / "hosts"
 MATRIX = load_matrix()

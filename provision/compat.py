@@ -1,0 +1,91 @@
+"""Compatibility rules between a host, a torch build and a GPU: pure functions over the matrix.
+
+The planner uses them to choose; ``provision doctor`` uses the same ones to judge an environment
+that already exists, so both always agree.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from packaging.version import Version
+
+from provision.matrix import parse_arch
+
+if TYPE_CHECKING:
+    from provision.host import GpuInfo, HostProfile
+    from provision.matrix import CudaToolkit, Matrix, TorchVariant
+
+__all__ = ["driver_cuda", "driver_runs", "has_kernels", "supports_bf16"]
+
+
+def driver_cuda(host: HostProfile, matrix: Matrix) -> Version | None:
+    """The CUDA version the driver fully supports: NVML's figure, else derived from the driver."""
+    nv = host.nvidia
+    if nv is None:
+        return None
+    if nv.cuda_driver_version is not None:
+        return nv.cuda_driver_version
+    driver = Version(nv.driver_version)
+    best = None
+    for tk in matrix.toolkits:
+        floor = _toolkit_floor(matrix, tk, host.os)
+        if floor is not None and driver >= floor:
+            best = tk.version
+    return best
+
+
+def _toolkit_floor(matrix: Matrix, tk: CudaToolkit, os_name: str) -> Version | None:
+    if os_name != "windows":
+        return tk.linux_min_driver
+    if tk.windows_min_driver is not None:
+        return tk.windows_min_driver
+    family = matrix.family(tk.version.major)
+    return family.windows_min_driver if family else None
+
+
+def driver_runs(host: HostProfile, matrix: Matrix, cuda: Version) -> tuple[bool, bool, str]:
+    """Whether the host driver runs a build for ``cuda``.
+
+    Returns (runs, native, why). ``native`` is False when it relies on minor-version
+    compatibility (the family floor), which runs the build but cannot JIT newer PTX.
+    """
+    nv = host.nvidia
+    assert nv is not None
+    driver = Version(nv.driver_version)
+    own = driver_cuda(host, matrix)
+    if own is not None and own >= cuda:
+        return True, True, f"driver {nv.driver_version} supports CUDA {own} >= {cuda}"
+    family = matrix.family(cuda.major)
+    if family is not None:
+        floor = family.windows_min_driver if host.os == "windows" else family.linux_min_driver
+        if driver >= floor:
+            return True, False, (
+                f"driver {nv.driver_version} (CUDA {own}) runs CUDA {cuda} builds through minor-version "
+                f"compatibility (family floor {floor})"
+            )
+    tk = matrix.toolkit(cuda)
+    need = _toolkit_floor(matrix, tk, host.os) if tk is not None else None
+    if family is not None:
+        floor = family.windows_min_driver if host.os == "windows" else family.linux_min_driver
+        need = min(need, floor) if need is not None else floor
+    return False, False, f"driver {nv.driver_version} runs CUDA <= {own}; CUDA {cuda} needs >= {need}"
+
+
+def has_kernels(gpu: GpuInfo, variant: TorchVariant, platform: str, *, can_jit: bool) -> tuple[bool, str]:
+    """An sm_XY cubin runs on the same major with equal or higher minor; PTX JITs forward if allowed."""
+    major, minor = gpu.compute_capability
+    archs = variant.archs_for(platform)
+    for arch in archs:
+        a_major, a_minor = parse_arch(arch)
+        if a_major == major and a_minor <= minor:
+            return True, f"{gpu.name} ({gpu.sm}) runs the {arch} kernels in {variant.name}"
+    if can_jit:
+        for arch in variant.ptx_for(platform):
+            if parse_arch(arch) <= (major, minor):
+                return True, f"{gpu.name} ({gpu.sm}) JIT-compiles the {arch} PTX in {variant.name}"
+    return False, f"{variant.name} has no kernels for {gpu.name} ({gpu.sm}); it has {', '.join(archs)}"
+
+
+def supports_bf16(gpu: GpuInfo) -> bool:
+    return gpu.compute_capability >= (8, 0)
