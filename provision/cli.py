@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from provision.display import show_host, show_no_plan, show_plan, show_smoke
 from provision.errors import EXIT_BAD_INPUT, InvalidInput, NoViablePlan, ProvisionError
 
 if TYPE_CHECKING:
@@ -206,47 +207,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(text)
     else:
-        _show_host(host, _console(stderr=False))
+        show_host(host, _console(stderr=False))
     return 0
-
-
-def _show_host(host: HostProfile, console: Any) -> None:
-    from rich.table import Table
-
-    console.print(f"[bold]{host.os} {host.arch}[/], Python {host.python}, "
-                  f"RAM {host.ram_bytes / 1e9:.1f} GB"
-                  + (f", disk free {host.disk_free_bytes / 1e9:.0f} GB" if host.disk_free_bytes else ""))
-    if host.nvidia is None:
-        console.print("No NVIDIA driver or GPU: CPU only.")
-        return
-    nv = host.nvidia
-    console.print(f"NVIDIA driver {nv.driver_version}, CUDA {nv.cuda_driver_version or '(derived from driver)'}")
-    table = Table("GPU", "name", "compute capability", "total", "free")
-    for g in nv.gpus:
-        table.add_row(str(g.index), g.name, g.cc_text, f"{g.memory_total_bytes / 1e9:.1f} GB",
-                      f"{g.memory_free_bytes / 1e9:.1f} GB")
-    console.print(table)
-
-
-def show_plan(plan: Plan, console: Any) -> None:
-    """A readable plan: the choice on top, then every reason and warning."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    p = plan.placement
-    where = f"GPU {', '.join(map(str, p.gpus))}" if p.gpus else p.device.upper()
-    console.print(f"[bold]{plan.model_id}[/] ({plan.model_repo}): [bold]{p.precision}[/] on {where}, "
-                  f"torch {plan.torch_version} {escape('[' + plan.variant + ']')}, Python {plan.python}")
-    console.print(f"memory: {p.required_bytes / 1e9:.1f} GB needed of {p.available_bytes / 1e9:.1f} GB "
-                  f"({', '.join(f'{k} {v / 1e9:.2f}' for k, v in p.breakdown.items())})")
-    table = Table("decision", "choice", "why", show_lines=False)
-    for r in plan.reasons:
-        table.add_row(escape(r.decision), escape(r.choice), escape(r.why))
-    console.print(table)
-    pins = "  ".join(f"{k}=={v}" for k, v in sorted(plan.packages.items()))
-    console.print(f"pins: {pins}")
-    for w in plan.warnings:
-        console.print(f"[yellow]warning:[/] {escape(w)}")
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -255,22 +217,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     except NoViablePlan as exc:
         if args.json:
             _print_json(exc.to_dict())
-        _show_no_plan(exc)
+        show_no_plan(exc, _console(stderr=True))
         return exc.exit_code
     if args.json:
         _print_json(plan.to_dict())
     else:
         show_plan(plan, _console(stderr=False))
     return 0
-
-
-def _show_no_plan(exc: NoViablePlan) -> None:
-    from rich.markup import escape
-
-    err = _console(stderr=True)
-    err.print(f"[red]no viable plan:[/] {escape(exc.message)}")
-    for remedy in exc.remedies:
-        err.print(f"  - {escape(remedy)}")
 
 
 _COMMANDS = {
@@ -309,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoViablePlan as exc:
         if getattr(locals().get("args"), "json", False):
             _print_json(exc.to_dict())
-        _show_no_plan(exc)
+        show_no_plan(exc, _console(stderr=True))
         return exc.exit_code
     except InvalidInput as exc:
         sys.stderr.write(f"error: {_one_line(str(exc))}\n")
@@ -322,34 +275,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except SystemExit as exc:  # argparse --help / --version
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_BAD_INPUT
-
-
-def _sibling_variants(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Any, chosen: Plan) -> tuple:
-    """Plans for every other variant of the chosen torch that this host can run: the CI matrix rows."""
-    from dataclasses import replace
-
-    from provision.plan import plan
-
-    release = next(r for r in matrix.torch if r.version == chosen.torch_version)
-    rows = []
-    for variant in release.variants:
-        if host.platform not in variant.platforms:
-            continue
-        if variant.name == chosen.variant:
-            sibling = chosen
-        else:
-            device = "cpu" if variant.cuda is None else "auto"
-            if device == "cpu" and host.platform == "macos-arm64":
-                device = "mps"
-            try:
-                sibling = plan(host, matrix, model, replace(prefs, torch_version=release.version,
-                                                            variant=variant.name, device=device,
-                                                            precision=None if variant.cuda is None else prefs.precision))
-            except ProvisionError:
-                continue
-        rows.append({"variant": sibling.variant, "cuda": str(sibling.cuda) if sibling.cuda else None,
-                     "index_url": sibling.index_url, "packages": dict(sibling.packages)})
-    return tuple(rows)
 
 
 def _read_plan_file(path: Path) -> dict[str, Any]:
@@ -388,11 +313,11 @@ def _cmd_render(args: argparse.Namespace) -> int:
     else:
         host, matrix, model = _load_inputs(args)
         prefs = _preferences(args, host)
-        from provision.plan import plan
+        from provision.plan import plan, sibling_variants
 
         chosen = plan(host, matrix, model, prefs)
         plan_doc = chosen.to_dict()
-        variants = _sibling_variants(host, matrix, model, prefs, chosen)
+        variants = tuple(sibling_variants(host, matrix, model, prefs, chosen))
         wheelhouse = _wheelhouses(args)
     host_doc = host.to_dict()
     hashes = None
@@ -444,21 +369,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if result.smoke is not None:
         err.print(f"smoke report: {args.out / 'smoke.json'}")
     return 0
-
-
-def _show_smoke(report: dict[str, Any], console: Any) -> None:
-    from rich.markup import escape
-
-    source = report.get("source")
-    label = {"tiny": "TINY stand-in model (same architecture, random weights; not the 9B)",
-             "synthetic": "full-size architecture with random weights", "weights": "real weights"}.get(
-        str(source), str(source))
-    console.print(f"[bold green]smoke ok[/]: {escape(str(report.get('model')))} from {escape(label)}, "
-                  f"{report.get('precision')} on {report.get('device')}")
-    peak, est = report.get("peak_memory_bytes"), report.get("estimated_memory_bytes")
-    console.print(f"  load {report.get('load_seconds')} s, peak memory {int(peak or 0) / 1e9:.2f} GB"
-                  + (f" (estimate {int(est) / 1e9:.2f} GB)" if est else "")
-                  + f", {report.get('tokens_generated')} tokens at {report.get('tokens_per_second')} tok/s")
 
 
 def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -529,7 +439,7 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
         write_text_atomic(args.output, json.dumps(doc, indent=2) + "\n")
     if args.json:
         _print_json(doc)
-    _show_smoke(doc, _console(stderr=args.json))
+    show_smoke(doc, _console(stderr=args.json))
     return 0
 
 

@@ -10,7 +10,7 @@ GPU it uses. Every choice carries a human reason; when nothing fits,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from packaging.version import Version
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from provision.host import GpuInfo, HostProfile
     from provision.matrix import BnbRelease, Matrix, TorchRelease, TorchVariant
 
-__all__ = ["PLAN_SCHEMA", "PRECISIONS", "Placement", "Plan", "Preferences", "Reason", "plan"]
+__all__ = ["PLAN_SCHEMA", "PRECISIONS", "Placement", "Plan", "Preferences", "Reason", "plan", "sibling_variants"]
 
 PLAN_SCHEMA = "provision.plan/v1"
 PRECISIONS = ("bf16", "fp16", "int8", "nf4", "fp32")
@@ -492,3 +492,28 @@ def plan(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences
         message, changes = remedies(host, model, prefs, search)
         raise NoViablePlan(message, changes)
     return result
+
+
+def sibling_variants(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences,
+                     chosen: Plan) -> list[dict[str, Any]]:
+    """Plans for every other variant of the chosen torch that this host can run: the CI matrix rows."""
+    release = next(r for r in matrix.torch if r.version == chosen.torch_version)
+    rows = []
+    for variant in release.variants:
+        if host.platform not in variant.platforms:
+            continue
+        if variant.name == chosen.variant:
+            sibling = chosen
+        else:
+            device = "cpu" if variant.cuda is None else "auto"
+            if device == "cpu" and host.platform == "macos-arm64":
+                device = "mps"
+            try:
+                sibling = plan(host, matrix, model, replace(prefs, torch_version=release.version,
+                                                            variant=variant.name, device=device,
+                                                            precision=None if variant.cuda is None else prefs.precision))
+            except (NoViablePlan, InvalidInput):
+                continue
+        rows.append({"variant": sibling.variant, "cuda": str(sibling.cuda) if sibling.cuda else None,
+                     "index_url": sibling.index_url, "packages": dict(sibling.packages)})
+    return rows
