@@ -56,10 +56,6 @@ def _detect_and_render(session: nox.Session, *render_args: str) -> Path:
     return out
 
 
-def _planned_precision(out: Path) -> str:
-    return json.loads((out / "provision.lock.json").read_text())["plan"]["precision"]
-
-
 @nox.session(python=False if os.environ.get("PROVISION_NOX_SYSTEM") else None)
 def provision(session: nox.Session) -> None:
     """Detect this machine, plan, render, build the environment and prove it with the smoke test.
@@ -165,8 +161,8 @@ def docker(session: nox.Session) -> None:
     _install_toolkit(session)
     out = _detect_and_render(session, *session.posargs)
     tag = f"provision-smoke:{out.name.lower()}"
-    session.run("docker", "build", "-f", str(out / "Dockerfile"), "-t", tag, str(ROOT), external=True,
-                env={"DOCKER_BUILDKIT": "1"})
+    # The smoke target is the serving image with `provision smoke` (planned precision) as its entry.
+    session.run("docker", "build", "--target", "smoke", "-f", str(out / "Dockerfile"), "-t", tag, str(ROOT),
+                external=True, env={"DOCKER_BUILDKIT": "1"})
     gpus = [] if out.name.endswith("-cpu") else ["--gpus", "all"]
-    session.run("docker", "run", "--rm", *gpus, tag, "provision", "smoke", "--precision", _planned_precision(out),
-                external=True)
+    session.run("docker", "run", "--rm", *gpus, tag, external=True)

@@ -408,6 +408,7 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
     files["Dockerfile"] = _render("Dockerfile.j2", {
         **common, "base_image": base, "has_python": has_python, "uv_image": _uv_image(images),
         "env_dir": env_dir, "serve_argv": _serve_argv(plan), "port": _SERVE_PORT,
+        "smoke_argv": ["provision", "smoke", "--precision", plan.precision],
         "labels": [(k, _label_value(v)) for k, v in sorted(labels.items())],
     })
     files[WORKFLOW_PATH] = _render("provision.yml.j2", {

@@ -137,13 +137,17 @@ def test_complete_hashes_require_hashes_everywhere():
 def test_dockerfile_matches_variant_cuda_runs_non_root_and_serves():
     for variant, tag in (("cu126", "12.6."), ("cu128", "12.8."), ("cu130", "13.0.")):
         df = text(render_files(make_inputs(make_plan(variant))), "Dockerfile")
-        froms = re.findall(r"^FROM (\S+)", df, re.M)
-        assert froms and all(f.startswith("nvidia/cuda:" + tag) and "runtime" in f for f in froms)
+        stages = re.findall(r"^FROM (\S+) AS (\S+)$", df, re.M)
+        images = [image for image, _ in stages if image not in {name for _, name in stages}]
+        assert images and all(f.startswith("nvidia/cuda:" + tag) and "runtime" in f for f in images)
+        # builder -> runtime -> smoke (entry: the smoke test) and serve, the default (last) target
+        assert [name for _, name in stages] == ["builder", "runtime", "smoke", "serve"]
         assert re.search(r"^USER 10001:10001$", df, re.M)
         assert f'LABEL io.provision.variant="{variant}"' in df
         assert "--mount=type=cache" in df and '"/opt/provision-env/install.sh"' in df
-        cmd = next(ln for ln in df.splitlines() if ln.startswith("CMD "))
-        assert json.loads(cmd[4:])[:3] == ["transformers", "serve", "zai-org/AutoGLM-Phone-9B"]
+        smoke_cmd, serve_cmd = (json.loads(ln[4:]) for ln in df.splitlines() if ln.startswith("CMD "))
+        assert smoke_cmd == ["provision", "smoke", "--precision", "bf16"]
+        assert serve_cmd[:3] == ["transformers", "serve", "zai-org/AutoGLM-Phone-9B"]
         assert not re.search(r"^(ENV|ARG)\b.*(TOKEN|SECRET)", df, re.M)
 
 
