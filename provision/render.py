@@ -248,6 +248,12 @@ def _uv_image(images: Mapping[str, Any]) -> str:
     return _image_ref(uv)
 
 
+def _conda_pip(images: Mapping[str, Any]) -> str:
+    conda = Fields(images, "matrices/images.toml").obj("conda")
+    assert conda is not None
+    return check_version(conda.str("pip"), source="matrices/images.toml", field="conda.pip")
+
+
 def _torch_index(inputs: RenderInputs, plan: _Plan) -> str | None:
     """The index line for torch builds (see ``provision.requirements.torch_index_for``)."""
     return torch_index_for(plan.index_url, wheelhouse=inputs.wheelhouse, index_url=inputs.index_url)
@@ -377,7 +383,7 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
     files["setup-venv.sh"] = _render("setup-venv.sh.j2", {**common, "toolkit_source": source})
     files["setup-venv.ps1"] = _render("setup-venv.ps1.j2", {**common, "toolkit_source": source})
     files["environment.yml"] = _render("environment.yml.j2", {
-        **common, "env_name": f"provision-{plan.model_id}-{plan.variant}",
+        **common, "env_name": f"provision-{plan.model_id}-{plan.variant}", "pip_version": _conda_pip(images),
         "pip_lines": [
             " ".join([f"{r.name}=={r.version}", *(f"--hash={h}" for h in r.hashes)])
             if resolution.status == "complete" else f"{r.name}=={r.version}"

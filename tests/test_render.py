@@ -187,6 +187,9 @@ def test_environment_yml_parses_and_pins_python():
     pip = env["dependencies"][2]["pip"]
     assert pip[0] == "--extra-index-url https://download.pytorch.org/whl/cu128"
     assert "torch==2.9.1+cu128" in pip
+    # everything pinned: conda packages with =X.Y, pip lines with ==
+    assert env["dependencies"][1] == "pip=26.3"
+    assert all("==" in line for line in pip if not line.startswith("--"))
 
 
 def test_wheelhouse_and_index_override_reach_every_installer():
