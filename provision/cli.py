@@ -82,6 +82,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true", help="overwrite files edited since the last render")
     p.add_argument("--no-resolve", action="store_true", help="do not run a resolver for hashes")
+    p.add_argument("--gpu-runner", action="append", metavar="LABEL",
+                   help="runs-on label for the CI workflow's GPU jobs (repeatable; default: self-hosted linux gpu)")
+    p.add_argument("--cpu-runner", action="append", metavar="LABEL",
+                   help="runs-on label for the CI workflow's CPU job (repeatable; default: ubuntu-22.04)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("smoke", help="load the model in this environment and generate")
@@ -291,11 +295,15 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from provision.build import source_root
     from provision.catalog import load_catalog, resolve_model
     from provision.matrix import load_matrix
+    from provision.quoting import check_label
     from provision.render import RenderInputs, render_files, write_rendered
     from provision.requirements import resolve, resolve_request
     from provision.sources import resolve_index_url
 
     index_url = resolve_index_url(args.index_url, os.environ)
+    for option in ("gpu_runner", "cpu_runner"):  # checked before any planning or resolving
+        for label in getattr(args, option) or ():
+            check_label(label, source=f"--{option.replace('_', '-')}", field="label")
     if args.plan_file is not None:
         plan_doc = _read_plan_file(args.plan_file)
         matrix = load_matrix(args.matrix)
@@ -336,6 +344,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
         matrix_digest=matrix.digest, variants=variants, wheelhouse=tuple(str(w) for w in wheelhouse),
         index_url=index_url, hashes=hashes, toolkit_source=str(root) if root else None,
         docker_env_dir=docker_dir,
+        **({"gpu_runner_labels": tuple(args.gpu_runner)} if args.gpu_runner else {}),
+        **({"cpu_runner_labels": tuple(args.cpu_runner)} if args.cpu_runner else {}),
     )
     files = render_files(inputs)
     changed = write_rendered(out, files, force=args.force)
@@ -344,8 +354,6 @@ def _cmd_render(args: argparse.Namespace) -> int:
                      "hashes": hashes.status if hashes else "none", "plan": plan_doc})
     else:
         err = _console(stderr=True)
-        from provision.plan import Plan  # noqa: F401  (type only)
-
         if args.plan_file is None:
             show_plan(chosen, err)
         state = hashes.status if hashes else "none (--no-resolve)"

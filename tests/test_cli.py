@@ -95,3 +95,17 @@ def test_render_with_a_wheelhouse_plans_only_for_wheels_present(tmp_path: Path) 
     requirements = files["requirements.txt"].decode()
     assert "torch==2.12.0+cpu" in requirements and f"--find-links {wheels}" in requirements
     assert "download.pytorch.org" not in requirements
+
+
+def test_runner_labels_reach_the_workflow_and_are_validated(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    h100 = str(HOSTS / "linux-x86_64-h100-80gb-driver580.json")
+    files = _render(tmp_path / "a", "--host", h100, "--gpu-runner", "self-hosted", "--gpu-runner", "h100")
+    workflow = files[".github/workflows/provision.yml"].decode()
+    assert 'runner: ["self-hosted", "h100"]' in workflow
+    capsys.readouterr()
+    bad = ["render", "--host", h100, "--out", str(tmp_path / "b"), "--no-resolve", "--gpu-runner", "x; rm -rf /"]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --gpu-runner: label: ") and err.count("\n") == 1
+    assert not (tmp_path / "b").exists()
