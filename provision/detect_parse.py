@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from packaging.version import InvalidVersion, Version
 
 from provision.errors import InvalidInput, ProvisionError
-from provision.host import GpuInfo, NvidiaInfo
+from provision.host import DRIVER_RE, GpuInfo, NvidiaInfo
 
 if TYPE_CHECKING:
     from provision.gpus import GpuTable
@@ -47,7 +47,6 @@ __all__ = [
 #: The ``nvidia-smi --query-gpu`` fields, in the column order :func:`parse_smi_query` reads.
 SMI_FIELDS = ("index", "uuid", "name", "compute_cap", "memory.total", "memory.free", "driver_version")
 _MIB = 1024 * 1024
-_DRIVER_RE = re.compile(r"^\d{2,4}(\.\d{1,4}){1,3}$")
 _MEMINFO_RE = re.compile(r"^(MemTotal|MemAvailable):\s+(\d+)\s*kB\s*$")
 _CC_RE = re.compile(r"^\s*(\d{1,2})\.(\d{1,2})\s*$")
 _MIB_RE = re.compile(r"^\s*(\d+)(?:\s*MiB)?\s*$")
@@ -141,7 +140,7 @@ def clean_driver_version(text: str | None) -> str | None:
     if text is None:
         return None
     t = text.strip()
-    return t if _DRIVER_RE.match(t) else None
+    return t if DRIVER_RE.match(t) else None
 
 
 def _na(value: str) -> bool:

@@ -29,7 +29,7 @@ HOST_SCHEMA = "provision.host/v1"
 OS_NAMES = ("linux", "windows", "darwin")
 ARCH_NAMES = ("x86_64", "aarch64", "arm64")
 _CC_RE = re.compile(r"^(\d{1,2})\.(\d{1,2})$")
-_DRIVER_RE = re.compile(r"^\d{2,4}(\.\d{1,4}){1,3}$")
+DRIVER_RE = re.compile(r"^\d{2,4}(\.\d{1,4}){1,3}$")  # what a driver version looks like
 _CUDA_RE = re.compile(r"^\d{1,2}\.\d{1,2}$")
 # Bounds that catch typos and unit mix-ups without rejecting real machines.
 _MAX_MEMORY = 2**50  # 1 PiB
@@ -169,7 +169,7 @@ def _gpu_from_fields(g: Fields, position: int) -> GpuInfo:
 
 def _nvidia_from_fields(nv: Fields) -> NvidiaInfo:
     driver = nv.str("driver_version")
-    if not _DRIVER_RE.match(driver):
+    if not DRIVER_RE.match(driver):
         raise nv.fail("driver_version", f"{driver!r} is not a driver version like '535.183.01'")
     cuda = None
     if nv.has("cuda_driver_version"):
