@@ -1,0 +1,153 @@
+"""Loading the model the way a user will: its auto class, ``from_pretrained``, the planned settings.
+
+The keyword arguments (dtype, placement, bitsandbytes config) are built from the plan, so what
+loads is what ``provision.memory`` estimated; load failures become ``SmokeError`` with a hint.
+torch, transformers and bitsandbytes are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from provision.errors import SmokeError
+
+if TYPE_CHECKING:
+    from provision.catalog import ModelSpec
+
+__all__ = ["auto_class_for", "bf16_capable", "from_pretrained_kwargs", "load_model", "require_bitsandbytes"]
+
+_QUANTIZED = ("int8", "nf4")
+
+
+def bf16_capable(gpu: int) -> bool:
+    """bf16 needs compute capability 8.0 (Ampere); older GPUs get fp16."""
+    import torch
+
+    return torch.cuda.get_device_capability(gpu)[0] >= 8
+
+
+def require_bitsandbytes(precision: str) -> None:
+    """Fail before any download or synthetic build when int8/nf4 cannot load at all."""
+    import importlib.util
+
+    if precision in _QUANTIZED and importlib.util.find_spec("bitsandbytes") is None:
+        raise SmokeError(
+            f"{precision} needs bitsandbytes, which is not installed in this environment; "
+            "install it with `pip install bitsandbytes` (NVIDIA GPU with compute capability 6.0+), "
+            "or choose --precision bf16/fp16"
+        )
+
+
+def _dtype_for(precision: str, device: str, gpus: Sequence[int]) -> Any:
+    import torch
+
+    if precision in _QUANTIZED:  # the compute dtype of the non-quantized parts
+        if device == "cuda" and not bf16_capable(gpus[0] if gpus else 0):
+            return torch.float16
+        return torch.bfloat16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def _quantization_config(precision: str, compute_dtype: Any, skip: Sequence[str]) -> Any:
+    """bitsandbytes settings for int8/nf4 (``require_bitsandbytes`` has run by now), else None."""
+    if precision not in _QUANTIZED:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    # The catalog's keep_16bit list (transformers' own default is ["lm_head"]), so what loads is
+    # what provision.memory estimated.
+    extra = {"llm_int8_skip_modules": list(skip)} if skip else {}
+    if precision == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, **extra)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        **extra,
+    )
+
+
+def _placement(
+    device: str, gpus: Sequence[int], max_memory: Mapping[str, int] | None,
+    device_map: Mapping[str, int] | None = None,
+) -> tuple[Any, dict[Any, int] | None]:  # fmt: skip
+    """``device_map`` and ``max_memory`` for from_pretrained.
+
+    A planned split comes as an explicit module -> GPU map, so the load places exactly what the
+    planner counted; without one, several GPUs split with "auto" under ``max_memory``.
+    """
+    if device != "cuda":
+        return {"": device}, None
+    if device_map:
+        return dict(device_map), None
+    if max_memory is None and len(gpus) <= 1:
+        return {"": gpus[0] if gpus else 0}, None
+    if max_memory is not None:
+        limits = {(int(k) if str(k).isdigit() else k): int(v) for k, v in max_memory.items()}
+    else:
+        import torch
+
+        limits = {i: int(torch.cuda.mem_get_info(i)[0] * 0.9) for i in gpus}
+    return "auto", limits
+
+
+def from_pretrained_kwargs(
+    *, precision: str, device: str, gpus: Sequence[int], max_memory: Mapping[str, int] | None,
+    device_map: Mapping[str, int] | None, skip: Sequence[str],
+) -> dict[str, Any]:  # fmt: skip
+    """dtype, placement and quantization for ``from_pretrained``, offline only."""
+    dtype = _dtype_for(precision, device, gpus)
+    quant = _quantization_config(precision, dtype, skip)
+    placement, limits = _placement(device, gpus, max_memory, device_map)
+    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": placement, "local_files_only": True}
+    if limits is not None:
+        kwargs["max_memory"] = limits
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    return kwargs
+
+
+def auto_class_for(spec: ModelSpec | None, config: Mapping[str, Any]) -> str:
+    """The catalog's auto class, else the one transformers uses for this ``model_type``."""
+    if spec is not None and spec.auto_class:
+        return spec.auto_class
+    return "AutoModelForImageTextToText" if config.get("model_type") == "glm4v" else "AutoModelForCausalLM"
+
+
+def load_model(
+    path: Path, auto_class: str, kwargs: dict[str, Any], *, model_id: str, precision: str, sync: Callable[[], None]
+) -> tuple[Any, float]:
+    """The model in eval mode and the seconds ``from_pretrained`` took (placing included).
+
+    :raises SmokeError: transformers lacks the class, the GPU ran out of memory, or loading failed.
+    """
+    import torch
+    import transformers
+
+    try:
+        cls = getattr(transformers, auto_class)
+    except AttributeError:
+        raise SmokeError(f"transformers {transformers.__version__} has no {auto_class}") from None
+    # Import the model's code now, so the timing covers reading and placing the weights;
+    # only a warm-up: from_pretrained reports real problems.
+    with contextlib.suppress(Exception):
+        cls._model_mapping[type(transformers.AutoConfig.from_pretrained(path, local_files_only=True))]
+    start = time.perf_counter()
+    try:
+        loaded = cls.from_pretrained(path, **kwargs)
+        sync()
+    except torch.cuda.OutOfMemoryError as exc:
+        raise SmokeError(
+            f"out of GPU memory loading {model_id} in {precision}: {exc}; "
+            "try a smaller precision (--precision nf4) or more GPUs"
+        ) from exc
+    except Exception as exc:
+        raise SmokeError(f"loading {path} with {auto_class} in {precision} failed: {type(exc).__name__}: {exc}") from exc
+    seconds = time.perf_counter() - start
+    loaded.eval()
+    return loaded, seconds

@@ -1,0 +1,158 @@
+"""The smoke report: what one run measured, as ``provision.smoke/v1`` and as a few human lines.
+
+Kept apart from the loading code so the CLI, the build step and the benchmarks can read and
+print reports without importing anything heavy.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
+from typing import Any
+
+__all__ = ["SMOKE_SCHEMA", "SmokeReport", "estimate_dict", "format_report", "planner_estimate", "stack_versions"]
+
+SMOKE_SCHEMA = "provision.smoke/v1"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SmokeReport:
+    """One smoke run. ``to_dict()`` is ``provision.smoke/v1`` plus optional detail keys.
+
+    Memory on CUDA is the allocator's view (``torch.cuda.max_memory_allocated`` summed over
+    the GPUs used) unless a key says otherwise; on CPU it is the growth of the process's
+    peak resident set (VmHWM) over its size before loading.
+    """
+
+    model: str
+    source: str
+    precision: str
+    device: str
+    load_seconds: float
+    peak_memory_bytes: int
+    estimated_memory_bytes: int | None
+    tokens_generated: int
+    tokens_per_second: float
+    ok: bool = True
+    stand_in_for: str | None = None
+    model_path: str | None = None
+    gpus: tuple[int, ...] = ()
+    context_tokens: int = 0
+    prompt_tokens: int = 0
+    weights_bytes: int | None = None
+    generate_peak_bytes: int | None = None
+    per_gpu_peak_bytes: dict[str, int] | None = None
+    reserved_peak_bytes: int | None = None
+    nvml_used_delta_bytes: int | None = None
+    cuda_free_delta_bytes: int | None = None
+    estimate: dict[str, int] | None = None
+    roofline: dict[str, float] | None = None
+    image: dict[str, Any] | None = None
+    text: str | None = None
+    processor: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The model as a human should read it: a stand-in is never called the real model."""
+        if self.source == "tiny":
+            return f"{self.model} (tiny stand-in: random weights, not the real model)"
+        if self.source == "synthetic":
+            return f"{self.model} (synthetic: full-size architecture, random weights)"
+        return self.model
+
+    def to_dict(self) -> dict[str, Any]:
+        """The contract's keys first, in its order; detail keys after them, left out when unset."""
+        out: dict[str, Any] = {
+            "schema": SMOKE_SCHEMA,
+            "ok": self.ok,
+            "model": self.model,
+            "source": self.source,
+            "precision": self.precision,
+            "device": self.device,
+            "load_seconds": round(self.load_seconds, 3),
+            "peak_memory_bytes": int(self.peak_memory_bytes),
+            "estimated_memory_bytes": self.estimated_memory_bytes,
+            "tokens_generated": int(self.tokens_generated),
+            "tokens_per_second": round(self.tokens_per_second, 3),
+        }
+        extras: dict[str, Any] = {
+            "label": self.label,
+            "stand_in_for": self.stand_in_for,
+            "model_path": self.model_path,
+            "gpus": list(self.gpus),
+            "context_tokens": self.context_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "weights_bytes": self.weights_bytes,
+            "generate_peak_bytes": self.generate_peak_bytes,
+            "per_gpu_peak_bytes": self.per_gpu_peak_bytes,
+            "reserved_peak_bytes": self.reserved_peak_bytes,
+            "nvml_used_delta_bytes": self.nvml_used_delta_bytes,
+            "cuda_free_delta_bytes": self.cuda_free_delta_bytes,
+            "estimate": self.estimate,
+            "roofline": self.roofline,
+            "image": self.image,
+            "text": self.text,
+            "processor": self.processor,
+            "versions": self.versions or None,
+            "warnings": list(self.warnings) or None,
+        }
+        out.update({k: v for k, v in extras.items() if v is not None})
+        return out
+
+
+def format_report(report: SmokeReport) -> str:
+    """A few human lines for stderr; the stand-in status leads, so nobody mistakes it."""
+    gb = 1e9
+    where = report.device + (f" (GPU {', '.join(map(str, report.gpus))})" if report.gpus else "")
+    lines = [
+        f"smoke: {report.label}",
+        f"  source {report.source}, {report.precision} on {where}, loaded in {report.load_seconds:.1f} s",
+        f"  generated {report.tokens_generated} tokens at {report.tokens_per_second:.1f} tok/s "
+        f"(prompt {report.prompt_tokens} tokens)",
+    ]
+    peak = f"  peak memory {report.peak_memory_bytes / gb:.2f} GB"
+    if report.estimated_memory_bytes is not None:
+        peak += f", estimated {report.estimated_memory_bytes / gb:.2f} GB"
+    lines.append(peak)
+    if report.image is not None:
+        lines.append(
+            f"  image prompt: {report.image['image_tokens']} image tokens, {report.image['tokens_generated']} tokens generated"
+        )
+    if report.source != "weights":
+        lines.append("  note: random weights; this proves the software stack, not the model's answers")
+    lines.extend(f"  warning: {w}" for w in report.warnings)
+    return "\n".join(lines)
+
+
+def stack_versions() -> dict[str, str]:
+    """The versions that decide whether a load works, so a report says what it proved."""
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "transformers", "accelerate", "bitsandbytes", "tokenizers", "huggingface_hub"):
+        try:
+            out[dist] = _dist_version(dist)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def planner_estimate(config: Mapping[str, Any], precision: str, context: int, device: str, skip: Sequence[str]) -> Any:
+    """provision.memory's estimate for the folder actually loaded (tiny configs give tiny numbers)."""
+    from provision.memory import estimate_memory
+
+    keep = list(skip) if skip else None
+    return estimate_memory(dict(config), precision=precision, context_tokens=context, device=device, keep_16bit=keep)
+
+
+def estimate_dict(estimate: Any) -> dict[str, int] | None:
+    """The estimate's parts, plus ``peak_allocated`` where the estimator gives it."""
+    if estimate is None:
+        return None
+    names = ("weights", "kv_cache", "activations", "overhead", "total", "peak_allocated")
+    values = {k: getattr(estimate, k, None) for k in names}
+    return {k: int(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)} or None
