@@ -136,10 +136,10 @@ def load_catalog(path: Path | None = None) -> Catalog:
 
 def _spec_from_row(row: Fields) -> ModelSpec:
     model_id = row.str("id")
-    if not MODEL_ID_RE.match(model_id):
+    if not MODEL_ID_RE.fullmatch(model_id):
         raise row.fail("id", f"{model_id!r} must match {MODEL_ID_RE.pattern}")
     repo = row.str("repo")
-    if not REPO_RE.match(repo) or ".." in repo:
+    if not REPO_RE.fullmatch(repo) or ".." in repo:
         raise row.fail("repo", f"{repo!r} is not a Hugging Face repo id (owner/name)")
     config_fields = row.obj("config")
     assert config_fields is not None
@@ -243,4 +243,4 @@ def _local_spec(directory: Path, read_config: Callable[[Path], Any]) -> ModelSpe
 def _local_id(name: str) -> str:
     """A safe id from a directory name: lowercase, runs of other characters become '-'."""
     slug = re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-.")[:64].strip("-.")
-    return slug if slug and MODEL_ID_RE.match(slug) else "local-model"
+    return slug if slug and MODEL_ID_RE.fullmatch(slug) else "local-model"

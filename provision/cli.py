@@ -158,7 +158,7 @@ def _preferences(args: argparse.Namespace, host: HostProfile) -> Any:
     from provision.sources import torch_builds
 
     python = args.python
-    if python is not None and not re.match(r"^3\.\d{1,2}$", python):
+    if python is not None and not re.fullmatch(r"^3\.\d{1,2}$", python):
         raise InvalidInput("--python", "python", f"{python!r} is not a Python version like '3.11'")
     torch_version = None
     if args.torch_version:
@@ -171,7 +171,7 @@ def _preferences(args: argparse.Namespace, host: HostProfile) -> Any:
     if wheelhouses:
         available = torch_builds(wheelhouses, python=python or host.python_minor, platform=host.platform)
     variant = args.variant
-    if variant is not None and not re.match(r"^(cpu|cu\d{3})$", variant):
+    if variant is not None and not re.fullmatch(r"^(cpu|cu\d{3})$", variant):
         raise InvalidInput("--variant", "variant", f"{variant!r} is not a variant like 'cu128' or 'cpu'")
     return Preferences(python=python, context_tokens=args.context, precision=args.precision, device=args.device,
                        torch_version=torch_version, variant=variant, torch_available=available)

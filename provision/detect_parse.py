@@ -140,7 +140,7 @@ def clean_driver_version(text: str | None) -> str | None:
     if text is None:
         return None
     t = text.strip()
-    return t if DRIVER_RE.match(t) else None
+    return t if DRIVER_RE.fullmatch(t) else None
 
 
 def _na(value: str) -> bool:
@@ -150,13 +150,13 @@ def _na(value: str) -> bool:
 
 def _parse_cc(text: str) -> tuple[int, int] | None:
     """``"8.6"`` -> ``(8, 6)``; anything else (``[N/A]`` included) -> None."""
-    m = _CC_RE.match(text)
+    m = _CC_RE.fullmatch(text)
     return (int(m.group(1)), int(m.group(2))) if m and int(m.group(1)) >= 1 else None
 
 
 def _parse_mib(text: str) -> int | None:
     """``"24564"`` or ``"24564 MiB"`` -> bytes; anything else (``[N/A]`` included) -> None."""
-    m = _MIB_RE.match(text)
+    m = _MIB_RE.fullmatch(text)
     return int(m.group(1)) * _MIB if m else None
 
 

@@ -85,7 +85,7 @@ def _model_from_fields(g: Fields) -> GpuModel:
             if not normalize_gpu_name(value):
                 raise InvalidInput(g.source, f"{g.where(key)}[{i}]", f"{value!r} has no letters or digits")
     cc_text = g.str("compute_capability")
-    match = _CC_RE.match(cc_text)
+    match = _CC_RE.fullmatch(cc_text)
     if not match or not 1 <= int(match.group(1)) <= 20:
         raise g.fail("compute_capability", f"{cc_text!r} is not a compute capability like '8.6'")
     mib = g.int("memory_mib", required=False, minimum=1, maximum=2**30)

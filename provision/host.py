@@ -142,7 +142,7 @@ class HostProfile:
 
 
 def parse_compute_capability(text: str, fields: Fields, key: str) -> tuple[int, int]:
-    match = _CC_RE.match(text)
+    match = _CC_RE.fullmatch(text)
     if not match:
         raise fields.fail(key, f"{text!r} is not a compute capability like '8.6'")
     major, minor = int(match.group(1)), int(match.group(2))
@@ -169,12 +169,12 @@ def _gpu_from_fields(g: Fields, position: int) -> GpuInfo:
 
 def _nvidia_from_fields(nv: Fields) -> NvidiaInfo:
     driver = nv.str("driver_version")
-    if not DRIVER_RE.match(driver):
+    if not DRIVER_RE.fullmatch(driver):
         raise nv.fail("driver_version", f"{driver!r} is not a driver version like '535.183.01'")
     cuda = None
     if nv.has("cuda_driver_version"):
         text = nv.str("cuda_driver_version")
-        if not _CUDA_RE.match(text):
+        if not _CUDA_RE.fullmatch(text):
             raise nv.fail("cuda_driver_version", f"{text!r} is not a CUDA version like '12.2'")
         cuda = Version(text)
     gpu_fields = nv.objs("gpus", required=False)

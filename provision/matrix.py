@@ -43,7 +43,7 @@ PYPI_INDEX = "https://pypi.org/simple"
 
 def parse_arch(arch: str) -> tuple[int, int]:
     """``sm_86`` -> (8, 6); ``sm_120`` -> (12, 0); ``sm_90a`` -> (9, 0)."""
-    match = _ARCH_RE.match(arch)
+    match = _ARCH_RE.fullmatch(arch)
     if not match:
         raise ValueError(arch)
     return int(match.group(1)), int(match.group(2))
@@ -167,7 +167,7 @@ def _spec(f: Fields, key: str, *, required: bool = True) -> SpecifierSet:
 
 def _cc(f: Fields, key: str) -> tuple[int, int]:
     text = f.str(key)
-    if not _CC_RE.match(text):
+    if not _CC_RE.fullmatch(text):
         raise f.fail(key, f"{text!r} is not a compute capability like '7.5'")
     major, minor = text.split(".")
     return int(major), int(minor)
@@ -186,7 +186,7 @@ def _platforms(f: Fields, key: str) -> tuple[str, ...]:
 def _archs(f: Fields, key: str, *, required: bool = True) -> tuple[str, ...]:
     items = f.strs(key, required=required)
     for i, item in enumerate(items):
-        if not _ARCH_RE.match(item):
+        if not _ARCH_RE.fullmatch(item):
             raise InvalidInput(f.source, f"{f.where(key)}[{i}]", f"{item!r} is not an architecture like 'sm_86'")
     return tuple(items)
 
@@ -194,7 +194,7 @@ def _archs(f: Fields, key: str, *, required: bool = True) -> tuple[str, ...]:
 def _pythons(f: Fields, key: str, *, required: bool = True) -> tuple[str, ...]:
     items = f.strs(key, required=required)
     for i, item in enumerate(items):
-        if not _PY_RE.match(item):
+        if not _PY_RE.fullmatch(item):
             raise InvalidInput(f.source, f"{f.where(key)}[{i}]", f"{item!r} is not a Python version like '3.11'")
     return tuple(items)
 
@@ -246,7 +246,7 @@ def _archs_by_platform(v: Fields, key: str) -> dict[str, tuple[str, ...]]:
 
 def _load_variant(v: Fields) -> TorchVariant:
     name = v.str("name")
-    if not _VARIANT_RE.match(name):
+    if not _VARIANT_RE.fullmatch(name):
         raise v.fail("name", f"{name!r} is not a PyTorch index name like 'cu128' or 'cpu'")
     cuda = v.version("cuda", required=name != "cpu")
     if name == "cpu" and cuda is not None:
@@ -319,7 +319,7 @@ def _load_bnb(path: Path) -> tuple[BnbRelease, ...]:
     for row in f.objs("release"):
         libs = []
         for i, text in enumerate(row.strs("cuda_libs")):
-            if not re.match(r"^\d{2}\.\d$", text):
+            if not re.fullmatch(r"^\d{2}\.\d$", text):
                 raise InvalidInput(row.source, f"{row.where('cuda_libs')}[{i}]", f"{text!r} is not a CUDA version")
             libs.append(Version(text))
         version = row.version("version")
@@ -345,7 +345,7 @@ def _load_companions(path: Path) -> tuple[Companion, ...]:
     out = []
     for row in f.objs("package"):
         name = row.str("name")
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
+        if not re.fullmatch(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
             raise row.fail("name", f"{name!r} is not a package name")
         version = row.version("version")
         assert version is not None

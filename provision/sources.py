@@ -78,7 +78,7 @@ def resolve_index_url(cli: str | None, environ: Mapping[str, str]) -> str | None
     source, value = ("--index-url", cli) if cli else (INDEX_URL_ENV, environ.get(INDEX_URL_ENV))
     if not value:
         return None
-    if not _URL_RE.match(value):
+    if not _URL_RE.fullmatch(value):
         shown = re.sub(r"//[^/@]*@", "//***@", value)  # never echo credentials
         raise InvalidInput(source, "url", f"{shown!r} is not a plain http(s) URL")
     return value.rstrip("/")

@@ -330,3 +330,13 @@ def test_arbitrary_version_strings(text: str) -> None:
     data = example()
     data["nvidia"]["driver_version"] = text
     _loads_or_refuses(data)
+
+
+@pytest.mark.parametrize(("key", "value"), [("driver_version", "535.183.01\n"), ("cuda_driver_version", "12.2\n")])
+def test_a_trailing_newline_is_not_a_version(key: str, value: str) -> None:
+    """``$`` matches before a final newline; validators use fullmatch so no newline reaches a script."""
+    nvidia = {"driver_version": "535.183.01", "gpus": [], key: value}
+    doc = {"schema": "provision.host/v1", "os": "linux", "arch": "x86_64", "python": "3.11.7",
+           "ram_bytes": 10**10, "nvidia": nvidia}
+    with pytest.raises(InvalidInput, match=f"^h.json: nvidia.{key}: "):
+        host_from_dict(doc, "h.json")
