@@ -209,6 +209,7 @@ def _torch_candidates(host: HostProfile, matrix: Matrix, prefs: Preferences, pyt
         if not fitting:
             why_py = f"torch {release.version} has no wheels for Python {python} (has {', '.join(release.pythons)})"
             search.reject("python", why_py)
+            search.pythons.update(release.pythons)
             search.passed_over(release.version, why_py)
             continue
         # Highest CUDA first within a release: newest kernels and libraries.
@@ -363,6 +364,7 @@ def _assemble(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefer
     if transformers is None:
         rows = [c for c in matrix.companion_versions("transformers") if c.version >= model.min_transformers]
         if rows and not any(Version(python) in c.requires_python for c in rows):
+            search.python_floor = str(rows[-1].requires_python)
             search.stage(4, "python", f"transformers >= {model.min_transformers} needs Python "
                                       f"{rows[-1].requires_python}, not Python {python}")
         else:

@@ -34,6 +34,9 @@ class Search:
     #: the smallest GPU memory any tried placement needed: (bytes, precision).
     min_gpu_need: tuple[int, str] | None = None
 
+    #: Python minors the rejected torch releases have wheels for, and transformers' Python floor.
+    pythons: set[str] = field(default_factory=set)
+    python_floor: str = ""
     #: the rejection that came closest to a plan: (stage, kind, why); later stages are closer.
     furthest: tuple[int, str, str] | None = None
 
@@ -74,10 +77,12 @@ def remedies(host: HostProfile, model: ModelSpec, prefs: Preferences, search: Se
     if binding == "transformers":
         remedies.append("pick a newer torch (--torch) that transformers >= 5 supports")
     if binding == "python":
-        remedies.append("use Python 3.11 - 3.14 (--python X.Y plans for another interpreter)")
+        remedies.append(f"use Python {search.python_floor} (--python X.Y plans for another interpreter)")
     if "python" in r and binding is None:
         first = first or r["python"][0]
-        remedies.append("use Python 3.10 - 3.14 (--python X.Y plans for another interpreter)")
+        known = sorted(search.pythons, key=lambda v: tuple(int(x) for x in v.split(".")))
+        remedies.append(f"use a Python torch has wheels for ({known[0]} - {known[-1]}); "
+                        "--python X.Y plans for another interpreter")
     if "platform" in r and binding is None:
         first = first or r["platform"][0]
     if "wheelhouse" in r and binding is None:

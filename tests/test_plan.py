@@ -355,3 +355,10 @@ def test_intel_mac_gets_the_last_torch_with_intel_mac_wheels() -> None:
     assert_valid(p, h)
     with pytest.raises(NoViablePlan, match=r"Python 3\.13"):
         plan(h, MATRIX, AUTOGLM, Preferences(python="3.13"))
+
+
+def test_python_without_torch_wheels_names_the_pythons_that_have_them() -> None:
+    with pytest.raises(NoViablePlan) as info:
+        plan(host("linux-x86_64-a10g-driver535"), MATRIX, AUTOGLM, Preferences(python="3.16"))
+    assert "Python 3.16" in info.value.message
+    assert info.value.remedies[0].startswith("use a Python torch has wheels for (3.8 - 3.15)")
