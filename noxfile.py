@@ -29,13 +29,34 @@ def _install_toolkit(session: nox.Session) -> None:
     session.install("-e", str(ROOT))
 
 
-def _find_links() -> list[str]:
-    """pip's configured local wheel folders, handed to uv (which does not read pip's config)."""
+def _cpu_torch(session: nox.Session) -> list[str]:
+    """A CPU torch for the tests: from pip's local wheel folders when one lies there, else the CPU index.
+
+    uv does not read pip's config, so the folders are handed over; PyPI's Linux torch is a CUDA
+    build of several GB, which the tests do not need.
+    """
     sys.path.insert(0, str(ROOT))
-    from provision.sources import pip_find_links, read_pip_config
+    from provision.sources import pip_find_links, read_pip_config, torch_builds
 
     folders = pip_find_links(os.environ, read_pip_config(os.environ))
-    return [arg for folder in folders for arg in ("--find-links", str(folder))]
+    python = ".".join(session.run("python", "-c", "import sys; print(*sys.version_info[:2])",
+                                  silent=True).split())
+    local = sorted(v for v, variant in torch_builds(folders, python=python, platform=_platform()) if variant == "cpu")
+    if local:
+        links = [arg for folder in folders for arg in ("--find-links", str(folder))]
+        return [*links, f"torch=={local[-1]}+cpu"]
+    return ["--extra-index-url", "https://download.pytorch.org/whl/cpu", "torch"]
+
+
+def _platform() -> str:
+    import platform
+
+    machine = platform.machine().lower()
+    if sys.platform == "darwin":
+        return "macos-arm64" if machine == "arm64" else "macos-x86_64"
+    if sys.platform == "win32":
+        return "windows-x86_64"
+    return "linux-aarch64" if machine in ("aarch64", "arm64") else "linux-x86_64"
 
 
 def _host_dir(session: nox.Session, host_json: Path) -> Path:
@@ -79,10 +100,8 @@ def provision(session: nox.Session) -> None:
     session.log(f"activate with: source {out / 'venv' / 'bin' / 'activate'}")
 
 
-#: What the tiny-model tests load: the CPU torch build that lies in this machine's wheel folder
-#: (pip's find-links), and transformers 5. Elsewhere torch comes from the indexes.
+#: What the tiny-model tests load besides a CPU torch (see _cpu_torch).
 SMOKE_DEPS = [
-    "torch==2.13.0+cpu; platform_machine == 'x86_64' and python_version == '3.11'",
     "transformers>=5",
     "accelerate",
     "pillow",
@@ -95,7 +114,7 @@ SMOKE_DEPS = [
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite, with torch (CPU) and transformers so the tiny-model loads run for real."""
-    session.install(*_find_links(), "-e", str(ROOT), *_pyproject_group("test"), *SMOKE_DEPS)
+    session.install("-e", str(ROOT), *_pyproject_group("test"), *SMOKE_DEPS, *_cpu_torch(session))
     session.run("pytest", *(session.posargs or ["-q"]))
 
 
