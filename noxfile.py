@@ -120,9 +120,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff over the package, tests and this file."""
-    session.install(*_pyproject_group("lint"))
+    """ruff over the package, tests and this file; mypy --strict over the package."""
+    session.install("-e", str(ROOT), *_pyproject_group("lint"))
     session.run("ruff", "check", "provision", "tests", "noxfile.py", "benchmarks")
+    session.run("mypy")
 
 
 def _newest_torch_variants() -> tuple[str, list[str]]:

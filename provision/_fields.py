@@ -7,11 +7,13 @@ dotted path of the field, e.g. ``host.json: nvidia.gpus[1].memory_total_bytes: .
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from packaging.version import InvalidVersion, Version
 
@@ -87,10 +89,10 @@ def _reject_constant(name: str) -> Any:
 
 def read_toml_file(path: Path) -> dict[str, Any]:
     """Parse a TOML file or raise ``InvalidInput`` with the parser's message."""
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # Python 3.10
+        import tomli as tomllib
     raw = _read_bytes(path)
     try:
         data = tomllib.loads(raw.decode("utf-8"))
@@ -119,6 +121,10 @@ class Fields:
     """
 
     __slots__ = ("data", "path", "source")
+
+    # Once ``def str`` (``bool``, ``int``, ``list``) runs, the bare name means that method in the class
+    # body, so signatures from there on spell the built-in types ``builtins.*``. The overloads say
+    # what the checks guarantee: ``required=True`` or a non-None ``default`` never returns None.
 
     def __init__(self, data: object, source: str, path: str = "") -> None:
         if not isinstance(data, Mapping):
@@ -151,31 +157,84 @@ class Fields:
             raise self.fail(key, f"expected {expected}, got {_type_name(value)}")
         return value
 
-    def str(self, key: str, *, required: bool = True, default: str | None = None) -> Any:
-        value = self._get(key, (str,), "a string", required=required, default=default)
+    @overload
+    def str(
+        self, key: builtins.str, *, required: Literal[True] = ..., default: builtins.str | None = ...
+    ) -> builtins.str: ...
+    @overload
+    def str(self, key: builtins.str, *, required: builtins.bool, default: builtins.str) -> builtins.str: ...
+    @overload
+    def str(self, key: builtins.str, *, required: builtins.bool, default: None = ...) -> builtins.str | None: ...
+    def str(
+        self, key: builtins.str, *, required: builtins.bool = True, default: builtins.str | None = None
+    ) -> builtins.str | None:
+        value: builtins.str | None = self._get(key, (str,), "a string", required=required, default=default)
         if key in self.data and isinstance(value, str) and not value.strip():
             raise self.fail(key, "must not be empty")
         return value
 
-    def bool(self, key: str, *, required: bool = True, default: bool | None = None) -> Any:
-        return self._get(key, (bool,), "true or false", required=required, default=default)
+    @overload
+    def bool(
+        self, key: builtins.str, *, required: Literal[True] = ..., default: builtins.bool | None = ...
+    ) -> builtins.bool: ...
+    @overload
+    def bool(self, key: builtins.str, *, required: builtins.bool, default: builtins.bool) -> builtins.bool: ...
+    @overload
+    def bool(self, key: builtins.str, *, required: builtins.bool, default: None = ...) -> builtins.bool | None: ...
+    def bool(
+        self, key: builtins.str, *, required: builtins.bool = True, default: builtins.bool | None = None
+    ) -> builtins.bool | None:
+        value: builtins.bool | None = self._get(key, (bool,), "true or false", required=required, default=default)
+        return value
 
+    @overload
     def int(
-        self, key: str, *, required: bool = True, default: int | None = None, minimum: int = 0,
-        maximum: int = _MAX_INT,
-    ) -> Any:
-        value = self._get(key, (int,), "an integer", required=required, default=default)
+        self, key: builtins.str, *, required: Literal[True] = ..., default: builtins.int | None = ...,
+        minimum: builtins.int = ..., maximum: builtins.int = ...,
+    ) -> builtins.int: ...
+    @overload
+    def int(
+        self, key: builtins.str, *, required: builtins.bool, default: builtins.int,
+        minimum: builtins.int = ..., maximum: builtins.int = ...,
+    ) -> builtins.int: ...
+    @overload
+    def int(
+        self, key: builtins.str, *, required: builtins.bool, default: None = ...,
+        minimum: builtins.int = ..., maximum: builtins.int = ...,
+    ) -> builtins.int | None: ...
+    def int(
+        self, key: builtins.str, *, required: builtins.bool = True, default: builtins.int | None = None,
+        minimum: builtins.int = 0, maximum: builtins.int = _MAX_INT,
+    ) -> builtins.int | None:
+        value: builtins.int | None = self._get(key, (int,), "an integer", required=required, default=default)
         if value is not None and not minimum <= value <= maximum:
             raise self.fail(key, f"{value} is out of range [{minimum}, {maximum}]")
         return value
 
-    def number(self, key: str, *, required: bool = True, default: float | None = None, minimum: float = 0.0) -> Any:
-        value = self._get(key, (int, float), "a number", required=required, default=default)
+    @overload
+    def number(
+        self, key: builtins.str, *, required: Literal[True] = ..., default: float | None = ..., minimum: float = ...
+    ) -> float: ...
+    @overload
+    def number(self, key: builtins.str, *, required: builtins.bool, default: float, minimum: float = ...) -> float: ...
+    @overload
+    def number(
+        self, key: builtins.str, *, required: builtins.bool, default: None = ..., minimum: float = ...
+    ) -> float | None: ...
+    def number(
+        self, key: builtins.str, *, required: builtins.bool = True, default: float | None = None, minimum: float = 0.0
+    ) -> float | None:
+        """An int or a float (a JSON number); ``float`` in the signature covers both."""
+        value: float | None = self._get(key, (int, float), "a number", required=required, default=default)
         if value is not None and (not math.isfinite(value) or value < minimum):
             raise self.fail(key, f"{value} is out of range (must be finite and >= {minimum})")
         return value
 
-    def version(self, key: str, *, required: bool = True) -> Version | None:
+    @overload
+    def version(self, key: builtins.str, *, required: Literal[True] = ...) -> Version: ...
+    @overload
+    def version(self, key: builtins.str, *, required: builtins.bool) -> Version | None: ...
+    def version(self, key: builtins.str, *, required: builtins.bool = True) -> Version | None:
         text = self.str(key, required=required)
         if text is None:
             return None
@@ -184,21 +243,41 @@ class Fields:
         except InvalidVersion:
             raise self.fail(key, f"{text!r} is not a version") from None
 
-    def choice(self, key: str, choices: Sequence[str], *, required: bool = True, default: str | None = None) -> Any:
+    @overload
+    def choice(
+        self, key: builtins.str, choices: Sequence[builtins.str], *, required: Literal[True] = ...,
+        default: builtins.str | None = ...,
+    ) -> builtins.str: ...
+    @overload
+    def choice(
+        self, key: builtins.str, choices: Sequence[builtins.str], *, required: builtins.bool, default: builtins.str,
+    ) -> builtins.str: ...
+    @overload
+    def choice(
+        self, key: builtins.str, choices: Sequence[builtins.str], *, required: builtins.bool, default: None = ...,
+    ) -> builtins.str | None: ...
+    def choice(
+        self, key: builtins.str, choices: Sequence[builtins.str], *, required: builtins.bool = True,
+        default: builtins.str | None = None,
+    ) -> builtins.str | None:
         value = self.str(key, required=required, default=default)
         if value is not None and value not in choices:
             raise self.fail(key, f"{value!r} is not one of {', '.join(choices)}")
         return value
 
-    def obj(self, key: str, *, required: bool = True) -> Fields | None:
+    @overload
+    def obj(self, key: builtins.str, *, required: Literal[True] = ...) -> Fields: ...
+    @overload
+    def obj(self, key: builtins.str, *, required: builtins.bool) -> Fields | None: ...
+    def obj(self, key: builtins.str, *, required: builtins.bool = True) -> Fields | None:
         value = self._get(key, (dict,), "an object", required=required, default=None)
         return None if value is None else Fields(value, self.source, self.where(key))
 
-    def list(self, key: str, *, required: bool = True) -> list[Any]:
+    def list(self, key: builtins.str, *, required: builtins.bool = True) -> builtins.list[Any]:
         value = self._get(key, (list,), "an array", required=required, default=[])
         return list(value)
 
-    def objs(self, key: str, *, required: bool = True) -> list[Fields]:
+    def objs(self, key: builtins.str, *, required: builtins.bool = True) -> builtins.list[Fields]:
         """An array of objects, each wrapped with its indexed path."""
         items = self.list(key, required=required)
         base = self.where(key)
@@ -209,7 +288,7 @@ class Fields:
             out.append(Fields(item, self.source, f"{base}[{i}]"))
         return out
 
-    def strs(self, key: str, *, required: bool = True) -> list[str]:
+    def strs(self, key: builtins.str, *, required: builtins.bool = True) -> builtins.list[builtins.str]:
         items = self.list(key, required=required)
         for i, item in enumerate(items):
             if not isinstance(item, str):

@@ -140,6 +140,7 @@ def run_smoke_in(venv: Path, out: Path, env: dict[str, str]) -> dict[str, object
     if proc.returncode != 0:
         raise SmokeError(f"the smoke test failed in {venv} (exit {proc.returncode}); see the output above")
     try:
-        return json.loads(proc.stdout)
+        report: dict[str, object] = json.loads(proc.stdout)
     except json.JSONDecodeError:
         raise SmokeError(f"the smoke test printed no JSON report: {proc.stdout[:200]!r}") from None
+    return report

@@ -10,9 +10,9 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from provision.display import show_host, show_no_plan, show_plan, show_smoke
 from provision.errors import EXIT_BAD_INPUT, InvalidInput, NoViablePlan, ProvisionError
@@ -290,6 +290,13 @@ def _read_plan_file(path: Path) -> dict[str, Any]:
     return dict(doc)
 
 
+class _RunnerLabels(TypedDict, total=False):
+    """The ``--gpu-runner``/``--cpu-runner`` overrides; absent keys keep ``RenderInputs``' defaults."""
+
+    gpu_runner_labels: tuple[str, ...]
+    cpu_runner_labels: tuple[str, ...]
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
     """Plan (or read ``--plan``), resolve hashes, render every file, write them atomically."""
     from provision.build import source_root
@@ -316,7 +323,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
             host = detect_host()
         model = resolve_model(plan_doc["model"]["id"], load_catalog((matrix.root or Path()) / "models.toml"))
-        variants: tuple = ()
+        variants: tuple[Mapping[str, Any], ...] = ()
         wheelhouse = _wheelhouses(args)
     else:
         host, matrix, model = _load_inputs(args)
@@ -339,13 +346,16 @@ def _cmd_render(args: argparse.Namespace) -> int:
     flags = {k: v for k, v in sorted(vars(args).items())
              if k in ("model", "python", "context", "precision", "device", "torch_version", "variant")
              and v is not None}
+    runner_labels: _RunnerLabels = {}
+    if args.gpu_runner:
+        runner_labels["gpu_runner_labels"] = tuple(args.gpu_runner)
+    if args.cpu_runner:
+        runner_labels["cpu_runner_labels"] = tuple(args.cpu_runner)
     inputs = RenderInputs(
         plan=plan_doc, host=host_doc, model=model.id, context=args.context, flags=flags,
         matrix_digest=matrix.digest, variants=variants, wheelhouse=tuple(str(w) for w in wheelhouse),
         index_url=index_url, hashes=hashes, toolkit_source=str(root) if root else None,
-        docker_env_dir=docker_dir,
-        **({"gpu_runner_labels": tuple(args.gpu_runner)} if args.gpu_runner else {}),
-        **({"cpu_runner_labels": tuple(args.cpu_runner)} if args.cpu_runner else {}),
+        docker_env_dir=docker_dir, **runner_labels,
     )
     files = render_files(inputs)
     changed = write_rendered(out, files, force=args.force)

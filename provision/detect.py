@@ -85,7 +85,7 @@ def import_nvml() -> Any | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the old "pynvml" wrapper warns on import
-            import pynvml  # type: ignore[import-not-found,import-untyped,unused-ignore]
+            import pynvml
     except ImportError:
         return None
     return pynvml

@@ -41,7 +41,8 @@ def show_plan(plan: Plan, console: Any) -> None:
 
     p = plan.placement
     where = f"GPU {', '.join(map(str, p.gpus))}" if p.gpus else p.device.upper()
-    console.print(f"[bold]{plan.model_id}[/] ({plan.model_repo}): [bold]{p.precision}[/] on {where}, "
+    source = plan.model_repo or "local directory"
+    console.print(f"[bold]{plan.model_id}[/] ({source}): [bold]{p.precision}[/] on {where}, "
                   f"torch {plan.torch_version} {escape('[' + plan.variant + ']')}, Python {plan.python}")
     console.print(f"memory: {p.required_bytes / 1e9:.1f} GB needed of {p.available_bytes / 1e9:.1f} GB "
                   f"({', '.join(f'{k} {v / 1e9:.2f}' for k, v in p.breakdown.items())})")

@@ -157,7 +157,8 @@ def check_torch_cuda_build(facts: Facts, matrix: Matrix, expected: Expected | No
 
 def _arch_variant(torch: Mapping[str, Any], platform: str) -> TorchVariant:
     """The installed build as a matrix row, so ``has_kernels`` judges it like a planned one."""
-    archs, ptx = [], []
+    archs: list[str] = []
+    ptx: list[str] = []
     for entry in torch.get("arch_list") or []:
         text = str(entry)
         if text.startswith("compute_"):
@@ -190,7 +191,8 @@ def check_torch_arch(facts: Facts, matrix: Matrix, expected: Expected | None) ->
                        evidence={"cuda_error": facts.torch.get("cuda_error")})
     variant = _arch_variant(facts.torch, host.platform)
     native = driver_runs(host, matrix, variant.cuda)[1] if variant.cuda is not None else True
-    notes, missing = [], []
+    notes: list[str] = []
+    missing: list[str] = []
     for gpu in host.gpus:
         ok, why = has_kernels(gpu, variant, host.platform, can_jit=native)
         (notes if ok else missing).append(why)

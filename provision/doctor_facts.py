@@ -256,7 +256,7 @@ def _pick_snapshot(root: Path) -> Path | None:
 
 def scan_model_cache(model: ModelSpec, cache_dir: Path | None) -> CacheScan:
     """Find the model's snapshot (``models--org--name/snapshots/<rev>``) and size every shard it names."""
-    if getattr(model, "is_local", False) and getattr(model, "path", None) is not None:
+    if model.is_local and model.path is not None:
         return _scan_snapshot(Path(model.path), Path(model.path), incomplete=0)
     if cache_dir is None or not model.repo:
         return CacheScan(root=None, snapshot=None)

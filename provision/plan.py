@@ -85,7 +85,7 @@ class Placement:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
     model_id: str
-    model_repo: str
+    model_repo: str | None
     parameters: int
     python: str
     torch_version: Version
@@ -187,7 +187,7 @@ def _torch_candidates(host: HostProfile, matrix: Matrix, prefs: Preferences, pyt
                       cuda: bool, search: Search) -> list[tuple[TorchRelease, TorchVariant]]:
     """(release, variant) pairs that exist for this platform and Python, newest torch first."""
     platform = host.platform
-    out = []
+    out: list[tuple[TorchRelease, TorchVariant]] = []
     for release in matrix.torch:
         if prefs.torch_version is not None and release.version != prefs.torch_version:
             continue

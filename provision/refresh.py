@@ -255,7 +255,7 @@ def merge_torch(
     added with what the index can tell; their ``archs`` stay absent until someone verifies them.
     Nothing is deleted.
     """
-    data = _deepcopy(existing)
+    data: dict[str, Any] = _deepcopy(existing)
     releases: list[dict[str, Any]] = data.setdefault("release", [])
     by_version = {str(r.get("version")): r for r in releases}
     for version, variants in scanned.items():
@@ -439,7 +439,8 @@ def fetch_index(
         ) from exc
     if response.status_code != 200:
         raise ProvisionError(f"the PyTorch wheel index {url} answered HTTP {response.status_code}")
-    return response.text
+    html: str = response.text
+    return html
 
 
 def refresh_torch(

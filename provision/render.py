@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provision import __version__
 from provision._fields import Fields, read_toml_file
@@ -39,6 +39,9 @@ from provision.quoting import (
 )
 from provision.requirements import Resolution, torch_index_for, unresolved
 from provision.resources import data_dir
+
+if TYPE_CHECKING:
+    import jinja2
 
 __all__ = [
     "FILE_NAMES",
@@ -327,7 +330,7 @@ def _variant_plans(inputs: RenderInputs, plan: _Plan) -> list[dict[str, Any]]:
 
 
 @cache
-def _environment(template_dir: str) -> Any:
+def _environment(template_dir: str) -> jinja2.Environment:
     import jinja2
 
     env = jinja2.Environment(
@@ -366,8 +369,9 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
         inputs.toolkit_source, source="toolkit_source", field="path")
     env_dir = check_path(inputs.docker_env_dir, source="docker_env_dir", field="path").strip("/") or "."
     base, has_python = _base_image(images, plan)
+    toolkit_version = check_version(inputs.toolkit_version, source="render", field="toolkit_version")
     common = {
-        "toolkit_version": check_version(inputs.toolkit_version, source="render", field="toolkit_version"),
+        "toolkit_version": toolkit_version,
         "model_id": plan.model_id, "repo": plan.repo, "python": plan.python, "variant": plan.variant,
         "cuda": plan.cuda, "torch": plan.torch, "precision": plan.precision, "device": plan.device,
         "torch_index": torch_index, "wheelhouse": list(wheelhouse), "hash_status": resolution.status,
@@ -398,7 +402,7 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
         "org.opencontainers.image.title": f"provision {plan.model_id}",
         "org.opencontainers.image.description": (
             f"{plan.model_id} {plan.precision} on torch {plan.torch} {plan.variant}"),
-        "org.opencontainers.image.version": common["toolkit_version"],
+        "org.opencontainers.image.version": toolkit_version,
         "io.provision.model": plan.model_id,
         "io.provision.precision": plan.precision,
         "io.provision.torch": dict(plan.packages).get("torch", plan.torch),

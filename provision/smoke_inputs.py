@@ -183,5 +183,5 @@ def _expanded_image_inputs(procs: Processors, text: str, image: Any, image_id: i
 def snippet(tokenizer: Any, ids: Any) -> str:
     """The start of the generated text, for the report; ids outside the vocabulary are dropped."""
     valid = [int(i) for i in ids if 0 <= int(i) < len(tokenizer)]
-    text = tokenizer.decode(valid, skip_special_tokens=True)
+    text: str = tokenizer.decode(valid, skip_special_tokens=True)
     return text.encode("utf-8", "replace").decode("utf-8")[:_SNIPPET_CHARS]

@@ -27,7 +27,8 @@ def bf16_capable(gpu: int) -> bool:
     """bf16 needs compute capability 8.0 (Ampere); older GPUs get fp16."""
     import torch
 
-    return torch.cuda.get_device_capability(gpu)[0] >= 8
+    major: int = torch.cuda.get_device_capability(gpu)[0]
+    return major >= 8
 
 
 def require_bitsandbytes(precision: str) -> None:

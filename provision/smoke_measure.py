@@ -165,7 +165,8 @@ def decode_bytes_per_token(model: Any, config: Mapping[str, Any], context_tokens
         if "embed_tokens" in name and not config.get("tie_word_embeddings"):
             continue
         total += tensor_bytes(tensor)
-    text = config.get("text_config") if isinstance(config.get("text_config"), Mapping) else config
+    nested = config.get("text_config")
+    text: Mapping[str, Any] = nested if isinstance(nested, Mapping) else config
     layers = int(text.get("num_hidden_layers", 0))
     heads = int(text.get("num_attention_heads", 1))
     kv_heads = int(text.get("num_key_value_heads", heads))
@@ -182,7 +183,7 @@ def measure_copy_bandwidth(gpu: int = 0, *, size_bytes: int = 1 << 30, repeats: 
     src = torch.empty(size_bytes, dtype=torch.uint8, device=dev).random_(0, 255)
     dst = torch.empty_like(src)
     dst.copy_(src)  # warm-up
-    times = []
+    times: list[float] = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -200,7 +201,8 @@ def timed_generate(model: Any, inputs: dict[str, Any], new_tokens: int, sync: Ca
     import torch
     from transformers.generation.streamers import BaseStreamer
 
-    class _Clock(BaseStreamer):
+    # transformers is absent where mypy runs (see [tool.mypy]), so BaseStreamer is Any there.
+    class _Clock(BaseStreamer):  # type: ignore[misc,unused-ignore]
         def __init__(self) -> None:
             self.calls = 0
             self.stamps: list[float] = []
