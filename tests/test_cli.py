@@ -109,3 +109,18 @@ def test_runner_labels_reach_the_workflow_and_are_validated(tmp_path: Path,
     err = capsys.readouterr().err
     assert err.startswith("error: --gpu-runner: label: ") and err.count("\n") == 1
     assert not (tmp_path / "b").exists()
+
+
+def test_a_local_model_directory_plans_and_says_where_it_is(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from provision.catalog import load_catalog
+
+    model = tmp_path / "My AutoGLM"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(load_catalog().default.config))
+    assert main(["plan", "--host", str(A10G), "--model", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "my-autoglm (local directory): bf16" in out
+    assert main(["plan", "--host", str(A10G), "--model", str(model), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["model"]["id"] == "my-autoglm" and doc["model"]["repo"] is None
