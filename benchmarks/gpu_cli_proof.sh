@@ -7,11 +7,8 @@
 set -uo pipefail
 OUT=${OUT:-gpu-cli-out}
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# shellcheck source=benchmarks/carried-wheels.sh
+source "$(dirname "$0")/carried-wheels.sh"
 python3 -m provision detect --json >"$OUT/detect.json"; echo "detect rc=$?"
 python3 -m provision plan --json >"$OUT/plan.json"; echo "plan rc=$?"
 python3 -m provision doctor --json >"$OUT/doctor.json"; echo "doctor rc=$?"

@@ -6,11 +6,8 @@
 set -uo pipefail
 OUT=${OUT:-gpu-smoke-out}
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# shellcheck source=benchmarks/carried-wheels.sh
+source "$(dirname "$0")/carried-wheels.sh"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 python3 -c 'import sys, torch, transformers, accelerate, bitsandbytes; print(sys.version.split()[0], torch.__version__, torch.version.cuda, transformers.__version__, accelerate.__version__, bitsandbytes.__version__, torch.cuda.get_device_name(0))'
 python3 -m provision detect --json >"$OUT/h100-detected.json" 2>"$OUT/detect.err"; echo "detect rc=$?"

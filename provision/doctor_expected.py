@@ -12,10 +12,10 @@ from typing import Any
 
 from provision._fields import Fields
 from provision.errors import InvalidInput
+from provision.matrix import PYPI_INDEX
 
-__all__ = ["PYPI_SIMPLE", "Expected", "torch_fix"]
+__all__ = ["Expected", "torch_fix"]
 
-PYPI_SIMPLE = "https://pypi.org/simple"
 _FALLBACK_TORCH_FIX = "provision plan  # shows the torch build for this machine, then install it with the printed index"
 
 
@@ -75,7 +75,7 @@ class Expected:
         """The pip command that installs the planned torch build."""
         pin = self.packages.get("torch") or self.torch_version
         cmd = ["pip", "install"]
-        if self.index_url.rstrip("/") != PYPI_SIMPLE:
+        if self.index_url.rstrip("/") != PYPI_INDEX:
             cmd += ["--index-url", self.index_url]
         return shlex.join([*cmd, f"torch=={pin}"])
 
