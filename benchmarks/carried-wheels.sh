@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the GPU scripts: install the wheels carried in .whl/ (the lent machine has no
 # network; see the device notes in docs/gpu-results.md) and put them and this checkout on PYTHONPATH.
 if compgen -G ".whl/*.whl" >/dev/null; then

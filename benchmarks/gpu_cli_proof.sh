@@ -19,5 +19,6 @@ for precision in ${PRECISIONS:-bf16 fp16 nf4 int8}; do
   echo "smoke --synthetic --precision $precision rc=$? in $(( $(date +%s) - start )) s"
   tail -3 "$OUT/smoke-$precision.err"
 done
-ls /tmp | grep -i -E "provision|synthetic" || echo "no synthetic checkpoints left in /tmp"
+left=$(find /tmp -maxdepth 1 \( -iname '*provision*' -o -iname '*synthetic*' \) -print)
+echo "${left:-no synthetic checkpoints left in /tmp}"
 df -h /tmp | tail -1
