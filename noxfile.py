@@ -124,6 +124,12 @@ def lint(session: nox.Session) -> None:
     session.install("-e", str(ROOT), *_pyproject_group("lint"))
     session.run("ruff", "check", "provision", "tests", "noxfile.py", "benchmarks")
     session.run("mypy")
+    shellcheck = ROOT / "build" / "tools" / "venv" / "bin" / "shellcheck"  # scripts/install-lint-tools.sh
+    scripts = [str(p) for p in (*ROOT.glob("benchmarks/*.sh"), *ROOT.glob("scripts/*.sh"), ROOT / ".ci" / "run")]
+    if shellcheck.exists():
+        session.run(str(shellcheck), "-x", "--shell=bash", *scripts, external=True)
+    else:
+        session.warn("shellcheck not installed (scripts/install-lint-tools.sh): shell scripts not checked")
 
 
 def _newest_torch_variants() -> tuple[str, list[str]]:
