@@ -430,6 +430,9 @@ def _assemble(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefer
                         "bf16 needs compute capability >= 8.0")
     if len(placement.gpus) > 1:
         warnings.append(f"the model is split over {len(placement.gpus)} GPUs (pipeline, one GPU active at a time)")
+    if placement.device == "cpu" and host.nvidia is not None and not host.gpus:
+        warnings.append(f"the NVIDIA driver {host.nvidia.driver_version} is present but no GPU is visible "
+                        "(CUDA_VISIBLE_DEVICES hides them all?): planned for the CPU")
     if placement.device in ("cpu", "mps") and model.parameters > 2e9:
         warnings.append(f"{model.name} on {placement.device.upper()} generates slowly (seconds per token)")
     return Plan(

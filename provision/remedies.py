@@ -73,7 +73,11 @@ def remedies(host: HostProfile, model: ModelSpec, prefs: Preferences, search: Se
         remedies.append("use a GPU whose architecture current torch builds include (compute capability >= 7.5 "
                         "for CUDA 13 builds), or --device cpu")
     if binding == "bnb":
-        remedies.append("choose a precision the GPU supports, or leave --precision out")
+        if prefs.precision:
+            remedies.append("choose a precision the GPU supports, or leave --precision out")
+        else:
+            remedies.append("use a GPU that bitsandbytes supports (compute capability >= 6.0 for 4-bit, "
+                            ">= 7.5 for int8), or --device cpu")
     if binding == "transformers":
         remedies.append("pick a newer torch (--torch) that transformers >= 5 supports")
     if binding == "python":

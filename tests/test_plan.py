@@ -362,3 +362,19 @@ def test_python_without_torch_wheels_names_the_pythons_that_have_them() -> None:
         plan(host("linux-x86_64-a10g-driver535"), MATRIX, AUTOGLM, Preferences(python="3.16"))
     assert "Python 3.16" in info.value.message
     assert info.value.remedies[0].startswith("use a Python torch has wheels for (3.8 - 3.15)")
+
+
+def test_driver_without_visible_gpus_plans_cpu_and_says_why() -> None:
+    h = _box(driver="535.183.01", cuda="12.2")  # CUDA_VISIBLE_DEVICES="" leaves nvidia.gpus empty
+    p = plan(h, MATRIX, AUTOGLM)
+    assert p.device == "cpu" and p.variant == "cpu"
+    assert any("no GPU is visible" in w for w in p.warnings)
+
+
+def test_gpu_too_old_for_bitsandbytes_gets_a_gpu_or_cpu_remedy() -> None:
+    h = _box(("Tesla K80", "3.7", 11.4), driver="470.239.06", cuda="11.4")
+    with pytest.raises(NoViablePlan) as info:
+        plan(h, MATRIX, AUTOGLM)
+    assert "compute capability" in info.value.message and "3.7" in info.value.message
+    assert info.value.remedies[0].startswith("use a GPU that bitsandbytes supports")
+    assert "--device cpu" in info.value.remedies[0]
