@@ -141,6 +141,8 @@ class Matrix:
     companions: tuple[Companion, ...]  # per name, newest first
     digest: str  # sha256 over the matrix files, recorded in locks
     root: Path | None = None
+    #: compute capabilities of Jetson iGPUs under L4T, which the index's aarch64 builds do not run on
+    tegra: tuple[tuple[int, int], ...] = ()
 
     def family(self, major: int) -> CudaFamily | None:
         return next((f for f in self.families if f.major == major), None)
@@ -203,6 +205,20 @@ def _check_schema(f: Fields) -> None:
     version = f.int("schema_version", minimum=0)
     if version != 1:
         raise f.fail("schema_version", f"unsupported schema_version {version}; this provision reads 1")
+
+
+def _load_tegra(path: Path) -> tuple[tuple[int, int], ...]:
+    f = Fields(read_toml_file(path), str(path))
+    tegra = f.obj("tegra", required=False)
+    if tegra is None:
+        return ()
+    out = []
+    for i, text in enumerate(tegra.strs("compute_capabilities")):
+        if not _CC_RE.fullmatch(text):
+            raise InvalidInput(f.source, f"tegra.compute_capabilities[{i}]", f"{text!r} is not like '8.7'")
+        major, minor = text.split(".")
+        out.append((int(major), int(minor)))
+    return tuple(out)
 
 
 def _load_cuda(path: Path) -> tuple[tuple[CudaFamily, ...], tuple[CudaToolkit, ...]]:
@@ -406,4 +422,5 @@ def load_matrix(root: Path | None = None) -> Matrix:
         companions=_load_companions(root / "companions.toml"),
         digest=matrix_digest(root),
         root=root,
+        tegra=_load_tegra(root / "cuda.toml"),
     )

@@ -282,6 +282,13 @@ def _plan_cuda(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefe
     # Within a release, builds the driver runs natively come before minor-version-compatible ones.
     candidates.sort(key=lambda c: (c[0].version, c[2][1], c[1].cuda), reverse=True)
     usable = list(host.gpus)
+    if platform == "linux-aarch64":  # the index's aarch64 CUDA builds are SBSA: not for Jetson under L4T
+        for gpu in [g for g in usable if g.compute_capability in matrix.tegra]:
+            search.stage(2, "tegra", f"{gpu.name} (cc {gpu.cc_text}) is a Jetson GPU under L4T; PyTorch's aarch64 "
+                                     "CUDA wheels are built for SBSA servers and do not run on it")
+            usable.remove(gpu)
+    if not usable:
+        return None
     for precision in _precision_order(usable, prefs.precision):
         # bf16 runs only on GPUs that have it: a mixed box places bf16 on its newer cards alone.
         gpus = [g for g in usable if supports_bf16(g)] if precision == "bf16" else usable

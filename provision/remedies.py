@@ -72,6 +72,9 @@ def remedies(host: HostProfile, model: ModelSpec, prefs: Preferences, search: Se
     if binding == "kernels":
         remedies.append("use a GPU whose architecture current torch builds include (compute capability >= 7.5 "
                         "for CUDA 13 builds), or --device cpu")
+    if binding == "tegra":
+        remedies.append("install NVIDIA's JetPack builds of torch for Jetson (provision plans PyTorch's own "
+                        "wheels only), or run on the CPU with --device cpu")
     if binding == "bnb":
         if prefs.precision:
             remedies.append("choose a precision the GPU supports, or leave --precision out")

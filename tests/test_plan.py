@@ -378,3 +378,17 @@ def test_gpu_too_old_for_bitsandbytes_gets_a_gpu_or_cpu_remedy() -> None:
     assert "compute capability" in info.value.message and "3.7" in info.value.message
     assert info.value.remedies[0].startswith("use a GPU that bitsandbytes supports")
     assert "--device cpu" in info.value.remedies[0]
+
+
+def test_jetson_orin_is_not_planned_onto_sbsa_wheels() -> None:
+    h = HostProfile(os="linux", arch="aarch64", python=Version("3.10.12"), ram_bytes=64 * 10**9,
+                    nvidia=NvidiaInfo(driver_version="540.4.0", cuda_driver_version=Version("12.6"), gpus=(
+                        GpuInfo(index=0, name="Orin (nvgpu)", compute_capability=(8, 7),
+                                memory_total_bytes=64 * 10**9, memory_free_bytes=60 * 10**9),)))
+    with pytest.raises(NoViablePlan) as info:
+        plan(h, MATRIX, AUTOGLM)
+    assert "Jetson" in info.value.message and "SBSA" in info.value.message
+    assert "JetPack" in info.value.remedies[0]
+    assert plan(h, MATRIX, AUTOGLM, Preferences(device="cpu")).device == "cpu"
+    # A GH200 (sm_90, SBSA) on the same platform is planned as before.
+    assert plan(host("linux-aarch64-gh200-driver570"), MATRIX, AUTOGLM).device == "cuda"
