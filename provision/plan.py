@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from packaging.version import Version
 
-from provision.compat import driver_cuda, driver_runs, has_kernels, supports_bf16  # noqa: F401 (re-exported)
+from provision.compat import driver_runs, has_kernels, supports_bf16
 from provision.errors import InvalidInput, NoViablePlan
 from provision.matrix import PYPI_INDEX
 from provision.remedies import Search, gb, remedies
@@ -230,7 +230,11 @@ def _precision_order(gpus: Sequence[GpuInfo], forced: str | None) -> list[str]:
 
 def _cuda_placements(host: HostProfile, model: ModelSpec, precision: str, context: int,
                      gpus: Sequence[GpuInfo], search: Search) -> list[Placement]:
-    """Ways to place the model in ``precision``: the roomiest single GPU first, then splits."""
+    """Ways to place the model in ``precision``: each GPU it fits on alone, roomiest first, then a split.
+
+    Every single-GPU option is kept because a later check (kernels, bitsandbytes) can rule out one
+    card and not another.
+    """
     from provision.memory import estimate_memory, split_across_gpus
 
     est = estimate_memory(model.config, precision=precision, context_tokens=context, device="cuda")
@@ -238,13 +242,14 @@ def _cuda_placements(host: HostProfile, model: ModelSpec, precision: str, contex
     out: list[Placement] = []
     by_free = sorted(gpus, key=lambda g: (-g.memory_free_bytes, g.index))
     best = by_free[0]
-    if est.total <= best.memory_free_bytes:
-        out.append(Placement(
-            device="cuda", gpus=(best.index,), precision=precision, required_bytes=est.total,
-            available_bytes=best.memory_free_bytes, breakdown=est.breakdown,
-            why=f"{gb(est.total)} fits in {gb(best.memory_free_bytes)} free on GPU {best.index} ({best.name})",
-        ))
-    else:
+    for gpu in by_free:
+        if est.total <= gpu.memory_free_bytes:
+            out.append(Placement(
+                device="cuda", gpus=(gpu.index,), precision=precision, required_bytes=est.total,
+                available_bytes=gpu.memory_free_bytes, breakdown=est.breakdown,
+                why=f"{gb(est.total)} fits in {gb(gpu.memory_free_bytes)} free on GPU {gpu.index} ({gpu.name})",
+            ))
+    if not out:
         search.reject("memory", f"{model.name} needs {gb(est.total)} in {precision}; GPU {best.index} "
                                 f"({best.name}) has {gb(best.memory_free_bytes)} free")
     if len(by_free) > 1:

@@ -392,3 +392,13 @@ def test_jetson_orin_is_not_planned_onto_sbsa_wheels() -> None:
     assert plan(h, MATRIX, AUTOGLM, Preferences(device="cpu")).device == "cpu"
     # A GH200 (sm_90, SBSA) on the same platform is planned as before.
     assert plan(host("linux-aarch64-gh200-driver570"), MATRIX, AUTOGLM).device == "cuda"
+
+
+def test_a_roomier_card_without_kernels_does_not_hide_one_that_has_them() -> None:
+    # The K80 has more free memory and sm_37 kernels in cu118, but bitsandbytes' 4-bit path needs
+    # cc >= 5.0: the 3060 alone takes nf4 (before, only the roomiest card was tried alone).
+    h = _box(("Tesla K80", "3.7", 11.4), ("NVIDIA GeForce RTX 3060", "8.6", 11.0),
+             driver="470.239.06", cuda="11.4")
+    p = plan(h, MATRIX, AUTOGLM)
+    assert p.placement.gpus == (1,) and p.precision == "nf4"
+    assert_valid(p, h)
