@@ -18,7 +18,14 @@ from provision.errors import SmokeError
 if TYPE_CHECKING:
     from provision.catalog import ModelSpec
 
-__all__ = ["auto_class_for", "bf16_capable", "from_pretrained_kwargs", "load_model", "require_bitsandbytes"]
+__all__ = [
+    "auto_class_for",
+    "bf16_capable",
+    "check_not_offloaded",
+    "from_pretrained_kwargs",
+    "load_model",
+    "require_bitsandbytes",
+]
 
 _QUANTIZED = ("int8", "nf4")
 
@@ -150,5 +157,23 @@ def load_model(
     except Exception as exc:
         raise SmokeError(f"loading {path} with {auto_class} in {precision} failed: {type(exc).__name__}: {exc}") from exc
     seconds = time.perf_counter() - start
+    check_not_offloaded(loaded, kwargs.get("device_map"))
     loaded.eval()
     return loaded, seconds
+
+
+def check_not_offloaded(model: Any, device_map: Any) -> None:
+    """A GPU load that put weights on the CPU or disk would run, slowly: refuse it instead.
+
+    :raises SmokeError: naming the modules accelerate placed off the GPU.
+    """
+    placed = getattr(model, "hf_device_map", None)
+    wants_gpu = device_map == "auto" or (isinstance(device_map, dict)
+                                         and any(not isinstance(v, str) for v in device_map.values()))
+    if not wants_gpu or not isinstance(placed, dict):
+        return
+    offloaded = sorted(name for name, where in placed.items() if where in ("cpu", "disk", "meta"))
+    if offloaded:
+        shown = ", ".join(offloaded[:3]) + (f" and {len(offloaded) - 3} more" if len(offloaded) > 3 else "")
+        raise SmokeError(f"the model did not fit the GPUs: {shown} went to the CPU or disk; "
+                         "provision never offloads silently. Plan again (provision plan) for this machine's free memory")

@@ -356,3 +356,18 @@ def test_tiny_glm4v_on_cuda_reports_allocator_memory(tmp_path: Path) -> None:
     assert doc["weights_bytes"] > 0 and doc["peak_memory_bytes"] >= doc["weights_bytes"]
     assert doc["roofline"]["copy_bandwidth_bytes_per_second"] > 1e11
     assert doc["image"]["image_tokens"] == 64
+
+
+def test_a_gpu_load_that_offloads_to_the_cpu_is_refused() -> None:
+    from types import SimpleNamespace
+
+    from provision.errors import SmokeError
+    from provision.smoke_load import check_not_offloaded
+
+    split = SimpleNamespace(hf_device_map={"model.visual": 0, "model.language_model.layers.39": "cpu"})
+    with pytest.raises(SmokeError, match="never offloads silently"):
+        check_not_offloaded(split, "auto")
+    with pytest.raises(SmokeError, match=r"model\.language_model\.layers\.39"):
+        check_not_offloaded(split, {"model.visual": 0, "model.language_model.layers.39": 1})
+    check_not_offloaded(SimpleNamespace(hf_device_map={"": 0}), {"": 0})  # all on the GPU
+    check_not_offloaded(SimpleNamespace(hf_device_map={"": "cpu"}), {"": "cpu"})  # a CPU plan
