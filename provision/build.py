@@ -23,6 +23,9 @@ from provision.errors import BuildError, InvalidInput, SmokeError
 __all__ = ["BuildResult", "build_environment", "env_digest", "source_root", "venv_python"]
 
 STAMP = ".provision-lock.sha256"
+#: The toolkit source the venv's copy of provision was installed from (a checkout changes often).
+TOOLKIT_STAMP = ".provision-toolkit.sha256"
+_TOOLKIT_PARTS = ("pyproject.toml", "provision", "templates", "matrices")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +63,37 @@ def source_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() and (root / "provision").is_dir() else None
 
 
+def toolkit_digest(root: Path) -> str:
+    """sha256 over the toolkit files a venv installs from ``root`` (package, templates, matrices)."""
+    h = hashlib.sha256()
+    for part in _TOOLKIT_PARTS:
+        path = root / part
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()
+                                                      and "__pycache__" not in p.parts)
+        for file in files:
+            h.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _refresh_toolkit(venv: Path, root: Path, env: dict[str, str]) -> bool:
+    """Reinstall only the toolkit into a reused venv when its source changed; True if it did.
+
+    :raises BuildError: the reinstall failed (the venv keeps its previous copy).
+    """
+    digest = toolkit_digest(root)
+    stamp = venv / TOOLKIT_STAMP
+    if stamp.is_file() and stamp.read_text().strip() == digest:
+        return False
+    python = str(venv_python(venv))
+    argv = (["uv", "pip", "install", "--python", python, "--no-deps", "--reinstall-package", "provision", str(root)]
+            if shutil.which("uv") else [python, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(root)])
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BuildError(f"reinstalling the provision toolkit into {venv} failed: {proc.stderr.strip()[-500:]}")
+    stamp.write_text(digest + "\n", encoding="utf-8")
+    return True
+
+
 def _reusable(venv: Path, digest: str) -> bool:
     stamp = venv / STAMP
     return venv_python(venv).exists() and stamp.is_file() and stamp.read_text().strip() == digest
@@ -95,8 +129,12 @@ def _recover(venv: Path, old: Path) -> None:
     old.rename(venv)
 
 
-def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] | None = None) -> BuildResult:
+def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] | None = None,
+                      toolkit_source: Path | None = None) -> BuildResult:
     """Build ``out/venv`` from the files in ``out`` (or reuse it), then run the smoke test in it.
+
+    ``toolkit_source``: the provision checkout the venv installs the toolkit from; a reused venv
+    gets a fresh copy of the toolkit (only) when that source changed.
 
     :raises BuildError: the install failed; the old venv (if any) is kept.
     :raises SmokeError: the environment built but the model did not load or generate.
@@ -106,7 +144,7 @@ def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] 
     digest = env_digest(out)
     venv = out / "venv"
     env = dict(environ if environ is not None else os.environ)
-    root = source_root()
+    root = toolkit_source
     if root is not None:
         env.setdefault("PROVISION_SOURCE", str(root))
     old = out / "venv.old"
@@ -126,6 +164,10 @@ def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] 
                 old.rename(venv)
             raise
         shutil.rmtree(old, ignore_errors=True)
+        if root is not None:
+            (venv / TOOLKIT_STAMP).write_text(toolkit_digest(root) + "\n", encoding="utf-8")
+    elif root is not None:
+        _refresh_toolkit(venv, root, env)
     report = run_smoke_in(venv, out, env) if smoke else None
     return BuildResult(venv=venv, reused=reused, seconds=time.perf_counter() - start, smoke=report)
 

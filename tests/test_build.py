@@ -212,3 +212,45 @@ def test_render_refuses_foreign_files_without_a_lock(tmp_path: Path, capsys: pyt
     assert "Dockerfile" in capsys.readouterr().err
     assert (out / "Dockerfile").read_text() == "FROM scratch\n"
     assert sorted(p.name for p in out.iterdir()) == ["Dockerfile"]
+
+
+def toolkit(root: Path, text: str = "x = 1\n") -> Path:
+    (root / "provision").mkdir(parents=True, exist_ok=True)
+    (root / "pyproject.toml").write_text("[project]\nname = 'provision'\n")
+    (root / "provision" / "__init__.py").write_text(text)
+    return root
+
+
+def test_toolkit_digest_follows_the_source(tmp_path: Path) -> None:
+    src = toolkit(tmp_path / "src")
+    first = provision.build.toolkit_digest(src)
+    (src / "provision" / "__pycache__").mkdir()
+    (src / "provision" / "__pycache__" / "x.pyc").write_bytes(b"\0")
+    assert provision.build.toolkit_digest(src) == first  # bytecode is not source
+    (src / "provision" / "__init__.py").write_text("x = 2\n")
+    assert provision.build.toolkit_digest(src) != first
+
+
+def test_reused_venv_gets_the_changed_toolkit_reinstalled(tmp_path: Path, env: dict[str, str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    out = rendered(tmp_path / "out")
+    src = toolkit(tmp_path / "src")
+    build_environment(out, smoke=False, environ=env, toolkit_source=src)
+    assert (out / "venv" / provision.build.TOOLKIT_STAMP).read_text().strip() == provision.build.toolkit_digest(src)
+    calls: list[list[str]] = []
+    real_run = subprocess.run
+
+    def record(argv: list[str], **kwargs: Any) -> Any:
+        if "install" in argv:
+            calls.append(argv)
+            return subprocess.CompletedProcess(argv, 0, "", "")
+        return real_run(argv, **kwargs)
+
+    monkeypatch.setattr(provision.build.subprocess, "run", record)
+    again = build_environment(out, smoke=False, environ=env, toolkit_source=src)
+    assert again.reused and calls == [] and runs(out) == 1  # nothing changed: nothing reinstalled
+    (src / "provision" / "__init__.py").write_text("x = 2\n")
+    third = build_environment(out, smoke=False, environ=env, toolkit_source=src)
+    assert third.reused and runs(out) == 1  # the environment stays ...
+    assert len(calls) == 1 and str(src) in calls[0] and "--no-deps" in calls[0]  # ... the toolkit is refreshed
+    assert (out / "venv" / provision.build.TOOLKIT_STAMP).read_text().strip() == provision.build.toolkit_digest(src)
