@@ -62,7 +62,12 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="provision", description=__doc__)
+    parser = _Parser(
+        prog="provision",
+        description="A pinned, proven environment for GLM-family 9B models (AutoGLM-Phone-9B) on this machine: "
+                    "detect it, plan torch/CUDA/precision/placement, render the files, build and smoke-test.",
+        epilog="Exit codes: 0 done, 1 a build or smoke test failed, 2 bad input, 3 no viable plan.",
+    )
     from provision import __version__
 
     parser.add_argument("--version", action="version", version=f"provision {__version__}")
