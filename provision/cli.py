@@ -136,25 +136,29 @@ def _load_inputs(args: argparse.Namespace) -> tuple[HostProfile, Matrix, ModelSp
     matrix = load_matrix(args.matrix)
     catalog = load_catalog((matrix.root or Path()) / "models.toml")
     model = resolve_model(catalog.default.id if args.model is None else args.model, catalog)
+    return _host(args), matrix, model
+
+
+def _host(args: argparse.Namespace) -> HostProfile:
+    """The ``--host`` profile, else this machine."""
     if args.host is not None:
         from provision.host import load_host
 
-        host = load_host(args.host)
-    else:
-        from provision.detect import detect_host
+        return load_host(args.host)
+    from provision.detect import detect_host
 
-        host = detect_host()
-    return host, matrix, model
+    return detect_host()
 
 
 def _wheelhouses(args: argparse.Namespace) -> tuple[Path, ...]:
+    """The wheel folders to take torch from; ``auto`` probes the index, so call this once a command."""
     from provision.sources import index_reachable, resolve_index_url, resolve_wheelhouses
 
     index = resolve_index_url(getattr(args, "index_url", None), os.environ) or "https://download.pytorch.org/whl/"
     return resolve_wheelhouses(args.wheelhouse, os.environ, index_reachable=lambda: index_reachable(index))
 
 
-def _preferences(args: argparse.Namespace, host: HostProfile) -> Any:
+def _preferences(args: argparse.Namespace, host: HostProfile, wheelhouses: tuple[Path, ...]) -> Any:
     import re
 
     from packaging.version import InvalidVersion, Version
@@ -172,7 +176,6 @@ def _preferences(args: argparse.Namespace, host: HostProfile) -> Any:
         except InvalidVersion:
             raise InvalidInput("--torch", "torch", f"{args.torch_version!r} is not a version") from None
     available = None
-    wheelhouses = _wheelhouses(args)
     if wheelhouses:
         available = torch_builds(wheelhouses, python=python or host.python_minor, platform=host.platform)
     variant = args.variant
@@ -186,7 +189,7 @@ def _make_plan(args: argparse.Namespace) -> tuple[HostProfile, Matrix, ModelSpec
     from provision.plan import plan
 
     host, matrix, model = _load_inputs(args)
-    return host, matrix, model, plan(host, matrix, model, _preferences(args, host))
+    return host, matrix, model, plan(host, matrix, model, _preferences(args, host, _wheelhouses(args)))
 
 
 def _print_json(doc: object) -> None:
@@ -319,26 +322,19 @@ def _cmd_render(args: argparse.Namespace) -> int:
     if args.plan_file is not None:
         plan_doc = _read_plan_file(args.plan_file)
         matrix = load_matrix(args.matrix)
-        if args.host is not None:
-            from provision.host import load_host
-
-            host = load_host(args.host)
-        else:
-            from provision.detect import detect_host
-
-            host = detect_host()
+        host = _host(args)
         model = resolve_model(plan_doc["model"]["id"], load_catalog((matrix.root or Path()) / "models.toml"))
         variants: tuple[Mapping[str, Any], ...] = ()
         wheelhouse = _wheelhouses(args)
     else:
         host, matrix, model = _load_inputs(args)
-        prefs = _preferences(args, host)
+        wheelhouse = _wheelhouses(args)
+        prefs = _preferences(args, host, wheelhouse)
         from provision.plan import plan, sibling_variants
 
         chosen = plan(host, matrix, model, prefs)
         plan_doc = chosen.to_dict()
         variants = tuple(sibling_variants(host, matrix, model, prefs, chosen))
-        wheelhouse = _wheelhouses(args)
     host_doc = host.to_dict()
     hashes = None
     if not args.no_resolve:

@@ -124,3 +124,17 @@ def test_a_local_model_directory_plans_and_says_where_it_is(tmp_path: Path,
     assert main(["plan", "--host", str(A10G), "--model", str(model), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["model"]["id"] == "my-autoglm" and doc["model"]["repo"] is None
+
+
+def test_wheelhouse_auto_probes_the_index_once_per_render(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import provision.sources
+
+    probes: list[str] = []
+
+    def unreachable(url: str, timeout: float = 5.0) -> bool:
+        probes.append(url)
+        return False
+
+    monkeypatch.setattr(provision.sources, "index_reachable", unreachable)
+    _render(tmp_path / "out", "--host", str(HOSTS / "linux-x86_64-cpu-only-32gb.json"), "--wheelhouse", "auto")
+    assert probes == ["https://download.pytorch.org/whl/"]
