@@ -380,9 +380,11 @@ def test_hostile_model_ids_are_bad_input(capsys: pytest.CaptureFixture[str], mod
 
 
 def test_model_path_traversal_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
-    # ../../etc from the repository root is /etc: a directory, but without a model config.json
-    rc, out, err = run(capsys, "plan", "--host", A10G, "--model", "../../etc")
-    assert_bad_input(rc, out, err, Path("../../etc/config.json"), "(file)")
+    # A ../-path from wherever the checkout lies up to /etc: a directory, but without a model config.json
+    etc = os.path.relpath("/etc")
+    assert etc.startswith("..")
+    rc, out, err = run(capsys, "plan", "--host", A10G, "--model", etc)
+    assert_bad_input(rc, out, err, Path(etc, "config.json"), "(file)")
 
 
 # ---------------------------------------------------------------------------
