@@ -25,6 +25,9 @@ Calibration (GLM-4-9B text model, H100, torch 2.11, transformers 5.17,
 shared/notes/gpu-measurements.md): torch allocated after load 18.80 / 6.73 / 10.69 GB for
 bf16 / nf4 / int8; the estimator gives 18.80 / 6.71 / 10.71. Peak during a 160-token
 generate was 18.85 / 6.86 / 10.74 GB, and ``peak_allocated`` stays above each.
+Then the full-size AutoGLM-Phone-9B architecture on the same H100 at 156 to 16384 tokens
+(docs/gpu-results.md): weights within 0.6%, the text prefill workspace within 0.04 GB of torch's
+peak, ``total`` 0.11-0.47 GB above nvidia-smi's view of the process in all 17 cases.
 """
 
 from __future__ import annotations
@@ -71,6 +74,14 @@ CUDA_WORKSPACE_BYTES = 40 * 2**20
 #: nvidia-smi's view and within 1.5 GB of the allocated peak for every measured case, each fraction
 #: near the middle of the range that does so (bf16 1.3-3.5%, nf4 1.8-7.7%, int8 4.3-5.5%).
 ALLOCATOR_SLACK = {"bf16": 0.024, "fp16": 0.024, "fp32": 0.024, "nf4": 0.05, "int8": 0.049}
+#: ... unless the prefill is long: the caching allocator then keeps blocks of the prefill's
+#: 16-bit activations reserved that it cannot reuse. Measured on the same H100 at 8192 and 16384
+#: tokens, reserved minus allocated peak was 0.44-0.53 of that workspace (1.0-1.3 GB at 16384).
+#: The slack is the larger of the two terms.
+FRAGMENTATION = 0.6
+#: Memory outside torch's allocator beyond the CUDA context: bitsandbytes' LLM.int8 path held
+#: 0.05-0.07 GB more there than bf16/nf4 (nvidia-smi minus reserved: 0.80 vs 0.73 GB).
+CONTEXT_EXTRA = {"int8": 50_000_000}
 #: Off CUDA: a Python process with torch + transformers + tokenizer (not measured, a round figure)
 #: plus 2% allocator fragmentation.
 CPU_RUNTIME_BYTES = 1_000_000_000
@@ -382,17 +393,36 @@ def _check(precision: str, device: str, context_tokens: int, batch_size: int, im
         raise ValueError("batch_size must be >= 1 and 0 <= image_tokens <= context_tokens")
 
 
-def _activations(a: Architecture, units: Sequence[_Unit], o: _Opts, tokens: int, batch: int, image_tokens: int) -> int:
-    """Peak transient bytes of one prefill over ``units`` (layers run one at a time)."""
+def _activations(
+    a: Architecture, units: Sequence[_Unit], o: _Opts, tokens: int, batch: int, image_tokens: int
+) -> tuple[int, int]:
+    """Peak transient bytes of one prefill over ``units`` (layers run one at a time), and the
+    16-bit part of it (what the caching allocator fragments; see ``FRAGMENTATION``).
+
+    A decoder layer holds its input and residuals (``hidden``) while one phase runs: attention,
+    the MLP's activation (gate_up output, act(gate), product), or under nf4 one Linear's output
+    next to its weight dequantized to 16-bit. LLM.int8 adds the int32 accumulator and the int8
+    copy of the input of its largest Linear. Checked against an H100 at 156-16384 tokens
+    (docs/gpu-results.md): bf16 within 0.02 GB, nf4 and int8 within 0.06 GB of
+    ``max_memory_allocated`` minus weights and KV cache.
+    """
     cb = 4 if o.precision == "fp32" else 2
     t = tokens * batch
-    peak = 0
+    prefill = tokens > 1
+    peak = plain = 0
     if any(u.decoder_layers for u in units):
         hidden = 4 * t * a.hidden * cb  # residual, normed input, block output, next residual
         qkv = t * (a.heads + 2 * a.kv_heads) * a.head_dim * cb
         attn = qkv + 3 * t * a.heads * a.head_dim * cb  # K and V repeated to all heads for sdpa, output
         mlp = t * 4 * a.intermediate * cb  # gate_up output, act(gate), act*up
-        peak = hidden + max(attn, mlp)
+        plain = hidden + max(attn, mlp)
+        quantized = [m for u in units if u.decoder_layers for m in u.modules if _is_quantized(m, o)]
+        phases = [attn, mlp]
+        if prefill and o.precision == "nf4":
+            phases += [t * m.rows * cb + m.weight * cb for m in quantized]
+        peak = hidden + max(phases)
+        if prefill and o.precision == "int8" and quantized:
+            peak += t * max(4 * m.rows + m.weight // m.rows for m in quantized)
     if image_tokens and a.vision and any(u.part == "vision" for u in units):
         v = a.vision
         patches = image_tokens * batch * v["merge"] ** 2
@@ -401,19 +431,20 @@ def _activations(a: Architecture, units: Sequence[_Unit], o: _Opts, tokens: int,
             3 * patches * v["out_hidden"] * cb,  # gate, up, product
         )
         merger = image_tokens * batch * (2 * v["out_hidden"] + 3 * v["intermediate"]) * cb
-        peak = max(peak, block, merger)
+        quantized = [m for u in units if u.part == "vision" for m in u.modules if _is_quantized(m, o)]
+        extra = 0
+        if quantized and o.precision == "nf4":
+            extra = max(m.weight for m in quantized) * cb
+        elif quantized:
+            extra = patches * max(4 * m.rows + m.weight // m.rows for m in quantized)
+        plain = max(plain, block, merger)
+        peak = max(peak, max(block, merger) + extra)
     if any(u.part == "lm_head" for u in units):
-        peak += batch * a.vocab * (cb + 3 * 4)  # last-position logits, fp32 copy, scores, probs
-    mods = [m for u in units for m in u.modules if _is_quantized(m, o)]
-    if mods and tokens > 1:
-        if o.precision == "nf4":  # prefill dequantizes each weight to 16-bit before the matmul
-            peak += max(m.weight for m in mods) * cb
-        else:  # LLM.int8: the int8 copy of the input and the int32 accumulator (the 16-bit output
-            # is the layer output already counted above; measured on an H100, docs/gpu-results.md)
-            peak += t * max(m.rows * 4 for m in mods) + t * a.intermediate
+        logits = batch * a.vocab * (cb + 3 * 4)  # last-position logits, fp32 copy, scores, probs
+        peak, plain = peak + logits, plain + logits
     if o.device == "cuda":
         peak += CUDA_WORKSPACE_BYTES
-    return peak
+    return peak, plain
 
 
 def _estimate_units(
@@ -427,13 +458,15 @@ def _estimate_units(
     cb = 4 if o.precision == "fp32" else 2
     layers = sum(u.decoder_layers for u in units)
     kv = tokens * batch * layers * a.kv_bytes_per_token_layer * cb
+    activations, plain = _activations(a, units, o, tokens, batch, image_tokens)
     if o.device == "cuda":
-        overhead = {"cuda_context": CUDA_CONTEXT_BYTES, "allocator_slack": int(weights * ALLOCATOR_SLACK[o.precision])}
+        slack = max(int(weights * ALLOCATOR_SLACK[o.precision]), int(plain * FRAGMENTATION))
+        overhead = {"cuda_context": CUDA_CONTEXT_BYTES + CONTEXT_EXTRA.get(o.precision, 0), "allocator_slack": slack}
     else:
         overhead = {"runtime": CPU_RUNTIME_BYTES, "allocator_slack": int(weights * CPU_SLACK)}
     return MemoryEstimate(
         precision=o.precision, device=o.device, context_tokens=tokens, weights=weights, kv_cache=kv,
-        activations=_activations(a, units, o, tokens, batch, image_tokens), overhead=sum(overhead.values()),
+        activations=activations, overhead=sum(overhead.values()),
         weights_by_part=by_part, overhead_parts=overhead,
     )
 

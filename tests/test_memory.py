@@ -170,6 +170,38 @@ def test_image_tokens_size_the_vision_workspace(catalog):
         estimate_memory(catalog.default, precision="bf16", context_tokens=10, image_tokens=11)
 
 
+def test_quantized_prefill_terms_by_hand(catalog):
+    """nf4: a Linear's output next to its weight dequantized to 16-bit is one more phase of the
+    layer, which the MLP phase (4 x intermediate per token) hides from 4096 tokens on. int8:
+    LLM.int8's int32 accumulator and int8 input copy of gate_up, on top at any length."""
+    hidden, inter = 4096, 13696
+    gate_up = 2 * inter * hidden  # the largest decoder Linear
+
+    def act(precision: str, tokens: int) -> int:
+        return estimate_memory(catalog.default, precision=precision, context_tokens=tokens).activations
+
+    for tokens in (4096, 8192, 16384):
+        assert act("nf4", tokens) == act("bf16", tokens)
+    t = 1024
+    assert act("nf4", t) - act("bf16", t) == (2 * inter * t * 2 + gate_up * 2) - 4 * inter * t * 2
+    for t in (1024, 8192):
+        assert act("int8", t) - act("bf16", t) == t * (4 * 2 * inter + hidden)
+    assert act("int8", 1) == act("nf4", 1) == act("bf16", 1)  # decode only: no prefill workspace
+
+
+def test_allocator_slack_grows_with_the_prefill(catalog):
+    """Short prompts: a share of the weights; long ones: a share of the 16-bit prefill workspace,
+    which the caching allocator leaves fragmented (H100, docs/gpu-results.md)."""
+    def slack(precision: str, tokens: int) -> int:
+        return estimate_memory(catalog.default, precision=precision, context_tokens=tokens).overhead_parts[
+            "allocator_slack"]
+
+    bf16_weights = estimate_memory(catalog.default, precision="bf16", context_tokens=1).weights
+    assert slack("bf16", 156) == int(bf16_weights * 0.024)
+    assert slack("bf16", 16384) > slack("bf16", 8192) > slack("bf16", 4096) == slack("bf16", 156)
+    assert slack("int8", 16384) == slack("nf4", 16384) == slack("bf16", 16384)
+
+
 def test_cpu_has_no_cuda_context(catalog):
     cpu = estimate_memory(catalog.default, precision="fp32", context_tokens=4096, device="cpu")
     gpu = estimate_memory(catalog.default, precision="fp32", context_tokens=4096, device="cuda")
@@ -283,22 +315,46 @@ def test_planner_modules_do_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_estimates_meet_the_targets_on_the_recorded_h100_measurements(catalog):
-    """docs/gpu-results-run1.json: the full-size AutoGLM architecture measured on an H100.
-
-    Weights within 3% of torch's allocation after load; the total never below the GPU use
-    measured during generate (nvidia-smi's per-process view, or torch's peak if larger), and at
-    most 1.5 GB above the allocated peak.
-    """
+def _recorded_h100_rows():
     import json
     from pathlib import Path
 
-    data = json.loads((Path(__file__).parent.parent / "docs" / "gpu-results-run1.json").read_text())
-    assert {r["precision"] for r in data["rows"]} == {"bf16", "fp16", "int8", "nf4"}
-    for row in data["rows"]:
+    docs = Path(__file__).parent.parent / "docs"
+    return [row for run in ("run1", "run2") for row in json.loads((docs / f"gpu-results-{run}.json").read_text())["rows"]]
+
+
+def test_estimates_meet_the_targets_on_the_recorded_h100_measurements(catalog):
+    """docs/gpu-results-run{1,2}.json: the full-size AutoGLM architecture on an H100, 156-16384 tokens.
+
+    Weights within 3% of torch's allocation after load. The total never below the GPU use
+    measured during generate (nvidia-smi's per-process view, or torch's peak if larger) and at
+    most 0.5 GB above it; at most 1.5 GB above torch's allocated peak wherever the caching
+    allocator itself stayed within 1.2 GB of that peak (up to 4096 tokens here: past that,
+    fragmentation alone puts nvidia-smi's view 1.2-2.1 GB above the peak).
+    """
+    rows = _recorded_h100_rows()
+    assert {r["precision"] for r in rows} == {"bf16", "fp16", "int8", "nf4"}
+    assert max(r["context"] for r in rows) == 16384
+    for row in rows:
         est = estimate_memory(catalog.default, precision=row["precision"], context_tokens=row["context"],
                               image_tokens=row.get("image_tokens") or 0)
         where = f"{row['precision']} at {row['context']} tokens"
+        used = max(row["nvml_delta"], row["peak_memory_bytes"])
         assert abs(est.weights - row["weights_measured"]) <= 0.03 * row["weights_measured"], where
-        assert est.total >= max(row["nvml_delta"], row["peak_memory_bytes"]), where
-        assert est.total - row["peak_memory_bytes"] <= 1.5 * GB, where
+        assert used <= est.total <= used + 0.5 * GB, where
+        if row["context"] <= 4096:
+            assert est.total - row["peak_memory_bytes"] <= 1.5 * GB, where
+
+
+def test_activation_estimate_tracks_the_recorded_prefill_peaks(catalog):
+    """Text-only prefills: torch's peak minus weights and KV cache, within 0.06 GB at every context.
+
+    This is what makes the nf4 and int8 terms right: nf4's dequantized weight hides under the
+    MLP phase from ~4k tokens on, and LLM.int8's accumulator grows with the prompt.
+    """
+    rows = [r for r in _recorded_h100_rows() if not r.get("image_tokens")]
+    assert {r["precision"] for r in rows} >= {"bf16", "int8", "nf4"} and len(rows) >= 9
+    for row in rows:
+        est = estimate_memory(catalog.default, precision=row["precision"], context_tokens=row["context"])
+        measured = row["peak_memory_bytes"] - row["weights_measured"] - est.kv_cache
+        assert abs(est.activations - measured) <= 0.06 * GB, (row["precision"], row["context"])

@@ -190,7 +190,7 @@ def test_free_memory_not_total_decides() -> None:
 def test_longer_context_needs_more_memory_and_can_change_precision() -> None:
     h = _box(("NVIDIA A10G", "8.6", 23.6))
     short = plan(h, MATRIX, AUTOGLM, Preferences(context_tokens=1024))
-    long = plan(h, MATRIX, AUTOGLM, Preferences(context_tokens=65536))
+    long = plan(h, MATRIX, AUTOGLM, Preferences(context_tokens=32768))
     assert short.precision == "bf16"
     assert long.placement.required_bytes > 0 and long.precision != "bf16"
     assert long.precision in ("int8", "nf4")
