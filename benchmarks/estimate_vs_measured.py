@@ -7,8 +7,8 @@ weights and KV cache) next to its estimate, and where the total estimate lands b
 measured views of GPU use during generate: torch's allocated peak and nvidia-smi's per-process
 figure (NVML delta). Targets (issue 4): weights within 3% of allocated after load; total >= the
 GPU use measured during generate and at most 1.5 GB above it. "ok" checks total within
-[nvidia-smi, nvidia-smi + 0.5 GB], and total <= allocated peak + 1.5 GB up to 4096 tokens (beyond,
-the caching allocator alone holds 1.2-2.1 GB above the peak; see docs/gpu-results.md).
+[nvidia-smi, nvidia-smi + 1 GB], and total <= allocated peak + 1.5 GB up to 4096 tokens (beyond,
+the caching allocator alone holds 1.2-2.6 GB above the peak; see docs/gpu-results.md).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main() -> int:
         err = 100 * (est.weights - r["weights_measured"]) / r["weights_measured"]
         prefill = r["peak_memory_bytes"] - r["weights_measured"] - est.kv_cache
         used = max(r["nvml_delta"], r["peak_memory_bytes"])
-        ok = abs(err) <= 3 and used <= est.total <= used + 0.5 * GB
+        ok = abs(err) <= 3 and used <= est.total <= used + 1.0 * GB
         ok = ok and (r["context"] > 4096 or est.total - r["peak_memory_bytes"] <= 1.5 * GB)
         failures += not ok
         image = " + image" if r.get("image_tokens") else ""

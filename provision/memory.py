@@ -71,8 +71,8 @@ CUDA_WORKSPACE_BYTES = 40 * 2**20
 #: H100 (docs/gpu-results.md): nvidia-smi's process view minus torch's allocated peak during
 #: generate was 0.77-1.02 GB (bf16), 0.90-0.91 (nf4), 1.14-1.19 (int8), of which reserved minus
 #: allocated was 0.29-0.39 GB. With the 0.75 GB context these fractions put the total at or above
-#: nvidia-smi's view and within 1.5 GB of the allocated peak for every measured case, each fraction
-#: near the middle of the range that does so (bf16 1.3-3.5%, nf4 1.8-7.7%, int8 4.3-5.5%).
+#: nvidia-smi's view and within 1.5 GB of the allocated peak in every run-1 case (156 and 4096 tokens), each
+#: fraction near the middle of the range that does so (bf16 1.3-3.5%, nf4 1.8-7.7%, int8 4.3-5.5%).
 ALLOCATOR_SLACK = {"bf16": 0.024, "fp16": 0.024, "fp32": 0.024, "nf4": 0.05, "int8": 0.049}
 #: ... unless the prefill is long: the caching allocator then keeps blocks of the prefill's
 #: 16-bit activations reserved that it cannot reuse. Measured on the same H100 at 8192 and 16384
