@@ -25,9 +25,10 @@ Calibration (GLM-4-9B text model, H100, torch 2.11, transformers 5.17,
 shared/notes/gpu-measurements.md): torch allocated after load 18.80 / 6.73 / 10.69 GB for
 bf16 / nf4 / int8; the estimator gives 18.80 / 6.71 / 10.71. Peak during a 160-token
 generate was 18.85 / 6.86 / 10.74 GB, and ``peak_allocated`` stays above each.
-Then the full-size AutoGLM-Phone-9B architecture on the same H100 at 156 to 16384 tokens
-(docs/gpu-results.md): weights within 0.6%, the text prefill workspace within 0.04 GB of torch's
-peak, ``total`` 0.11-0.47 GB above nvidia-smi's view of the process in all 17 cases.
+Then the full-size AutoGLM-Phone-9B architecture on the same H100 at 156 to 24576 tokens
+(docs/gpu-results.md; fitted to runs 1-2, run 3 predicted before it was measured): weights
+within 0.6%, the text prefill workspace within 0.04 GB of torch's peak, ``total`` 0.07-0.61 GB
+above nvidia-smi's view of the process in all 26 cases.
 """
 
 from __future__ import annotations
@@ -402,9 +403,9 @@ def _activations(
     A decoder layer holds its input and residuals (``hidden``) while one phase runs: attention,
     the MLP's activation (gate_up output, act(gate), product), or under nf4 one Linear's output
     next to its weight dequantized to 16-bit. LLM.int8 adds the int32 accumulator and the int8
-    copy of the input of its largest Linear. Checked against an H100 at 156-16384 tokens
-    (docs/gpu-results.md): bf16 within 0.02 GB, nf4 and int8 within 0.06 GB of
-    ``max_memory_allocated`` minus weights and KV cache.
+    copy of the input of its largest Linear. Checked against an H100 at 1024-24576 tokens
+    (docs/gpu-results.md): within 0.04 GB of ``max_memory_allocated`` minus weights and KV cache
+    for text prompts in every precision.
     """
     cb = 4 if o.precision == "fp32" else 2
     t = tokens * batch
