@@ -394,6 +394,13 @@ def _check(precision: str, device: str, context_tokens: int, batch_size: int, im
         raise ValueError("batch_size must be >= 1 and 0 <= image_tokens <= context_tokens")
 
 
+def _int8_workspace(quantized: Sequence[_Module], vectors: int) -> int:
+    """LLM.int8 beside one Linear's 16-bit output, for ``vectors`` input tokens or patches: the
+    int32 accumulator (4 bytes per output feature) and the int8 copy of the input (1 byte per
+    input feature), for the Linear where they are largest."""
+    return vectors * max(4 * m.rows + m.weight // m.rows for m in quantized)
+
+
 def _activations(
     a: Architecture, units: Sequence[_Unit], o: _Opts, tokens: int, batch: int, image_tokens: int
 ) -> tuple[int, int]:
@@ -423,7 +430,7 @@ def _activations(
             phases += [t * m.rows * cb + m.weight * cb for m in quantized]
         peak = hidden + max(phases)
         if prefill and o.precision == "int8" and quantized:
-            peak += t * max(4 * m.rows + m.weight // m.rows for m in quantized)
+            peak += _int8_workspace(quantized, t)
     if image_tokens and a.vision and any(u.part == "vision" for u in units):
         v = a.vision
         patches = image_tokens * batch * v["merge"] ** 2
@@ -437,7 +444,7 @@ def _activations(
         if quantized and o.precision == "nf4":
             extra = max(m.weight for m in quantized) * cb
         elif quantized:
-            extra = patches * max(4 * m.rows + m.weight // m.rows for m in quantized)
+            extra = _int8_workspace(quantized, patches)
         plain = max(plain, block, merger)
         peak = max(peak, max(block, merger) + extra)
     if any(u.part == "lm_head" for u in units):
