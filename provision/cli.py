@@ -152,9 +152,10 @@ def _host(args: argparse.Namespace) -> HostProfile:
 
 def _wheelhouses(args: argparse.Namespace) -> tuple[Path, ...]:
     """The wheel folders to take torch from; ``auto`` probes the index, so call this once a command."""
+    from provision.matrix import PYTORCH_INDEX
     from provision.sources import index_reachable, resolve_index_url, resolve_wheelhouses
 
-    index = resolve_index_url(getattr(args, "index_url", None), os.environ) or "https://download.pytorch.org/whl/"
+    index = resolve_index_url(getattr(args, "index_url", None), os.environ) or PYTORCH_INDEX
     return resolve_wheelhouses(args.wheelhouse, os.environ, index_reachable=lambda: index_reachable(index))
 
 

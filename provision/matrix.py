@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,11 @@ _PY_RE = re.compile(r"^3\.\d{1,2}$")
 _CC_RE = re.compile(r"^\d{1,2}\.\d$")
 PYTORCH_INDEX = "https://download.pytorch.org/whl/"
 PYPI_INDEX = "https://pypi.org/simple"
+
+
+def on_pypi(platform: str, pypi_default: Mapping[str, str], variant: str) -> bool:
+    """PyPI carries macOS wheels and each platform's default build, under the plain version."""
+    return platform.startswith("macos") or pypi_default.get(platform) == variant
 
 
 def parse_arch(arch: str) -> tuple[int, int]:
@@ -108,6 +114,9 @@ class TorchRelease:
 
     def pythons_for(self, variant: TorchVariant) -> tuple[str, ...]:
         return variant.pythons if variant.pythons is not None else self.pythons
+
+    def on_pypi(self, variant: TorchVariant, platform: str) -> bool:
+        return on_pypi(platform, self.pypi_default, variant.name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

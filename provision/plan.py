@@ -179,8 +179,7 @@ def _in_wheelhouse(release: TorchRelease, variant: TorchVariant, platform: str,
                    available: frozenset[tuple[Version, str]]) -> bool:
     if (release.version, variant.name) in available:
         return True
-    plain = platform.startswith("macos") or release.pypi_default.get(platform) == variant.name
-    return plain and (release.version, "") in available
+    return release.on_pypi(variant, platform) and (release.version, "") in available
 
 
 def _torch_candidates(host: HostProfile, matrix: Matrix, prefs: Preferences, python: str, *,
@@ -384,7 +383,7 @@ def _assemble(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefer
                                             f"torch {release.version} on Python {python}")
         return None
     # PyPI carries the platform's default build under the plain version: hashes and mirrors work there.
-    from_pypi = platform.startswith("macos") or release.pypi_default.get(platform) == variant.name
+    from_pypi = release.on_pypi(variant, platform)
     index_url = PYPI_INDEX if from_pypi else variant.index_url
     packages = {"torch": _pin(release.version, variant, from_pypi), "transformers": str(transformers)}
     if getattr(model, "needs_torchvision", False) and release.torchvision is not None:

@@ -28,6 +28,7 @@ from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from provision.errors import InvalidInput, ProvisionError
+from provision.matrix import PLATFORMS, on_pypi
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -89,8 +90,6 @@ _KEY_ORDER: dict[str, tuple[str, ...]] = {
     ),
 }
 
-_PLATFORMS = ("linux-x86_64", "linux-aarch64", "windows-x86_64", "macos-arm64", "macos-x86_64")
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WheelRow:
@@ -98,7 +97,7 @@ class WheelRow:
 
     version: str  # public version, e.g. "2.9.1"
     variant: str  # "cu128", "cpu", ...
-    platform: str  # one of _PLATFORMS
+    platform: str  # one of PLATFORMS
     python: str  # CPython minor, e.g. "3.12"
 
 
@@ -227,7 +226,7 @@ def collect_rows(rows: Iterable[WheelRow]) -> dict[str, dict[str, dict[str, list
 
 
 def _sort_platforms(platforms: Iterable[str]) -> list[str]:
-    order = {p: i for i, p in enumerate(_PLATFORMS)}
+    order = {p: i for i, p in enumerate(PLATFORMS)}
     return sorted(set(platforms), key=lambda p: (order.get(p, len(order)), p))
 
 
@@ -299,7 +298,7 @@ def merge_torch(
 
 def _is_pypi_only(release: Mapping[str, Any], variant: str, platform: str) -> bool:
     """macOS wheels and PyPI's own default builds live on PyPI, not (only) on the variant page."""
-    return platform.startswith("macos") or release.get("pypi_default", {}).get(platform) == variant
+    return on_pypi(platform, release.get("pypi_default", {}), variant)
 
 
 def _variant_key(variant: Mapping[str, Any]) -> tuple[int, tuple[int, ...], str]:
@@ -364,7 +363,7 @@ def _value(value: Any, where: str) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_value(v, where) for v in value) + "]"
     if isinstance(value, Mapping):
-        keys = sorted(value, key=lambda k: (_PLATFORMS.index(k) if k in _PLATFORMS else 99, k))
+        keys = sorted(value, key=lambda k: (PLATFORMS.index(k) if k in PLATFORMS else 99, k))
         return "{ " + ", ".join(f"{_key(k)} = {_value(value[k], where)}" for k in keys) + " }"
     raise InvalidInput("torch.toml", where, f"cannot write a value of type {type(value).__name__}")
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from provision._fields import Fields
 from provision.errors import InvalidInput
+from provision.matrix import PYPI_INDEX
 from provision.quoting import check_index_url, check_package_name, check_path, check_version
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
     "uv_compile",
 ]
 
-PYPI_INDEX = "https://pypi.org/simple"
 #: Packages served from the PyTorch index when the plan's index is not PyPI.
 TORCH_INDEX_PACKAGES = frozenset({"torch", "torchvision", "torchaudio"})
 _RESOLVER_TIMEOUT_S = 300
