@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -133,13 +132,15 @@ class Fields:
         self.source = source
         self.path = path
 
-    def where(self, key: str | int) -> str:
-        if isinstance(key, int):
-            return f"{self.path}[{key}]"
+    def where(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
-    def fail(self, key: str | int, problem: str) -> InvalidInput:
+    def fail(self, key: str, problem: str) -> InvalidInput:
         return InvalidInput(self.source, self.where(key), problem)
+
+    def item_fail(self, key: str, index: int, problem: str) -> InvalidInput:
+        """The error for item ``index`` of the list under ``key``: ``path.key[index]``."""
+        return InvalidInput(self.source, f"{self.where(key)}[{index}]", problem)
 
     def has(self, key: str) -> bool:
         return key in self.data and self.data[key] is not None
@@ -212,25 +213,6 @@ class Fields:
         return value
 
     @overload
-    def number(
-        self, key: builtins.str, *, required: Literal[True] = ..., default: float | None = ..., minimum: float = ...
-    ) -> float: ...
-    @overload
-    def number(self, key: builtins.str, *, required: builtins.bool, default: float, minimum: float = ...) -> float: ...
-    @overload
-    def number(
-        self, key: builtins.str, *, required: builtins.bool, default: None = ..., minimum: float = ...
-    ) -> float | None: ...
-    def number(
-        self, key: builtins.str, *, required: builtins.bool = True, default: float | None = None, minimum: float = 0.0
-    ) -> float | None:
-        """An int or a float (a JSON number); ``float`` in the signature covers both."""
-        value: float | None = self._get(key, (int, float), "a number", required=required, default=default)
-        if value is not None and (not math.isfinite(value) or value < minimum):
-            raise self.fail(key, f"{value} is out of range (must be finite and >= {minimum})")
-        return value
-
-    @overload
     def version(self, key: builtins.str, *, required: Literal[True] = ...) -> Version: ...
     @overload
     def version(self, key: builtins.str, *, required: builtins.bool) -> Version | None: ...
@@ -292,5 +274,5 @@ class Fields:
         items = self.list(key, required=required)
         for i, item in enumerate(items):
             if not isinstance(item, str):
-                raise InvalidInput(self.source, f"{self.where(key)}[{i}]", f"expected a string, got {_type_name(item)}")
+                raise self.item_fail(key, i, f"expected a string, got {_type_name(item)}")
         return items

@@ -83,7 +83,7 @@ def _model_from_fields(g: Fields) -> GpuModel:
     for key, values in (("names", names), ("prefixes", prefixes)):
         for i, value in enumerate(values):
             if not normalize_gpu_name(value):
-                raise InvalidInput(g.source, f"{g.where(key)}[{i}]", f"{value!r} has no letters or digits")
+                raise g.item_fail(key, i, f"{value!r} has no letters or digits")
     cc_text = g.str("compute_capability")
     match = _CC_RE.fullmatch(cc_text)
     if not match or not 1 <= int(match.group(1)) <= 20:

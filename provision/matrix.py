@@ -188,7 +188,7 @@ def _platforms(f: Fields, key: str) -> tuple[str, ...]:
     items = f.strs(key)
     for i, item in enumerate(items):
         if item not in PLATFORMS:
-            raise InvalidInput(f.source, f"{f.where(key)}[{i}]", f"{item!r} is not one of {', '.join(PLATFORMS)}")
+            raise f.item_fail(key, i, f"{item!r} is not one of {', '.join(PLATFORMS)}")
     if not items:
         raise f.fail(key, "must list at least one platform")
     return tuple(items)
@@ -198,7 +198,7 @@ def _archs(f: Fields, key: str, *, required: bool = True) -> tuple[str, ...]:
     items = f.strs(key, required=required)
     for i, item in enumerate(items):
         if not _ARCH_RE.fullmatch(item):
-            raise InvalidInput(f.source, f"{f.where(key)}[{i}]", f"{item!r} is not an architecture like 'sm_86'")
+            raise f.item_fail(key, i, f"{item!r} is not an architecture like 'sm_86'")
     return tuple(items)
 
 
@@ -206,7 +206,7 @@ def _pythons(f: Fields, key: str, *, required: bool = True) -> tuple[str, ...]:
     items = f.strs(key, required=required)
     for i, item in enumerate(items):
         if not _PY_RE.fullmatch(item):
-            raise InvalidInput(f.source, f"{f.where(key)}[{i}]", f"{item!r} is not a Python version like '3.11'")
+            raise f.item_fail(key, i, f"{item!r} is not a Python version like '3.11'")
     return tuple(items)
 
 
