@@ -100,9 +100,7 @@ def _reusable(venv: Path, digest: str) -> bool:
 
 
 def _run_setup(out: Path, target: Path, env: dict[str, str]) -> None:
-    script = out / "setup-venv.sh"
-    if not script.is_file():
-        raise InvalidInput(str(script), "(file)", "no such file; run provision render first")
+    script = out / "setup-venv.sh"  # present: env_digest has read it
     log = out / "build.log"
     with log.open("w", encoding="utf-8") as fh:
         proc = subprocess.run(["bash", str(script), str(target)], cwd=out, env=env, stdout=fh,

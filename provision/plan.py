@@ -386,8 +386,6 @@ def _assemble(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefer
     from_pypi = release.on_pypi(variant, platform)
     index_url = PYPI_INDEX if from_pypi else variant.index_url
     packages = {"torch": _pin(release.version, variant, from_pypi), "transformers": str(transformers)}
-    if getattr(model, "needs_torchvision", False) and release.torchvision is not None:
-        packages["torchvision"] = _pin(release.torchvision, variant, from_pypi)
     for name in ("accelerate", "safetensors", "huggingface-hub", "tokenizers", "pillow"):
         version = _companion(matrix, name, release.version, python)
         if version is not None:

@@ -106,15 +106,14 @@ class RenderInputs:
     docker_env_dir: str = "."
     gpu_runner_labels: tuple[str, ...] = ("self-hosted", "linux", "gpu")
     cpu_runner_labels: tuple[str, ...] = ("ubuntu-22.04",)
-    images: Mapping[str, Any] | None = None
 
 
 # ---------------------------------------------------------------- data files
 
 
-def load_images(path: Path | None = None) -> dict[str, Any]:
+def load_images() -> dict[str, Any]:
     """Read ``matrices/images.toml`` (validated when a render uses it)."""
-    return read_toml_file(path or data_dir("matrices") / "images.toml")
+    return read_toml_file(data_dir("matrices") / "images.toml")
 
 
 # ---------------------------------------------------------------- view-models
@@ -358,7 +357,7 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
     plan = _read_plan(inputs.plan)
     if inputs.matrix_digest and not _SHA_RE.fullmatch(inputs.matrix_digest):
         raise InvalidInput("render", "matrix_digest", "expected a sha256 hex digest")
-    images = inputs.images if inputs.images is not None else load_images()
+    images = load_images()
     resolution = inputs.hashes or unresolved(dict(plan.packages), "no resolver was run for this render")
     missing = set(dict(plan.packages)) - {r.name for r in resolution.requirements}
     if missing:
