@@ -88,6 +88,11 @@ def _reject_constant(name: str) -> Any:
 
 def read_toml_file(path: Path) -> dict[str, Any]:
     """Parse a TOML file or raise ``InvalidInput`` with the parser's message."""
+    return read_toml(path)[0]
+
+
+def read_toml(path: Path) -> tuple[dict[str, Any], bytes]:
+    """``read_toml_file``, plus the bytes it parsed (for a digest without a second read)."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # Python 3.10
@@ -102,7 +107,7 @@ def read_toml_file(path: Path) -> dict[str, Any]:
     except RecursionError:
         raise InvalidInput(str(path), "(document)", f"nested deeper than {_MAX_DEPTH} levels") from None
     _check_depth(str(path), data)
-    return data
+    return data, raw
 
 
 def _type_name(value: object) -> str:

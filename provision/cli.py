@@ -129,13 +129,16 @@ def _build_parser() -> argparse.ArgumentParser:
 # Shared steps
 
 
-def _load_inputs(args: argparse.Namespace) -> tuple[HostProfile, Matrix, ModelSpec]:
+def _load_inputs(args: argparse.Namespace, model_id: str | None = None) -> tuple[HostProfile, Matrix, ModelSpec]:
+    """Host, matrix and model: ``model_id`` (a plan's) wins over ``--model``, then the catalog default."""
     from provision.catalog import load_catalog, resolve_model
     from provision.matrix import load_matrix
 
     matrix = load_matrix(args.matrix)
-    catalog = load_catalog((matrix.root or Path()) / "models.toml")
-    model = resolve_model(catalog.default.id if args.model is None else args.model, catalog)
+    catalog = load_catalog(matrix.catalog_path)
+    if model_id is None:
+        model_id = catalog.default.id if args.model is None else args.model
+    model = resolve_model(model_id, catalog)
     return _host(args), matrix, model
 
 
@@ -150,12 +153,13 @@ def _host(args: argparse.Namespace) -> HostProfile:
     return detect_host()
 
 
-def _wheelhouses(args: argparse.Namespace) -> tuple[Path, ...]:
-    """The wheel folders to take torch from; ``auto`` probes the index, so call this once a command."""
+def _wheelhouses(args: argparse.Namespace, index_url: str | None) -> tuple[Path, ...]:
+    """The wheel folders to take torch from; ``auto`` probes ``index_url`` (else the PyTorch index),
+    so call this once a command."""
     from provision.matrix import PYTORCH_INDEX
-    from provision.sources import index_reachable, resolve_index_url, resolve_wheelhouses
+    from provision.sources import index_reachable, resolve_wheelhouses
 
-    index = resolve_index_url(getattr(args, "index_url", None), os.environ) or PYTORCH_INDEX
+    index = index_url or PYTORCH_INDEX
     return resolve_wheelhouses(args.wheelhouse, os.environ, index_reachable=lambda: index_reachable(index))
 
 
@@ -188,9 +192,11 @@ def _preferences(args: argparse.Namespace, host: HostProfile, wheelhouses: tuple
 
 def _make_plan(args: argparse.Namespace) -> tuple[HostProfile, Matrix, ModelSpec, Plan]:
     from provision.plan import plan
+    from provision.sources import resolve_index_url
 
     host, matrix, model = _load_inputs(args)
-    return host, matrix, model, plan(host, matrix, model, _preferences(args, host, _wheelhouses(args)))
+    wheelhouse = _wheelhouses(args, resolve_index_url(getattr(args, "index_url", None), os.environ))
+    return host, matrix, model, plan(host, matrix, model, _preferences(args, host, wheelhouse))
 
 
 def _print_json(doc: object) -> None:
@@ -225,13 +231,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    try:
-        _host, _matrix, _model, plan = _make_plan(args)
-    except NoViablePlan as exc:
-        if args.json:
-            _print_json(exc.to_dict())
-        show_no_plan(exc, _console(stderr=True))
-        return exc.exit_code
+    _host, _matrix, _model, plan = _make_plan(args)  # no plan: main() reports it, exit 3
     if args.json:
         _print_json(plan.to_dict())
     else:
@@ -309,8 +309,6 @@ class _RunnerLabels(TypedDict, total=False):
 def _cmd_render(args: argparse.Namespace) -> int:
     """Plan (or read ``--plan``), resolve hashes, render every file, write them atomically."""
     from provision.build import source_root
-    from provision.catalog import load_catalog, resolve_model
-    from provision.matrix import load_matrix
     from provision.quoting import check_label
     from provision.render import RenderInputs, render_files, write_rendered
     from provision.requirements import resolve, resolve_request
@@ -322,14 +320,12 @@ def _cmd_render(args: argparse.Namespace) -> int:
             check_label(label, source=f"--{option.replace('_', '-')}", field="label")
     if args.plan_file is not None:
         plan_doc = _read_plan_file(args.plan_file)
-        matrix = load_matrix(args.matrix)
-        host = _host(args)
-        model = resolve_model(plan_doc["model"]["id"], load_catalog((matrix.root or Path()) / "models.toml"))
+        host, matrix, model = _load_inputs(args, plan_doc["model"]["id"])
         variants: tuple[Mapping[str, Any], ...] = ()
-        wheelhouse = _wheelhouses(args)
+        wheelhouse = _wheelhouses(args, index_url)
     else:
         host, matrix, model = _load_inputs(args)
-        wheelhouse = _wheelhouses(args)
+        wheelhouse = _wheelhouses(args, index_url)
         prefs = _preferences(args, host, wheelhouse)
         from provision.plan import plan, sibling_variants
 
@@ -469,7 +465,6 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
     from provision.refresh import refresh_torch, write_atomic
 
     matrix = load_matrix(args.matrix)
-    assert matrix.root is not None
     path = matrix.root / "torch.toml"
     variants = args.variant or sorted({v.name for r in matrix.torch for v in r.variants})
     result = refresh_torch(path, variants, min_version="2.2")

@@ -135,7 +135,7 @@ def run_doctor(*, model_id: str | None = None, lock_path: Path | None = None, fa
     expected = _read_expected(lock_path) if lock_path is not None else None
     if matrix is None:
         matrix = load_matrix()
-    catalog = load_catalog((matrix.root / "models.toml") if matrix.root else None)
+    catalog = load_catalog(matrix.catalog_path)
     if facts is None:
         facts = gather_facts()
     if lock_path is None and search_lock:

@@ -17,7 +17,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from provision._fields import Fields, read_toml_file
+from provision._fields import Fields, read_toml
 from provision.errors import InvalidInput
 
 __all__ = [
@@ -149,9 +149,14 @@ class Matrix:
     bitsandbytes: tuple[BnbRelease, ...]  # newest first
     companions: tuple[Companion, ...]  # per name, newest first
     digest: str  # sha256 over the matrix files, recorded in locks
-    root: Path | None = None
+    root: Path  # the folder the files were read from
     #: compute capabilities of Jetson iGPUs under L4T, which the index's aarch64 builds do not run on
     tegra: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def catalog_path(self) -> Path:
+        """The model catalog that travels with these matrices."""
+        return self.root / "models.toml"
 
     def family(self, major: int) -> CudaFamily | None:
         return next((f for f in self.families if f.major == major), None)
@@ -216,8 +221,7 @@ def _check_schema(f: Fields) -> None:
         raise f.fail("schema_version", f"unsupported schema_version {version}; this provision reads 1")
 
 
-def _load_tegra(path: Path) -> tuple[tuple[int, int], ...]:
-    f = Fields(read_toml_file(path), str(path))
+def _load_tegra(f: Fields) -> tuple[tuple[int, int], ...]:
     tegra = f.obj("tegra", required=False)
     if tegra is None:
         return ()
@@ -230,8 +234,7 @@ def _load_tegra(path: Path) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-def _load_cuda(path: Path) -> tuple[tuple[CudaFamily, ...], tuple[CudaToolkit, ...]]:
-    f = Fields(read_toml_file(path), str(path))
+def _load_cuda(f: Fields) -> tuple[tuple[CudaFamily, ...], tuple[CudaToolkit, ...]]:
     _check_schema(f)
     families = []
     for row in f.objs("family"):
@@ -297,8 +300,7 @@ def _load_variant(v: Fields) -> TorchVariant:
     )
 
 
-def _load_torch(path: Path) -> tuple[TorchRelease, ...]:
-    f = Fields(read_toml_file(path), str(path))
+def _load_torch(f: Fields) -> tuple[TorchRelease, ...]:
     _check_schema(f)
     releases = []
     seen: set[Version] = set()
@@ -337,8 +339,7 @@ def _load_torch(path: Path) -> tuple[TorchRelease, ...]:
     return tuple(sorted(releases, key=lambda r: r.version, reverse=True))
 
 
-def _load_bnb(path: Path) -> tuple[BnbRelease, ...]:
-    f = Fields(read_toml_file(path), str(path))
+def _load_bnb(f: Fields) -> tuple[BnbRelease, ...]:
     _check_schema(f)
     out = []
     for row in f.objs("release"):
@@ -364,8 +365,7 @@ def _load_bnb(path: Path) -> tuple[BnbRelease, ...]:
     return tuple(sorted(out, key=lambda r: r.version, reverse=True))
 
 
-def _load_companions(path: Path) -> tuple[Companion, ...]:
-    f = Fields(read_toml_file(path), str(path))
+def _load_companions(f: Fields) -> tuple[Companion, ...]:
     _check_schema(f)
     out = []
     for row in f.objs("package"):
@@ -401,13 +401,12 @@ def _cross_check(path: Path, families: tuple[CudaFamily, ...], toolkits: tuple[C
                 raise InvalidInput(str(path), where, f"CUDA family {variant.cuda.major} has no row in cuda.toml")
 
 
-def matrix_digest(root: Path) -> str:
-    """sha256 over the matrix files' names and bytes, in a fixed order."""
+def _digest(contents: dict[str, bytes]) -> str:
+    """sha256 over the matrix files' names and bytes, in MATRIX_FILES order."""
     h = hashlib.sha256()
     for name in MATRIX_FILES:
-        p = root / name
-        if p.is_file():
-            h.update(name.encode() + b"\0" + p.read_bytes() + b"\0")
+        if name in contents:
+            h.update(name.encode() + b"\0" + contents[name] + b"\0")
     return h.hexdigest()
 
 
@@ -420,16 +419,29 @@ def load_matrix(root: Path | None = None) -> Matrix:
         from provision.resources import data_dir
 
         root = data_dir("matrices")
-    families, toolkits = _load_cuda(root / "cuda.toml")
-    releases = _load_torch(root / "torch.toml")
+    contents: dict[str, bytes] = {}
+
+    def fields(name: str) -> Fields:  # each file read and parsed once; its bytes feed the digest
+        data, contents[name] = read_toml(root / name)
+        return Fields(data, str(root / name))
+
+    cuda = fields("cuda.toml")
+    families, toolkits = _load_cuda(cuda)
+    releases = _load_torch(fields("torch.toml"))
     _cross_check(root / "torch.toml", families, toolkits, releases)
+    bitsandbytes = _load_bnb(fields("bitsandbytes.toml"))
+    companions = _load_companions(fields("companions.toml"))
+    tegra = _load_tegra(cuda)
+    catalog = root / "models.toml"
+    if catalog.is_file():
+        contents["models.toml"] = catalog.read_bytes()
     return Matrix(
         families=families,
         toolkits=toolkits,
         torch=releases,
-        bitsandbytes=_load_bnb(root / "bitsandbytes.toml"),
-        companions=_load_companions(root / "companions.toml"),
-        digest=matrix_digest(root),
+        bitsandbytes=bitsandbytes,
+        companions=companions,
+        digest=_digest(contents),
         root=root,
-        tegra=_load_tegra(root / "cuda.toml"),
+        tegra=tegra,
     )
