@@ -57,17 +57,15 @@ def driver_runs(host: HostProfile, matrix: Matrix, cuda: Version) -> tuple[bool,
     if own is not None and own >= cuda:
         return True, True, f"driver {nv.driver_version} supports CUDA {own} >= {cuda}"
     family = matrix.family(cuda.major)
-    if family is not None:
-        floor = family.windows_min_driver if host.os == "windows" else family.linux_min_driver
-        if driver >= floor:
-            return True, False, (
-                f"driver {nv.driver_version} (CUDA {own}) runs CUDA {cuda} builds through minor-version "
-                f"compatibility (family floor {floor})"
-            )
+    floor = family.min_driver(host.os) if family is not None else None
+    if floor is not None and driver >= floor:
+        return True, False, (
+            f"driver {nv.driver_version} (CUDA {own}) runs CUDA {cuda} builds through minor-version "
+            f"compatibility (family floor {floor})"
+        )
     tk = matrix.toolkit(cuda)
     need = _toolkit_floor(matrix, tk, host.os) if tk is not None else None
-    if family is not None:
-        floor = family.windows_min_driver if host.os == "windows" else family.linux_min_driver
+    if floor is not None:
         need = min(need, floor) if need is not None else floor
     return False, False, f"driver {nv.driver_version} runs CUDA <= {own}; CUDA {cuda} needs >= {need}"
 

@@ -63,6 +63,9 @@ class CudaFamily:
     linux_min_driver: Version
     windows_min_driver: Version
 
+    def min_driver(self, os_name: str) -> Version:
+        return self.windows_min_driver if os_name == "windows" else self.linux_min_driver
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CudaToolkit:

@@ -40,6 +40,11 @@ def usable_ram(ram_bytes: int) -> int:
     return ram_bytes - max(RAM_RESERVE_BYTES, int(ram_bytes * RAM_RESERVE_FRACTION))
 
 
+def ram_needed(total_bytes: int) -> int:
+    """The RAM a host needs for ``usable_ram`` to hold ``total_bytes`` (its inverse)."""
+    return total_bytes + max(RAM_RESERVE_BYTES, int(total_bytes * RAM_RESERVE_FRACTION / (1 - RAM_RESERVE_FRACTION)))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Preferences:
     """What the user asked for. ``None`` means "choose for me"."""
@@ -337,28 +342,27 @@ def _plan_cpu(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefer
               search: Search, device: str) -> Plan | None:
     from provision.memory import estimate_memory
 
-    precisions = [prefs.precision] if prefs.precision else ["bf16"]
+    precision = prefs.precision or "bf16"
     available = usable_ram(host.ram_bytes)
-    for precision in precisions:
-        if precision in ("int8", "nf4"):
-            search.reject("precision", f"{precision} needs bitsandbytes on an NVIDIA GPU; this plan runs on {device}")
-            continue
-        est = estimate_memory(model.config, precision=precision, context_tokens=prefs.context_tokens, device="cpu")
-        if est.total > available:
-            search.reject("memory", f"{model.name} needs {gb(est.total)} of RAM in {precision}; "
-                                    f"{gb(available)} of {gb(host.ram_bytes)} RAM is usable")
-            continue
-        where = "unified memory (MPS)" if device == "mps" else "RAM"
-        placement = Placement(
-            device=device, gpus=(), precision=precision, required_bytes=est.total, available_bytes=available,
-            breakdown=est.breakdown,
-            why=f"{gb(est.total)} fits in {gb(available)} usable {where}",
-        )
-        for release, variant in _torch_candidates(host, matrix, prefs, python, cuda=False, search=search):
-            plan = _assemble(host, matrix, model, prefs, python, release, variant, placement, search,
-                             driver_why=None, native=True, kernel_notes=[], bnb=None)
-            if plan is not None:
-                return plan
+    if precision in ("int8", "nf4"):
+        search.reject("precision", f"{precision} needs bitsandbytes on an NVIDIA GPU; this plan runs on {device}")
+        return None
+    est = estimate_memory(model.config, precision=precision, context_tokens=prefs.context_tokens, device="cpu")
+    if est.total > available:
+        search.reject("memory", f"{model.name} needs {gb(est.total)} of RAM in {precision}; "
+                                f"{gb(available)} of {gb(host.ram_bytes)} RAM is usable")
+        return None
+    where = "unified memory (MPS)" if device == "mps" else "RAM"
+    placement = Placement(
+        device=device, gpus=(), precision=precision, required_bytes=est.total, available_bytes=available,
+        breakdown=est.breakdown,
+        why=f"{gb(est.total)} fits in {gb(available)} usable {where}",
+    )
+    for release, variant in _torch_candidates(host, matrix, prefs, python, cuda=False, search=search):
+        plan = _assemble(host, matrix, model, prefs, python, release, variant, placement, search,
+                         driver_why=None, native=True, kernel_notes=[], bnb=None)
+        if plan is not None:
+            return plan
     return None
 
 

@@ -110,10 +110,10 @@ def remedies(host: HostProfile, model: ModelSpec, prefs: Preferences, search: Se
                                 "or add a second GPU to split over")
             remedies.append(f"lower --context (now {prefs.context_tokens})")
             from provision.memory import estimate_memory
-            from provision.plan import RAM_RESERVE_BYTES, RAM_RESERVE_FRACTION
+            from provision.plan import ram_needed
 
             cpu = estimate_memory(model.config, precision="bf16", context_tokens=prefs.context_tokens, device="cpu")
-            need_ram = cpu.total + max(RAM_RESERVE_BYTES, int(cpu.total * RAM_RESERVE_FRACTION / (1 - RAM_RESERVE_FRACTION)))
+            need_ram = ram_needed(cpu.total)
             remedies.append(f"run on CPU with --device cpu (needs {gb(need_ram)} of RAM "
                             f"in bf16; this host has {gb(host.ram_bytes)})")
         else:
