@@ -47,6 +47,8 @@ _FAMILY = {
 }
 _V5_ROPE = "5.0.0"
 _DEFAULT_KEEP = ("lm_head",)
+#: transformers' own choice for every quantized precision: everything but lm_head is quantized.
+_DEFAULT_KEEP_16BIT = {p: _DEFAULT_KEEP for p in QUANTIZED}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,7 +80,7 @@ class ModelSpec:
 
     def skip_modules(self, precision: str) -> tuple[str, ...]:
         """The Linear modules bitsandbytes leaves 16-bit at ``precision`` (empty when unquantized)."""
-        return self.keep_16bit.get(precision, _DEFAULT_KEEP) if precision in QUANTIZED else ()
+        return self.keep_16bit[precision] if precision in QUANTIZED else ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,7 +175,7 @@ def _spec_from_row(row: Fields) -> ModelSpec:
 def _keep(row: Fields) -> dict[str, tuple[str, ...]]:
     keep = row.obj("keep_16bit", required=False)
     if keep is None:
-        return {p: _DEFAULT_KEEP for p in QUANTIZED}
+        return dict(_DEFAULT_KEEP_16BIT)
     for key in keep.data:
         if key not in QUANTIZED:
             raise keep.fail(key, f"expected one of {', '.join(QUANTIZED)}")
@@ -233,7 +235,7 @@ def _local_spec(directory: Path, read_config: Callable[[Path], Any]) -> ModelSpe
         parameters=sum(by_part.values()),
         parameters_by_part=by_part,
         config=config,
-        keep_16bit={p: _DEFAULT_KEEP for p in QUANTIZED},
+        keep_16bit=dict(_DEFAULT_KEEP_16BIT),
         source=source,
         is_local=True,
         path=directory,
