@@ -37,7 +37,7 @@ from provision.quoting import (
     sh_quote,
     yaml_str,
 )
-from provision.requirements import Resolution, torch_index_for, unresolved
+from provision.requirements import Resolution, check_wheelhouse, torch_index_for, unresolved
 from provision.resources import data_dir
 
 if TYPE_CHECKING:
@@ -261,16 +261,6 @@ def _torch_index(inputs: RenderInputs, plan: _Plan) -> str | None:
     return torch_index_for(plan.index_url, wheelhouse=inputs.wheelhouse, index_url=inputs.index_url)
 
 
-def _wheelhouse(inputs: RenderInputs) -> tuple[str, ...]:
-    out = []
-    for i, p in enumerate(inputs.wheelhouse):
-        text = check_path(p, source="--wheelhouse", field=f"[{i}]")
-        if not text.startswith("/"):
-            raise InvalidInput("--wheelhouse", f"[{i}]", f"{text!r} must be an absolute path")
-        out.append(text)
-    return tuple(out)
-
-
 def _label_value(text: str) -> str:
     if not _LABEL_VALUE_RE.fullmatch(text):
         raise InvalidInput("render", "label", f"{text!r} has characters a label may not hold")
@@ -363,7 +353,7 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
     if missing:
         raise InvalidInput("render", "hashes", f"resolution lacks plan packages: {', '.join(sorted(missing))}")
     torch_index = _torch_index(inputs, plan)
-    wheelhouse = _wheelhouse(inputs)
+    wheelhouse = check_wheelhouse(inputs.wheelhouse)
     source = None if inputs.toolkit_source is None else check_path(
         inputs.toolkit_source, source="toolkit_source", field="path")
     env_dir = check_path(inputs.docker_env_dir, source="docker_env_dir", field="path").strip("/") or "."

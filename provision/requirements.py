@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from provision._fields import Fields
+from provision._run import find_program, run_command
 from provision.errors import InvalidInput
 from provision.matrix import PYPI_INDEX
 from provision.quoting import check_index_url, check_package_name, check_path, check_version
@@ -38,6 +39,7 @@ __all__ = [
     "PinnedRequirement",
     "Resolution",
     "ResolveRequest",
+    "check_wheelhouse",
     "merge_resolution",
     "parse_compiled",
     "probe_index",
@@ -306,14 +308,21 @@ def uv_compile(
 
 
 def _uv_version() -> str:
-    uv = shutil.which("uv")
-    if uv is None:
+    if find_program("uv") is None:
         return "uv (missing)"
-    try:
-        out = subprocess.run([uv, "--version"], capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "uv (unknown)"
-    return out.stdout.strip() or "uv (unknown)"
+    done = run_command(["uv", "--version"], timeout=30)
+    return (done.stdout.strip() if done is not None else "") or "uv (unknown)"
+
+
+def check_wheelhouse(paths: Sequence[str]) -> tuple[str, ...]:
+    """``--wheelhouse`` folders as they reach pip and the rendered files: safe, absolute paths."""
+    out = []
+    for i, p in enumerate(paths):
+        text = check_path(p, source="--wheelhouse", field=f"[{i}]")
+        if not text.startswith("/"):
+            raise InvalidInput("--wheelhouse", f"[{i}]", f"{text!r} must be an absolute path")
+        out.append(text)
+    return tuple(out)
 
 
 def resolve(
@@ -418,18 +427,13 @@ def resolve_request(
     extras = list(extra_requirements)
     if serving and "transformers" in packages:
         extras.append(f"transformers[serving]=={packages['transformers']}")
-    finds = []
-    for i, p in enumerate(wheelhouse):
-        text = check_path(p, source="--wheelhouse", field=f"[{i}]")
-        if not text.startswith("/"):
-            raise InvalidInput("--wheelhouse", f"[{i}]", f"{text!r} must be an absolute path")
-        finds.append(text)
+    finds = check_wheelhouse(wheelhouse)  # before the host fields, as the errors were always ordered
     return ResolveRequest(
         packages=packages,
         python=f.str("python"),
         platform=python_platform(h.str("os"), h.str("arch")),
         torch_index=torch_index_for(torch.str("index_url"), wheelhouse=wheelhouse, index_url=index_url),
-        find_links=tuple(finds),
+        find_links=finds,
         extra_requirements=tuple(extras),
         exclude_newer=exclude_newer,
     )
