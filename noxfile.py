@@ -6,7 +6,6 @@ Sessions only compose ``provision`` commands and tool calls; every decision live
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))  # the sessions call into the checkout's provision package
 BUILD = ROOT / "build" / "provision"
 nox.options.sessions = ["provision"]
 nox.options.default_venv_backend = "uv|virtualenv"
@@ -35,7 +35,6 @@ def _cpu_torch(session: nox.Session) -> list[str]:
     uv does not read pip's config, so the folders are handed over; PyPI's Linux torch is a CUDA
     build of several GB, which the tests do not need.
     """
-    sys.path.insert(0, str(ROOT))
     from provision.sources import pip_find_links, read_pip_config, torch_builds
 
     folders = pip_find_links(os.environ, read_pip_config(os.environ))
@@ -49,22 +48,19 @@ def _cpu_torch(session: nox.Session) -> list[str]:
 
 
 def _platform() -> str:
+    """The wheel platform of the interpreter running nox (a build host nobody detected)."""
     import platform
 
-    machine = platform.machine().lower()
-    if sys.platform == "darwin":
-        return "macos-arm64" if machine == "arm64" else "macos-x86_64"
-    if sys.platform == "win32":
-        return "windows-x86_64"
-    return "linux-aarch64" if machine in ("aarch64", "arm64") else "linux-x86_64"
+    from provision.host import wheel_platform
+
+    os_name = {"darwin": "darwin", "win32": "windows"}.get(sys.platform, "linux")
+    return wheel_platform(os_name, platform.machine().lower())
 
 
-def _host_dir(session: nox.Session, host_json: Path) -> Path:
-    host = json.loads(host_json.read_text())
-    sys.path.insert(0, str(ROOT))
-    from provision.host import host_from_dict
+def _host_dir(host_json: Path) -> Path:
+    from provision.host import load_host
 
-    return BUILD / host_from_dict(host, str(host_json)).host_id
+    return BUILD / load_host(host_json).host_id
 
 
 def _detect_and_render(session: nox.Session, *render_args: str) -> Path:
@@ -72,7 +68,7 @@ def _detect_and_render(session: nox.Session, *render_args: str) -> Path:
     BUILD.mkdir(parents=True, exist_ok=True)
     host_json = BUILD / "host.json"
     session.run("provision", "detect", "-o", str(host_json))
-    out = _host_dir(session, host_json)
+    out = _host_dir(host_json)
     session.run("provision", "render", "--host", str(host_json), "--out", str(out), *render_args)
     return out
 
@@ -134,7 +130,6 @@ def lint(session: nox.Session) -> None:
 
 def _newest_torch_variants() -> tuple[str, list[str]]:
     """The newest torch in the matrix and its linux-x86_64 builds: what the rendered CI matrix runs."""
-    sys.path.insert(0, str(ROOT))
     from provision.matrix import load_matrix
 
     release = load_matrix(ROOT / "matrices").torch[0]

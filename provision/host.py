@@ -66,6 +66,16 @@ class NvidiaInfo:
     gpus: tuple[GpuInfo, ...] = ()
 
 
+def wheel_platform(os_name: str, arch: str) -> str:
+    """The wheel platform family the matrix is keyed by, for a contract OS name and architecture."""
+    arm = arch in ("arm64", "aarch64")
+    if os_name == "darwin":
+        return "macos-arm64" if arm else "macos-x86_64"
+    if os_name == "windows":
+        return "windows-x86_64"
+    return "linux-aarch64" if arm else "linux-x86_64"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HostProfile:
     """A machine to plan for. ``nvidia`` is None without an NVIDIA driver."""
@@ -89,11 +99,7 @@ class HostProfile:
     @property
     def platform(self) -> str:
         """The wheel platform family the matrix is keyed by."""
-        if self.os == "darwin":
-            return "macos-arm64" if self.arch in ("arm64", "aarch64") else "macos-x86_64"
-        if self.os == "windows":
-            return "windows-x86_64"
-        return "linux-aarch64" if self.arch in ("aarch64", "arm64") else "linux-x86_64"
+        return wheel_platform(self.os, self.arch)
 
     @property
     def host_id(self) -> str:
