@@ -8,7 +8,7 @@ table is validated completely at load; lookups are pure.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +49,20 @@ class GpuModel:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GpuTable:
-    """The whole table, indexed by normalized name."""
+    """The whole table, indexed by normalized name (built once, in ``__post_init__``)."""
 
     models: tuple[GpuModel, ...]
+    _by_name: dict[str, GpuModel] = field(init=False, repr=False, compare=False)
+    _by_prefix: tuple[tuple[str, GpuModel], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_name: dict[str, GpuModel] = {}
+        for row in self.models:  # the first row claiming a name wins, as gpu_table_from_dict checks
+            for n in row.names:
+                by_name.setdefault(normalize_gpu_name(n), row)
+        object.__setattr__(self, "_by_name", by_name)
+        object.__setattr__(self, "_by_prefix", tuple(
+            (normalize_gpu_name(p), row) for row in self.models for p in row.prefixes))
 
     def lookup(self, name: str) -> tuple[tuple[int, int], int | None] | None:
         """``(compute_capability, memory_bytes or None)`` for a reported name, or None.
@@ -62,15 +73,13 @@ class GpuTable:
         key = normalize_gpu_name(name)
         if not key:
             return None
-        for row in self.models:
-            if key in {normalize_gpu_name(n) for n in row.names}:
-                return row.compute_capability, row.memory_bytes
+        row = self._by_name.get(key)
+        if row is not None:
+            return row.compute_capability, row.memory_bytes
         best: tuple[int, GpuModel] | None = None
-        for row in self.models:
-            for prefix in row.prefixes:
-                p = normalize_gpu_name(prefix)
-                if (key == p or key.startswith(p + " ")) and (best is None or len(p) > best[0]):
-                    best = (len(p), row)
+        for p, row in self._by_prefix:
+            if (key == p or key.startswith(p + " ")) and (best is None or len(p) > best[0]):
+                best = (len(p), row)
         return (best[1].compute_capability, None) if best else None
 
 
