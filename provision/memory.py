@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from provision._fields import Fields
@@ -268,7 +268,7 @@ def _with_units(a: Architecture) -> Architecture:
     if not a.tied:  # a tied lm_head shares embed_tokens' storage
         head.append(_linear("lm_head", a.hidden, a.vocab))
     units.append(_Unit("lm_head", "lm_head", tuple(head)))
-    return Architecture(**{f: getattr(a, f) for f in Architecture.__slots__ if f != "units"}, units=tuple(units))
+    return replace(a, units=tuple(units))
 
 
 def _arch(spec_or_config: Any) -> Architecture:
@@ -330,21 +330,21 @@ class _Opts:
     double_quant: bool
 
 
+def _is_quantized(m: _Module, o: _Opts) -> bool:
+    return o.precision in QUANTIZED and m.kind == "linear" and not _skipped(m.name, o.keep)
+
+
 def _module_bytes(m: _Module, o: _Opts) -> tuple[int, int]:
     """(bytes held, bytes accelerate's device map counts for it)."""
     if o.precision == "fp32":
         return 4 * (m.weight + m.bias), 4 * (m.weight + m.bias)
-    if o.precision in QUANTIZED and m.kind == "linear" and not _skipped(m.name, o.keep):
+    if _is_quantized(m, o):
+        packed = m.weight if o.precision == "int8" else math.ceil(m.weight / 2)  # the weight's own bytes
         q = _quantized_weight_bytes(m.weight, m.rows, o.precision, o.double_quant)
         if o.device == "cuda":
-            q += _rounding(m.weight if o.precision == "int8" else math.ceil(m.weight / 2))
-        counted = m.weight if o.precision == "int8" else math.ceil(m.weight / 2)
-        return q + 2 * m.bias, counted + 2 * m.bias
+            q += _rounding(packed)
+        return q + 2 * m.bias, packed + 2 * m.bias
     return 2 * (m.weight + m.bias), 2 * (m.weight + m.bias)
-
-
-def _is_quantized(m: _Module, o: _Opts) -> bool:
-    return o.precision in QUANTIZED and m.kind == "linear" and not _skipped(m.name, o.keep)
 
 
 # ---------------------------------------------------------------- estimate
@@ -585,25 +585,27 @@ def split_across_gpus(
     def estimate(us: Sequence[_Unit]) -> MemoryEstimate:
         return _estimate_units(a, us, o, context_tokens, batch_size, image_tokens)
 
-    placed: list[tuple[int, list[_Unit]]] = []
+    placed: list[tuple[int, list[_Unit], MemoryEstimate]] = []  # GPU, its units, their estimate
     pos = 0
-    for n, gpu in enumerate(order):
+    for gpu in order:
         if pos == len(units):
             break
         take: list[_Unit] = []
-        while pos < len(units) and estimate([*take, units[pos]]).total <= frees[gpu]:
+        est: MemoryEstimate | None = None
+        while pos < len(units):
+            trial = estimate([*take, units[pos]])
+            if trial.total > frees[gpu]:
+                break
             take.append(units[pos])
             pos += 1
-        is_last_gpu = n == len(order) - 1
-        if not take and not is_last_gpu:
-            continue  # this GPU cannot hold even the next unit; try the next one
-        if take:
-            placed.append((gpu, take))
+            est = trial
+        if est is not None:  # a GPU that cannot hold even the next unit is skipped
+            placed.append((gpu, take, est))
     if pos < len(units):
         return GpuSplit(fits=False, precision=precision, unplaced=tuple(u.name for u in units[pos:]))
 
     device_map: dict[str, int] = {}
-    for gpu, us in placed:
+    for gpu, us, _ in placed:
         for u in us:
             if u.part == "lm_head":  # the final norm travels with the head
                 device_map.update((m.name, gpu) for m in u.modules)
@@ -612,12 +614,12 @@ def split_across_gpus(
     # The rotary embedding holds only buffers; it runs once per forward, beside the first layer.
     first_layer = next(name for name in device_map if ".layers." in name)
     device_map[first_layer.split("layers.")[0] + "rotary_emb"] = device_map[first_layer]
-    largest = max(sum(_module_bytes(m, o)[1] for m in u.modules) for u in units)
+    counted = {u.name: sum(_module_bytes(m, o)[1] for m in u.modules) for u in units}  # as accelerate counts
+    largest = max(counted.values())
     factor = BNB_MAX_MEMORY_FACTOR if precision in QUANTIZED else 1.0
     shares, max_memory = [], {}
     start = 0
-    for n, (gpu, us) in enumerate(placed):
-        est = estimate(us)
+    for n, (gpu, us, est) in enumerate(placed):
         layers = sum(u.decoder_layers for u in us)
         shares.append(GpuShare(index=gpu, units=tuple(u.name for u in us), estimate=est, free_bytes=frees[gpu],
                                decoder_layers=(start, start + layers) if layers else (0, 0)))
@@ -625,7 +627,7 @@ def split_across_gpus(
         if n == len(placed) - 1:
             budget = frees[gpu] - (est.total - est.weights)
         else:
-            budget = sum(_module_bytes(m, o)[1] for u in us for m in u.modules) + (largest if n == 0 else 0)
+            budget = sum(counted[u.name] for u in us) + (largest if n == 0 else 0)
         max_memory[gpu] = math.ceil(budget / factor)
     return GpuSplit(fits=True, precision=precision, shares=tuple(shares), max_memory=max_memory,
                     device_map=device_map)
