@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provision.errors import InvalidInput, ProvisionError, SmokeError
+from provision.memory import DEVICES, PRECISIONS
 from provision.smoke_inputs import MIN_PROMPT_TOKENS, Processors, image_inputs, load_processors, snippet, text_inputs
-from provision.smoke_load import auto_class_for, bf16_capable, from_pretrained_kwargs, load_model, require_bitsandbytes
+from provision.smoke_load import bf16_capable, from_pretrained_kwargs, load_model, require_bitsandbytes
 from provision.smoke_measure import (
     Baseline,
     GpuMemory,
@@ -64,8 +65,6 @@ __all__ = [
 ]
 
 SOURCES = ("auto", "weights", "tiny", "synthetic")
-PRECISIONS = ("bf16", "fp16", "fp32", "int8", "nf4")
-DEVICES = ("cuda", "cpu", "mps")
 
 _IMAGE_NEW_TOKENS = 8
 
@@ -212,10 +211,10 @@ def _run_loaded(
     vision = config.get("model_type") == "glm4v" or "vision_config" in config
     gpu = GpuMemory(ids=gpus if device == "cuda" else ())
     before = take_baseline(gpu)
-    skip = spec.skip_modules(precision) if hasattr(spec, "skip_modules") else ()
+    skip = spec.skip_modules(precision)
     kwargs = from_pretrained_kwargs(precision=precision, device=device, gpus=gpu.ids, max_memory=max_memory,
                                     device_map=device_map, skip=skip)  # fmt: skip
-    model, seconds = load_model(chosen.path, auto_class_for(spec, config), kwargs, model_id=spec.id,
+    model, seconds = load_model(chosen.path, spec.auto_class, kwargs, model_id=spec.id,
                                 precision=precision, sync=gpu.sync)  # fmt: skip
     load = _measure_load(model, seconds, gpu, before)
 

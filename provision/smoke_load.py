@@ -11,23 +11,18 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from provision.errors import SmokeError
-
-if TYPE_CHECKING:
-    from provision.catalog import ModelSpec
+from provision.memory import QUANTIZED
 
 __all__ = [
-    "auto_class_for",
     "bf16_capable",
     "check_not_offloaded",
     "from_pretrained_kwargs",
     "load_model",
     "require_bitsandbytes",
 ]
-
-_QUANTIZED = ("int8", "nf4")
 
 
 def bf16_capable(gpu: int) -> bool:
@@ -42,7 +37,7 @@ def require_bitsandbytes(precision: str) -> None:
     """Fail before any download or synthetic build when int8/nf4 cannot load at all."""
     import importlib.util
 
-    if precision in _QUANTIZED and importlib.util.find_spec("bitsandbytes") is None:
+    if precision in QUANTIZED and importlib.util.find_spec("bitsandbytes") is None:
         raise SmokeError(
             f"{precision} needs bitsandbytes, which is not installed in this environment; "
             "install it with `pip install bitsandbytes` (NVIDIA GPU with compute capability 6.0+), "
@@ -53,7 +48,7 @@ def require_bitsandbytes(precision: str) -> None:
 def _dtype_for(precision: str, device: str, gpus: Sequence[int]) -> Any:
     import torch
 
-    if precision in _QUANTIZED:  # the compute dtype of the non-quantized parts
+    if precision in QUANTIZED:  # the compute dtype of the non-quantized parts
         if device == "cuda" and not bf16_capable(gpus[0] if gpus else 0):
             return torch.float16
         return torch.bfloat16
@@ -62,7 +57,7 @@ def _dtype_for(precision: str, device: str, gpus: Sequence[int]) -> Any:
 
 def _quantization_config(precision: str, compute_dtype: Any, skip: Sequence[str]) -> Any:
     """bitsandbytes settings for int8/nf4 (``require_bitsandbytes`` has run by now), else None."""
-    if precision not in _QUANTIZED:
+    if precision not in QUANTIZED:
         return None
     from transformers import BitsAndBytesConfig
 
@@ -118,13 +113,6 @@ def from_pretrained_kwargs(
     if quant is not None:
         kwargs["quantization_config"] = quant
     return kwargs
-
-
-def auto_class_for(spec: ModelSpec | None, config: Mapping[str, Any]) -> str:
-    """The catalog's auto class, else the one transformers uses for this ``model_type``."""
-    if spec is not None and spec.auto_class:
-        return spec.auto_class
-    return "AutoModelForImageTextToText" if config.get("model_type") == "glm4v" else "AutoModelForCausalLM"
 
 
 def load_model(
