@@ -34,6 +34,7 @@ __all__ = [
     "clean_driver_version",
     "clean_gpu_name",
     "cuda_version_from_int",
+    "leading_int",
     "normalize_arch",
     "normalize_os",
     "parse_meminfo",
@@ -220,7 +221,7 @@ def parse_proc_gpu_information(text: str) -> tuple[str | None, str | None]:
 # --- CUDA_VISIBLE_DEVICES -----------------------------------------------------------------
 
 
-def _strtoul(text: str) -> int:
+def leading_int(text: str) -> int:
     """The leading (optionally signed) integer of ``text``, as CUDA reads it; -1 if none."""
     m = re.match(r"^[+-]?\d+", text)
     return int(m.group(0)) if m else -1
@@ -251,7 +252,7 @@ def apply_visible_devices(devices: Sequence[RawGpu], value: str | None) -> list[
         if form:
             pos = _match_uuid(entry, [d.uuid for d in devices]) if entry.startswith(form) else -1
         else:
-            pos = _strtoul(entry)
+            pos = leading_int(entry)
         if pos < 0 or pos >= len(devices):
             break
         if pos in picked:

@@ -7,7 +7,6 @@ compatibility rules are ``provision.compat``'s, so the doctor and the planner ag
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from packaging.version import InvalidVersion, Version
 
 from provision.compat import driver_runs, has_kernels, supports_bf16
+from provision.detect_parse import leading_int
 from provision.doctor_expected import torch_fix
 from provision.matrix import TorchVariant, parse_arch
 
@@ -210,8 +210,7 @@ def _hides_all(value: str) -> bool:
         return True
     if first.startswith(("GPU-", "MIG-")):
         return False
-    m = re.match(r"^[+-]?\d+", first)
-    return m is None or int(m.group(0)) < 0
+    return leading_int(first) < 0  # no leading integer reads as -1, as CUDA reads it
 
 
 def check_cuda_available(facts: Facts, matrix: Matrix, expected: Expected | None) -> Finding:
