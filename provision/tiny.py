@@ -91,6 +91,8 @@ _TOKEN_ID_KEYS = (
     "video_start_token_id",
     "video_end_token_id",
 )
+#: Keys of a downloaded config that describe the checkpoint, not the architecture; a built folder drops them.
+_DROPPED_KEYS = ("_name_or_path", "transformers_version", "quantization_config", "auto_map")
 
 # GLM-4.1V's prompt layout ([gMASK]<sop>, role tags, image wrapped in begin/end markers),
 # written here as a minimal template; it accepts string content or a list of parts.
@@ -162,6 +164,13 @@ def _map_token_id(value: Any, field: str, source: str) -> Any:
     raise InvalidInput(source, field, f"token id {value} is outside the GLM special-token range the tiny tokenizer mirrors")
 
 
+def _map_token_ids(holder: dict[str, Any], prefix: str, source: str) -> None:
+    """Move every special-token id key of ``holder`` (a config or its text_config) in place."""
+    for key in _TOKEN_ID_KEYS:
+        if key in holder:
+            holder[key] = _map_token_id(holder[key], f"{prefix}{key}", source)
+
+
 def scaled_mrope_section(section: list[int], total: int) -> list[int]:
     """Shrink M-RoPE sections to add up to ``total``, keeping their proportions (real: 8,12,12)."""
     if not section or total < len(section):
@@ -184,9 +193,7 @@ def _shrink_text(text: dict[str, Any], source: str, prefix: str) -> None:
     if "head_dim" in text:
         text["head_dim"] = head_dim
     text["vocab_size"] = vocab_size()
-    for key in _TOKEN_ID_KEYS:
-        if key in text:
-            text[key] = _map_token_id(text[key], f"{prefix}{key}", source)
+    _map_token_ids(text, prefix, source)
     # v5 keeps rotary settings in rope_parameters, v4 at top level plus rope_scaling.
     rope = text.get("rope_parameters") if isinstance(text.get("rope_parameters"), dict) else None
     scaling = text.get("rope_scaling") if isinstance(text.get("rope_scaling"), dict) else None
@@ -204,7 +211,7 @@ def tiny_config(full: Mapping[str, Any], *, source: str = "model config") -> dic
     """
     cfg = copy.deepcopy(dict(full))
     model_type = cfg.get("model_type")
-    for key in ("_name_or_path", "transformers_version", "quantization_config", "auto_map"):
+    for key in _DROPPED_KEYS:
         cfg.pop(key, None)
     if model_type in _VL_MODEL_TYPES:
         text = cfg.get("text_config")
@@ -214,9 +221,7 @@ def tiny_config(full: Mapping[str, Any], *, source: str = "model config") -> dic
         _shrink_text(text, source, "text_config.")
         vision.update(_VISION_DIMS)
         vision["out_hidden_size"] = text["hidden_size"]
-        for key in _TOKEN_ID_KEYS:
-            if key in cfg:
-                cfg[key] = _map_token_id(cfg[key], key, source)
+        _map_token_ids(cfg, "", source)
         # Top-level copies of text keys (older layouts) must agree with text_config.
         for key in (*_TEXT_DIMS, "vocab_size"):
             if key in cfg:
@@ -382,15 +387,11 @@ def synthetic_config(full: Mapping[str, Any], *, source: str = "model config") -
     which ids mean "image" or "end of text" changes, so the byte-level tokenizer can drive it.
     """
     cfg = copy.deepcopy(dict(full))
-    for key in ("_name_or_path", "transformers_version", "quantization_config", "auto_map"):
+    for key in _DROPPED_KEYS:
         cfg.pop(key, None)
-    holders = [("", cfg)]
+    _map_token_ids(cfg, "", source)
     if isinstance(cfg.get("text_config"), dict):
-        holders.append(("text_config.", cfg["text_config"]))
-    for prefix, holder in holders:
-        for key in _TOKEN_ID_KEYS:
-            if key in holder:
-                holder[key] = _map_token_id(holder[key], f"{prefix}{key}", source)
+        _map_token_ids(cfg["text_config"], "text_config.", source)
     return cfg
 
 
