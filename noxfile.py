@@ -35,7 +35,7 @@ def _cpu_torch(session: nox.Session) -> list[str]:
     uv does not read pip's config, so the folders are handed over; PyPI's Linux torch is a CUDA
     build of several GB, which the tests do not need.
     """
-    from provision.sources import pip_find_links, read_pip_config, torch_builds
+    from provision.render.sources import pip_find_links, read_pip_config, torch_builds
 
     folders = pip_find_links(os.environ, read_pip_config(os.environ))
     python = ".".join(session.run("python", "-c", "import sys; print(*sys.version_info[:2])",
@@ -51,14 +51,14 @@ def _platform() -> str:
     """The wheel platform of the interpreter running nox (a build host nobody detected)."""
     import platform
 
-    from provision.host import wheel_platform
+    from provision.host.profile import wheel_platform
 
     os_name = {"darwin": "darwin", "win32": "windows"}.get(sys.platform, "linux")
     return wheel_platform(os_name, platform.machine().lower())
 
 
 def _host_dir(host_json: Path) -> Path:
-    from provision.host import load_host
+    from provision.host.profile import load_host
 
     return BUILD / load_host(host_json).host_id
 
@@ -130,7 +130,7 @@ def lint(session: nox.Session) -> None:
 
 def _newest_torch_variants() -> tuple[str, list[str]]:
     """The newest torch in the matrix and its linux-x86_64 builds: what the rendered CI matrix runs."""
-    from provision.matrix import load_matrix
+    from provision.data.matrix import load_matrix
 
     release = load_matrix(ROOT / "matrices").torch[0]
     return str(release.version), sorted(v.name for v in release.variants if "linux-x86_64" in v.platforms)

@@ -1,4 +1,4 @@
-"""Compare provision.memory's estimate with the H100 measurements in docs/gpu-results-run*.json.
+"""Compare provision.plan.memory's estimate with the H100 measurements in docs/gpu-results-run*.json.
 
     python benchmarks/estimate_vs_measured.py
 
@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from provision.catalog import load_catalog, resolve_model  # noqa: E402
-from provision.memory import estimate_memory  # noqa: E402
+from provision.data.catalog import load_catalog, resolve_model  # noqa: E402
+from provision.plan.memory import estimate_memory  # noqa: E402
 
 GB = 1e9
 

@@ -3,13 +3,13 @@
     python benchmarks/gpu_smoke.py --out DIR [--model autoglm-phone-9b] [--precisions bf16,fp16,int8,nf4]
                                    [--contexts 0,4096] [--new-tokens 64] [--workdir /tmp/gpu-smoke]
 
-1. Writes the full-size architecture with random bf16 weights once (``provision.tiny.build_synthetic``,
+1. Writes the full-size architecture with random bf16 weights once (``provision.smoke.tiny.build_synthetic``,
    in a child process so this one never holds a CUDA context).
-2. For each precision and context, a fresh process runs ``provision.smoke.run_smoke`` on that folder
+2. For each precision and context, a fresh process runs ``provision.smoke.run.run_smoke`` on that folder
    (the same ``from_pretrained`` path as real weights): load time, torch allocated after load,
    peak allocated during ``generate``, NVML device-used delta, decode tok/s, roofline fraction.
    Context 0 means the short chat prompt.
-3. Puts each figure next to ``provision.memory``'s estimate and writes ``gpu_smoke.json`` and
+3. Puts each figure next to ``provision.plan.memory``'s estimate and writes ``gpu_smoke.json`` and
    ``gpu_smoke.md`` under ``--out``; deletes the random checkpoint at the end.
 """
 
@@ -44,14 +44,14 @@ SPEC_BANDWIDTH = {
 
 
 def _spec(model_id: str):  # -> ModelSpec, imported lazily
-    from provision.catalog import load_catalog, resolve_model
-    from provision.resources import data_dir
+    from provision.common.resources import data_dir
+    from provision.data.catalog import load_catalog, resolve_model
 
     return resolve_model(model_id, load_catalog(data_dir("matrices") / "models.toml"))
 
 
 def _child_build(args: argparse.Namespace) -> int:
-    from provision.tiny import build_synthetic
+    from provision.smoke.tiny import build_synthetic
 
     spec = _spec(args.model)
     start = time.perf_counter()
@@ -62,7 +62,7 @@ def _child_build(args: argparse.Namespace) -> int:
 
 
 def _child_run(args: argparse.Namespace) -> int:
-    from provision.smoke import run_smoke
+    from provision.smoke.run import run_smoke
 
     spec = _spec(args.model)
     report = run_smoke(

@@ -34,9 +34,9 @@ def main() -> int:
     import torch
     import transformers
 
-    from provision.catalog import load_catalog, resolve_model
-    from provision.memory import split_across_gpus
-    from provision.tiny import build_synthetic
+    from provision.data.catalog import load_catalog, resolve_model
+    from provision.plan.memory import split_across_gpus
+    from provision.smoke.tiny import build_synthetic
 
     spec = resolve_model("autoglm-phone-9b", load_catalog())
     free = int(args.free_gb * GB)

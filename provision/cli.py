@@ -18,10 +18,10 @@ from provision.display import show_host, show_no_plan, show_plan, show_smoke
 from provision.errors import EXIT_BAD_INPUT, InvalidInput, NoViablePlan, ProvisionError
 
 if TYPE_CHECKING:
-    from provision.catalog import ModelSpec
-    from provision.host import HostProfile
-    from provision.matrix import Matrix
-    from provision.plan import Plan
+    from provision.data.catalog import ModelSpec
+    from provision.data.matrix import Matrix
+    from provision.host.profile import HostProfile
+    from provision.plan.search import Plan
 
 __all__ = ["main"]
 
@@ -131,8 +131,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _load_inputs(args: argparse.Namespace, model_id: str | None = None) -> tuple[HostProfile, Matrix, ModelSpec]:
     """Host, matrix and model: ``model_id`` (a plan's) wins over ``--model``, then the catalog default."""
-    from provision.catalog import load_catalog, resolve_model
-    from provision.matrix import load_matrix
+    from provision.data.catalog import load_catalog, resolve_model
+    from provision.data.matrix import load_matrix
 
     matrix = load_matrix(args.matrix)
     catalog = load_catalog(matrix.catalog_path)
@@ -145,10 +145,10 @@ def _load_inputs(args: argparse.Namespace, model_id: str | None = None) -> tuple
 def _host(args: argparse.Namespace) -> HostProfile:
     """The ``--host`` profile, else this machine."""
     if args.host is not None:
-        from provision.host import load_host
+        from provision.host.profile import load_host
 
         return load_host(args.host)
-    from provision.detect import detect_host
+    from provision.host.detect import detect_host
 
     return detect_host()
 
@@ -156,8 +156,8 @@ def _host(args: argparse.Namespace) -> HostProfile:
 def _wheelhouses(args: argparse.Namespace, index_url: str | None) -> tuple[Path, ...]:
     """The wheel folders to take torch from; ``auto`` probes ``index_url`` (else the PyTorch index),
     so call this once a command."""
-    from provision.matrix import PYTORCH_INDEX
-    from provision.sources import index_reachable, resolve_wheelhouses
+    from provision.data.matrix import PYTORCH_INDEX
+    from provision.render.sources import index_reachable, resolve_wheelhouses
 
     index = index_url or PYTORCH_INDEX
     return resolve_wheelhouses(args.wheelhouse, os.environ, index_reachable=lambda: index_reachable(index))
@@ -168,8 +168,8 @@ def _preferences(args: argparse.Namespace, host: HostProfile, wheelhouses: tuple
 
     from packaging.version import InvalidVersion, Version
 
-    from provision.plan import Preferences
-    from provision.sources import torch_builds
+    from provision.plan.search import Preferences
+    from provision.render.sources import torch_builds
 
     python = args.python
     if python is not None and not re.fullmatch(r"^3\.\d{1,2}$", python):
@@ -191,8 +191,8 @@ def _preferences(args: argparse.Namespace, host: HostProfile, wheelhouses: tuple
 
 
 def _make_plan(args: argparse.Namespace) -> tuple[HostProfile, Matrix, ModelSpec, Plan]:
-    from provision.plan import plan
-    from provision.sources import resolve_index_url
+    from provision.plan.search import plan
+    from provision.render.sources import resolve_index_url
 
     host, matrix, model = _load_inputs(args)
     wheelhouse = _wheelhouses(args, resolve_index_url(getattr(args, "index_url", None), os.environ))
@@ -214,13 +214,13 @@ def _console(stderr: bool) -> Any:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    from provision.detect import detect_host
+    from provision.host.detect import detect_host
 
     host = detect_host()
     doc = host.to_dict()
     text = json.dumps(doc, indent=2) + "\n"
     if args.output:
-        from provision.render import write_text_atomic
+        from provision.render.files import write_text_atomic
 
         write_text_atomic(args.output, text)
     if args.json:
@@ -256,7 +256,7 @@ def _one_line(text: str) -> str:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from provision.doctor import doctor_report, print_findings, run_doctor
+    from provision.doctor.run import doctor_report, print_findings, run_doctor
 
     findings = run_doctor(model_id=args.model, lock_path=args.lock)
     report = doctor_report(findings)
@@ -291,8 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _read_plan_file(path: Path) -> dict[str, Any]:
-    from provision._fields import read_json_file
-    from provision.render import validate_plan
+    from provision.common.fields import read_json_file
+    from provision.render.files import validate_plan
 
     doc = read_json_file(path)
     validate_plan(doc, source=str(path))
@@ -309,10 +309,10 @@ class _RunnerLabels(TypedDict, total=False):
 def _cmd_render(args: argparse.Namespace) -> int:
     """Plan (or read ``--plan``), resolve hashes, render every file, write them atomically."""
     from provision.build import source_root
-    from provision.quoting import check_label
-    from provision.render import RenderInputs, render_files, write_rendered
-    from provision.requirements import resolve, resolve_request
-    from provision.sources import resolve_index_url
+    from provision.common.quoting import check_label
+    from provision.render.files import RenderInputs, render_files, write_rendered
+    from provision.render.requirements import resolve, resolve_request
+    from provision.render.sources import resolve_index_url
 
     index_url = resolve_index_url(args.index_url, os.environ)
     for option in ("gpu_runner", "cpu_runner"):  # checked before any planning or resolving
@@ -327,7 +327,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
         host, matrix, model = _load_inputs(args)
         wheelhouse = _wheelhouses(args, index_url)
         prefs = _preferences(args, host, wheelhouse)
-        from provision.plan import plan, sibling_variants
+        from provision.plan.search import plan, sibling_variants
 
         chosen = plan(host, matrix, model, prefs)
         plan_doc = chosen.to_dict()
@@ -391,8 +391,8 @@ def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
     """What to smoke-test: the lock's plan (model, precision, placement), overridden by options."""
     import re
 
-    from provision._fields import Fields
-    from provision.lock import read_lock
+    from provision.common.fields import Fields
+    from provision.render.lock import read_lock
 
     settings: dict[str, Any] = {"model": args.model, "precision": args.precision, "device": None, "gpus": (),
                                 "max_memory": None, "device_map": None}
@@ -400,7 +400,7 @@ def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
         lock = read_lock(args.lock)
         if lock is None:
             raise InvalidInput(str(args.lock), "(file)", "no such file")
-        from provision.render import validate_plan
+        from provision.render.files import validate_plan
 
         validate_plan(lock.get("plan"), source=str(args.lock), prefix="plan")
         plan = Fields(lock.get("plan"), str(args.lock), "plan")
@@ -433,8 +433,8 @@ def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_smoke(args: argparse.Namespace) -> int:
-    from provision.catalog import load_catalog, resolve_model
-    from provision.smoke import run_smoke
+    from provision.data.catalog import load_catalog, resolve_model
+    from provision.smoke.run import run_smoke
 
     settings = _smoke_settings(args)
     catalog = load_catalog()
@@ -450,7 +450,7 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
                        context_tokens=args.context, new_tokens=args.new_tokens)
     doc = report.to_dict()
     if args.output:
-        from provision.render import write_text_atomic
+        from provision.render.files import write_text_atomic
 
         write_text_atomic(args.output, json.dumps(doc, indent=2) + "\n")
     if args.json:
@@ -461,8 +461,8 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
 
 def _cmd_matrix(args: argparse.Namespace) -> int:
     """``matrix refresh``: rebuild torch rows from the PyTorch index; show the diff, write on --write."""
-    from provision.matrix import load_matrix
-    from provision.refresh import refresh_torch, write_atomic
+    from provision.data.matrix import load_matrix
+    from provision.data.refresh import refresh_torch, write_atomic
 
     matrix = load_matrix(args.matrix)
     path = matrix.root / "torch.toml"

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from provision.errors import NoViablePlan
-    from provision.host import HostProfile
-    from provision.plan import Plan
+    from provision.host.profile import HostProfile
+    from provision.plan.search import Plan
 
 __all__ = ["show_host", "show_no_plan", "show_plan", "show_smoke"]
 

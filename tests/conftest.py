@@ -22,10 +22,10 @@ def _no_real_nvidia(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     """Outside ``gpu`` tests, a real nvidia-smi or NVML call fails loudly instead of reading this machine."""
     if request.node.get_closest_marker("gpu") is not None:
         return
-    import provision._run
-    import provision.detect
+    import provision.common.run
+    import provision.host.detect
 
-    real_find = provision._run.find_program
+    real_find = provision.common.run.find_program
 
     def guarded_find(name: str) -> str | None:
         if name.lower().removesuffix(".exe").endswith("nvidia-smi"):
@@ -35,5 +35,5 @@ def _no_real_nvidia(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     def guarded_nvml() -> object:
         raise AssertionError("a test loaded the real NVML; inject Probes or mark it @pytest.mark.gpu")
 
-    monkeypatch.setattr(provision._run, "find_program", guarded_find)
-    monkeypatch.setattr(provision.detect, "import_nvml", guarded_nvml)
+    monkeypatch.setattr(provision.common.run, "find_program", guarded_find)
+    monkeypatch.setattr(provision.host.detect, "import_nvml", guarded_nvml)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from provision import resources
-from provision.catalog import REPO_RE, load_catalog, resolve_model
+from provision.common import resources
+from provision.common.resources import data_dir
+from provision.data.catalog import REPO_RE, load_catalog, resolve_model
 from provision.errors import InvalidInput, ProvisionError
-from provision.resources import data_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

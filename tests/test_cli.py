@@ -113,7 +113,7 @@ def test_runner_labels_reach_the_workflow_and_are_validated(tmp_path: Path,
 
 def test_a_local_model_directory_plans_and_says_where_it_is(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from provision.catalog import load_catalog
+    from provision.data.catalog import load_catalog
 
     model = tmp_path / "My AutoGLM"
     model.mkdir()
@@ -127,7 +127,7 @@ def test_a_local_model_directory_plans_and_says_where_it_is(tmp_path: Path,
 
 
 def test_wheelhouse_auto_probes_the_index_once_per_render(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import provision.sources
+    import provision.render.sources
 
     probes: list[str] = []
 
@@ -135,6 +135,6 @@ def test_wheelhouse_auto_probes_the_index_once_per_render(tmp_path: Path, monkey
         probes.append(url)
         return False
 
-    monkeypatch.setattr(provision.sources, "index_reachable", unreachable)
+    monkeypatch.setattr(provision.render.sources, "index_reachable", unreachable)
     _render(tmp_path / "out", "--host", str(HOSTS / "linux-x86_64-cpu-only-32gb.json"), "--wheelhouse", "auto")
     assert probes == ["https://download.pytorch.org/whl/"]

@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
-import provision._run
-from provision import detect
-from provision.detect import (
+import provision.common.run
+from provision.data.gpus import gpu_table_from_dict, load_gpu_table, normalize_gpu_name
+from provision.errors import InvalidInput, ProvisionError
+from provision.host import detect
+from provision.host.detect import (
     Probes,
     RawGpu,
     apply_visible_devices,
@@ -29,9 +31,7 @@ from provision.detect import (
     parse_smi_query,
     read_nvml,
 )
-from provision.errors import InvalidInput, ProvisionError
-from provision.gpus import gpu_table_from_dict, load_gpu_table, normalize_gpu_name
-from provision.host import host_from_dict, load_host
+from provision.host.profile import host_from_dict, load_host
 
 FIX = Path(__file__).parent / "fixtures"
 SMI = FIX / "nvidia-smi"
@@ -680,20 +680,20 @@ def test_malformed_gpu_table_file(tmp_path: Path) -> None:
 
 
 def test_run_command_captures_text_and_status() -> None:
-    done = provision._run.run_command([sys.executable, "-c", "import sys; print('é'); sys.exit(3)"], timeout=30)
+    done = provision.common.run.run_command([sys.executable, "-c", "import sys; print('é'); sys.exit(3)"], timeout=30)
     assert done is not None
     assert (done.returncode, done.stdout.strip()) == (3, "é")
 
 
 def test_run_command_expected_failures_are_none() -> None:
-    assert provision._run.run_command(["provision-no-such-program-x"], timeout=5) is None
-    assert provision._run.run_command([sys.executable, "-c", "import time; time.sleep(10)"], timeout=0.5) is None
+    assert provision.common.run.run_command(["provision-no-such-program-x"], timeout=5) is None
+    assert provision.common.run.run_command([sys.executable, "-c", "import time; time.sleep(10)"], timeout=0.5) is None
     with pytest.raises(ValueError):
-        provision._run.run_command([], timeout=1)
+        provision.common.run.run_command([], timeout=1)
 
 
 def test_run_command_passes_the_environment() -> None:
-    done = provision._run.run_command(
+    done = provision.common.run.run_command(
         [sys.executable, "-c", "import os; print(os.environ['PROVISION_T'])"], timeout=30,
         env={"PROVISION_T": "x1", "PATH": "", "SYSTEMROOT": "C:\\Windows"},
     )
@@ -702,7 +702,7 @@ def test_run_command_passes_the_environment() -> None:
 
 def test_guard_blocks_real_nvidia_in_unmarked_tests() -> None:
     with pytest.raises(AssertionError, match="real nvidia-smi"):
-        provision._run.run_command(["nvidia-smi"], timeout=5)
+        provision.common.run.run_command(["nvidia-smi"], timeout=5)
     with pytest.raises(AssertionError, match="real NVML"):
         Probes().nvml()
     with pytest.raises(AssertionError, match="real nvidia-smi"):

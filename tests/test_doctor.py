@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from provision.catalog import load_catalog
-from provision.doctor import (
+from provision.data.catalog import load_catalog
+from provision.data.matrix import load_matrix
+from provision.doctor.run import (
     DOCTOR_SCHEMA,
     CacheScan,
     Expected,
@@ -39,9 +40,8 @@ from provision.doctor import (
     scan_model_cache,
 )
 from provision.errors import InvalidInput
-from provision.host import load_host
-from provision.matrix import load_matrix
-from provision.plan import Preferences, plan
+from provision.host.profile import load_host
+from provision.plan.search import Preferences, plan
 
 HOSTS = Path(__file__).parent / "fixtures" / "hosts"
 REPO = "zai-org/AutoGLM-Phone-9B"
@@ -378,7 +378,7 @@ def test_absent_model_and_disk(tmp_path: Path, autoglm: Any) -> None:
 
 
 def write_lock(path: Path, plan_doc: dict[str, Any]) -> Path:
-    from provision.lock import build_lock, dump_lock
+    from provision.render.lock import build_lock, dump_lock
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(dump_lock(build_lock(inputs={}, plan=plan_doc, hashes={}, files={})))

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import provision._fields
+import provision.common.fields
 from provision.errors import InvalidInput
-from provision.host import GpuInfo, HostProfile, host_from_dict, load_host
+from provision.host.profile import GpuInfo, HostProfile, host_from_dict, load_host
 
 HOSTS = Path(__file__).parent / "fixtures" / "hosts"
 HOST_FILES = sorted(HOSTS.glob("*.json"))
@@ -273,7 +273,7 @@ def test_deep_nesting(tmp_path: Path) -> None:
 
 
 def test_huge_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(provision._fields, "MAX_INPUT_BYTES", 1024)
+    monkeypatch.setattr(provision.common.fields, "MAX_INPUT_BYTES", 1024)
     text = json.dumps(example(padding="x" * 2000))
     assert _load_text(tmp_path, text) == f"(file): file is {len(text)} bytes; the limit is 1024"
 

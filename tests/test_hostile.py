@@ -25,10 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import provision.cli
-from provision._fields import MAX_INPUT_BYTES
 from provision.cli import main
+from provision.common.fields import MAX_INPUT_BYTES
 from provision.errors import InvalidInput, NoViablePlan
-from provision.host import HostProfile, host_from_dict, load_host
+from provision.host.profile import HostProfile, host_from_dict, load_host
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -251,10 +251,10 @@ def test_every_lock_fixture_is_in_the_table() -> None:
 @pytest.fixture
 def a10g_detected(monkeypatch: pytest.MonkeyPatch) -> HostProfile:
     """Commands that detect the machine see the A10G profile instead (no real probing in tests)."""
-    import provision.detect
+    import provision.host.detect
 
     host = load_host(A10G)
-    monkeypatch.setattr(provision.detect, "detect_host", lambda **_: host)
+    monkeypatch.setattr(provision.host.detect, "detect_host", lambda **_: host)
     return host
 
 
@@ -467,9 +467,9 @@ toml_literal = st.one_of(
        value=toml_literal)
 def test_matrix_loader_on_mutated_values(name: str, pick: int, value: str) -> None:
     """Replace one value in one matrix file: it loads (and the planner copes) or is one InvalidInput."""
-    from provision.catalog import load_catalog, resolve_model
-    from provision.matrix import load_matrix
-    from provision.plan import plan
+    from provision.data.catalog import load_catalog, resolve_model
+    from provision.data.matrix import load_matrix
+    from provision.plan.search import plan
 
     text = MATRIX_TEXT[name]
     spots = list(_ASSIGNMENT.finditer(text))
@@ -631,7 +631,7 @@ def test_hostile_gpu_name_renders_inert(capsys: pytest.CaptureFixture[str], tmp_
 ])
 def test_hostile_local_model_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch, dirname: str) -> None:
-    from provision.catalog import load_catalog
+    from provision.data.catalog import load_catalog
 
     monkeypatch.chdir(tmp_path)
     model_dir = tmp_path / "models" / dirname

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from provision.render import WORKFLOW_PATH, render_files, write_rendered
-from provision.requirements import PinnedRequirement, merge_resolution
+from provision.render.files import WORKFLOW_PATH, render_files, write_rendered
+from provision.render.requirements import PinnedRequirement, merge_resolution
 
 try:
     from test_render import make_inputs, make_plan  # tests/ is on sys.path (rootdir-less test modules)

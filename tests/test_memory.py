@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from provision.catalog import load_catalog
+from provision.data.catalog import load_catalog
 from provision.errors import InvalidInput
-from provision.memory import (
+from provision.plan.memory import (
     CUDA_CONTEXT_BYTES,
     estimate_memory,
     parameter_count,
@@ -309,7 +309,7 @@ def test_split_quantized_max_memory_accounts_for_bnb_factor(catalog):
 
 
 def test_planner_modules_do_not_import_torch():
-    code = ("import sys, provision.catalog, provision.memory, provision.resources;"
+    code = ("import sys, provision.data.catalog, provision.plan.memory, provision.common.resources;"
             "bad = [m for m in ('torch', 'transformers', 'pynvml', 'accelerate') if m in sys.modules];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

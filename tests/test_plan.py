@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from provision.catalog import load_catalog, resolve_model
-from provision.compat import driver_cuda, driver_runs, has_kernels
+from provision.data.catalog import load_catalog, resolve_model
+from provision.data.matrix import load_matrix, parse_arch
 from provision.errors import InvalidInput, NoViablePlan
-from provision.host import GpuInfo, HostProfile, NvidiaInfo, load_host
-from provision.matrix import load_matrix, parse_arch
-from provision.memory import estimate_memory
-from provision.plan import Preferences, plan
+from provision.host.profile import GpuInfo, HostProfile, NvidiaInfo, load_host
+from provision.plan.compat import driver_cuda, driver_runs, has_kernels
+from provision.plan.memory import estimate_memory
+from provision.plan.search import Preferences, plan
 
 HOSTS = Path(__file__).parent / "fixtures" / "hosts"
 MATRIX = load_matrix()
@@ -258,7 +258,7 @@ def test_old_driver_gets_exit_3_with_a_driver_remedy() -> None:
     ],
 )
 def test_kernel_rule(cc: tuple[int, int], archs: list[str], ptx: list[str], native: bool, expected: bool) -> None:
-    from provision.matrix import TorchVariant
+    from provision.data.matrix import TorchVariant
 
     variant = TorchVariant(name="cu128", cuda=Version("12.8"), platforms=("linux-x86_64",), archs=tuple(archs),
                            ptx=tuple(ptx))

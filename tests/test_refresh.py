@@ -1,4 +1,4 @@
-"""provision.refresh: index parsing, merge into torch.toml, diff, deterministic TOML, atomic write."""
+"""provision.data.refresh: index parsing, merge into torch.toml, diff, deterministic TOML, atomic write."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from provision import refresh
-from provision.errors import ProvisionError
-from provision.refresh import (
+from provision.data import refresh
+from provision.data.refresh import (
     WheelRow,
     collect_rows,
     cuda_of_variant,
@@ -24,6 +23,7 @@ from provision.refresh import (
     render_diff,
     write_atomic,
 )
+from provision.errors import ProvisionError
 
 if sys.version_info >= (3, 11):
     import tomllib

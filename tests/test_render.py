@@ -10,11 +10,11 @@ import subprocess
 
 import pytest
 
+from provision.common.quoting import docker_exec, ps_quote, sh_quote, yaml_str
 from provision.errors import InvalidInput
-from provision.lock import LOCK_NAME
-from provision.quoting import docker_exec, ps_quote, sh_quote, yaml_str
-from provision.render import FILE_NAMES, WORKFLOW_PATH, EditedFiles, RenderInputs, render_files, write_rendered
-from provision.requirements import (
+from provision.render.files import FILE_NAMES, WORKFLOW_PATH, EditedFiles, RenderInputs, render_files, write_rendered
+from provision.render.lock import LOCK_NAME
+from provision.render.requirements import (
     CompileFailed,
     PinnedRequirement,
     ResolveRequest,

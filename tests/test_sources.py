@@ -8,7 +8,7 @@ import pytest
 from packaging.version import Version
 
 from provision.errors import InvalidInput
-from provision.sources import (
+from provision.render.sources import (
     pip_find_links,
     read_pip_config,
     resolve_index_url,

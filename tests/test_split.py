@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from provision.catalog import load_catalog, resolve_model
-from provision.memory import split_across_gpus
+from provision.data.catalog import load_catalog, resolve_model
+from provision.plan.memory import split_across_gpus
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -52,8 +52,8 @@ def test_split_device_map_covers_the_model_once_with_the_planned_bytes(model_id:
 
 def test_split_device_map_loads_through_from_pretrained(tmp_path) -> None:
     """The same map shape, on the tiny model: from_pretrained accepts it and generates (GPUs -> CPU)."""
-    from provision.memory import estimate_memory
-    from provision.tiny import build_tiny
+    from provision.plan.memory import estimate_memory
+    from provision.smoke.tiny import build_tiny
 
     spec = resolve_model("autoglm-phone-9b", load_catalog())
     tiny = build_tiny(spec.config, model_id=spec.id, root=tmp_path)

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from packaging.version import Version
 
 if TYPE_CHECKING:
-    from provision.catalog import ModelSpec
-    from provision.host import HostProfile
-    from provision.plan import Preferences
+    from provision.data.catalog import ModelSpec
+    from provision.host.profile import HostProfile
+    from provision.plan.search import Preferences
 
 __all__ = ["Search", "gb", "remedies"]
 
@@ -109,8 +109,8 @@ def remedies(host: HostProfile, model: ModelSpec, prefs: Preferences, search: Se
                 remedies.append(f"use a GPU with at least {gb(need)} free ({precision}), "
                                 "or add a second GPU to split over")
             remedies.append(f"lower --context (now {prefs.context_tokens})")
-            from provision.memory import estimate_memory
-            from provision.plan import ram_needed
+            from provision.plan.memory import estimate_memory
+            from provision.plan.search import ram_needed
 
             cpu = estimate_memory(model.config, precision="bf16", context_tokens=prefs.context_tokens, device="cpu")
             need_ram = ram_needed(cpu.total)

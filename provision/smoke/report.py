@@ -142,8 +142,8 @@ def stack_versions() -> dict[str, str]:
 
 
 def planner_estimate(config: Mapping[str, Any], precision: str, context: int, device: str, skip: Sequence[str]) -> Any:
-    """provision.memory's estimate for the folder actually loaded (tiny configs give tiny numbers)."""
-    from provision.memory import estimate_memory
+    """provision.plan.memory's estimate for the folder actually loaded (tiny configs give tiny numbers)."""
+    from provision.plan.memory import estimate_memory
 
     keep = list(skip) if skip else None
     return estimate_memory(dict(config), precision=precision, context_tokens=context, device=device, keep_16bit=keep)

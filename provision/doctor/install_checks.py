@@ -1,6 +1,6 @@
 """The doctor's checks of what is installed and downloaded: packages, checkpoint, disk, lock.
 
-Pure functions of gathered facts, like the torch and GPU checks in ``provision.doctor_checks``.
+Pure functions of gathered facts, like the torch and GPU checks in ``provision.doctor.checks``.
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 from packaging.version import Version
 
-from provision.doctor_checks import Finding, base_version_or_none, version_or_none
-from provision.doctor_expected import torch_fix
+from provision.doctor.checks import Finding, base_version_or_none, version_or_none
+from provision.doctor.expected import torch_fix
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from provision.catalog import ModelSpec
-    from provision.doctor_expected import Expected
-    from provision.doctor_facts import CacheScan, Facts
-    from provision.matrix import Matrix
+    from provision.data.catalog import ModelSpec
+    from provision.data.matrix import Matrix
+    from provision.doctor.expected import Expected
+    from provision.doctor.facts import CacheScan, Facts
 
 __all__ = [
     "check_accelerate",

@@ -1,7 +1,7 @@
 """Render a plan into environment files: requirements, install/setup scripts, conda, Docker, CI, lock.
 
 ``render_files(RenderInputs) -> {relative path: bytes}`` is pure: the same inputs give
-the same bytes. Every value is validated (``provision.quoting``) while the per-file
+the same bytes. Every value is validated (``provision.common.quoting``) while the per-file
 view-models are built; templates only place values through a quoting filter for their
 language. ``write_rendered`` is the only writer: it stages every file in a temporary
 folder next to the output, refuses to overwrite files edited since the last render
@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provision import __version__
-from provision._fields import Fields, read_toml_file
-from provision.errors import InvalidInput
-from provision.lock import LOCK_NAME, build_lock, canonical_json, dump_lock, edited_files, read_lock, sha256_hex
-from provision.quoting import (
+from provision.common.fields import Fields, read_toml_file
+from provision.common.quoting import (
     check_index_url,
     check_label,
     check_model_id,
@@ -37,8 +35,10 @@ from provision.quoting import (
     sh_quote,
     yaml_str,
 )
-from provision.requirements import Resolution, check_wheelhouse, torch_index_for, unresolved
-from provision.resources import data_dir
+from provision.common.resources import data_dir
+from provision.errors import InvalidInput
+from provision.render.lock import LOCK_NAME, build_lock, canonical_json, dump_lock, edited_files, read_lock, sha256_hex
+from provision.render.requirements import Resolution, check_wheelhouse, torch_index_for, unresolved
 
 if TYPE_CHECKING:
     import jinja2
@@ -87,7 +87,7 @@ class RenderInputs:
 
     ``variants``: one mapping per CUDA/CPU variant of the chosen torch for the CI matrix,
     each ``{"variant", "cuda", "index_url", "packages"}``. ``hashes``: the resolution
-    from ``provision.requirements.resolve`` (None: pins without hashes).
+    from ``provision.render.requirements.resolve`` (None: pins without hashes).
     ``docker_env_dir``: the output folder relative to the Docker build context (the checkout root).
     """
 
@@ -257,7 +257,7 @@ def _conda_pip(images: Mapping[str, Any]) -> str:
 
 
 def _torch_index(inputs: RenderInputs, plan: _Plan) -> str | None:
-    """The index line for torch builds (see ``provision.requirements.torch_index_for``)."""
+    """The index line for torch builds (see ``provision.render.requirements.torch_index_for``)."""
     return torch_index_for(plan.index_url, wheelhouse=inputs.wheelhouse, index_url=inputs.index_url)
 
 
@@ -397,8 +397,8 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
         "io.provision.torch": dict(plan.packages).get("torch", plan.torch),
         "io.provision.variant": plan.variant,
         "io.provision.cuda": plan.cuda or "none",
-        "io.provision.plan-sha256": plan_sha,
-        "io.provision.requirements-sha256": req_sha,
+        "io.provision.plan.search-sha256": plan_sha,
+        "io.provision.render.requirements-sha256": req_sha,
         "io.provision.hashes": resolution.status,
         "io.provision.driver": (f"CUDA {plan.cuda} runtime, planned for host driver "
                                 f"{check_version(host_driver, source='host', field='nvidia.driver_version')}"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provision._fields import Fields, read_toml_file
+from provision.common.fields import Fields, read_toml_file
 from provision.errors import InvalidInput
 
 __all__ = [
@@ -146,7 +146,7 @@ def gpu_table_from_dict(data: Any, source: str = "gpus.toml") -> GpuTable:
 
 def default_gpus_path() -> Path:
     """``matrices/gpus.toml`` in a checkout, or the copy packed into the wheel."""
-    from provision.resources import data_dir
+    from provision.common.resources import data_dir
 
     return data_dir("matrices") / "gpus.toml"
 

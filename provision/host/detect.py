@@ -12,7 +12,7 @@ NVIDIA facts come from a ladder, best source first:
 4. Nothing answered: ``nvidia`` is None.
 
 Each probe is a small callable in :class:`Probes` returning raw data or None; parsing is
-pure and tolerant and lives in :mod:`provision.detect_parse` (its public names are
+pure and tolerant and lives in :mod:`provision.host.parse` (its public names are
 re-exported here). Tests inject probes and never touch a real driver.
 
 GPU indices in the profile are CUDA ordinals, what ``torch.device("cuda:N")`` means in
@@ -33,8 +33,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from provision import _run
-from provision.detect_parse import (
+from provision.common import run as _run
+from provision.data.gpus import GpuTable, load_gpu_table
+from provision.errors import ProvisionError
+from provision.host.parse import (
     SMI_FIELDS,
     DriverReading,
     RawGpu,
@@ -52,9 +54,7 @@ from provision.detect_parse import (
     parse_smi_header,
     parse_smi_query,
 )
-from provision.errors import ProvisionError
-from provision.gpus import GpuTable, load_gpu_table
-from provision.host import HostProfile, NvidiaInfo
+from provision.host.profile import HostProfile, NvidiaInfo
 
 __all__ = [
     "SMI_FIELDS",

@@ -48,4 +48,4 @@ def _package_dir() -> Path:
             return root
     except (ModuleNotFoundError, TypeError):  # pragma: no cover - unusual importers
         pass
-    return Path(__file__).resolve().parent
+    return Path(__file__).resolve().parent.parent

@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from provision._fields import read_json_file
-from provision.doctor_checks import (
+from provision.common.fields import read_json_file
+from provision.doctor.checks import (
     STATUSES,
     Finding,
     check_bf16,
@@ -26,24 +26,24 @@ from provision.doctor_checks import (
     check_torch_arch,
     check_torch_cuda_build,
 )
-from provision.doctor_checks_install import (
+from provision.doctor.expected import Expected
+from provision.doctor.facts import CacheScan, Facts, find_lock, gather_facts, hub_cache_dir, scan_model_cache
+from provision.doctor.install_checks import (
     check_accelerate,
     check_disk,
     check_lock_drift,
     check_model_cache,
     check_transformers,
 )
-from provision.doctor_expected import Expected
-from provision.doctor_facts import CacheScan, Facts, find_lock, gather_facts, hub_cache_dir, scan_model_cache
 from provision.errors import InvalidInput, NoViablePlan, ProvisionError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from provision.catalog import ModelSpec
-    from provision.matrix import Matrix
+    from provision.data.catalog import ModelSpec
+    from provision.data.matrix import Matrix
 
-# The checks and fact types are re-exported: ``from provision.doctor import ...`` is the stable entry point.
+# The checks and fact types are re-exported: ``from provision.doctor.run import ...`` is the stable entry point.
 __all__ = [
     "DOCTOR_SCHEMA",
     "STATUSES",
@@ -98,7 +98,7 @@ def evaluate(facts: Facts, matrix: Matrix, model: ModelSpec, expected: Expected 
 
 
 def _read_expected(lock_path: Path) -> Expected:
-    from provision.lock import read_lock
+    from provision.render.lock import read_lock
 
     if not lock_path.is_file():
         # read_json_file names the reason (missing, a directory, unreadable)
@@ -129,8 +129,8 @@ def run_doctor(*, model_id: str | None = None, lock_path: Path | None = None, fa
 
     :raises InvalidInput: a bad ``--lock`` file or ``--model``.
     """
-    from provision.catalog import load_catalog, resolve_model
-    from provision.matrix import load_matrix
+    from provision.data.catalog import load_catalog, resolve_model
+    from provision.data.matrix import load_matrix
 
     expected = _read_expected(lock_path) if lock_path is not None else None
     if matrix is None:
@@ -154,7 +154,7 @@ def run_doctor(*, model_id: str | None = None, lock_path: Path | None = None, fa
 
 def _plan_here(facts: Facts, matrix: Matrix, model: ModelSpec) -> tuple[Expected | None, Finding | None]:
     """What the planner would install here; when it cannot plan, that becomes a warning, not an error."""
-    from provision.plan import Preferences, plan
+    from provision.plan.search import Preferences, plan
 
     try:
         planned = plan(facts.host, matrix, model, Preferences(python=facts.python_minor))

@@ -13,7 +13,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from provision._fields import Fields, read_json_file
+from provision.common.fields import Fields, read_json_file
 from provision.errors import InvalidInput
 
 __all__ = [

@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from provision._fields import Fields
+from provision.common.fields import Fields
 from provision.errors import InvalidInput
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 Pure so that every broken environment (CPU torch on a GPU host, a driver too old for
 torch's CUDA, a GPU without kernels...) can be built by hand in a test. The
-compatibility rules are ``provision.compat``'s, so the doctor and the planner agree.
+compatibility rules are ``provision.plan.compat``'s, so the doctor and the planner agree.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from packaging.version import InvalidVersion, Version
 
-from provision.compat import driver_runs, has_kernels, supports_bf16
-from provision.detect_parse import leading_int
-from provision.doctor_expected import torch_fix
-from provision.matrix import TorchVariant, parse_arch
+from provision.data.matrix import TorchVariant, parse_arch
+from provision.doctor.expected import torch_fix
+from provision.host.parse import leading_int
+from provision.plan.compat import driver_runs, has_kernels, supports_bf16
 
 if TYPE_CHECKING:
-    from provision.doctor_expected import Expected
-    from provision.doctor_facts import Facts
-    from provision.host import GpuInfo
-    from provision.matrix import BnbRelease, Matrix
+    from provision.data.matrix import BnbRelease, Matrix
+    from provision.doctor.expected import Expected
+    from provision.doctor.facts import Facts
+    from provision.host.profile import GpuInfo
 
 __all__ = [
     "STATUSES",

@@ -1,6 +1,6 @@
 """Validators and quoting for every value that reaches a rendered file.
 
-Two lines of defence, both applied by ``provision.render``:
+Two lines of defence, both applied by ``provision.render.files``:
 
 1. *Validate*: values with a known shape (model ids, versions, index URLs, package
    names, labels, paths) must match a strict allow-list pattern, else ``InvalidInput``.

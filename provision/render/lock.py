@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from provision._fields import Fields, read_json_file
+from provision.common.fields import Fields, read_json_file
 from provision.errors import InvalidInput
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Loading the model the way a user will: its auto class, ``from_pretrained``, the planned settings.
 
 The keyword arguments (dtype, placement, bitsandbytes config) are built from the plan, so what
-loads is what ``provision.memory`` estimated; load failures become ``SmokeError`` with a hint.
+loads is what ``provision.plan.memory`` estimated; load failures become ``SmokeError`` with a hint.
 torch, transformers and bitsandbytes are imported inside functions.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import SmokeError
-from provision.memory import QUANTIZED
+from provision.plan.memory import QUANTIZED
 
 __all__ = [
     "bf16_capable",
@@ -62,7 +62,7 @@ def _quantization_config(precision: str, compute_dtype: Any, skip: Sequence[str]
     from transformers import BitsAndBytesConfig
 
     # The catalog's keep_16bit list (transformers' own default is ["lm_head"]), so what loads is
-    # what provision.memory estimated.
+    # what provision.plan.memory estimated.
     extra = {"llm_int8_skip_modules": list(skip)} if skip else {}
     if precision == "int8":
         return BitsAndBytesConfig(load_in_8bit=True, **extra)

@@ -10,9 +10,9 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from provision._fields import Fields
+from provision.common.fields import Fields
+from provision.data.matrix import PYPI_INDEX
 from provision.errors import InvalidInput
-from provision.matrix import PYPI_INDEX
 
 __all__ = ["Expected", "torch_fix"]
 
@@ -40,8 +40,8 @@ class Expected:
 
         :raises InvalidInput: naming ``source`` and the dotted field.
         """
-        from provision.plan import PRECISIONS
-        from provision.quoting import check_index_url, check_model_id, check_version
+        from provision.common.quoting import check_index_url, check_model_id, check_version
+        from provision.plan.search import PRECISIONS
 
         f = Fields(data, source, where)
         if f.str("schema") != "provision.plan/v1":
@@ -91,7 +91,7 @@ def torch_fix(expected: Expected | None) -> str:
 
 def _packages(f: Fields, source: str) -> dict[str, str]:
     """``packages``: canonical name -> exact version, both checked before they reach a pip line."""
-    from provision.quoting import check_package_name, check_version
+    from provision.common.quoting import check_package_name, check_version
 
     packages_f = f.obj("packages")
     assert packages_f is not None

@@ -17,7 +17,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from provision._fields import Fields, read_toml
+from provision.common.fields import Fields, read_toml
 from provision.errors import InvalidInput
 
 __all__ = [
@@ -419,7 +419,7 @@ def load_matrix(root: Path | None = None) -> Matrix:
     :raises InvalidInput: naming the file and the key that is wrong.
     """
     if root is None:
-        from provision.resources import data_dir
+        from provision.common.resources import data_dir
 
         root = data_dir("matrices")
     contents: dict[str, bytes] = {}

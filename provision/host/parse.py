@@ -2,7 +2,7 @@
 
 Parsers turn probe output (nvidia-smi, /proc, NVML integers) into values, and
 :func:`build_nvidia` turns one driver reading into the profile's NVIDIA section, applying
-``CUDA_VISIBLE_DEVICES``. Kept apart from :mod:`provision.detect` (which asks the machine)
+``CUDA_VISIBLE_DEVICES``. Kept apart from :mod:`provision.host.detect` (which asks the machine)
 so all of it can be tested on recorded outputs with no driver, subprocess or file system
 in sight. The parsers are tolerant: a line or value they do not understand becomes None
 or is skipped, because a half-broken driver should still yield what it can. The
@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 from packaging.version import InvalidVersion, Version
 
 from provision.errors import InvalidInput, ProvisionError
-from provision.host import DRIVER_RE, GpuInfo, NvidiaInfo
+from provision.host.profile import DRIVER_RE, GpuInfo, NvidiaInfo
 
 if TYPE_CHECKING:
-    from provision.gpus import GpuTable
+    from provision.data.gpus import GpuTable
 
 __all__ = [
     "SMI_FIELDS",

@@ -27,8 +27,8 @@ from urllib.parse import unquote, urlsplit
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
+from provision.data.matrix import PLATFORMS, on_pypi
 from provision.errors import InvalidInput, ProvisionError
-from provision.matrix import PLATFORMS, on_pypi
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from packaging.version import Version
 
-from provision.compat import driver_runs, has_kernels, supports_bf16
+from provision.data.matrix import PYPI_INDEX
 from provision.errors import InvalidInput, NoViablePlan
-from provision.matrix import PYPI_INDEX
-from provision.remedies import Search, gb, remedies
+from provision.plan.compat import driver_runs, has_kernels, supports_bf16
+from provision.plan.remedies import Search, gb, remedies
 
 if TYPE_CHECKING:
-    from provision.catalog import ModelSpec
-    from provision.host import GpuInfo, HostProfile
-    from provision.matrix import BnbRelease, Matrix, TorchRelease, TorchVariant
+    from provision.data.catalog import ModelSpec
+    from provision.data.matrix import BnbRelease, Matrix, TorchRelease, TorchVariant
+    from provision.host.profile import GpuInfo, HostProfile
 
 __all__ = ["PLAN_SCHEMA", "PRECISIONS", "Placement", "Plan", "Preferences", "Reason", "plan", "sibling_variants"]
 
@@ -239,7 +239,7 @@ def _cuda_placements(host: HostProfile, model: ModelSpec, precision: str, contex
     Every single-GPU option is kept because a later check (kernels, bitsandbytes) can rule out one
     card and not another.
     """
-    from provision.memory import estimate_memory, split_across_gpus
+    from provision.plan.memory import estimate_memory, split_across_gpus
 
     est = estimate_memory(model.config, precision=precision, context_tokens=context, device="cuda")
     search.need(est.total, precision)
@@ -340,7 +340,7 @@ def _plan_cuda(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefe
 
 def _plan_cpu(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences, python: str,
               search: Search, device: str) -> Plan | None:
-    from provision.memory import estimate_memory
+    from provision.plan.memory import estimate_memory
 
     precision = prefs.precision or "bf16"
     available = usable_ram(host.ram_bytes)

@@ -15,10 +15,10 @@ from typing import Any
 
 from packaging.version import Version
 
-from provision._fields import Fields, read_json_file, read_toml_file
+from provision.common.fields import Fields, read_json_file, read_toml_file
+from provision.common.resources import data_dir
 from provision.errors import InvalidInput
-from provision.memory import QUANTIZED, parameters_by_part, parse_architecture
-from provision.resources import data_dir
+from provision.plan.memory import QUANTIZED, parameters_by_part, parse_architecture
 
 __all__ = [
     "AUTO_CLASSES",

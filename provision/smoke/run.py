@@ -10,7 +10,7 @@ Where the model comes from (``source``):
 
 * ``weights``: a real checkpoint, from ``--model-path`` or the Hugging Face cache (offline);
 * ``synthetic``: the full-size architecture with random weights, written to a temporary folder;
-* ``tiny``: a small random model of the same architecture (``provision.tiny``).
+* ``tiny``: a small random model of the same architecture (``provision.smoke.tiny``).
 
 A tiny or synthetic run says so in every report: it proves the software stack, never the 9B
 model's quality. This module is the run itself, as named steps; the parts live beside it:
@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provision.errors import InvalidInput, ProvisionError, SmokeError
-from provision.memory import DEVICES, PRECISIONS
-from provision.smoke_inputs import MIN_PROMPT_TOKENS, Processors, image_inputs, load_processors, snippet, text_inputs
-from provision.smoke_load import bf16_capable, from_pretrained_kwargs, load_model, require_bitsandbytes
-from provision.smoke_measure import (
+from provision.plan.memory import DEVICES, PRECISIONS
+from provision.smoke.inputs import MIN_PROMPT_TOKENS, Processors, image_inputs, load_processors, snippet, text_inputs
+from provision.smoke.load import bf16_capable, from_pretrained_kwargs, load_model, require_bitsandbytes
+from provision.smoke.measure import (
     Baseline,
     GpuMemory,
     decode_bytes_per_token,
@@ -45,11 +45,11 @@ from provision.smoke_measure import (
     tensor_bytes,
     timed_generate,
 )
-from provision.smoke_report import SMOKE_SCHEMA, SmokeReport, estimate_dict, format_report, planner_estimate, stack_versions
-from provision.smoke_source import Source, choose_source, default_spec, find_cached_snapshot, missing_snapshot_files
+from provision.smoke.report import SMOKE_SCHEMA, SmokeReport, estimate_dict, format_report, planner_estimate, stack_versions
+from provision.smoke.source import Source, choose_source, default_spec, find_cached_snapshot, missing_snapshot_files
 
 if TYPE_CHECKING:
-    from provision.catalog import ModelSpec
+    from provision.data.catalog import ModelSpec
 
 __all__ = [
     "PRECISIONS",

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provision._fields import Fields
-from provision._run import find_program, run_command
+from provision.common.fields import Fields
+from provision.common.quoting import check_index_url, check_package_name, check_path, check_version
+from provision.common.run import find_program, run_command
+from provision.data.matrix import PYPI_INDEX
 from provision.errors import InvalidInput
-from provision.matrix import PYPI_INDEX
-from provision.quoting import check_index_url, check_package_name, check_path, check_version
 
 __all__ = [
     "PYPI_INDEX",

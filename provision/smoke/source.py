@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from provision.errors import InvalidInput, SmokeError
 
 if TYPE_CHECKING:
-    from provision.catalog import ModelSpec
+    from provision.data.catalog import ModelSpec
 
 __all__ = ["Source", "choose_source", "default_spec", "find_cached_snapshot", "missing_snapshot_files"]
 
@@ -66,8 +66,8 @@ class Source:
 
 def default_spec(model_path: Path | None) -> ModelSpec:
     """The catalog default, the catalog model a stand-in folder was built for, or a local folder."""
-    from provision.catalog import load_catalog, resolve_model
-    from provision.tiny import read_marker
+    from provision.data.catalog import load_catalog, resolve_model
+    from provision.smoke.tiny import read_marker
 
     catalog = load_catalog()
     if model_path is None:
@@ -88,7 +88,7 @@ def choose_source(
     init_device: str,
 ) -> Source:
     """Resolve ``source`` to a folder: given path, HF cache, then the tiny stand-in."""
-    from provision.tiny import build_synthetic, build_tiny
+    from provision.smoke.tiny import build_synthetic, build_tiny
 
     if model_path is not None:
         return _given_folder(model_path, source)
@@ -143,8 +143,8 @@ def _cached_weights(spec: ModelSpec, source: str, hf_cache_dir: Path | None) -> 
 
 
 def _stand_in_kind(path: Path) -> str | None:
-    """``tiny``/``synthetic`` when the folder carries provision.tiny's marker, else None."""
-    from provision.tiny import read_marker
+    """``tiny``/``synthetic`` when the folder carries provision.smoke.tiny's marker, else None."""
+    from provision.smoke.tiny import read_marker
 
     marker = read_marker(path)
     return None if marker is None else str(marker.get("kind", "tiny"))

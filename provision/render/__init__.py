@@ -1,0 +1,1 @@
+"""Stage 3, render: a plan into pinned, hashed environment files and their lock."""
