@@ -16,6 +16,16 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from provision.display import show_host, show_no_plan, show_plan, show_smoke
 from provision.errors import EXIT_BAD_INPUT, InvalidInput, NoViablePlan, ProvisionError
+from provision.vocab import (
+    BUILD_SCHEMA,
+    DEFAULT_CONTEXT,
+    DEVICE_CHOICES,
+    DEVICES,
+    PRECISIONS,
+    PYTORCH_INDEX,
+    RENDER_SCHEMA,
+    is_buildable_variant,
+)
 
 if TYPE_CHECKING:
     from provision.data.catalog import ModelSpec
@@ -25,7 +35,6 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-DEFAULT_CONTEXT = 4096
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,8 +59,8 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="catalog id or local directory with config.json")
     p.add_argument("--python", help="Python X.Y the environment is built with (default: the host's)")
     p.add_argument("--context", type=_positive_int, default=DEFAULT_CONTEXT, help="tokens to budget for")
-    p.add_argument("--precision", choices=("bf16", "fp16", "int8", "nf4", "fp32"))
-    p.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
+    p.add_argument("--precision", choices=PRECISIONS)
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     p.add_argument("--torch", dest="torch_version", help="pin this torch release")
     p.add_argument("--variant", help="pin this PyTorch index variant (cpu, cu126, cu128, ...)")
     p.add_argument("--wheelhouse", action="append", metavar="DIR",
@@ -99,7 +108,7 @@ def _build_parser() -> argparse.ArgumentParser:
     src.add_argument("--tiny", action="store_true")
     src.add_argument("--synthetic", action="store_true")
     p.add_argument("--model", default=None)
-    p.add_argument("--precision", choices=("bf16", "fp16", "int8", "nf4", "fp32"))
+    p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--lock", type=Path, help="take model, precision and placement from this provision.lock.json")
     p.add_argument("--context", type=_positive_int, default=None)
     p.add_argument("--new-tokens", type=_positive_int, default=16)
@@ -156,7 +165,6 @@ def _host(args: argparse.Namespace) -> HostProfile:
 def _wheelhouses(args: argparse.Namespace, index_url: str | None) -> tuple[Path, ...]:
     """The wheel folders to take torch from; ``auto`` probes ``index_url`` (else the PyTorch index),
     so call this once a command."""
-    from provision.data.matrix import PYTORCH_INDEX
     from provision.render.sources import index_reachable, resolve_wheelhouses
 
     index = index_url or PYTORCH_INDEX
@@ -184,7 +192,7 @@ def _preferences(args: argparse.Namespace, host: HostProfile, wheelhouses: tuple
     if wheelhouses:
         available = torch_builds(wheelhouses, python=python or host.python_minor, platform=host.platform)
     variant = args.variant
-    if variant is not None and not re.fullmatch(r"^(cpu|cu\d{3})$", variant):
+    if variant is not None and not is_buildable_variant(variant):
         raise InvalidInput("--variant", "variant", f"{variant!r} is not a variant like 'cu128' or 'cpu'")
     return Preferences(python=python, context_tokens=args.context, precision=args.precision, device=args.device,
                        torch_version=torch_version, variant=variant, torch_available=available)
@@ -358,7 +366,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     files = render_files(inputs)
     changed = write_rendered(out, files, force=args.force)
     if args.json:
-        _print_json({"schema": "provision.render/v1", "out": str(out), "files": sorted(files), "changed": changed,
+        _print_json({"schema": RENDER_SCHEMA, "out": str(out), "files": sorted(files), "changed": changed,
                      "hashes": hashes.status if hashes else "none", "plan": plan_doc})
     else:
         err = _console(stderr=True)
@@ -377,7 +385,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     result = build_environment(args.out, smoke=not args.no_smoke, toolkit_source=source_root())
     if args.json:
-        _print_json({"schema": "provision.build/v1", "venv": str(result.venv), "reused": result.reused,
+        _print_json({"schema": BUILD_SCHEMA, "venv": str(result.venv), "reused": result.reused,
                      "seconds": round(result.seconds, 2), "smoke": result.smoke})
         return 0
     err = _console(stderr=True)
@@ -407,8 +415,8 @@ def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
         model = plan.obj("model")
         assert model is not None
         settings["model"] = settings["model"] or model.str("id")
-        settings["precision"] = settings["precision"] or plan.choice("precision", ("bf16", "fp16", "int8", "nf4", "fp32"))
-        settings["device"] = plan.choice("device", ("cuda", "cpu", "mps"))
+        settings["precision"] = settings["precision"] or plan.choice("precision", PRECISIONS)
+        settings["device"] = plan.choice("device", DEVICES)
         gpus = plan.list("gpus", required=False)
         for i, gpu in enumerate(gpus):
             if not isinstance(gpu, int) or isinstance(gpu, bool) or not 0 <= gpu < 64:

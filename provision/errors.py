@@ -7,6 +7,8 @@ only place that turns them into a line on stderr and an exit status
 
 from __future__ import annotations
 
+from provision.vocab import PLAN_SCHEMA
+
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_FAILED",
@@ -58,7 +60,7 @@ class NoViablePlan(ProvisionError):
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "schema": "provision.plan/v1",
+            "schema": PLAN_SCHEMA,
             "error": "no-viable-plan",
             "message": self.message,
             "remedies": list(self.remedies),

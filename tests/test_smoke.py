@@ -17,10 +17,10 @@ from provision.data.catalog import load_catalog
 from provision.errors import InvalidInput, SmokeError
 from provision.smoke.run import SmokeReport, format_report, missing_snapshot_files
 from provision.smoke.tiny import MARKER_FILE, scaled_mrope_section, synthetic_config, tiny_config, vocab_size
+from provision.vocab import PRECISIONS
 
 CATALOG = load_catalog()
 SOURCES = ("weights", "synthetic", "tiny")
-PRECISIONS = ("bf16", "fp16", "int8", "nf4", "fp32")
 
 
 def assert_smoke_contract(doc: dict) -> None:

@@ -19,6 +19,7 @@ from packaging.version import Version
 
 from provision.common.fields import Fields, read_toml
 from provision.errors import InvalidInput
+from provision.vocab import PYTORCH_INDEX, VARIANT_RE
 
 __all__ = [
     "PLATFORMS",
@@ -35,11 +36,8 @@ __all__ = [
 PLATFORMS = ("linux-x86_64", "linux-aarch64", "windows-x86_64", "macos-arm64", "macos-x86_64")
 MATRIX_FILES = ("cuda.toml", "torch.toml", "bitsandbytes.toml", "companions.toml", "models.toml")
 _ARCH_RE = re.compile(r"^sm_(\d{1,2})(\d)a?$")
-_VARIANT_RE = re.compile(r"^(cpu|cu\d{3}|rocm\d+(\.\d+)*)$")
 _PY_RE = re.compile(r"^3\.\d{1,2}$")
 _CC_RE = re.compile(r"^\d{1,2}\.\d$")
-PYTORCH_INDEX = "https://download.pytorch.org/whl/"
-PYPI_INDEX = "https://pypi.org/simple"
 
 
 def on_pypi(platform: str, pypi_default: Mapping[str, str], variant: str) -> bool:
@@ -277,7 +275,7 @@ def _archs_by_platform(v: Fields, key: str) -> dict[str, tuple[str, ...]]:
 
 def _load_variant(v: Fields) -> TorchVariant:
     name = v.str("name")
-    if not _VARIANT_RE.fullmatch(name):
+    if not VARIANT_RE.fullmatch(name):
         raise v.fail("name", f"{name!r} is not a PyTorch index name like 'cu128' or 'cpu'")
     cuda = v.version("cuda", required=name != "cpu")
     if name == "cpu" and cuda is not None:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from provision.common.fields import Fields
-from provision.data.matrix import PYPI_INDEX
 from provision.errors import InvalidInput
+from provision.vocab import DEVICES, PLAN_SCHEMA, PRECISIONS, PYPI_INDEX, VARIANT_RE
 
 __all__ = ["Expected", "torch_fix"]
 
@@ -41,11 +41,10 @@ class Expected:
         :raises InvalidInput: naming ``source`` and the dotted field.
         """
         from provision.common.quoting import check_index_url, check_model_id, check_version
-        from provision.plan.search import PRECISIONS
 
         f = Fields(data, source, where)
-        if f.str("schema") != "provision.plan/v1":
-            raise f.fail("schema", f"unsupported schema {f.data.get('schema')!r}; expected 'provision.plan/v1'")
+        if f.str("schema") != PLAN_SCHEMA:
+            raise f.fail("schema", f"unsupported schema {f.data.get('schema')!r}; expected {PLAN_SCHEMA!r}")
         model = f.obj("model")
         torch = f.obj("torch")
         assert model is not None and torch is not None
@@ -54,7 +53,7 @@ class Expected:
         if not re.fullmatch(r"3\.\d{1,2}", python):
             raise f.fail("python", f"{python!r} is not a Python version like '3.11'")
         variant = torch.str("variant")
-        if not re.fullmatch(r"cpu|cu\d{3}|rocm\d+(\.\d+)*", variant):
+        if not VARIANT_RE.fullmatch(variant):
             raise torch.fail("variant", f"{variant!r} is not a PyTorch index name like 'cu128'")
         packages = _packages(f, source)
         gpus = _gpus(f, source)
@@ -64,7 +63,7 @@ class Expected:
             torch_version=check_version(torch.str("version"), source=source, field=torch.where("version")),
             variant=variant,
             index_url=check_index_url(torch.str("index_url"), source=source, field=torch.where("index_url")),
-            device=f.choice("device", ("cuda", "cpu", "mps")),
+            device=f.choice("device", DEVICES),
             precision=f.choice("precision", PRECISIONS),
             gpus=gpus,
             packages=packages,

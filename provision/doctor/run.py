@@ -36,6 +36,7 @@ from provision.doctor.install_checks import (
     check_transformers,
 )
 from provision.errors import InvalidInput, NoViablePlan, ProvisionError
+from provision.vocab import DOCTOR_SCHEMA
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -73,7 +74,6 @@ __all__ = [
     "scan_model_cache",
 ]
 
-DOCTOR_SCHEMA = "provision.doctor/v1"
 
 
 def evaluate(facts: Facts, matrix: Matrix, model: ModelSpec, expected: Expected | None, scan: CacheScan, *,

@@ -15,6 +15,7 @@ from packaging.version import Version
 
 from provision.common.fields import Fields, read_json_file
 from provision.errors import InvalidInput
+from provision.vocab import HOST_SCHEMA
 
 __all__ = [
     "HOST_SCHEMA",
@@ -25,7 +26,6 @@ __all__ = [
     "load_host",
 ]
 
-HOST_SCHEMA = "provision.host/v1"
 OS_NAMES = ("linux", "windows", "darwin")
 ARCH_NAMES = ("x86_64", "aarch64", "arm64")
 _CC_RE = re.compile(r"^(\d{1,2})\.(\d{1,2})$")

@@ -40,6 +40,7 @@ from typing import Any
 
 from provision.common.fields import Fields
 from provision.errors import InvalidInput
+from provision.vocab import DEVICES, PRECISIONS, QUANTIZED
 
 __all__ = [
     "CUDA_CONTEXT_BYTES",
@@ -56,9 +57,6 @@ __all__ = [
     "split_across_gpus",
 ]
 
-PRECISIONS = ("bf16", "fp16", "fp32", "int8", "nf4")
-QUANTIZED = ("int8", "nf4")
-DEVICES = ("cuda", "cpu", "mps")
 FAMILIES = ("glm4v", "glm4", "glm")
 
 #: CUDA context + loaded kernels (cuBLAS, sdpa), outside torch's allocator. Measured on an

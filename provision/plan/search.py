@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from packaging.version import Version
 
-from provision.data.matrix import PYPI_INDEX
 from provision.errors import InvalidInput, NoViablePlan
 from provision.plan.compat import driver_runs, has_kernels, supports_bf16
 from provision.plan.remedies import Search, gb, remedies
+from provision.vocab import DEFAULT_CONTEXT, DEVICE_CHOICES, PLAN_SCHEMA, PRECISIONS, PYPI_INDEX
 
 if TYPE_CHECKING:
     from provision.data.catalog import ModelSpec
@@ -27,9 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PLAN_SCHEMA", "PRECISIONS", "Placement", "Plan", "Preferences", "Reason", "plan", "sibling_variants"]
 
-PLAN_SCHEMA = "provision.plan/v1"
-PRECISIONS = ("bf16", "fp16", "int8", "nf4", "fp32")
-DEVICES = ("auto", "cuda", "cpu", "mps")
 #: Off CUDA the OS and other processes need room too: keep this much RAM back
 #: (the larger of an absolute floor and a share; Python and torch are already in the estimate).
 RAM_RESERVE_BYTES = 1_500_000_000
@@ -50,7 +47,7 @@ class Preferences:
     """What the user asked for. ``None`` means "choose for me"."""
 
     python: str | None = None
-    context_tokens: int = 4096
+    context_tokens: int = DEFAULT_CONTEXT
     precision: str | None = None
     device: str = "auto"
     torch_version: Version | None = None
@@ -479,8 +476,8 @@ def plan(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences
     prefs = prefs or Preferences()
     if prefs.precision is not None and prefs.precision not in PRECISIONS:
         raise InvalidInput("--precision", "precision", f"{prefs.precision!r} is not one of {', '.join(PRECISIONS)}")
-    if prefs.device not in DEVICES:
-        raise InvalidInput("--device", "device", f"{prefs.device!r} is not one of {', '.join(DEVICES)}")
+    if prefs.device not in DEVICE_CHOICES:
+        raise InvalidInput("--device", "device", f"{prefs.device!r} is not one of {', '.join(DEVICE_CHOICES)}")
     if prefs.context_tokens < 1:
         raise InvalidInput("--context", "context", "must be at least 1 token")
     python = prefs.python or host.python_minor

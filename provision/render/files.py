@@ -39,6 +39,7 @@ from provision.common.resources import data_dir
 from provision.errors import InvalidInput
 from provision.render.lock import LOCK_NAME, build_lock, canonical_json, dump_lock, edited_files, read_lock, sha256_hex
 from provision.render.requirements import Resolution, check_wheelhouse, torch_index_for, unresolved
+from provision.vocab import DEFAULT_CONTEXT, DEVICES, PLAN_SCHEMA, PRECISIONS, is_buildable_variant
 
 if TYPE_CHECKING:
     import jinja2
@@ -60,7 +61,6 @@ FILE_NAMES = (
 )
 _EXECUTABLE = frozenset({"install.sh", "setup-venv.sh"})
 _PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
-_VARIANT_RE = re.compile(r"^(cpu|cu\d{3})$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9./-]{0,127}$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -94,7 +94,7 @@ class RenderInputs:
     plan: Mapping[str, Any]
     host: Mapping[str, Any]
     model: str
-    context: int = 4096
+    context: int = DEFAULT_CONTEXT
     flags: Mapping[str, Any] = field(default_factory=dict)
     matrix_digest: str = ""
     variants: tuple[Mapping[str, Any], ...] = ()
@@ -155,8 +155,8 @@ def _packages(f: Fields, key: str) -> tuple[tuple[str, str], ...]:
 
 def _read_plan(plan: Mapping[str, Any]) -> _Plan:
     f = Fields(plan, "plan")
-    if f.str("schema") != "provision.plan/v1":
-        raise f.fail("schema", "expected 'provision.plan/v1'")
+    if f.str("schema") != PLAN_SCHEMA:
+        raise f.fail("schema", f"expected {PLAN_SCHEMA!r}")
     if "error" in f.data:
         raise f.fail("error", "a no-viable-plan document cannot be rendered")
     model = f.obj("model")
@@ -166,7 +166,7 @@ def _read_plan(plan: Mapping[str, Any]) -> _Plan:
     if not _PYTHON_RE.fullmatch(python):
         raise f.fail("python", f"{python!r} is not a Python minor like 3.11")
     variant = torch.str("variant")
-    if not _VARIANT_RE.fullmatch(variant):
+    if not is_buildable_variant(variant):
         raise torch.fail("variant", f"{variant!r} is not cpu or cuXYZ")
     repo = model.str("repo", required=False)
     return _Plan(
@@ -177,8 +177,8 @@ def _read_plan(plan: Mapping[str, Any]) -> _Plan:
         variant=variant,
         cuda=_cuda_of(variant),
         index_url=check_index_url(torch.str("index_url"), field="torch.index_url"),
-        device=f.choice("device", ("cuda", "cpu", "mps")),
-        precision=f.choice("precision", ("bf16", "fp16", "int8", "nf4", "fp32")),
+        device=f.choice("device", DEVICES),
+        precision=f.choice("precision", PRECISIONS),
         packages=_packages(f, "packages"),
     )
 
@@ -295,7 +295,7 @@ def _variant_plans(inputs: RenderInputs, plan: _Plan) -> list[dict[str, Any]]:
     for i, row in enumerate(rows):
         f = Fields(row, "variants", f"[{i}]")
         variant = f.str("variant")
-        if not _VARIANT_RE.fullmatch(variant):
+        if not is_buildable_variant(variant):
             raise f.fail("variant", f"{variant!r} is not cpu or cuXYZ")
         sub = dict(inputs.plan)
         sub["torch"] = {**dict(inputs.plan["torch"]), "variant": variant,

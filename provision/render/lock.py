@@ -16,6 +16,7 @@ from typing import Any
 
 from provision.common.fields import Fields, read_json_file
 from provision.errors import InvalidInput
+from provision.vocab import LOCK_SCHEMA
 
 __all__ = [
     "LOCK_NAME",
@@ -29,7 +30,6 @@ __all__ = [
 ]
 
 LOCK_NAME = "provision.lock.json"
-LOCK_SCHEMA = "provision.lock/v1"
 
 
 def sha256_hex(data: bytes) -> str:

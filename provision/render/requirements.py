@@ -29,8 +29,8 @@ from typing import Any
 from provision.common.fields import Fields
 from provision.common.quoting import check_index_url, check_package_name, check_path, check_version
 from provision.common.run import find_program, run_command
-from provision.data.matrix import PYPI_INDEX
 from provision.errors import InvalidInput
+from provision.vocab import PYPI_INDEX
 
 __all__ = [
     "PYPI_INDEX",

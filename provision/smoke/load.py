@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import SmokeError
-from provision.plan.memory import QUANTIZED
+from provision.vocab import QUANTIZED
 
 __all__ = [
     "bf16_capable",

@@ -14,9 +14,10 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 from typing import Any
 
+from provision.vocab import SMOKE_SCHEMA
+
 __all__ = ["SMOKE_SCHEMA", "SmokeReport", "estimate_dict", "format_report", "planner_estimate", "stack_versions"]
 
-SMOKE_SCHEMA = "provision.smoke/v1"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provision.errors import InvalidInput, ProvisionError, SmokeError
-from provision.plan.memory import DEVICES, PRECISIONS
 from provision.smoke.inputs import MIN_PROMPT_TOKENS, Processors, image_inputs, load_processors, snippet, text_inputs
 from provision.smoke.load import bf16_capable, from_pretrained_kwargs, load_model, require_bitsandbytes
 from provision.smoke.measure import (
@@ -47,6 +46,7 @@ from provision.smoke.measure import (
 )
 from provision.smoke.report import SMOKE_SCHEMA, SmokeReport, estimate_dict, format_report, planner_estimate, stack_versions
 from provision.smoke.source import Source, choose_source, default_spec, find_cached_snapshot, missing_snapshot_files
+from provision.vocab import DEVICES, PRECISIONS
 
 if TYPE_CHECKING:
     from provision.data.catalog import ModelSpec

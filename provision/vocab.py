@@ -1,0 +1,59 @@
+"""The words every stage shares, defined once: precisions, devices, schema ids, variants, indexes.
+
+A value that two stages must agree on lives here and nowhere else, so a new precision or a
+schema bump is one edit. Nothing here does I/O or imports another provision module.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "BUILD_SCHEMA",
+    "DEFAULT_CONTEXT",
+    "DEVICES",
+    "DEVICE_CHOICES",
+    "DOCTOR_SCHEMA",
+    "HOST_SCHEMA",
+    "LOCK_SCHEMA",
+    "PLAN_SCHEMA",
+    "PRECISIONS",
+    "PYPI_INDEX",
+    "PYTORCH_INDEX",
+    "QUANTIZED",
+    "RENDER_SCHEMA",
+    "SMOKE_SCHEMA",
+    "VARIANT_RE",
+    "is_buildable_variant",
+]
+
+#: Every precision, best quality first: the order the planner tries them in.
+PRECISIONS = ("bf16", "fp16", "int8", "nf4", "fp32")
+#: The precisions bitsandbytes quantizes in flight.
+QUANTIZED = ("int8", "nf4")
+#: Where a model can be placed; ``auto`` lets the planner choose.
+DEVICES = ("cuda", "cpu", "mps")
+DEVICE_CHOICES = ("auto", *DEVICES)
+
+HOST_SCHEMA = "provision.host/v1"
+PLAN_SCHEMA = "provision.plan/v1"
+LOCK_SCHEMA = "provision.lock/v1"
+SMOKE_SCHEMA = "provision.smoke/v1"
+DOCTOR_SCHEMA = "provision.doctor/v1"
+RENDER_SCHEMA = "provision.render/v1"
+BUILD_SCHEMA = "provision.build/v1"
+
+#: Tokens budgeted for when ``--context`` is not given.
+DEFAULT_CONTEXT = 4096
+
+#: A PyTorch index variant name: ``cpu``, ``cu128``, ``rocm6.4``.
+VARIANT_RE = re.compile(r"cpu|cu\d{3}|rocm\d+(\.\d+)*")
+_BUILDABLE_RE = re.compile(r"cpu|cu\d{3}")
+
+PYTORCH_INDEX = "https://download.pytorch.org/whl/"
+PYPI_INDEX = "https://pypi.org/simple"
+
+
+def is_buildable_variant(name: str) -> bool:
+    """A variant the toolkit renders environments for: the CPU build or a CUDA build (no ROCm yet)."""
+    return _BUILDABLE_RE.fullmatch(name) is not None
