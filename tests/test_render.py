@@ -151,6 +151,19 @@ def test_dockerfile_matches_variant_cuda_runs_non_root_and_serves():
         assert not re.search(r"^(ENV|ARG)\b.*(TOKEN|SECRET)", df, re.M)
 
 
+def test_image_labels_carry_the_plan_and_requirements_digests_under_their_published_names():
+    import hashlib
+
+    from provision.render.lock import canonical_json
+
+    inputs = make_inputs()
+    files = render_files(inputs)
+    labels = dict(re.findall(r'^LABEL (\S+)="([^"]*)"$', text(files, "Dockerfile"), re.M))
+    assert labels["io.provision.plan-sha256"] == hashlib.sha256(canonical_json(inputs.plan)).hexdigest()
+    assert labels["io.provision.requirements-sha256"] == hashlib.sha256(files["requirements.txt"]).hexdigest()
+    assert labels["io.provision.driver"] == "CUDA 12.8 runtime, planned for host driver 570.124.06"
+
+
 def test_cpu_dockerfile_uses_slim_python_and_int8_serves_quantized():
     df = text(render_files(make_inputs(make_plan("cpu"))), "Dockerfile")
     assert "FROM python:3.11-slim-bookworm AS builder" in df

@@ -397,8 +397,8 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
         "io.provision.torch": dict(plan.packages).get("torch", plan.torch),
         "io.provision.variant": plan.variant,
         "io.provision.cuda": plan.cuda or "none",
-        "io.provision.plan.search-sha256": plan_sha,
-        "io.provision.render.requirements-sha256": req_sha,
+        "io.provision.plan-sha256": plan_sha,
+        "io.provision.requirements-sha256": req_sha,
         "io.provision.hashes": resolution.status,
         "io.provision.driver": (f"CUDA {plan.cuda} runtime, planned for host driver "
                                 f"{check_version(host_driver, source='host', field='nvidia.driver_version')}"
