@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from provision.common.atomic import write_atomic
 from provision.errors import BuildError, InvalidInput, SmokeError
 
 __all__ = ["BuildResult", "build_environment", "env_digest", "source_root", "venv_python"]
@@ -90,7 +91,7 @@ def _refresh_toolkit(venv: Path, root: Path, env: dict[str, str]) -> bool:
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise BuildError(f"reinstalling the provision toolkit into {venv} failed: {proc.stderr.strip()[-500:]}")
-    stamp.write_text(digest + "\n", encoding="utf-8")
+    write_atomic(stamp, digest + "\n")
     return True
 
 
@@ -155,7 +156,7 @@ def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] 
             venv.rename(old)
         try:
             _run_setup(out, venv, env)
-            (venv / STAMP).write_text(digest + "\n", encoding="utf-8")  # written last: marks it complete
+            write_atomic(venv / STAMP, digest + "\n")  # written last: marks it complete
         except BaseException:
             shutil.rmtree(venv, ignore_errors=True)
             if old.exists():
@@ -163,7 +164,7 @@ def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] 
             raise
         shutil.rmtree(old, ignore_errors=True)
         if root is not None:
-            (venv / TOOLKIT_STAMP).write_text(toolkit_digest(root) + "\n", encoding="utf-8")
+            write_atomic(venv / TOOLKIT_STAMP, toolkit_digest(root) + "\n")
     elif root is not None:
         _refresh_toolkit(venv, root, env)
     report = run_smoke_in(venv, out, env) if smoke else None

@@ -228,9 +228,9 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     doc = host.to_dict()
     text = json.dumps(doc, indent=2) + "\n"
     if args.output:
-        from provision.render.files import write_text_atomic
+        from provision.common.atomic import write_atomic
 
-        write_text_atomic(args.output, text)
+        write_atomic(args.output, text)
     if args.json:
         sys.stdout.write(text)
     else:
@@ -458,9 +458,9 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
                        context_tokens=args.context, new_tokens=args.new_tokens)
     doc = report.to_dict()
     if args.output:
-        from provision.render.files import write_text_atomic
+        from provision.common.atomic import write_atomic
 
-        write_text_atomic(args.output, json.dumps(doc, indent=2) + "\n")
+        write_atomic(args.output, json.dumps(doc, indent=2) + "\n")
     if args.json:
         _print_json(doc)
     show_smoke(doc, _console(stderr=args.json))
@@ -469,8 +469,9 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
 
 def _cmd_matrix(args: argparse.Namespace) -> int:
     """``matrix refresh``: rebuild torch rows from the PyTorch index; show the diff, write on --write."""
+    from provision.common.atomic import write_atomic
     from provision.data.matrix import load_matrix
-    from provision.data.refresh import refresh_torch, write_atomic
+    from provision.data.refresh import refresh_torch
 
     matrix = load_matrix(args.matrix)
     path = matrix.root / "torch.toml"

@@ -1,4 +1,4 @@
-"""provision.data.refresh: index parsing, merge into torch.toml, diff, deterministic TOML, atomic write."""
+"""provision.data.refresh: index parsing, merge into torch.toml, diff, deterministic TOML."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from provision.data import refresh
+from provision.common.atomic import write_atomic
 from provision.data.refresh import (
     WheelRow,
     collect_rows,
@@ -21,7 +21,6 @@ from provision.data.refresh import (
     platform_of_tag,
     refresh_torch,
     render_diff,
-    write_atomic,
 )
 from provision.errors import ProvisionError
 
@@ -208,28 +207,6 @@ def test_diff_shows_changed_lines():
 
 
 # ----------------------------------------------------------------------------- I/O edges
-
-
-def test_write_atomic_replaces_and_leaves_no_temp(tmp_path):
-    target = tmp_path / "torch.toml"
-    target.write_text("old\n")
-    write_atomic(target, "new\n")
-    assert target.read_text() == "new\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["torch.toml"]
-
-
-def test_write_atomic_keeps_old_file_when_replace_fails(tmp_path, monkeypatch):
-    target = tmp_path / "torch.toml"
-    target.write_text("old\n")
-
-    def boom(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(refresh.os, "replace", boom)
-    with pytest.raises(OSError):
-        write_atomic(target, "new\n")
-    assert target.read_text() == "old\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["torch.toml"]
 
 
 class _Session:

@@ -6,17 +6,15 @@ exists for.  Everything else in torch.toml (GPU architectures, PTX, dates, pairi
 verified by hand, so a refresh only rewrites ``platforms`` / ``pythons`` and adds rows it has never
 seen, and always shows a diff before anything is written.
 
-Pure functions do the parsing, merging, rendering and diffing; ``fetch_index`` and ``write_atomic``
-are the only I/O.
+Pure functions do the parsing, merging, rendering and diffing; ``fetch_index`` is the only I/O
+here (the command writes the new file through ``provision.common.atomic``).
 """
 
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -50,7 +48,6 @@ __all__ = [
     "platform_of_tag",
     "refresh_torch",
     "render_diff",
-    "write_atomic",
 ]
 
 DEFAULT_INDEX_URL = "https://download.pytorch.org/whl"
@@ -400,21 +397,6 @@ def render_diff(old_text: str, new_text: str, path: str = "torch.toml") -> str:
             tofile=f"b/{path}",
         )
     )
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and ``os.replace`` (readers never see half)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)  # noqa: PTH105 - atomic rename is the point here
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def fetch_index(

@@ -3,7 +3,7 @@
 ``render_files(RenderInputs) -> {relative path: bytes}`` is pure: the same inputs give
 the same bytes. Every value is validated (``provision.common.quoting``) while the per-file
 view-models are built; templates only place values through a quoting filter for their
-language. ``write_rendered`` is the only writer: it stages every file in a temporary
+language. ``write_rendered`` writes a render: it stages every file in a temporary
 folder next to the output, refuses to overwrite files edited since the last render
 (their sha256 differs from the old lock) unless forced, then moves files into place.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provision import __version__
+from provision.common.atomic import replace_durably, write_atomic
 from provision.common.fields import Fields, read_toml_file
 from provision.common.quoting import (
     check_index_url,
@@ -51,7 +52,6 @@ __all__ = [
     "load_images",
     "render_files",
     "write_rendered",
-    "write_text_atomic",
 ]
 
 WORKFLOW_PATH = ".github/workflows/provision.yml"
@@ -433,12 +433,17 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
 # ---------------------------------------------------------------- the writer
 
 
+def _mode(name: str) -> int:
+    return 0o755 if name in _EXECUTABLE else 0o644
+
+
 def write_rendered(out_dir: Path, files: Mapping[str, bytes], *, force: bool = False) -> list[str]:
     """Write ``files`` under ``out_dir`` all-or-nothing; return the names that changed.
 
-    Every file is first written into a temp folder beside ``out_dir`` (same filesystem),
-    then moved over its target with ``os.replace``. A file whose bytes differ from the
-    sha256 the previous lock recorded was edited by someone: refuse unless ``force``.
+    Every file is first written (fsynced, by ``provision.common.atomic``) into a temp folder
+    beside ``out_dir`` (same filesystem), then moved over its target with ``os.replace``.
+    A file whose bytes differ from the sha256 the previous lock recorded was edited by
+    someone: refuse unless ``force``.
 
     :raises EditedFiles: edited files are in the way and ``force`` is false.
     """
@@ -457,12 +462,9 @@ def write_rendered(out_dir: Path, files: Mapping[str, bytes], *, force: bool = F
     changed = []
     try:
         for name in sorted(files):
-            path = stage / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(files[name])
-            path.chmod(0o755 if name in _EXECUTABLE else 0o644)
+            write_atomic(stage / name, files[name], mode=_mode(name))
         if not out_dir.exists():
-            stage.replace(out_dir)  # a fresh folder appears whole
+            replace_durably(stage, out_dir)  # a fresh folder appears whole
             return sorted(files)
         # lock last: until it lands, the old lock still describes the old files
         for name in sorted(files, key=lambda n: (n == LOCK_NAME, n)):
@@ -471,24 +473,9 @@ def write_rendered(out_dir: Path, files: Mapping[str, bytes], *, force: bool = F
                     os.access(target, os.X_OK) == (name in _EXECUTABLE)):
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            (stage / name).replace(target)
+            replace_durably(stage / name, target)
             changed.append(name)
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
     return changed
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write one file whole: a temp file beside it, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        Path(tmp).chmod(0o644)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provision.common.atomic import write_atomic
 from provision.common.fields import Fields
 from provision.common.quoting import check_index_url, check_package_name, check_path, check_version
 from provision.common.run import find_program, run_command
@@ -376,10 +377,7 @@ def resolve(
         except CompileFailed as exc2:
             return unresolved(request.packages, f"resolver failed: {exc2}")
     if result.status == "complete" and cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result.to_dict(), sort_keys=True, indent=1), encoding="utf-8")
-        tmp.replace(cache_file)
+        write_atomic(cache_file, json.dumps(result.to_dict(), sort_keys=True, indent=1))
     return result
 
 
