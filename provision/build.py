@@ -12,12 +12,12 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from provision.common import run as _run
 from provision.common.atomic import write_atomic
 from provision.errors import BuildError, InvalidInput, SmokeError
 
@@ -87,8 +87,12 @@ def _refresh_toolkit(venv: Path, root: Path, env: dict[str, str]) -> bool:
         return False
     python = str(venv_python(venv))
     argv = (["uv", "pip", "install", "--python", python, "--no-deps", "--reinstall-package", "provision", str(root)]
-            if shutil.which("uv") else [python, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(root)])
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+            if _run.find_program("uv") else
+            [python, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(root)])
+    try:
+        proc = _run.run_process(argv, env=env)
+    except _run.NotRun as exc:
+        raise BuildError(f"reinstalling the provision toolkit into {venv} failed: {exc}") from None
     if proc.returncode != 0:
         raise BuildError(f"reinstalling the provision toolkit into {venv} failed: {proc.stderr.strip()[-500:]}")
     write_atomic(stamp, digest + "\n")
@@ -104,8 +108,10 @@ def _run_setup(out: Path, target: Path, env: dict[str, str]) -> None:
     script = out / "setup-venv.sh"  # present: env_digest has read it
     log = out / "build.log"
     with log.open("w", encoding="utf-8") as fh:
-        proc = subprocess.run(["bash", str(script), str(target)], cwd=out, env=env, stdout=fh,
-                              stderr=subprocess.STDOUT, check=False)
+        try:
+            proc = _run.run_process(["bash", str(script), str(target)], cwd=out, env=env, log=fh)
+        except _run.NotRun as exc:
+            raise BuildError(f"setup-venv.sh did not run ({exc}); the previous environment is untouched") from None
     if proc.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
         hint = ""
@@ -129,11 +135,12 @@ def _recover(venv: Path, old: Path) -> None:
 
 
 def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] | None = None,
-                      toolkit_source: Path | None = None) -> BuildResult:
+                      toolkit_source: Path | None = None, echo: Callable[[str], object] | None = None) -> BuildResult:
     """Build ``out/venv`` from the files in ``out`` (or reuse it), then run the smoke test in it.
 
     ``toolkit_source``: the provision checkout the venv installs the toolkit from; a reused venv
-    gets a fresh copy of the toolkit (only) when that source changed.
+    gets a fresh copy of the toolkit (only) when that source changed. ``echo``: where the smoke
+    test's own stderr goes (the CLI passes its stderr; library code prints nothing itself).
 
     :raises BuildError: the install failed; the old venv (if any) is kept.
     :raises SmokeError: the environment built but the model did not load or generate.
@@ -167,17 +174,30 @@ def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] 
             write_atomic(venv / TOOLKIT_STAMP, toolkit_digest(root) + "\n")
     elif root is not None:
         _refresh_toolkit(venv, root, env)
-    report = run_smoke_in(venv, out, env) if smoke else None
+    report = run_smoke_in(venv, out, env, echo or _discard) if smoke else None
     return BuildResult(venv=venv, reused=reused, seconds=time.perf_counter() - start, smoke=report)
 
 
-def run_smoke_in(venv: Path, out: Path, env: dict[str, str]) -> dict[str, object]:
-    """Run ``provision smoke`` with the venv's own Python, against the rendered lock."""
+def _discard(_text: str) -> None:
+    """No one asked to see the smoke test's stderr."""
+
+
+def run_smoke_in(venv: Path, out: Path, env: dict[str, str], echo: Callable[[str], object]) -> dict[str, object]:
+    """Run ``provision smoke`` with the venv's own Python, against the rendered lock.
+
+    ``echo`` gets the smoke test's own progress and errors (its stderr) as they matter to a
+    person, before any failure is raised.
+
+    :raises SmokeError: the smoke test failed or printed no report.
+    """
     report_path = out / "smoke.json"
     argv = [str(venv_python(venv)), "-m", "provision", "smoke", "--lock", str(out / "provision.lock.json"),
             "--json", "-o", str(report_path)]
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    sys.stderr.write(proc.stderr)
+    try:
+        proc = _run.run_process(argv, env=env)
+    except _run.NotRun as exc:
+        raise SmokeError(f"the smoke test did not run in {venv}: {exc}") from None
+    echo(proc.stderr)
     if proc.returncode != 0:
         raise SmokeError(f"the smoke test failed in {venv} (exit {proc.returncode}); see the output above")
     try:

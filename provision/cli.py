@@ -383,7 +383,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
 def _cmd_build(args: argparse.Namespace) -> int:
     from provision.build import build_environment, source_root
 
-    result = build_environment(args.out, smoke=not args.no_smoke, toolkit_source=source_root())
+    result = build_environment(args.out, smoke=not args.no_smoke, toolkit_source=source_root(),
+                               echo=sys.stderr.write)
     if args.json:
         _print_json({"schema": BUILD_SCHEMA, "venv": str(result.venv), "reused": result.reused,
                      "seconds": round(result.seconds, 2), "smoke": result.smoke})

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ import pytest
 
 import provision.build
 import provision.cli
+import provision.common.run
 from provision.build import STAMP, build_environment, env_digest
 from provision.cli import main
-from provision.errors import BuildError, InvalidInput
+from provision.errors import BuildError, InvalidInput, SmokeError
+from provision.smoke.report import SmokeReport
 
 A10G = Path(__file__).parent / "fixtures" / "hosts" / "linux-x86_64-a10g-driver535.json"
 
@@ -115,15 +118,15 @@ def test_interrupted_build_keeps_the_old_venv(tmp_path: Path, env: dict[str, str
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     out = rendered(tmp_path / "out")
     venv = old_venv(out)
-    real_run = subprocess.run
+    real_spawn = provision.common.run.spawn
 
     def interrupted(argv: list[str], **kwargs: Any) -> Any:
-        real_run(argv, **kwargs)  # the setup got as far as writing the new venv in place ...
+        real_spawn(argv, **kwargs)  # the setup got as far as writing the new venv in place ...
         assert (out / "venv" / "marker").read_text() == "new\n"
         assert (out / "venv.old" / "marker").read_text() == "old\n"  # ... with the old one aside
         raise KeyboardInterrupt  # ... when Ctrl-C arrived
 
-    monkeypatch.setattr(provision.build.subprocess, "run", interrupted)
+    monkeypatch.setattr(provision.common.run, "spawn", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_environment(out, smoke=False, environ=env)
     assert (venv / "marker").read_text() == "old\n"
@@ -172,6 +175,40 @@ def test_build_command_reports_the_failure(tmp_path: Path, capsys: pytest.Captur
     assert rc == 1
     assert err.startswith("error: setup-venv.sh failed (exit 1)") and "Traceback" not in err
     assert (venv / "marker").read_text() == "old\n"
+
+
+REPORT = SmokeReport(model="autoglm-phone-9b", source="tiny", precision="fp32", device="cpu", load_seconds=0.25,
+                     peak_memory_bytes=1000, estimated_memory_bytes=None, tokens_generated=16, tokens_per_second=40.5,
+                     warnings=("a warning",))
+
+
+def with_smoke(stdout: str) -> str:
+    """A setup tail whose venv python acts as ``provision smoke``: progress on stderr, ``stdout`` on stdout."""
+    return f"""cat > "$1/bin/python" <<'PY'
+#!/bin/sh
+echo "loading the tiny model" >&2
+cat <<'JSON'
+{stdout}
+JSON
+PY
+chmod +x "$1/bin/python"
+"""
+
+
+def test_build_passes_the_smoke_tests_output_on_and_prints_nothing(tmp_path: Path, env: dict[str, str]) -> None:
+    out = rendered(tmp_path / "out", tail=with_smoke(json.dumps(REPORT.to_dict())))
+    echoed: list[str] = []
+    result = build_environment(out, environ=env, echo=echoed.append)
+    assert result.smoke == REPORT.to_dict()
+    assert echoed == ["loading the tiny model\n"]  # the smoke test's stderr goes where the caller says
+
+
+def test_a_smoke_test_without_a_report_fails_after_showing_its_output(tmp_path: Path, env: dict[str, str]) -> None:
+    out = rendered(tmp_path / "out", tail=with_smoke("not json"))
+    echoed: list[str] = []
+    with pytest.raises(SmokeError, match="printed no JSON report"):
+        build_environment(out, environ=env, echo=echoed.append)
+    assert echoed == ["loading the tiny model\n"]
 
 
 # ---------------------------------------------------------------------------
@@ -238,15 +275,15 @@ def test_reused_venv_gets_the_changed_toolkit_reinstalled(tmp_path: Path, env: d
     build_environment(out, smoke=False, environ=env, toolkit_source=src)
     assert (out / "venv" / provision.build.TOOLKIT_STAMP).read_text().strip() == provision.build.toolkit_digest(src)
     calls: list[list[str]] = []
-    real_run = subprocess.run
+    real_spawn = provision.common.run.spawn
 
     def record(argv: list[str], **kwargs: Any) -> Any:
         if "install" in argv:
             calls.append(argv)
             return subprocess.CompletedProcess(argv, 0, "", "")
-        return real_run(argv, **kwargs)
+        return real_spawn(argv, **kwargs)
 
-    monkeypatch.setattr(provision.build.subprocess, "run", record)
+    monkeypatch.setattr(provision.common.run, "spawn", record)
     again = build_environment(out, smoke=False, environ=env, toolkit_source=src)
     assert again.reused and calls == [] and runs(out) == 1  # nothing changed: nothing reinstalled
     (src / "provision" / "__init__.py").write_text("x = 2\n")

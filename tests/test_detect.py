@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -676,28 +675,7 @@ def test_malformed_gpu_table_file(tmp_path: Path) -> None:
         load_gpu_table(bad)
 
 
-# --- the subprocess helper and the test guard --------------------------------------------------
-
-
-def test_run_command_captures_text_and_status() -> None:
-    done = provision.common.run.run_command([sys.executable, "-c", "import sys; print('é'); sys.exit(3)"], timeout=30)
-    assert done is not None
-    assert (done.returncode, done.stdout.strip()) == (3, "é")
-
-
-def test_run_command_expected_failures_are_none() -> None:
-    assert provision.common.run.run_command(["provision-no-such-program-x"], timeout=5) is None
-    assert provision.common.run.run_command([sys.executable, "-c", "import time; time.sleep(10)"], timeout=0.5) is None
-    with pytest.raises(ValueError):
-        provision.common.run.run_command([], timeout=1)
-
-
-def test_run_command_passes_the_environment() -> None:
-    done = provision.common.run.run_command(
-        [sys.executable, "-c", "import os; print(os.environ['PROVISION_T'])"], timeout=30,
-        env={"PROVISION_T": "x1", "PATH": "", "SYSTEMROOT": "C:\\Windows"},
-    )
-    assert done is not None and done.stdout.strip() == "x1"
+# --- the test guard (provision.common.run itself: tests/test_run.py) ---------------------------
 
 
 def test_guard_blocks_real_nvidia_in_unmarked_tests() -> None:

@@ -1,9 +1,13 @@
 """The one place the toolkit starts a subprocess.
 
-An argv list (never a shell string), a timeout, text capture and the caller's
-environment. A missing program, a timeout or an OS refusal is an expected
-outcome that the probes turn into "not found here", so it comes back as ``None``
-instead of an exception; a non-zero exit status is returned for the caller to judge.
+An argv list (never a shell string), an optional timeout, UTF-8 text with replacement (odd
+bytes never raise), no stdin, and the caller's environment. Every call ends in ``spawn``, the
+single ``subprocess.run`` of the package, which tests replace to stand in for real programs.
+
+Two ways to ask: ``run_process`` raises ``NotRun`` (with the reason) when the program is not
+on PATH, could not be started or ran past its timeout, for callers that report why;
+``run_command`` returns ``None`` instead, for probes that turn all of that into "not found
+here". Either way a non-zero exit status is returned for the caller to judge.
 """
 
 from __future__ import annotations
@@ -12,13 +16,61 @@ import os
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
+from typing import IO, Any
 
-__all__ = ["find_program", "run_command"]
+__all__ = ["NotRun", "find_program", "run_command", "run_process", "spawn"]
+
+
+class NotRun(Exception):
+    """The program did not run to completion; ``str()`` says why in a few words, naming it."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 def find_program(name: str) -> str | None:
     """Where ``name`` is on PATH, or None. Tests replace this to block real tools."""
     return shutil.which(name)
+
+
+def spawn(argv: Sequence[str], **options: Any) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(argv, check=False, **options)``: the package's only call of it."""
+    return subprocess.run(list(argv), check=False, **options)
+
+
+def run_process(
+    argv: Sequence[str],
+    *,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    log: IO[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to completion and return it, whatever its exit status.
+
+    Output is captured as text, or with ``log`` both streams go to that open file instead.
+    ``env`` replaces the environment when given; by default the child inherits ours.
+
+    :raises NotRun: the program is not on PATH, the OS refused to start it, or it ran past
+        ``timeout`` seconds (it is killed).
+    :raises ValueError: ``argv`` is empty (a programming error, not bad input).
+    """
+    if not argv:
+        raise ValueError("run_process needs a program to run")
+    program = find_program(argv[0])  # a path is checked as given, a bare name searched on PATH
+    if program is None:
+        raise NotRun(f"{argv[0]} is not on PATH")
+    output: dict[str, Any] = {"capture_output": True} if log is None else {"stdout": log, "stderr": subprocess.STDOUT}
+    try:
+        return spawn(
+            [program, *argv[1:]], text=True, encoding="utf-8", errors="replace", timeout=timeout,
+            env=dict(env) if env is not None else None, cwd=cwd, stdin=subprocess.DEVNULL, **output,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise NotRun(f"{argv[0]} timed out after {timeout:g} s", timed_out=True) from None
+    except OSError as exc:  # FileNotFoundError included: the program vanished after the lookup
+        raise NotRun(f"could not start {argv[0]}: {exc.strerror or exc}") from None
 
 
 def run_command(
@@ -28,33 +80,11 @@ def run_command(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess[str] | None:
-    """Run ``argv`` and capture its text output.
-
-    Returns the finished process (whatever its exit status) or ``None`` when the
-    program is not on PATH, could not be started (``OSError``) or ran past
-    ``timeout`` seconds (it is killed). Output is decoded as UTF-8 with
-    replacement, so odd bytes never raise. ``env`` replaces the environment when
-    given; by default the child inherits ours.
+    """``run_process`` for probes: ``None`` where it raises ``NotRun``.
 
     :raises ValueError: if ``argv`` is empty (a programming error, not bad input).
     """
-    if not argv:
-        raise ValueError("run_command needs a program to run")
-    program = find_program(argv[0])  # a path is checked as given, a bare name searched on PATH
-    if program is None:
-        return None
     try:
-        return subprocess.run(
-            [program, *argv[1:]],
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            timeout=timeout,
-            check=False,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-        )
-    except (FileNotFoundError, subprocess.TimeoutExpired, OSError):
+        return run_process(argv, timeout=timeout, env=env, cwd=cwd)
+    except NotRun:
         return None

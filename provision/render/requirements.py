@@ -18,18 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provision.common import run as _run
 from provision.common.atomic import write_atomic
 from provision.common.fields import Fields
 from provision.common.quoting import check_index_url, check_package_name, check_path, check_version
-from provision.common.run import find_program, run_command
 from provision.errors import InvalidInput
 from provision.vocab import PYPI_INDEX
 
@@ -279,13 +277,12 @@ def uv_compile(
 
     :raises CompileFailed: uv missing, failed or timed out (the message says which).
     """
-    uv = shutil.which("uv")
-    if uv is None:
+    if _run.find_program("uv") is None:
         raise CompileFailed("uv is not on PATH")
     with tempfile.TemporaryDirectory(prefix="provision-resolve-") as tmp:
         req = Path(tmp) / "requirements.in"
         req.write_text("".join(f"{r}\n" for r in requirements), encoding="utf-8")
-        argv = [uv, "pip", "compile", str(req), "--generate-hashes", "--no-header", "--no-annotate",
+        argv = ["uv", "pip", "compile", str(req), "--generate-hashes", "--no-header", "--no-annotate",
                 "--no-config", "--quiet", "--python-version", python, "--python-platform", platform,
                 "--index-url", index_url]
         for url in extra_index_urls:
@@ -299,9 +296,10 @@ def uv_compile(
         if exclude_newer:
             argv += ["--exclude-newer", exclude_newer]
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=_RESOLVER_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired:
-            raise CompileFailed(f"uv pip compile timed out after {_RESOLVER_TIMEOUT_S} s") from None
+            done = _run.run_process(argv, timeout=_RESOLVER_TIMEOUT_S)
+        except _run.NotRun as why:
+            raise CompileFailed(f"uv pip compile timed out after {_RESOLVER_TIMEOUT_S} s" if why.timed_out
+                                else str(why)) from None
     if done.returncode != 0:
         tail = " | ".join(line.strip() for line in done.stderr.strip().splitlines()[-3:])
         raise CompileFailed(tail or f"uv exited {done.returncode}")
@@ -309,9 +307,9 @@ def uv_compile(
 
 
 def _uv_version() -> str:
-    if find_program("uv") is None:
+    if _run.find_program("uv") is None:
         return "uv (missing)"
-    done = run_command(["uv", "--version"], timeout=30)
+    done = _run.run_command(["uv", "--version"], timeout=30)
     return (done.stdout.strip() if done is not None else "") or "uv (unknown)"
 
 
