@@ -28,6 +28,7 @@ from provision.vocab import (
 )
 
 if TYPE_CHECKING:
+    from provision.common.net import IndexProbe
     from provision.data.catalog import ModelSpec
     from provision.data.matrix import Matrix
     from provision.host.profile import HostProfile
@@ -162,13 +163,12 @@ def _host(args: argparse.Namespace) -> HostProfile:
     return detect_host()
 
 
-def _wheelhouses(args: argparse.Namespace, index_url: str | None) -> tuple[Path, ...]:
-    """The wheel folders to take torch from; ``auto`` probes ``index_url`` (else the PyTorch index),
-    so call this once a command."""
-    from provision.render.sources import index_reachable, resolve_wheelhouses
+def _wheelhouses(args: argparse.Namespace, index_url: str | None, probe: IndexProbe) -> tuple[Path, ...]:
+    """The wheel folders to take torch from; ``auto`` asks ``probe`` about ``index_url`` (else the PyTorch index)."""
+    from provision.render.sources import resolve_wheelhouses
 
     index = index_url or PYTORCH_INDEX
-    return resolve_wheelhouses(args.wheelhouse, os.environ, index_reachable=lambda: index_reachable(index))
+    return resolve_wheelhouses(args.wheelhouse, os.environ, index_reachable=lambda: probe.reachable(index))
 
 
 def _preferences(args: argparse.Namespace, host: HostProfile, wheelhouses: tuple[Path, ...]) -> Any:
@@ -199,11 +199,12 @@ def _preferences(args: argparse.Namespace, host: HostProfile, wheelhouses: tuple
 
 
 def _make_plan(args: argparse.Namespace) -> tuple[HostProfile, Matrix, ModelSpec, Plan]:
+    from provision.common.net import IndexProbe
     from provision.plan.search import plan
     from provision.render.sources import resolve_index_url
 
     host, matrix, model = _load_inputs(args)
-    wheelhouse = _wheelhouses(args, resolve_index_url(getattr(args, "index_url", None), os.environ))
+    wheelhouse = _wheelhouses(args, resolve_index_url(getattr(args, "index_url", None), os.environ), IndexProbe())
     return host, matrix, model, plan(host, matrix, model, _preferences(args, host, wheelhouse))
 
 
@@ -317,11 +318,13 @@ class _RunnerLabels(TypedDict, total=False):
 def _cmd_render(args: argparse.Namespace) -> int:
     """Plan (or read ``--plan``), resolve hashes, render every file, write them atomically."""
     from provision.build import source_root
+    from provision.common.net import IndexProbe
     from provision.common.quoting import check_label
     from provision.render.files import RenderInputs, render_files, write_rendered
     from provision.render.requirements import resolve, resolve_request
     from provision.render.sources import resolve_index_url
 
+    probe = IndexProbe()  # one per command: the wheel folders and the resolver share its answers
     index_url = resolve_index_url(args.index_url, os.environ)
     for option in ("gpu_runner", "cpu_runner"):  # checked before any planning or resolving
         for label in getattr(args, option) or ():
@@ -330,10 +333,10 @@ def _cmd_render(args: argparse.Namespace) -> int:
         plan_doc = _read_plan_file(args.plan_file)
         host, matrix, model = _load_inputs(args, plan_doc["model"]["id"])
         variants: tuple[Mapping[str, Any], ...] = ()
-        wheelhouse = _wheelhouses(args, index_url)
+        wheelhouse = _wheelhouses(args, index_url, probe)
     else:
         host, matrix, model = _load_inputs(args)
-        wheelhouse = _wheelhouses(args, index_url)
+        wheelhouse = _wheelhouses(args, index_url, probe)
         prefs = _preferences(args, host, wheelhouse)
         from provision.plan.search import plan, sibling_variants
 
@@ -345,7 +348,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     if not args.no_resolve:
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "provision" / "resolve"
         request = resolve_request(plan_doc, host_doc, wheelhouse=[str(w) for w in wheelhouse], index_url=index_url)
-        hashes = resolve(request, cache_dir=cache)
+        hashes = resolve(request, cache_dir=cache, probe=probe)
     root = source_root()
     out = args.out.resolve()
     docker_dir = os.path.relpath(out, root) if root is not None and out.is_relative_to(root) else "."

@@ -126,15 +126,27 @@ def test_a_local_model_directory_plans_and_says_where_it_is(tmp_path: Path,
     assert doc["model"]["id"] == "my-autoglm" and doc["model"]["repo"] is None
 
 
-def test_wheelhouse_auto_probes_the_index_once_per_render(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wheelhouse_auto_probes_the_index_once_per_render(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Unreachable and no local wheels: the wheel-folder choice and the resolver both ask, the network once."""
+    import provision.common.net
+    import provision.common.run
     import provision.render.sources
 
     probes: list[str] = []
 
-    def unreachable(url: str, timeout: float = 5.0) -> bool:
+    def unreachable(url: str, timeout: float = 5.0) -> str:
         probes.append(url)
-        return False
+        return "offline"
 
-    monkeypatch.setattr(provision.render.sources, "index_reachable", unreachable)
-    _render(tmp_path / "out", "--host", str(HOSTS / "linux-x86_64-cpu-only-32gb.json"), "--wheelhouse", "auto")
+    real_find = provision.common.run.find_program
+    monkeypatch.setattr(provision.common.net, "probe_index", unreachable)
+    monkeypatch.setattr(provision.render.sources, "pip_find_links", lambda environ, config: ())
+    monkeypatch.setattr(provision.common.run, "find_program", lambda name: None if name == "uv" else real_find(name))
+    out = tmp_path / "out"
+    cpu = HOSTS / "linux-x86_64-cpu-only-32gb.json"
+    assert main(["render", "--host", str(cpu), "--out", str(out), "--wheelhouse", "auto", "--json"]) == 0
     assert probes == ["https://download.pytorch.org/whl/"]
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["hashes"] == "none"  # the resolver ran (uv missing) after asking the same probe
+    assert "resolver failed: uv is not on PATH" in (out / "requirements.txt").read_text()

@@ -7,8 +7,8 @@ block a render: its packages keep exact pins without hashes, the rest of the clo
 resolved against PyPI, and ``Resolution.status`` says ``partial`` with the reason. A
 later render on a connected machine completes it.
 
-Layers (cog's query/parse/evaluate split): ``uv_compile`` and ``probe_index`` do I/O
-and are injectable; ``parse_compiled`` and ``merge_resolution`` are pure and are unit
+Layers (cog's query/parse/evaluate split): ``uv_compile`` and the index probe
+(``provision.common.net``) do I/O and are injectable; ``parse_compiled`` and ``merge_resolution`` are pure and are unit
 tested on recorded resolver output; ``resolve`` composes them and caches complete
 results by the sha256 of their inputs.
 """
@@ -27,6 +27,7 @@ from typing import Any
 from provision.common import run as _run
 from provision.common.atomic import write_atomic
 from provision.common.fields import Fields
+from provision.common.net import probe_index
 from provision.common.quoting import check_index_url, check_package_name, check_path, check_version
 from provision.errors import InvalidInput
 from provision.vocab import PYPI_INDEX
@@ -41,7 +42,6 @@ __all__ = [
     "check_wheelhouse",
     "merge_resolution",
     "parse_compiled",
-    "probe_index",
     "python_platform",
     "resolution_from_dict",
     "resolve",
@@ -243,20 +243,6 @@ def resolution_from_dict(data: Any, source: str = "provision.lock.json") -> Reso
 
 
 # ---------------------------------------------------------------- I/O edge
-
-
-def probe_index(url: str, timeout: float = 5.0) -> str | None:
-    """``None`` when ``url`` answers, else why not (one short line)."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/", timeout=timeout):  # noqa: S310 (https only, validated)
-            return None
-    except urllib.error.HTTPError as exc:
-        return None if exc.code < 500 else f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError) as exc:
-        return str(getattr(exc, "reason", exc))[:200]
 
 
 CompileFn = Callable[..., str]

@@ -23,7 +23,6 @@ from provision.errors import InvalidInput
 __all__ = [
     "INDEX_URL_ENV",
     "WHEELHOUSE_ENV",
-    "index_reachable",
     "pip_find_links",
     "read_pip_config",
     "resolve_index_url",
@@ -48,7 +47,8 @@ def resolve_wheelhouses(cli: Iterable[str] | None, environ: Mapping[str, str], *
     """Folders to take wheels from: the CLI's, else the environment's (os.pathsep-separated).
 
     ``auto`` means: only if the PyTorch index cannot be reached, the local find-links
-    folders pip is configured with (``index_reachable`` does the probing).
+    folders pip is configured with (``index_reachable`` asks, through the command's one
+    ``provision.common.net.IndexProbe``).
 
     :raises InvalidInput: when a named folder does not exist.
     """
@@ -103,17 +103,6 @@ def read_pip_config(environ: Mapping[str, str]) -> str:
             for key, value in parser.items(section):
                 lines.append(f"{section}.{key}={value}")
     return "\n".join(lines)
-
-
-def index_reachable(url: str, timeout: float = 5.0) -> bool:
-    """Whether ``url`` answers at all (any HTTP status); DNS or connect failures mean no."""
-    import requests
-
-    try:
-        requests.head(url, timeout=timeout, allow_redirects=True)
-    except requests.RequestException:
-        return False
-    return True
 
 
 def pip_find_links(environ: Mapping[str, str], config_text: str | None) -> tuple[Path, ...]:
