@@ -16,10 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from provision.common import run as _run
 from provision.common.atomic import write_atomic
 from provision.errors import BuildError, InvalidInput, SmokeError
+from provision.smoke.report import SmokeReport
+from provision.vocab import BUILD_SCHEMA
 
 __all__ = ["BuildResult", "build_environment", "env_digest", "source_root", "venv_python"]
 
@@ -31,10 +34,17 @@ _TOOLKIT_PARTS = ("pyproject.toml", "provision", "templates", "matrices")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BuildResult:
+    """One ``provision build``: the venv, whether it was reused, how long it took, its smoke report."""
+
     venv: Path
     reused: bool
     seconds: float
-    smoke: dict[str, object] | None
+    smoke: SmokeReport | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``provision.build/v1`` document ``provision build --json`` prints."""
+        return {"schema": BUILD_SCHEMA, "venv": str(self.venv), "reused": self.reused,
+                "seconds": round(self.seconds, 2), "smoke": self.smoke.to_dict() if self.smoke else None}
 
 
 #: The rendered files that decide what gets installed. The lock also records volatile host
@@ -182,7 +192,7 @@ def _discard(_text: str) -> None:
     """No one asked to see the smoke test's stderr."""
 
 
-def run_smoke_in(venv: Path, out: Path, env: dict[str, str], echo: Callable[[str], object]) -> dict[str, object]:
+def run_smoke_in(venv: Path, out: Path, env: dict[str, str], echo: Callable[[str], object]) -> SmokeReport:
     """Run ``provision smoke`` with the venv's own Python, against the rendered lock.
 
     ``echo`` gets the smoke test's own progress and errors (its stderr) as they matter to a
@@ -201,7 +211,6 @@ def run_smoke_in(venv: Path, out: Path, env: dict[str, str], echo: Callable[[str
     if proc.returncode != 0:
         raise SmokeError(f"the smoke test failed in {venv} (exit {proc.returncode}); see the output above")
     try:
-        report: dict[str, object] = json.loads(proc.stdout)
-    except json.JSONDecodeError:
+        return SmokeReport.from_dict(json.loads(proc.stdout), source="provision smoke --json")
+    except (json.JSONDecodeError, InvalidInput):
         raise SmokeError(f"the smoke test printed no JSON report: {proc.stdout[:200]!r}") from None
-    return report

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from provision.display import show_host, show_no_plan, show_plan, show_smoke
 from provision.errors import EXIT_BAD_INPUT, InvalidInput, NoViablePlan, ProvisionError
 from provision.vocab import (
-    BUILD_SCHEMA,
     DEFAULT_CONTEXT,
     DEVICE_CHOICES,
     DEVICES,
@@ -265,15 +264,16 @@ def _one_line(text: str) -> str:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from provision.doctor.run import doctor_report, print_findings, run_doctor
+    from provision.display import show_findings
+    from provision.doctor.report import DoctorReport
+    from provision.doctor.run import run_doctor
 
-    findings = run_doctor(model_id=args.model, lock_path=args.lock)
-    report = doctor_report(findings)
+    report = DoctorReport(findings=tuple(run_doctor(model_id=args.model, lock_path=args.lock)))
     if args.json:
-        _print_json(report)
+        _print_json(report.to_dict())
     else:
-        print_findings(findings, _console(stderr=False))
-    return 0 if report["ok"] else 1
+        show_findings(report, _console(stderr=False))
+    return 0 if report.ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -389,8 +389,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     result = build_environment(args.out, smoke=not args.no_smoke, toolkit_source=source_root(),
                                echo=sys.stderr.write)
     if args.json:
-        _print_json({"schema": BUILD_SCHEMA, "venv": str(result.venv), "reused": result.reused,
-                     "seconds": round(result.seconds, 2), "smoke": result.smoke})
+        _print_json(result.to_dict())
         return 0
     err = _console(stderr=True)
     err.print(f"environment {'reused' if result.reused else 'built'}: {result.venv} ({result.seconds:.1f} s)")
@@ -467,7 +466,7 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
         write_atomic(args.output, json.dumps(doc, indent=2) + "\n")
     if args.json:
         _print_json(doc)
-    show_smoke(doc, _console(stderr=args.json))
+    show_smoke(report, _console(stderr=args.json))
     return 0
 
 

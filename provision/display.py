@@ -1,4 +1,4 @@
-"""What a person sees: rich renderings of host profiles, plans, no-plans and smoke reports.
+"""What a person sees: rich renderings of host profiles, plans, no-plans, smoke reports and doctor findings.
 
 Only the CLI calls these, with a console on stdout or stderr; everything here is presentation.
 """
@@ -8,11 +8,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from provision.doctor.report import DoctorReport
     from provision.errors import NoViablePlan
     from provision.host.profile import HostProfile
     from provision.plan.search import Plan
+    from provision.smoke.report import SmokeReport
 
-__all__ = ["show_host", "show_no_plan", "show_plan", "show_smoke"]
+__all__ = ["show_findings", "show_host", "show_no_plan", "show_plan", "show_smoke"]
 
 
 def show_host(host: HostProfile, console: Any) -> None:
@@ -65,17 +67,35 @@ def show_no_plan(exc: NoViablePlan, console: Any) -> None:
         console.print(f"  - {escape(remedy)}")
 
 
-def show_smoke(report: dict[str, Any], console: Any) -> None:
+def show_smoke(report: SmokeReport, console: Any) -> None:
     """A smoke report; a tiny or synthetic run says so in words, never passing for the 9B."""
     from rich.markup import escape
 
-    source = report.get("source")
     label = {"tiny": "TINY stand-in model (same architecture, random weights; not the 9B)",
              "synthetic": "full-size architecture with random weights", "weights": "real weights"}.get(
-        str(source), str(source))
-    console.print(f"[bold green]smoke ok[/]: {escape(str(report.get('model')))} from {escape(label)}, "
-                  f"{report.get('precision')} on {report.get('device')}")
-    peak, est = report.get("peak_memory_bytes"), report.get("estimated_memory_bytes")
-    console.print(f"  load {report.get('load_seconds')} s, peak memory {int(peak or 0) / 1e9:.2f} GB"
+        report.source, report.source)
+    console.print(f"[bold green]smoke ok[/]: {escape(report.model)} from {escape(label)}, "
+                  f"{report.precision} on {report.device}")
+    peak, est = report.peak_memory_bytes, report.estimated_memory_bytes
+    console.print(f"  load {round(report.load_seconds, 3)} s, peak memory {int(peak or 0) / 1e9:.2f} GB"
                   + (f" (estimate {int(est) / 1e9:.2f} GB)" if est else "")
-                  + f", {report.get('tokens_generated')} tokens at {report.get('tokens_per_second')} tok/s")
+                  + f", {report.tokens_generated} tokens at {round(report.tokens_per_second, 3)} tok/s")
+
+
+_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+
+
+def show_findings(report: DoctorReport, console: Any) -> None:
+    """The doctor's findings as a table (a fix next to each problem), then the verdict."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from provision.doctor.report import MARKS, shown_fix
+
+    table = Table("status", "check", "finding", "fix", show_lines=True)
+    for f in report.findings:
+        fix = shown_fix(f)
+        table.add_row(f"[{_STYLE[f.status]}]{MARKS[f.status]}[/]", escape(f.check), escape(f.message),
+                      escape(fix) if fix else "")
+    console.print(table)
+    console.print(f"{'[green]healthy[/]' if report.ok else '[bold red]problems found[/]'}: {report.tally()}")

@@ -20,6 +20,7 @@ from provision.build import STAMP, build_environment, env_digest
 from provision.cli import main
 from provision.errors import BuildError, InvalidInput, SmokeError
 from provision.smoke.report import SmokeReport
+from provision.vocab import BUILD_SCHEMA
 
 A10G = Path(__file__).parent / "fixtures" / "hosts" / "linux-x86_64-a10g-driver535.json"
 
@@ -195,12 +196,14 @@ chmod +x "$1/bin/python"
 """
 
 
-def test_build_passes_the_smoke_tests_output_on_and_prints_nothing(tmp_path: Path, env: dict[str, str]) -> None:
+def test_build_reads_the_smoke_report_back_typed(tmp_path: Path, env: dict[str, str]) -> None:
     out = rendered(tmp_path / "out", tail=with_smoke(json.dumps(REPORT.to_dict())))
     echoed: list[str] = []
     result = build_environment(out, environ=env, echo=echoed.append)
-    assert result.smoke == REPORT.to_dict()
+    assert result.smoke == REPORT
     assert echoed == ["loading the tiny model\n"]  # the smoke test's stderr goes where the caller says
+    doc = result.to_dict()
+    assert doc["schema"] == BUILD_SCHEMA and doc["smoke"] == REPORT.to_dict() and doc["reused"] is False
 
 
 def test_a_smoke_test_without_a_report_fails_after_showing_its_output(tmp_path: Path, env: dict[str, str]) -> None:
@@ -209,6 +212,20 @@ def test_a_smoke_test_without_a_report_fails_after_showing_its_output(tmp_path: 
     with pytest.raises(SmokeError, match="printed no JSON report"):
         build_environment(out, environ=env, echo=echoed.append)
     assert echoed == ["loading the tiny model\n"]
+
+
+def test_build_command_json_carries_the_smoke_report(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    out = rendered(tmp_path / "out", tail=with_smoke(json.dumps(REPORT.to_dict())))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert main(["build", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["schema"] == BUILD_SCHEMA and doc["smoke"] == REPORT.to_dict()
+    assert captured.err == "loading the tiny model\n"  # library code printed nothing of its own
+    assert main(["build", str(out)]) == 0  # reused now; the person sees where the report is
+    err = capsys.readouterr().err.replace("\n", "")  # rich wraps long paths
+    assert "environment reused: " in err and f"smoke report: {out / 'smoke.json'}" in err
 
 
 # ---------------------------------------------------------------------------

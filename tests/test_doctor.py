@@ -16,6 +16,8 @@ import pytest
 
 from provision.data.catalog import load_catalog
 from provision.data.matrix import load_matrix
+from provision.display import show_findings
+from provision.doctor.report import DoctorReport, format_findings
 from provision.doctor.run import (
     DOCTOR_SCHEMA,
     CacheScan,
@@ -30,12 +32,9 @@ from provision.doctor.run import (
     check_model_cache,
     check_torch_arch,
     check_torch_cuda_build,
-    doctor_report,
     find_lock,
-    format_findings,
     gather_facts,
     hub_cache_dir,
-    print_findings,
     run_doctor,
     scan_model_cache,
 )
@@ -138,7 +137,7 @@ def test_cpu_torch_on_a10g_fails_with_the_planned_cuda_build(matrix: Any, autogl
     avail = findings["torch.cuda_available"]
     assert avail.status == "fail" and "CPU-only" in avail.message and avail.fix == expected_fix
     assert findings["torch.arch"].status == "skip"
-    assert doctor_report(list(findings.values()))["ok"] is False
+    assert DoctorReport(findings=tuple(findings.values())).ok is False
 
 
 def test_transformers_4_for_autoglm_fails_with_the_planned_pin(matrix: Any, autoglm: Any) -> None:
@@ -163,8 +162,8 @@ def test_healthy_gpu_environment_has_no_failures(tmp_path: Path, matrix: Any, au
                                           archs=("sm_80", "sm_90", "sm_100")),
                       packages=packages, cache=tmp_path)
     findings = run_doctor(facts=facts, matrix=matrix, search_lock=False)
-    report = doctor_report(findings)
-    assert report["ok"] is True, format_findings(findings)
+    report = DoctorReport(findings=tuple(findings))
+    assert report.ok is True, format_findings(findings)
     assert {f.check: f.status for f in findings}["model.cache"] == "ok"
     assert {f.check: f.status for f in findings}["disk"] == "skip"
 
@@ -456,7 +455,9 @@ def test_find_lock(tmp_path: Path, matrix: Any, autoglm: Any) -> None:
 def test_report_schema_and_printers(matrix: Any) -> None:
     h = host("linux-x86_64-a10g-driver535")
     findings = run_doctor(facts=facts_for(h, torch=dict(CPU_TORCH)), matrix=matrix, search_lock=False)
-    report = json.loads(json.dumps(doctor_report(findings)))
+    typed = DoctorReport(findings=tuple(findings))
+    report = json.loads(json.dumps(typed.to_dict()))
+    assert DoctorReport.from_dict(report) == typed  # the document round-trips
     assert report["schema"] == DOCTOR_SCHEMA and report["ok"] is False
     assert report["counts"]["fail"] == sum(1 for f in report["findings"] if f["status"] == "fail") >= 1
     assert all(set(f) == {"check", "status", "message", "evidence", "fix"} for f in report["findings"])
@@ -466,10 +467,10 @@ def test_report_schema_and_printers(matrix: Any) -> None:
     from rich.console import Console
 
     console = Console(record=True, width=200)
-    print_findings(findings, console)
+    show_findings(typed, console)
     shown = console.export_text()
     assert "torch.cuda_build" in shown and "problems found" in shown
-    assert doctor_report([Finding(check="x", status="warn", message="m")])["ok"] is True
+    assert DoctorReport(findings=(Finding(check="x", status="warn", message="m"),)).ok is True
     with pytest.raises(ValueError):
         Finding(check="x", status="bad", message="m")
 
@@ -482,7 +483,7 @@ def test_tokens_never_reach_the_report(tmp_path: Path, matrix: Any) -> None:
     assert "HF_TOKEN" not in facts.environ and "HUGGING_FACE_HUB_TOKEN" not in facts.environ
     assert facts.cache_dir == tmp_path / "hf" / "hub"
     findings = run_doctor(facts=facts, matrix=matrix, search_lock=False)
-    blob = json.dumps(doctor_report(findings)) + format_findings(findings)
+    blob = json.dumps(DoctorReport(findings=tuple(findings)).to_dict()) + format_findings(findings)
     assert token not in blob and "hf_fake" not in blob
 
 

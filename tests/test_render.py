@@ -421,6 +421,20 @@ def test_resolve_without_any_resolver_keeps_exact_pins():
     assert "uv is not on PATH" in res.reasons[0]
 
 
+def test_a_resolution_round_trips_and_its_summary_is_what_the_lock_records(tmp_path):
+    from provision.render.requirements import Resolution
+
+    res = resolve(_request(), compile_fn=FakeResolver(torch_ok=False), probe=lambda url: "dns error")
+    assert Resolution.from_dict(json.loads(json.dumps(res.to_dict()))) == res
+    assert res.summary() == {k: v for k, v in res.to_dict().items() if k != "requirements"}
+    lock = json.loads(render_files(make_inputs(hashes=merge_resolution(make_plan()["packages"], [], resolver="r",
+                                                                       reasons=["why"])))[LOCK_NAME])
+    assert lock["hashes"] == {"status": "none", "resolver": "r", "reasons": ["why"],
+                              "unhashed": sorted(make_plan()["packages"])}
+    with pytest.raises(InvalidInput, match=r"hashes\.status"):
+        Resolution.from_dict({**res.to_dict(), "status": "most"}, "cache.json")
+
+
 # ---------------------------------------------------------------- the writer
 
 

@@ -193,6 +193,45 @@ def test_stand_ins_are_never_called_the_real_model(source: str, first_line: str)
     assert report.to_dict()["label"] == first_line.removeprefix("smoke: ")
 
 
+FULL = {
+    "ok": True, "stand_in_for": "autoglm-phone-9b", "model_path": "/m", "gpus": (0, 1), "context_tokens": 4096,
+    "prompt_tokens": 4080, "weights_bytes": 10, "generate_peak_bytes": 20, "per_gpu_peak_bytes": {"0": 5, "1": 6},
+    "reserved_peak_bytes": 30, "nvml_used_delta_bytes": -4, "cuda_free_delta_bytes": 7,
+    "estimate": {"weights": 10, "total": 12}, "roofline": {"bytes_per_token": 2.0, "seconds_per_token": 0.5},
+    "image": {"prompt_tokens": 9, "image_grid_thw": [1, 2, 2], "text": ""}, "text": "", "processor": "auto",
+    "versions": {"python": "3.11.7", "torch": "2.15.0"}, "warnings": ("w1", "w2"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("changes", [{}, FULL, {**FULL, "source": "weights", "stand_in_for": None, "load_seconds": 1.23456}])
+def test_report_round_trips_through_json(changes: dict[str, object]) -> None:
+    report = _report(**changes)
+    doc = json.loads(json.dumps(report.to_dict()))
+    back = SmokeReport.from_dict(doc)
+    assert back.to_dict() == report.to_dict()
+    assert list(back.to_dict()) == list(report.to_dict())  # same keys in the same order: the same bytes
+    if changes.get("load_seconds") is None:  # nothing was rounded away
+        assert back == report
+
+
+@pytest.mark.parametrize(("edit", "field", "problem"), [
+    ({"schema": "provision.smoke/v0"}, "schema", "expected 'provision.smoke/v1'"),
+    ({"model": None}, "model", "required"),
+    ({"tokens_per_second": "fast"}, "tokens_per_second", "expected a finite number"),
+    ({"gpus": [0, "1"]}, "gpus", "expected GPU indices"),
+    ({"estimate": {"total": 1.5}}, "estimate.total", "expected an integer"),
+    ({"warnings": [3]}, "warnings[0]", "expected a string"),
+])
+def test_report_from_dict_names_the_bad_field(edit: dict[str, object], field: str, problem: str) -> None:
+    from provision.errors import InvalidInput
+
+    doc = {**_report().to_dict(), **edit}
+    doc = {k: v for k, v in doc.items() if v is not None}
+    with pytest.raises(InvalidInput) as exc:
+        SmokeReport.from_dict(doc, "smoke.json")
+    assert (exc.value.source, exc.value.field) == ("smoke.json", field) and problem in exc.value.problem
+
+
 def test_real_weights_are_labelled_plainly() -> None:
     text = format_report(_report(source="weights"))
     assert text.splitlines()[0] == "smoke: autoglm-phone-9b"

@@ -4,16 +4,14 @@ The usual failures show up in environments people already have: a CPU-only torch
 GPU machine, a torch build without kernels for the GPU, a driver too old for torch's
 CUDA, bitsandbytes without a library for this CUDA, transformers too old for the
 model's config, a half-finished model download. This module wires the pieces together:
-``doctor_facts`` gathers (the only I/O), ``doctor_expected`` says what should be
-installed, and ``doctor_checks`` / ``doctor_checks_install`` judge, each check a pure
-function returning a ``Finding`` whose ``fix`` is a command to run.
+``facts`` gathers (the only I/O), ``expected`` says what should be installed, and
+``checks`` / ``install_checks`` judge, each check a pure function returning a ``Finding``
+whose ``fix`` is a command to run; ``report`` is the document they make together.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from provision.common.fields import read_json_file
 from provision.doctor.checks import (
@@ -63,13 +61,10 @@ __all__ = [
     "check_torch_arch",
     "check_torch_cuda_build",
     "check_transformers",
-    "doctor_report",
     "evaluate",
     "find_lock",
-    "format_findings",
     "gather_facts",
     "hub_cache_dir",
-    "print_findings",
     "run_doctor",
     "scan_model_cache",
 ]
@@ -164,59 +159,3 @@ def _plan_here(facts: Facts, matrix: Matrix, model: ModelSpec) -> tuple[Expected
     except ProvisionError as exc:
         return None, Finding(check="plan", status="warn", message=f"could not plan for this host: {exc}")
     return Expected.from_plan_dict(planned.to_dict(), "planned for this host"), None
-
-
-def doctor_report(findings: Sequence[Finding]) -> dict[str, Any]:
-    """The ``--json`` document: ``ok`` is true when no finding failed."""
-    counts = {s: sum(1 for f in findings if f.status == s) for s in STATUSES}
-    return {"schema": DOCTOR_SCHEMA, "ok": counts["fail"] == 0, "counts": counts,
-            "findings": [f.to_dict() for f in findings]}
-
-
-_MARK = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
-_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
-
-
-def _shown_fix(f: Finding) -> str | None:
-    """A fix is only worth showing next to a problem."""
-    return f.fix if f.fix and f.status in ("fail", "warn") else None
-
-
-def _tally(findings: Sequence[Finding]) -> tuple[bool, str]:
-    c = doctor_report(findings)["counts"]
-    return c["fail"] == 0, f"{c['fail']} failed, {c['warn']} warnings, {c['ok']} ok, {c['skip']} skipped"
-
-
-def format_findings(findings: Sequence[Finding]) -> str:
-    """Plain text, one block per finding: for logs and environments without rich."""
-    lines = []
-    for f in findings:
-        lines.append(f"[{_MARK[f.status]:>4}] {f.check}: {f.message}")
-        if fix := _shown_fix(f):
-            lines.append(f"       fix: {fix}")
-    ok, tally = _tally(findings)
-    lines.append(f"{'healthy' if ok else 'problems found'}: {tally}")
-    return "\n".join(lines)
-
-
-def print_findings(findings: Sequence[Finding], console: Any = None, *,
-                   write: Callable[[str], Any] | None = None) -> None:
-    """A rich table on ``console``; without rich, the plain text through ``write`` (default: stdout)."""
-    try:
-        from rich.markup import escape
-        from rich.table import Table
-    except ImportError:
-        (write or sys.stdout.write)(format_findings(findings) + "\n")
-        return
-    if console is None:
-        from rich.console import Console
-
-        console = Console(highlight=False)
-    table = Table("status", "check", "finding", "fix", show_lines=True)
-    for f in findings:
-        fix = _shown_fix(f)
-        table.add_row(f"[{_STYLE[f.status]}]{_MARK[f.status]}[/]", escape(f.check), escape(f.message),
-                      escape(fix) if fix else "")
-    console.print(table)
-    ok, tally = _tally(findings)
-    console.print(f"{'[green]healthy[/]' if ok else '[bold red]problems found[/]'}: {tally}")

@@ -43,7 +43,6 @@ __all__ = [
     "merge_resolution",
     "parse_compiled",
     "python_platform",
-    "resolution_from_dict",
     "resolve",
     "resolve_request",
     "torch_index_for",
@@ -99,14 +98,21 @@ class Resolution:
     def unhashed(self) -> tuple[str, ...]:
         return tuple(r.name for r in self.requirements if not r.hashes)
 
+    def summary(self) -> dict[str, Any]:
+        """How complete the hashes are, without the pins: what a lock records under ``hashes``."""
+        return {"status": self.status, "resolver": self.resolver, "reasons": list(self.reasons),
+                "unhashed": list(self.unhashed)}
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "resolver": self.resolver,
-            "reasons": list(self.reasons),
-            "unhashed": list(self.unhashed),
-            "requirements": [r.to_dict() for r in self.requirements],
-        }
+        return {**self.summary(), "requirements": [r.to_dict() for r in self.requirements]}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "provision.lock.json") -> Resolution:
+        """Read ``to_dict``'s document back (a cache entry), validating every field.
+
+        :raises InvalidInput: naming ``source`` and the field.
+        """
+        return _resolution_from_dict(data, source)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,8 +228,7 @@ def unresolved(packages: Mapping[str, str], reason: str) -> Resolution:
     return Resolution(status="none", requirements=reqs, reasons=(reason,), resolver="none")
 
 
-def resolution_from_dict(data: Any, source: str = "provision.lock.json") -> Resolution:
-    """Read a resolution back (cache entries, ``hashes`` in a lock), validating every field."""
+def _resolution_from_dict(data: Any, source: str) -> Resolution:
     f = Fields(data, source, "hashes")
     reqs = []
     for item in f.objs("requirements"):
@@ -330,7 +335,7 @@ def resolve(
     cache_file = cache_dir / f"{request.key(version)}.json" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
         try:
-            return resolution_from_dict(json.loads(cache_file.read_text(encoding="utf-8")), str(cache_file))
+            return Resolution.from_dict(json.loads(cache_file.read_text(encoding="utf-8")), str(cache_file))
         except (InvalidInput, ValueError):
             pass  # a corrupt cache entry is re-resolved and overwritten
     pins = [f"{n}=={v}" for n, v in sorted(request.packages.items())] + list(request.extra_requirements)

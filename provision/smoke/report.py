@@ -1,19 +1,21 @@
 """The smoke report: what one run measured, as ``provision.smoke/v1`` and as a few human lines.
 
 Kept apart from the loading code so the CLI, the build step and the benchmarks can read and
-print reports without importing anything heavy.
+print reports without importing anything heavy. ``SmokeReport.from_dict`` is the exact inverse
+of ``to_dict``: the build step reads the report the venv's smoke test printed back into one.
 """
 
 from __future__ import annotations
 
 import math
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 from typing import Any
 
+from provision.common.fields import Fields
 from provision.vocab import SMOKE_SCHEMA
 
 __all__ = ["SMOKE_SCHEMA", "SmokeReport", "estimate_dict", "format_report", "planner_estimate", "stack_versions"]
@@ -105,6 +107,77 @@ class SmokeReport:
         }
         out.update({k: v for k, v in extras.items() if v is not None})
         return out
+
+    @classmethod
+    def from_dict(cls, data: object, source: str = "smoke report") -> SmokeReport:
+        """Read ``to_dict``'s document back (``label`` is derived, unknown keys are ignored).
+
+        :raises InvalidInput: naming ``source`` and the field that is missing or of the wrong type.
+        """
+        return _report_from_dict(data, source)
+
+
+_SIGNED = 2**62  # deltas (NVML, CUDA free memory) may be negative
+
+
+def _number(f: Fields, key: str) -> float:
+    value = f.data.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise f.fail(key, "expected a finite number")
+    return value
+
+
+def _int(f: Fields, key: str) -> int:
+    return f.int(key, minimum=-_SIGNED, maximum=_SIGNED)
+
+
+def _opt_int(f: Fields, key: str) -> int | None:
+    return f.int(key, required=False, minimum=-_SIGNED, maximum=_SIGNED)
+
+
+def _str(f: Fields, key: str) -> str:
+    return f.str(key)
+
+
+def _mapping(f: Fields, key: str, read: Callable[[Fields, str], Any]) -> dict[str, Any] | None:
+    """An optional object whose every value ``read`` accepts, copied as is."""
+    sub = f.obj(key, required=False)
+    return None if sub is None else {k: read(sub, k) for k in sub.data}
+
+
+def _text(f: Fields, key: str) -> str | None:
+    """Generated text may be empty, which ``Fields.str`` refuses."""
+    value = f.data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise f.fail(key, "expected a string")
+    return value
+
+
+def _report_from_dict(data: object, source: str) -> SmokeReport:
+    f = Fields(data, source)
+    if f.str("schema") != SMOKE_SCHEMA:
+        raise f.fail("schema", f"expected {SMOKE_SCHEMA!r}")
+    gpus = f.list("gpus", required=False)
+    if any(not isinstance(g, int) or isinstance(g, bool) for g in gpus):
+        raise f.fail("gpus", "expected GPU indices")
+    image = f.obj("image", required=False)
+    return SmokeReport(
+        ok=f.bool("ok"), model=f.str("model"), source=f.str("source"), precision=f.str("precision"),
+        device=f.str("device"), load_seconds=_number(f, "load_seconds"), peak_memory_bytes=f.int("peak_memory_bytes"),
+        estimated_memory_bytes=_opt_int(f, "estimated_memory_bytes"), tokens_generated=f.int("tokens_generated"),
+        tokens_per_second=_number(f, "tokens_per_second"), stand_in_for=f.str("stand_in_for", required=False),
+        model_path=f.str("model_path", required=False), gpus=tuple(gpus),
+        context_tokens=f.int("context_tokens", required=False, default=0),
+        prompt_tokens=f.int("prompt_tokens", required=False, default=0), weights_bytes=_opt_int(f, "weights_bytes"),
+        generate_peak_bytes=_opt_int(f, "generate_peak_bytes"),
+        per_gpu_peak_bytes=_mapping(f, "per_gpu_peak_bytes", _int),
+        reserved_peak_bytes=_opt_int(f, "reserved_peak_bytes"),
+        nvml_used_delta_bytes=_opt_int(f, "nvml_used_delta_bytes"),
+        cuda_free_delta_bytes=_opt_int(f, "cuda_free_delta_bytes"), estimate=_mapping(f, "estimate", _int),
+        roofline=_mapping(f, "roofline", _number), image=None if image is None else dict(image.data),
+        text=_text(f, "text"), processor=f.str("processor", required=False),
+        versions=_mapping(f, "versions", _str) or {}, warnings=tuple(f.strs("warnings", required=False)),
+    )  # fmt: skip
 
 
 def format_report(report: SmokeReport) -> str:
