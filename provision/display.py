@@ -1,4 +1,4 @@
-"""What a person sees: rich renderings of host profiles, plans, no-plans, smoke reports and doctor findings.
+"""What a person sees: rich renderings of every command's result.
 
 Only the CLI calls these, with a console on stdout or stderr; everything here is presentation.
 """
@@ -8,13 +8,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from provision.build import BuildResult
     from provision.doctor.report import DoctorReport
     from provision.errors import NoViablePlan
     from provision.host.profile import HostProfile
     from provision.plan.search import Plan
+    from provision.render.usecase import RenderResult
     from provision.smoke.report import SmokeReport
 
-__all__ = ["show_findings", "show_host", "show_no_plan", "show_plan", "show_smoke"]
+__all__ = ["show_build", "show_findings", "show_host", "show_no_plan", "show_plan", "show_render", "show_smoke"]
 
 
 def show_host(host: HostProfile, console: Any) -> None:
@@ -80,6 +84,23 @@ def show_smoke(report: SmokeReport, console: Any) -> None:
     console.print(f"  load {round(report.load_seconds, 3)} s, peak memory {int(peak or 0) / 1e9:.2f} GB"
                   + (f" (estimate {int(est) / 1e9:.2f} GB)" if est else "")
                   + f", {report.tokens_generated} tokens at {round(report.tokens_per_second, 3)} tok/s")
+
+
+def show_render(result: RenderResult, console: Any) -> None:
+    """What a render wrote, and why its hashes are incomplete when they are."""
+    state = result.hash_status if result.hashes is not None else "none (--no-resolve)"
+    console.print(f"rendered {len(result.files)} files into {result.out} ({len(result.changed)} changed); "
+                  f"hashes: {state}")
+    if result.hashes is not None and result.hashes.status != "complete":
+        for reason in result.hashes.reasons:
+            console.print(f"  - {reason}")
+
+
+def show_build(result: BuildResult, out: Path, console: Any) -> None:
+    """The environment built or reused, and where its smoke report is."""
+    console.print(f"environment {'reused' if result.reused else 'built'}: {result.venv} ({result.seconds:.1f} s)")
+    if result.smoke is not None:
+        console.print(f"smoke report: {out / 'smoke.json'}")
 
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}

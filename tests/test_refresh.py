@@ -1,4 +1,4 @@
-"""provision.data.refresh: index parsing, merge into torch.toml, diff, deterministic TOML."""
+"""provision.data.refresh: index parsing, merge into torch.toml, diff, deterministic TOML, validated write."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import requests
 from provision.common.atomic import write_atomic
 from provision.data.refresh import (
     WheelRow,
+    apply_refresh,
     collect_rows,
     cuda_of_variant,
     dump_torch_toml,
@@ -18,6 +19,7 @@ from provision.data.refresh import (
     merge_torch,
     parse_index_html,
     parse_wheel_names,
+    plan_refresh,
     platform_of_tag,
     refresh_torch,
     render_diff,
@@ -260,3 +262,52 @@ def test_refresh_end_to_end_on_recorded_pages(tmp_path):
     assert new_291 == old_291
     write_atomic(path, result.new_text)
     assert not refresh_torch(path, ["cu128", "cpu"], fetch=page, min_version="2.10").changed
+
+
+# ----------------------------------------------------------------------------- the command's two steps
+
+
+def _matrix_copy(tmp_path, edit):
+    """The bundled matrices, with ``edit`` applied to torch.toml's data (written back canonically)."""
+    import shutil
+
+    root = tmp_path / "matrices"
+    shutil.copytree(ROOT / "matrices", root)
+    data = tomllib.loads((root / "torch.toml").read_text(encoding="utf-8"))
+    edit(data)
+    (root / "torch.toml").write_text(dump_torch_toml(data), encoding="utf-8")
+    return root
+
+
+def test_plan_then_apply_writes_a_refresh_that_validates(tmp_path):
+    def drop_platform(data):
+        release = next(r for r in data["release"] if r["version"] == "2.9.1")
+        next(v for v in release["variant"] if v["name"] == "cu128")["platforms"].remove("linux-aarch64")
+
+    root = _matrix_copy(tmp_path, drop_platform)
+    refresh = plan_refresh(root, ["cu128", "cpu"], fetch=page)
+    assert refresh.path == root / "torch.toml" and refresh.variants == ("cu128", "cpu")
+    added = [line for line in refresh.result.diff.splitlines() if line.startswith("+") and "linux-aarch64" in line]
+    assert refresh.result.changed and added
+    assert (root / "torch.toml").read_text(encoding="utf-8") == refresh.result.old_text  # planning writes nothing
+    apply_refresh(refresh)
+    assert (root / "torch.toml").read_text(encoding="utf-8") == refresh.result.new_text
+    assert not plan_refresh(root, ["cu128", "cpu"], fetch=page).result.changed
+
+
+def test_apply_refuses_rows_only_a_person_can_complete(tmp_path):
+    root = _matrix_copy(tmp_path, lambda data: data.update(release=[r for r in data["release"]
+                                                                    if r["version"] != "2.10.0"]))
+    refresh = plan_refresh(root, ["cu128", "cpu"], fetch=page)
+    assert refresh.result.changed
+    with pytest.raises(ProvisionError, match=r"not written: .*archs: required key is missing"):
+        apply_refresh(refresh)
+    assert (root / "torch.toml").read_text(encoding="utf-8") == refresh.result.old_text
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []  # no temp file left
+
+
+def test_plan_refresh_defaults_to_every_variant_in_the_matrix(tmp_path):
+    root = _matrix_copy(tmp_path, lambda data: None)
+    asked: list[str] = []
+    refresh = plan_refresh(root, fetch=lambda v: asked.append(v) or "<html></html>")
+    assert refresh.variants == tuple(asked) == tuple(sorted(set(asked))) and "cu128" in asked and "cpu" in asked

@@ -469,3 +469,53 @@ def test_render_inputs_are_not_mutated():
     before = copy.deepcopy(plan)
     render_files(make_inputs(plan))
     assert plan == before
+
+
+# ---------------------------------------------------------------- the use case (render/usecase.py)
+
+
+def test_docker_context_and_resolve_cache_folders(tmp_path):
+    from provision.render.usecase import docker_context_dir, resolve_cache_dir
+
+    assert docker_context_dir(tmp_path / "build" / "provision" / "h", tmp_path) == "build/provision/h"
+    assert docker_context_dir(tmp_path / "elsewhere", tmp_path / "checkout") == "."
+    assert docker_context_dir(tmp_path, None) == "."  # an installed toolkit: the folder itself
+    assert resolve_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "provision" / "resolve"
+    assert resolve_cache_dir({}).parts[-3:] == (".cache", "provision", "resolve")
+
+
+def test_render_command_returns_what_it_wrote(tmp_path):
+    from pathlib import Path
+
+    from provision.plan.usecase import PlanRequest
+    from provision.render.usecase import RenderRequest, render_command
+    from provision.vocab import RENDER_SCHEMA
+
+    a10g = Path(__file__).parent / "fixtures" / "hosts" / "linux-x86_64-a10g-driver535.json"
+    request = RenderRequest(plan=PlanRequest(host=a10g, precision="fp16"), out=tmp_path / "out", resolve=False,
+                            cpu_runners=("my-runner",))
+    result = render_command(request, environ={})
+    assert result.planned is not None and result.planned.placement.precision == "fp16"
+    assert result.hashes is None and result.hash_status == "none"
+    assert sorted(result.files) == sorted(str(p.relative_to(result.out)) for p in result.out.rglob("*") if p.is_file())
+    assert result.changed == tuple(sorted(result.files))  # a fresh folder: everything is new
+    doc = result.to_dict()
+    assert list(doc) == ["schema", "out", "files", "changed", "hashes", "plan"] and doc["schema"] == RENDER_SCHEMA
+    assert doc["plan"] == result.planned.to_dict()
+    lock = json.loads(result.files[LOCK_NAME])
+    assert lock["inputs"]["flags"] == {"context": 4096, "device": "auto", "precision": "fp16"}
+    assert lock["inputs"]["runner_labels"]["cpu"] == ["my-runner"]
+    again = render_command(request, environ={})
+    assert again.changed == () and again.files == result.files
+
+
+def test_render_command_checks_runner_labels_before_planning(tmp_path):
+    from provision.plan.usecase import PlanRequest
+    from provision.render.usecase import RenderRequest, render_command
+
+    request = RenderRequest(plan=PlanRequest(host=tmp_path / "missing.json"), out=tmp_path / "out",
+                            gpu_runners=("ok", "bad label"))
+    with pytest.raises(InvalidInput) as exc:
+        render_command(request, environ={})
+    assert (exc.value.source, exc.value.field) == ("--gpu-runner", "label")  # not the missing host file
+    assert not (tmp_path / "out").exists()

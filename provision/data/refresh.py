@@ -6,15 +6,18 @@ exists for.  Everything else in torch.toml (GPU architectures, PTX, dates, pairi
 verified by hand, so a refresh only rewrites ``platforms`` / ``pythons`` and adds rows it has never
 seen, and always shows a diff before anything is written.
 
-Pure functions do the parsing, merging, rendering and diffing; ``fetch_index`` is the only I/O
-here (the command writes the new file through ``provision.common.atomic``).
+Pure functions do the parsing, merging, rendering and diffing; ``fetch_index`` reads the index and
+``apply_refresh`` writes (through ``provision.common.atomic``) only what validates with the other
+matrices. ``plan_refresh`` and ``apply_refresh`` are the command's two steps: the diff is shown between them.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -25,7 +28,8 @@ from urllib.parse import unquote, urlsplit
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from provision.data.matrix import PLATFORMS, on_pypi
+from provision.common.atomic import write_atomic
+from provision.data.matrix import PLATFORMS, load_matrix, on_pypi
 from provision.errors import InvalidInput, ProvisionError
 
 if sys.version_info >= (3, 11):
@@ -36,8 +40,10 @@ else:  # pragma: no cover - exercised on 3.10 only
 __all__ = [
     "DEFAULT_INDEX_URL",
     "TORCH_HEADER",
+    "MatrixRefresh",
     "RefreshResult",
     "WheelRow",
+    "apply_refresh",
     "collect_rows",
     "cuda_of_variant",
     "dump_torch_toml",
@@ -45,6 +51,7 @@ __all__ = [
     "merge_torch",
     "parse_index_html",
     "parse_wheel_names",
+    "plan_refresh",
     "platform_of_tag",
     "refresh_torch",
     "render_diff",
@@ -451,3 +458,51 @@ def refresh_torch(
     merged = merge_torch(existing, collect_rows(rows))
     new_text = dump_torch_toml(merged)
     return RefreshResult(old_text=old_text, new_text=new_text, diff=render_diff(old_text, new_text, torch_toml.name))
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MatrixRefresh:
+    """A refresh of one matrix folder's torch.toml: which file, which variants, what would change."""
+
+    path: Path
+    variants: tuple[str, ...]
+    result: RefreshResult
+
+
+def plan_refresh(
+    matrix_dir: Path | None,
+    variants: Sequence[str] | None = None,
+    *,
+    fetch: Callable[[str], str] = fetch_index,
+) -> MatrixRefresh:
+    """Read the index for ``variants`` (default: every variant the matrix has); nothing is written.
+
+    :raises InvalidInput: the matrix folder does not load.
+    :raises ProvisionError: the index cannot be read.
+    """
+    matrix = load_matrix(matrix_dir)
+    path = matrix.root / "torch.toml"
+    chosen = tuple(variants or sorted({v.name for r in matrix.torch for v in r.variants}))
+    return MatrixRefresh(path=path, variants=chosen, result=refresh_torch(path, chosen, fetch=fetch, min_version="2.2"))
+
+
+def apply_refresh(refresh: MatrixRefresh) -> None:
+    """Write the refreshed torch.toml, but only once the whole matrix folder validates with it.
+
+    :raises ProvisionError: the new rows need facts only a person can add; nothing is written.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / "matrices"
+        shutil.copytree(refresh.path.parent, trial)
+        (trial / refresh.path.name).write_text(refresh.result.new_text, encoding="utf-8")
+        try:
+            load_matrix(trial)
+        except InvalidInput as exc:
+            raise ProvisionError(
+                f"not written: the refreshed torch.toml needs facts only a person can add ({exc.field}: "
+                f"{exc.problem}); apply the diff above and fill in archs, date and torchvision by hand"
+            ) from None
+    write_atomic(refresh.path, refresh.result.new_text)

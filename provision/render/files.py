@@ -339,43 +339,64 @@ def _render(name: str, view: Mapping[str, Any]) -> bytes:
     return text.encode("utf-8")
 
 
-def render_files(inputs: RenderInputs) -> dict[str, bytes]:
-    """All rendered files, keyed by their path inside the output folder.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Checked:
+    """The render's inputs beyond the plan, validated for the files they land in."""
 
-    :raises InvalidInput: a plan, image table, label or path value fails validation.
-    """
-    plan = _read_plan(inputs.plan)
-    if inputs.matrix_digest and not _SHA_RE.fullmatch(inputs.matrix_digest):
-        raise InvalidInput("render", "matrix_digest", "expected a sha256 hex digest")
-    images = load_images()
+    torch_index: str | None
+    wheelhouse: tuple[str, ...]
+    toolkit_source: str | None
+    env_dir: str
+    base_image: str
+    has_python: bool
+    toolkit_version: str
+
+
+def _resolution(inputs: RenderInputs, plan: _Plan) -> Resolution:
+    """The resolver's pins (or the plan's alone, unhashed); it must pin every plan package."""
     resolution = inputs.hashes or unresolved(dict(plan.packages), "no resolver was run for this render")
     missing = set(dict(plan.packages)) - {r.name for r in resolution.requirements}
     if missing:
         raise InvalidInput("render", "hashes", f"resolution lacks plan packages: {', '.join(sorted(missing))}")
+    return resolution
+
+
+def _check(inputs: RenderInputs, plan: _Plan, images: Mapping[str, Any]) -> _Checked:
     torch_index = _torch_index(inputs, plan)
     wheelhouse = check_wheelhouse(inputs.wheelhouse)
     source = None if inputs.toolkit_source is None else check_path(
         inputs.toolkit_source, source="toolkit_source", field="path")
     env_dir = check_path(inputs.docker_env_dir, source="docker_env_dir", field="path").strip("/") or "."
     base, has_python = _base_image(images, plan)
-    toolkit_version = check_version(inputs.toolkit_version, source="render", field="toolkit_version")
-    common = {
-        "toolkit_version": toolkit_version,
+    return _Checked(torch_index=torch_index, wheelhouse=wheelhouse, toolkit_source=source, env_dir=env_dir,
+                    base_image=base, has_python=has_python,
+                    toolkit_version=check_version(inputs.toolkit_version, source="render", field="toolkit_version"))
+
+
+def _common_view(plan: _Plan, checked: _Checked, resolution: Resolution) -> dict[str, Any]:
+    """What every template may show."""
+    return {
+        "toolkit_version": checked.toolkit_version,
         "model_id": plan.model_id, "repo": plan.repo, "python": plan.python, "variant": plan.variant,
         "cuda": plan.cuda, "torch": plan.torch, "precision": plan.precision, "device": plan.device,
-        "torch_index": torch_index, "wheelhouse": list(wheelhouse), "hash_status": resolution.status,
+        "torch_index": checked.torch_index, "wheelhouse": list(checked.wheelhouse),
+        "hash_status": resolution.status,
         "unhashed": [f"{r.name}=={r.version}" for r in resolution.requirements if not r.hashes],
     }
-    files: dict[str, bytes] = {}
-    files["requirements.txt"] = _render("requirements.txt.j2", {
+
+
+def _requirements_txt(common: Mapping[str, Any], resolution: Resolution) -> bytes:
+    return _render("requirements.txt.j2", {
         **common, "reasons": [_one_line(r) for r in resolution.reasons],
         "requirements": [{"pin": f"{r.name}=={r.version}", "hashes": list(r.hashes)}
                          for r in resolution.requirements],
     })
-    files["install.sh"] = _render("install.sh.j2", common)
-    files["setup-venv.sh"] = _render("setup-venv.sh.j2", {**common, "toolkit_source": source})
-    files["setup-venv.ps1"] = _render("setup-venv.ps1.j2", {**common, "toolkit_source": source})
-    files["environment.yml"] = _render("environment.yml.j2", {
+
+
+def _environment_yml(common: Mapping[str, Any], plan: _Plan, images: Mapping[str, Any],
+                     resolution: Resolution) -> bytes:
+    """conda's file: pip lines carry hashes only when every line has them (pip's all-or-nothing rule)."""
+    return _render("environment.yml.j2", {
         **common, "env_name": f"provision-{plan.model_id}-{plan.variant}", "pip_version": _conda_pip(images),
         "pip_lines": [
             " ".join([f"{r.name}=={r.version}", *(f"--hash={h}" for h in r.hashes)])
@@ -383,11 +404,14 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
             for r in resolution.requirements
         ],
     })
-    req_sha = sha256_hex(files["requirements.txt"])
-    plan_sha = sha256_hex(canonical_json(inputs.plan))
+
+
+def _image_labels(inputs: RenderInputs, plan: _Plan, resolution: Resolution, toolkit_version: str,
+                  requirements: bytes) -> dict[str, str]:
+    """The image's OCI and provision labels: what it runs and the digests it was built from."""
     nvidia = inputs.host.get("nvidia") if isinstance(inputs.host, Mapping) else None
     host_driver = nvidia.get("driver_version") if isinstance(nvidia, Mapping) else None
-    labels = {
+    return {
         "org.opencontainers.image.title": f"provision {plan.model_id}",
         "org.opencontainers.image.description": (
             f"{plan.model_id} {plan.precision} on torch {plan.torch} {plan.variant}"),
@@ -397,36 +421,67 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
         "io.provision.torch": dict(plan.packages).get("torch", plan.torch),
         "io.provision.variant": plan.variant,
         "io.provision.cuda": plan.cuda or "none",
-        "io.provision.plan-sha256": plan_sha,
-        "io.provision.requirements-sha256": req_sha,
+        "io.provision.plan-sha256": sha256_hex(canonical_json(inputs.plan)),
+        "io.provision.requirements-sha256": sha256_hex(requirements),
         "io.provision.hashes": resolution.status,
         "io.provision.driver": (f"CUDA {plan.cuda} runtime, planned for host driver "
                                 f"{check_version(host_driver, source='host', field='nvidia.driver_version')}"
                                 if plan.cuda and host_driver else ("CUDA " + plan.cuda if plan.cuda else "cpu")),
     }
-    files["Dockerfile"] = _render("Dockerfile.j2", {
-        **common, "base_image": base, "has_python": has_python, "uv_image": _uv_image(images),
-        "env_dir": env_dir, "serve_argv": _serve_argv(plan), "port": _SERVE_PORT,
+
+
+def _dockerfile(common: Mapping[str, Any], plan: _Plan, images: Mapping[str, Any], checked: _Checked,
+                labels: Mapping[str, str]) -> bytes:
+    return _render("Dockerfile.j2", {
+        **common, "base_image": checked.base_image, "has_python": checked.has_python, "uv_image": _uv_image(images),
+        "env_dir": checked.env_dir, "serve_argv": _serve_argv(plan), "port": _SERVE_PORT,
         "smoke_argv": ["provision", "smoke", "--precision", plan.precision],
         "labels": [(k, _label_value(v)) for k, v in sorted(labels.items())],
     })
-    files[WORKFLOW_PATH] = _render("provision.yml.j2", {
-        **common, "actions": _actions(images), "matrix": _variant_plans(inputs, plan),
-    })
-    lock = build_lock(
+
+
+def _lock(inputs: RenderInputs, checked: _Checked, resolution: Resolution, files: Mapping[str, bytes]) -> bytes:
+    """The lock: every input, the plan, the hashes' state and the digest of every other file."""
+    return dump_lock(build_lock(
         inputs={
             "host": dict(inputs.host), "matrix_digest": inputs.matrix_digest, "model": inputs.model,
             "context": inputs.context, "flags": dict(inputs.flags), "toolkit_version": inputs.toolkit_version,
-            "wheelhouse": list(wheelhouse), "index_url": inputs.index_url,
+            "wheelhouse": list(checked.wheelhouse), "index_url": inputs.index_url,
             "runner_labels": {"gpu": list(inputs.gpu_runner_labels), "cpu": list(inputs.cpu_runner_labels)},
-            "docker_env_dir": env_dir,
+            "docker_env_dir": checked.env_dir,
         },
         plan=inputs.plan,
-        hashes={"status": resolution.status, "resolver": resolution.resolver, "reasons": list(resolution.reasons),
-                "unhashed": list(resolution.unhashed)},
+        hashes=resolution.summary(),
         files=files,
-    )
-    files[LOCK_NAME] = dump_lock(lock)
+    ))
+
+
+def render_files(inputs: RenderInputs) -> dict[str, bytes]:
+    """All rendered files, keyed by their path inside the output folder.
+
+    Values are checked in the order the files are written, so the first bad one is reported.
+
+    :raises InvalidInput: a plan, image table, label or path value fails validation.
+    """
+    plan = _read_plan(inputs.plan)
+    if inputs.matrix_digest and not _SHA_RE.fullmatch(inputs.matrix_digest):
+        raise InvalidInput("render", "matrix_digest", "expected a sha256 hex digest")
+    images = load_images()
+    resolution = _resolution(inputs, plan)
+    checked = _check(inputs, plan, images)
+    common = _common_view(plan, checked, resolution)
+    files: dict[str, bytes] = {}
+    files["requirements.txt"] = _requirements_txt(common, resolution)
+    files["install.sh"] = _render("install.sh.j2", common)
+    files["setup-venv.sh"] = _render("setup-venv.sh.j2", {**common, "toolkit_source": checked.toolkit_source})
+    files["setup-venv.ps1"] = _render("setup-venv.ps1.j2", {**common, "toolkit_source": checked.toolkit_source})
+    files["environment.yml"] = _environment_yml(common, plan, images, resolution)
+    labels = _image_labels(inputs, plan, resolution, checked.toolkit_version, files["requirements.txt"])
+    files["Dockerfile"] = _dockerfile(common, plan, images, checked, labels)
+    files[WORKFLOW_PATH] = _render("provision.yml.j2", {
+        **common, "actions": _actions(images), "matrix": _variant_plans(inputs, plan),
+    })
+    files[LOCK_NAME] = _lock(inputs, checked, resolution, files)
     return files
 
 

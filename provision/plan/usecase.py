@@ -1,0 +1,138 @@
+"""``provision plan`` as a use case: the plan stage's edge, where options meet the machine.
+
+The planner itself (``provision.plan.search``) is pure; this module gathers what it needs:
+the host (a ``--host`` file or this machine), the matrix, the model, the wheel folders (``auto``
+asks the network once, through the command's ``IndexProbe``), and the preferences parsed from
+the options. ``provision render`` plans through the same steps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from provision.errors import InvalidInput
+from provision.vocab import DEFAULT_CONTEXT, PYTORCH_INDEX, is_buildable_variant
+
+if TYPE_CHECKING:
+    from provision.common.net import IndexProbe
+    from provision.data.catalog import ModelSpec
+    from provision.data.matrix import Matrix
+    from provision.host.profile import HostProfile
+    from provision.plan.search import Plan, Preferences
+
+__all__ = ["PlanRequest", "find_wheelhouses", "load_inputs", "plan_command", "preferences"]
+
+_PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
+#: The options a lock records as the render's flags (``None`` ones are left out).
+_FLAG_NAMES = ("context", "device", "model", "precision", "python", "torch_version", "variant")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanRequest:
+    """The plan options of ``provision plan`` / ``render``, as typed on the command line (not yet checked)."""
+
+    host: Path | None = None
+    model: str | None = None
+    python: str | None = None
+    context: int = DEFAULT_CONTEXT
+    precision: str | None = None
+    device: str = "auto"
+    torch_version: str | None = None
+    variant: str | None = None
+    wheelhouse: tuple[str, ...] | None = None
+    index_url: str | None = None
+    matrix: Path | None = None
+
+    def flags(self) -> dict[str, Any]:
+        """The options the lock records, sorted by name."""
+        values = {name: getattr(self, name) for name in _FLAG_NAMES}
+        return {name: value for name, value in values.items() if value is not None}
+
+
+def load_inputs(request: PlanRequest, model_id: str | None = None) -> tuple[HostProfile, Matrix, ModelSpec]:
+    """Host, matrix and model: ``model_id`` (a plan's) wins over ``--model``, then the catalog default.
+
+    :raises InvalidInput: a bad matrix folder, model or host file.
+    """
+    from provision.data.catalog import load_catalog, resolve_model
+    from provision.data.matrix import load_matrix
+
+    matrix = load_matrix(request.matrix)
+    catalog = load_catalog(matrix.catalog_path)
+    if model_id is None:
+        model_id = catalog.default.id if request.model is None else request.model
+    model = resolve_model(model_id, catalog)
+    return _host(request.host), matrix, model
+
+
+def _host(path: Path | None) -> HostProfile:
+    """The ``--host`` profile, else this machine."""
+    if path is not None:
+        from provision.host.profile import load_host
+
+        return load_host(path)
+    from provision.host.detect import detect_host
+
+    return detect_host()
+
+
+def find_wheelhouses(request: PlanRequest, index_url: str | None, environ: Mapping[str, str],
+                     probe: IndexProbe) -> tuple[Path, ...]:
+    """The wheel folders to take torch from; ``auto`` asks ``probe`` about ``index_url`` (else the PyTorch index).
+
+    :raises InvalidInput: a named folder does not exist.
+    """
+    from provision.render.sources import resolve_wheelhouses
+
+    index = index_url or PYTORCH_INDEX
+    return resolve_wheelhouses(request.wheelhouse, environ, index_reachable=lambda: probe.reachable(index))
+
+
+def preferences(request: PlanRequest, host: HostProfile, wheelhouses: tuple[Path, ...]) -> Preferences:
+    """The options as the planner's ``Preferences``; the torch builds found in ``wheelhouses`` limit the choice.
+
+    :raises InvalidInput: a malformed ``--python``, ``--torch`` or ``--variant``.
+    """
+    from packaging.version import InvalidVersion, Version
+
+    from provision.plan.search import Preferences
+    from provision.render.sources import torch_builds
+
+    python = request.python
+    if python is not None and not _PYTHON_RE.fullmatch(python):
+        raise InvalidInput("--python", "python", f"{python!r} is not a Python version like '3.11'")
+    torch_version = None
+    if request.torch_version:
+        try:
+            torch_version = Version(request.torch_version)
+        except InvalidVersion:
+            raise InvalidInput("--torch", "torch", f"{request.torch_version!r} is not a version") from None
+    available = None
+    if wheelhouses:
+        available = torch_builds(wheelhouses, python=python or host.python_minor, platform=host.platform)
+    variant = request.variant
+    if variant is not None and not is_buildable_variant(variant):
+        raise InvalidInput("--variant", "variant", f"{variant!r} is not a variant like 'cu128' or 'cpu'")
+    return Preferences(python=python, context_tokens=request.context, precision=request.precision,
+                       device=request.device, torch_version=torch_version, variant=variant, torch_available=available)
+
+
+def plan_command(request: PlanRequest, environ: Mapping[str, str] | None = None) -> Plan:
+    """Plan for the requested host and model.
+
+    :raises InvalidInput: bad options or input files.
+    :raises NoViablePlan: nothing fits; carries remedies.
+    """
+    from provision.common.net import IndexProbe
+    from provision.plan.search import plan
+    from provision.render.sources import resolve_index_url
+
+    environ = os.environ if environ is None else environ
+    host, matrix, model = load_inputs(request)
+    wheelhouses = find_wheelhouses(request, resolve_index_url(request.index_url, environ), environ, IndexProbe())
+    return plan(host, matrix, model, preferences(request, host, wheelhouses))

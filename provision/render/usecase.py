@@ -1,0 +1,178 @@
+"""``provision render`` as a use case: plan (or read ``--plan``), resolve hashes, render, write.
+
+The decisions a render makes beyond the templates live here: where resolutions are cached,
+the output folder as the Docker build context sees it, the CI runner labels, and the one
+``IndexProbe`` that both the wheel-folder choice and the resolver ask. The result is a
+``RenderResult``; printing it is the CLI's job.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from provision.vocab import RENDER_SCHEMA
+
+if TYPE_CHECKING:
+    from provision.common.net import IndexProbe
+    from provision.host.profile import HostProfile
+    from provision.plan.search import Plan
+    from provision.plan.usecase import PlanRequest
+    from provision.render.requirements import Resolution
+
+__all__ = ["RenderRequest", "RenderResult", "docker_context_dir", "render_command", "resolve_cache_dir"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RenderRequest:
+    """What ``provision render`` was asked: plan options (or a plan file), the output and how to write it."""
+
+    plan: PlanRequest
+    out: Path
+    plan_file: Path | None = None
+    force: bool = False
+    resolve: bool = True
+    gpu_runners: tuple[str, ...] = ()  # empty: RenderInputs' default labels
+    cpu_runners: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RenderResult:
+    """What a render wrote: every file, the ones that changed, the hashes' state and the plan rendered.
+
+    ``planned`` is the planner's choice when this render planned (``None`` with ``--plan FILE``).
+    """
+
+    out: Path
+    files: Mapping[str, bytes]
+    changed: tuple[str, ...]
+    hashes: Resolution | None
+    plan: Mapping[str, Any]
+    planned: Plan | None = None
+
+    @property
+    def hash_status(self) -> str:
+        return self.hashes.status if self.hashes is not None else "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``provision.render/v1`` document ``provision render --json`` prints."""
+        return {"schema": RENDER_SCHEMA, "out": str(self.out), "files": sorted(self.files),
+                "changed": list(self.changed), "hashes": self.hash_status, "plan": dict(self.plan)}
+
+
+def resolve_cache_dir(environ: Mapping[str, str]) -> Path:
+    """Where complete resolutions are kept between renders (``$XDG_CACHE_HOME/provision/resolve``)."""
+    return Path(environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "provision" / "resolve"
+
+
+def docker_context_dir(out: Path, root: Path | None) -> str:
+    """``out`` relative to the Docker build context (the checkout root), or ``.`` outside a checkout."""
+    return os.path.relpath(out, root) if root is not None and out.is_relative_to(root) else "."
+
+
+def _check_runner_labels(request: RenderRequest) -> None:
+    from provision.common.quoting import check_label
+
+    for option, labels in (("--gpu-runner", request.gpu_runners), ("--cpu-runner", request.cpu_runners)):
+        for label in labels:
+            check_label(label, source=option, field="label")
+
+
+def _read_plan_file(path: Path) -> dict[str, Any]:
+    from provision.common.fields import read_json_file
+    from provision.render.files import validate_plan
+
+    doc = read_json_file(path)
+    validate_plan(doc, source=str(path))
+    return dict(doc)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Planned:
+    """The render's inputs once planned (or read from ``--plan``)."""
+
+    plan: dict[str, Any]
+    chosen: Plan | None
+    host: HostProfile
+    model_id: str
+    matrix_digest: str
+    variants: tuple[Mapping[str, Any], ...]
+    wheelhouse: tuple[Path, ...]
+
+
+def _plan(request: RenderRequest, index_url: str | None, environ: Mapping[str, str], probe: IndexProbe) -> _Planned:
+    """The plan to render: read from ``--plan``, or planned here with its sibling variants for CI."""
+    from provision.plan.search import plan, sibling_variants
+    from provision.plan.usecase import find_wheelhouses, load_inputs, preferences
+
+    options = request.plan
+    if request.plan_file is not None:
+        doc = _read_plan_file(request.plan_file)
+        host, matrix, model = load_inputs(options, doc["model"]["id"])
+        wheelhouse = find_wheelhouses(options, index_url, environ, probe)
+        return _Planned(plan=doc, chosen=None, host=host, model_id=model.id, matrix_digest=matrix.digest,
+                        variants=(), wheelhouse=wheelhouse)
+    host, matrix, model = load_inputs(options)
+    wheelhouse = find_wheelhouses(options, index_url, environ, probe)
+    prefs = preferences(options, host, wheelhouse)
+    chosen = plan(host, matrix, model, prefs)
+    return _Planned(plan=chosen.to_dict(), chosen=chosen, host=host, model_id=model.id, matrix_digest=matrix.digest,
+                    variants=tuple(sibling_variants(host, matrix, model, prefs, chosen)), wheelhouse=wheelhouse)
+
+
+def _resolve(planned: _Planned, index_url: str | None, environ: Mapping[str, str], probe: IndexProbe) -> Resolution:
+    from provision.render.requirements import resolve, resolve_request
+
+    request = resolve_request(planned.plan, planned.host.to_dict(), wheelhouse=[str(w) for w in planned.wheelhouse],
+                              index_url=index_url)
+    return resolve(request, cache_dir=resolve_cache_dir(environ), probe=probe)
+
+
+class _RunnerLabels(TypedDict, total=False):
+    gpu_runner_labels: tuple[str, ...]
+    cpu_runner_labels: tuple[str, ...]
+
+
+def _runner_labels(request: RenderRequest) -> _RunnerLabels:
+    """The ``--gpu-runner``/``--cpu-runner`` overrides; absent ones keep ``RenderInputs``' defaults."""
+    labels: _RunnerLabels = {}
+    if request.gpu_runners:
+        labels["gpu_runner_labels"] = request.gpu_runners
+    if request.cpu_runners:
+        labels["cpu_runner_labels"] = request.cpu_runners
+    return labels
+
+
+def render_command(request: RenderRequest, environ: Mapping[str, str] | None = None) -> RenderResult:
+    """Plan (or read ``--plan``), resolve hashes, render every file, write them atomically.
+
+    :raises InvalidInput: bad options or input files, or files edited since the last render.
+    :raises NoViablePlan: nothing fits this host.
+    """
+    from provision.build import source_root
+    from provision.common.net import IndexProbe
+    from provision.render.files import RenderInputs, render_files, write_rendered
+    from provision.render.sources import resolve_index_url
+
+    environ = os.environ if environ is None else environ
+    probe = IndexProbe()  # one per command: the wheel folders and the resolver share its answers
+    index_url = resolve_index_url(request.plan.index_url, environ)
+    _check_runner_labels(request)  # before any planning or resolving
+    planned = _plan(request, index_url, environ, probe)
+    hashes = _resolve(planned, index_url, environ, probe) if request.resolve else None
+    root = source_root()
+    out = request.out.resolve()
+    inputs = RenderInputs(
+        plan=planned.plan, host=planned.host.to_dict(), model=planned.model_id, context=request.plan.context,
+        flags=request.plan.flags(), matrix_digest=planned.matrix_digest, variants=planned.variants,
+        wheelhouse=tuple(str(w) for w in planned.wheelhouse), index_url=index_url, hashes=hashes,
+        toolkit_source=str(root) if root else None, docker_env_dir=docker_context_dir(out, root),
+        **_runner_labels(request),
+    )
+    files = render_files(inputs)
+    changed = write_rendered(out, files, force=request.force)
+    return RenderResult(out=out, files=files, changed=tuple(changed), hashes=hashes, plan=planned.plan,
+                        planned=planned.chosen)

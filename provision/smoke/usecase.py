@@ -1,0 +1,66 @@
+"""``provision smoke`` as a use case: which model, from which folder, then the run.
+
+``--model-path`` (else ``PROVISION_MODEL_PATH``, which ``nox -s provision -- --model-path``
+sets) names real weights; ``--tiny`` and ``--synthetic`` ask for a stand-in; otherwise the
+run looks for weights and falls back to the tiny model (``provision.smoke.source``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from provision.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from provision.smoke.report import SmokeReport
+
+__all__ = ["MODEL_PATH_ENV", "model_path_from", "smoke_command"]
+
+MODEL_PATH_ENV = "PROVISION_MODEL_PATH"
+
+
+def model_path_from(option: Path | None, environ: Mapping[str, str]) -> Path | None:
+    """``--model-path``, else ``PROVISION_MODEL_PATH``; it must hold a ``config.json``.
+
+    :raises InvalidInput: the folder has no ``config.json``.
+    """
+    path = option or (Path(environ[MODEL_PATH_ENV]) if environ.get(MODEL_PATH_ENV) else None)
+    if path is not None and not (path / "config.json").is_file():
+        raise InvalidInput("--model-path", str(path), "no config.json in this directory")
+    return path
+
+
+def smoke_command(
+    *,
+    model: str | None,
+    precision: str | None,
+    device: str | None = None,
+    gpus: Sequence[int] = (),
+    max_memory: Mapping[str, int] | None = None,
+    device_map: Mapping[str, int] | None = None,
+    model_path: Path | None = None,
+    stand_in: str | None = None,
+    context_tokens: int | None = None,
+    new_tokens: int = 16,
+    environ: Mapping[str, str] | None = None,
+) -> SmokeReport:
+    """Smoke-test ``model`` (default: the catalog's) in this environment.
+
+    ``stand_in``: ``"tiny"`` or ``"synthetic"`` to load a stand-in whatever weights exist.
+
+    :raises InvalidInput: an unknown model or a model folder without ``config.json``.
+    :raises SmokeError: the model did not load or generate.
+    """
+    from provision.data.catalog import load_catalog, resolve_model
+    from provision.smoke.run import run_smoke
+
+    catalog = load_catalog()
+    path = model_path_from(model_path, os.environ if environ is None else environ)
+    spec = resolve_model(catalog.default.id if model is None else model, catalog)
+    source = stand_in or ("weights" if path else "auto")
+    return run_smoke(model=spec, model_path=path, source=source, precision=precision, device=device, gpus=gpus,
+                     max_memory=max_memory, device_map=device_map, context_tokens=context_tokens,
+                     new_tokens=new_tokens)
