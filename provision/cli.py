@@ -289,7 +289,7 @@ def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_smoke(args: argparse.Namespace) -> int:
-    from provision.smoke.usecase import smoke_command
+    from provision.smoke import smoke_command
 
     settings = _smoke_settings(args)
     report = smoke_command(model=settings["model"], precision=settings["precision"], device=settings["device"],
@@ -307,8 +307,7 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from provision.display import show_findings
-    from provision.doctor.report import DoctorReport
-    from provision.doctor.run import run_doctor
+    from provision.doctor import DoctorReport, run_doctor
 
     report = DoctorReport(findings=tuple(run_doctor(model_id=args.model, lock_path=args.lock)))
     if args.json:

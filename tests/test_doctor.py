@@ -17,30 +17,21 @@ import pytest
 from provision.data.catalog import load_catalog
 from provision.data.matrix import load_matrix
 from provision.display import show_findings
-from provision.doctor.report import DoctorReport, format_findings
-from provision.doctor.run import (
-    DOCTOR_SCHEMA,
-    CacheScan,
-    Expected,
-    Facts,
-    Finding,
+from provision.doctor import DoctorReport, Finding, format_findings, run_doctor
+from provision.doctor.checks import (
     check_bf16,
     check_bitsandbytes,
     check_cuda_available,
-    check_disk,
-    check_lock_drift,
-    check_model_cache,
     check_torch_arch,
     check_torch_cuda_build,
-    find_lock,
-    gather_facts,
-    hub_cache_dir,
-    run_doctor,
-    scan_model_cache,
 )
+from provision.doctor.expected import Expected
+from provision.doctor.facts import CacheScan, Facts, find_lock, gather_facts, hub_cache_dir, scan_model_cache
+from provision.doctor.install_checks import check_disk, check_lock_drift, check_model_cache
 from provision.errors import InvalidInput
 from provision.host.profile import load_host
 from provision.plan.search import Preferences, plan
+from provision.vocab import DOCTOR_SCHEMA
 
 HOSTS = Path(__file__).parent / "fixtures" / "hosts"
 REPO = "zai-org/AutoGLM-Phone-9B"

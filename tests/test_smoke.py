@@ -15,7 +15,8 @@ import pytest
 
 from provision.data.catalog import load_catalog
 from provision.errors import InvalidInput, SmokeError
-from provision.smoke.run import SmokeReport, format_report, missing_snapshot_files
+from provision.smoke import SmokeReport, format_report
+from provision.smoke.source import missing_snapshot_files
 from provision.smoke.tiny import MARKER_FILE, scaled_mrope_section, synthetic_config, tiny_config, vocab_size
 from provision.vocab import PRECISIONS
 
@@ -262,7 +263,7 @@ def empty_hf_cache(tmp_path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_tiny_glm4v_loads_and_generates_from_text_and_image(precision: str, tiny_root: Path, empty_hf_cache: Path) -> None:
-    from provision.smoke.run import run_smoke
+    from provision.smoke import run_smoke
 
     report = run_smoke(
         model=CATALOG.get("autoglm-phone-9b"), precision=precision, device="cpu", context_tokens=64,
@@ -288,7 +289,7 @@ def test_tiny_glm4v_loads_and_generates_from_text_and_image(precision: str, tiny
 
 @pytest.mark.slow
 def test_tiny_text_model_and_model_path_marker(tiny_root: Path, empty_hf_cache: Path) -> None:
-    from provision.smoke.run import run_smoke
+    from provision.smoke import run_smoke
 
     first = run_smoke(model=CATALOG.get("glm-4-9b-chat-hf"), precision="fp32", device="cpu", new_tokens=3,
                       tiny_root=tiny_root, hf_cache_dir=empty_hf_cache)  # fmt: skip
@@ -326,7 +327,7 @@ def _incomplete_hf_snapshot(cache: Path, repo: str) -> Path:
 @pytest.mark.slow
 def test_incomplete_cached_snapshot_is_refused_or_replaced_by_tiny(tmp_path: Path, tiny_root: Path) -> None:
     pytest.importorskip("huggingface_hub")
-    from provision.smoke.run import run_smoke
+    from provision.smoke import run_smoke
 
     spec = CATALOG.get("autoglm-phone-9b")
     cache = tmp_path / "hf"
@@ -341,7 +342,7 @@ def test_incomplete_cached_snapshot_is_refused_or_replaced_by_tiny(tmp_path: Pat
 
 @pytest.mark.slow
 def test_weights_source_without_a_download_says_how_to_get_one(empty_hf_cache: Path, ml: None) -> None:
-    from provision.smoke.run import run_smoke
+    from provision.smoke import run_smoke
 
     with pytest.raises(SmokeError, match="huggingface-cli download zai-org/AutoGLM-Phone-9B"):
         run_smoke(model=CATALOG.get("autoglm-phone-9b"), source="weights", device="cpu", hf_cache_dir=empty_hf_cache)
@@ -349,7 +350,7 @@ def test_weights_source_without_a_download_says_how_to_get_one(empty_hf_cache: P
 
 @pytest.mark.slow
 def test_bad_arguments_are_bad_input(tmp_path: Path, ml: None) -> None:
-    from provision.smoke.run import run_smoke
+    from provision.smoke import run_smoke
 
     spec = CATALOG.get("autoglm-phone-9b")
     with pytest.raises(InvalidInput, match="--context"):
@@ -364,7 +365,7 @@ def test_quantized_precision_without_bitsandbytes_fails_before_building(tmp_path
 
     if importlib.util.find_spec("bitsandbytes") is not None:
         pytest.skip("bitsandbytes is installed here")
-    from provision.smoke.run import run_smoke
+    from provision.smoke import run_smoke
 
     with pytest.raises(SmokeError, match=r"nf4 needs bitsandbytes.*pip install bitsandbytes"):
         # a synthetic 9B would write 20.6 GB first; the check must come before that
@@ -385,7 +386,7 @@ def test_tiny_glm4v_on_cuda_reports_allocator_memory(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch sees no CUDA GPU")
-    from provision.smoke.run import run_smoke
+    from provision.smoke import run_smoke
 
     report = run_smoke(model=CATALOG.get("autoglm-phone-9b"), device="cuda", precision="bf16", new_tokens=8,
                        tiny_root=tmp_path / "tiny", hf_cache_dir=tmp_path / "hf", measure_bandwidth=True)  # fmt: skip

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 from provision.common.fields import read_json_file
 from provision.doctor.checks import (
-    STATUSES,
     Finding,
     check_bf16,
     check_bitsandbytes,
@@ -25,7 +24,7 @@ from provision.doctor.checks import (
     check_torch_cuda_build,
 )
 from provision.doctor.expected import Expected
-from provision.doctor.facts import CacheScan, Facts, find_lock, gather_facts, hub_cache_dir, scan_model_cache
+from provision.doctor.facts import CacheScan, Facts, find_lock, gather_facts, scan_model_cache
 from provision.doctor.install_checks import (
     check_accelerate,
     check_disk,
@@ -34,7 +33,6 @@ from provision.doctor.install_checks import (
     check_transformers,
 )
 from provision.errors import InvalidInput, NoViablePlan, ProvisionError
-from provision.vocab import DOCTOR_SCHEMA
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -42,34 +40,7 @@ if TYPE_CHECKING:
     from provision.data.catalog import ModelSpec
     from provision.data.matrix import Matrix
 
-# The checks and fact types are re-exported: ``from provision.doctor.run import ...`` is the stable entry point.
-__all__ = [
-    "DOCTOR_SCHEMA",
-    "STATUSES",
-    "CacheScan",
-    "Expected",
-    "Facts",
-    "Finding",
-    "check_accelerate",
-    "check_bf16",
-    "check_bitsandbytes",
-    "check_cuda_available",
-    "check_disk",
-    "check_lock_drift",
-    "check_model_cache",
-    "check_torch",
-    "check_torch_arch",
-    "check_torch_cuda_build",
-    "check_transformers",
-    "evaluate",
-    "find_lock",
-    "gather_facts",
-    "hub_cache_dir",
-    "run_doctor",
-    "scan_model_cache",
-]
-
-
+__all__ = ["evaluate", "run_doctor"]
 
 def evaluate(facts: Facts, matrix: Matrix, model: ModelSpec, expected: Expected | None, scan: CacheScan, *,
              lock_path: Path | None = None, plan_note: Finding | None = None) -> list[Finding]:

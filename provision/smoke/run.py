@@ -14,9 +14,9 @@ Where the model comes from (``source``):
 
 A tiny or synthetic run says so in every report: it proves the software stack, never the 9B
 model's quality. This module is the run itself, as named steps; the parts live beside it:
-``smoke_source`` (which folder), ``smoke_load`` (``from_pretrained``), ``smoke_inputs``
-(prompts), ``smoke_measure`` (memory and timing) and ``smoke_report`` (the result). torch,
-transformers and friends are imported inside functions, so this module imports without them.
+``source`` (which folder), ``load`` (``from_pretrained``), ``inputs`` (prompts), ``measure``
+(memory and timing) and ``report`` (the result). torch, transformers and friends are
+imported inside functions, so this module imports without them.
 """
 
 from __future__ import annotations
@@ -44,25 +44,14 @@ from provision.smoke.measure import (
     tensor_bytes,
     timed_generate,
 )
-from provision.smoke.report import SMOKE_SCHEMA, SmokeReport, estimate_dict, format_report, planner_estimate, stack_versions
-from provision.smoke.source import Source, choose_source, default_spec, find_cached_snapshot, missing_snapshot_files
+from provision.smoke.report import SmokeReport, estimate_dict, planner_estimate, stack_versions
+from provision.smoke.source import Source, choose_source, default_spec
 from provision.vocab import DEVICES, PRECISIONS
 
 if TYPE_CHECKING:
     from provision.data.catalog import ModelSpec
 
-__all__ = [
-    "PRECISIONS",
-    "SMOKE_SCHEMA",
-    "SOURCES",
-    "SmokeReport",
-    "decode_bytes_per_token",
-    "find_cached_snapshot",
-    "format_report",
-    "measure_copy_bandwidth",
-    "missing_snapshot_files",
-    "run_smoke",
-]
+__all__ = ["SOURCES", "run_smoke"]
 
 SOURCES = ("auto", "weights", "tiny", "synthetic")
 
