@@ -57,6 +57,18 @@ def test_plan_imports_neither_torch_nor_transformers() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def test_plan_loads_neither_the_renderer_nor_the_smoke_runner() -> None:
+    """The package faces load on first use: planning reads render.sources, not the renderer."""
+    code = (
+        "import sys; from provision.cli import main; "
+        f"rc = main(['plan', '--host', {str(A10G)!r}, '--json']); "
+        "loaded = sorted(m for m in ('provision.render.files', 'provision.render.usecase', 'provision.smoke.run', "
+        "'jinja2') if m in sys.modules); print(loaded, file=sys.stderr); sys.exit(rc if not loaded else 99)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_python_dash_m_is_the_same_command() -> None:
     proc = subprocess.run([sys.executable, "-m", "provision", "plan", "--host", str(RTX3070), "--json"],
                           capture_output=True, text=True, check=False)

@@ -1,14 +1,32 @@
 """Stage 5, smoke: load the model in the planned precision and generate, inside the built environment.
 
 The public face: ``smoke_command`` (what ``provision smoke`` runs), ``run_smoke`` (the run
-itself) and ``SmokeReport`` (``provision.smoke/v1``) with its human ``format_report``. Nothing
-here imports torch until a run starts.
+itself) and ``SmokeReport`` (``provision.smoke/v1``) with its human ``format_report``. They
+load on first use, so reading a report (``provision build``) does not import the runner;
+nothing here imports torch until a run starts.
 """
 
 from __future__ import annotations
 
-from provision.smoke.report import SmokeReport, format_report
-from provision.smoke.run import run_smoke
-from provision.smoke.usecase import smoke_command
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from provision.smoke.report import SmokeReport, format_report
+    from provision.smoke.run import run_smoke
+    from provision.smoke.usecase import smoke_command
 
 __all__ = ["SmokeReport", "format_report", "run_smoke", "smoke_command"]
+
+_HOMES = {
+    "SmokeReport": "provision.smoke.report",
+    "format_report": "provision.smoke.report",
+    "run_smoke": "provision.smoke.run",
+    "smoke_command": "provision.smoke.usecase",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)
