@@ -9,16 +9,10 @@ import sys
 
 import pytest
 
+from provision.data.architecture import parameter_count, parameters_by_part, parse_architecture
 from provision.data.catalog import load_catalog
 from provision.errors import InvalidInput
-from provision.plan.memory import (
-    CUDA_CONTEXT_BYTES,
-    estimate_memory,
-    parameter_count,
-    parameters_by_part,
-    parse_architecture,
-    split_across_gpus,
-)
+from provision.plan.memory import CUDA_CONTEXT_BYTES, estimate_memory, split_across_gpus
 
 GB = 1e9
 
@@ -309,7 +303,8 @@ def test_split_quantized_max_memory_accounts_for_bnb_factor(catalog):
 
 
 def test_planner_modules_do_not_import_torch():
-    code = ("import sys, provision.data.catalog, provision.plan.memory, provision.common.resources;"
+    code = ("import sys, provision.data.architecture, provision.data.catalog, provision.plan.memory, "
+            "provision.common.resources;"
             "bad = [m for m in ('torch', 'transformers', 'pynvml', 'accelerate') if m in sys.modules];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -17,8 +17,8 @@ from packaging.version import Version
 
 from provision.common.fields import Fields, read_json_file, read_toml_file
 from provision.common.resources import data_dir
+from provision.data.architecture import parameters_by_part, parse_architecture
 from provision.errors import InvalidInput
-from provision.plan.memory import parameters_by_part, parse_architecture
 from provision.vocab import QUANTIZED
 
 __all__ = [
