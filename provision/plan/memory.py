@@ -34,7 +34,7 @@ above nvidia-smi's view of the process in all 26 cases.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -370,15 +370,29 @@ def split_across_gpus(
     a = architecture_of(spec_or_config)
     o = _opts(precision, "cuda", _keep_for(spec_or_config, precision, keep_16bit), double_quant)
     frees = dict(free_bytes) if isinstance(free_bytes, Mapping) else dict(enumerate(free_bytes))
-    order = sorted(frees)
     units = list(a.units)
 
     def estimate(us: Sequence[Unit]) -> MemoryEstimate:
         return _estimate_units(a, us, o, context_tokens, batch_size, image_tokens)
 
-    placed: list[tuple[int, list[Unit], MemoryEstimate]] = []  # GPU, its units, their estimate
+    placed, pos = _fill(units, frees, estimate)
+    if pos < len(units):
+        return GpuSplit(fits=False, precision=precision, unplaced=tuple(u.name for u in units[pos:]))
+    shares, max_memory = _shares(placed, frees, units, o)
+    return GpuSplit(fits=True, precision=precision, shares=shares, max_memory=max_memory,
+                    device_map=_device_map(placed))
+
+
+#: One used GPU: its index, the units it holds, and their estimate.
+_Placed = tuple[int, list[Unit], MemoryEstimate]
+
+
+def _fill(units: Sequence[Unit], frees: Mapping[int, int],
+          estimate: Callable[[Sequence[Unit]], MemoryEstimate]) -> tuple[list[_Placed], int]:
+    """Give each GPU, in index order, as many of the next units as fit; returns how far it got."""
+    placed: list[_Placed] = []
     pos = 0
-    for gpu in order:
+    for gpu in sorted(frees):
         if pos == len(units):
             break
         take: list[Unit] = []
@@ -392,9 +406,11 @@ def split_across_gpus(
             est = trial
         if est is not None:  # a GPU that cannot hold even the next unit is skipped
             placed.append((gpu, take, est))
-    if pos < len(units):
-        return GpuSplit(fits=False, precision=precision, unplaced=tuple(u.name for u in units[pos:]))
+    return placed, pos
 
+
+def _device_map(placed: Sequence[_Placed]) -> dict[str, int]:
+    """Module name -> GPU for exactly this placement."""
     device_map: dict[str, int] = {}
     for gpu, us, _ in placed:
         for u in us:
@@ -405,9 +421,15 @@ def split_across_gpus(
     # The rotary embedding holds only buffers; it runs once per forward, beside the first layer.
     first_layer = next(name for name in device_map if ".layers." in name)
     device_map[first_layer.split("layers.")[0] + "rotary_emb"] = device_map[first_layer]
-    counted = {u.name: sum(_module_bytes(m, o)[1] for m in u.modules) for u in units}  # as accelerate counts
+    return device_map
+
+
+def _shares(placed: Sequence[_Placed], frees: Mapping[int, int], units: Sequence[Unit],
+            o: _Opts) -> tuple[tuple[GpuShare, ...], dict[int, int]]:
+    """Each used GPU's share and its ``max_memory`` budget, as accelerate counts bytes."""
+    counted = {u.name: sum(_module_bytes(m, o)[1] for m in u.modules) for u in units}
     largest = max(counted.values())
-    factor = BNB_MAX_MEMORY_FACTOR if precision in QUANTIZED else 1.0
+    factor = BNB_MAX_MEMORY_FACTOR if o.precision in QUANTIZED else 1.0
     shares, max_memory = [], {}
     start = 0
     for n, (gpu, us, est) in enumerate(placed):
@@ -420,5 +442,4 @@ def split_across_gpus(
         else:
             budget = sum(counted[u.name] for u in us) + (largest if n == 0 else 0)
         max_memory[gpu] = math.ceil(budget / factor)
-    return GpuSplit(fits=True, precision=precision, shares=tuple(shares), max_memory=max_memory,
-                    device_map=device_map)
+    return tuple(shares), max_memory
