@@ -1,4 +1,4 @@
-"""Host detection: parsers on recorded outputs, the probe ladder, CUDA_VISIBLE_DEVICES, gpus.toml."""
+"""Host detection: parsers on recorded outputs, the probe ladder, CUDA_VISIBLE_DEVICES (the GPU table: test_gpu_table)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import provision.common.run
-from provision.data.gpus import gpu_table_from_dict, load_gpu_table, normalize_gpu_name
+from provision.data.matrix import load_matrix
 from provision.errors import InvalidInput, ProvisionError
 from provision.host import detect
 from provision.host.detect import (
@@ -30,7 +30,7 @@ from provision.host.detect import (
     parse_smi_query,
     read_nvml,
 )
-from provision.host.profile import host_from_dict, load_host
+from provision.host.profile import host_from_dict
 
 FIX = Path(__file__).parent / "fixtures"
 SMI = FIX / "nvidia-smi"
@@ -38,7 +38,7 @@ PROC = FIX / "proc"
 MiB = 1024 * 1024
 GB = 10**9
 MEMINFO = "MemTotal:       65831548 kB\nMemFree:        60123456 kB\nMemAvailable:   63000000 kB\nBuffers: 1 kB\n"
-TABLE = load_gpu_table()
+TABLE = load_matrix().gpus
 
 
 def smi_text(name: str) -> str:
@@ -610,69 +610,6 @@ def test_detected_profiles_are_valid_host_files(scenario: str) -> None:
     again = host_from_dict(host.to_dict(), "detected")
     assert again == host
     assert again.extra == host.extra
-
-
-# --- gpus.toml -------------------------------------------------------------------------------
-
-
-def test_gpu_table_lookups() -> None:
-    assert normalize_gpu_name("NVIDIA GeForce RTX 4090") == normalize_gpu_name("GeForce RTX 4090") == "rtx 4090"
-    assert TABLE.lookup("NVIDIA GeForce RTX 4090") == ((8, 9), 24564 * MiB)
-    assert TABLE.lookup("Tesla V100-PCIE-32GB") == ((7, 0), 32768 * MiB)
-    assert TABLE.lookup("NVIDIA GeForce RTX 5090") == ((12, 0), 32607 * MiB)
-    assert TABLE.lookup("NVIDIA B200") == ((10, 0), 183359 * MiB)
-    assert TABLE.lookup("NVIDIA GeForce RTX 3060") == ((8, 6), None)  # 12 GB and 8 GB cards
-    assert TABLE.lookup("NVIDIA GeForce RTX 3060 Ti") == ((8, 6), 8192 * MiB)
-    assert TABLE.lookup("NVIDIA A100-SXM4-64GB") == ((8, 0), None)  # family only: no memory
-    assert TABLE.lookup("NVIDIA H100 94GB HBM2e") == ((9, 0), None)
-    assert TABLE.lookup("NVIDIA GH200 480GB") == ((9, 0), 97871 * MiB)  # not the H200 family
-    assert TABLE.lookup("NVIDIA RTX A2000 12GB") is None
-    assert TABLE.lookup("!!!") is None
-
-
-def test_reference_hosts_agree_with_the_table() -> None:
-    for path in sorted((FIX / "hosts").glob("*.json")):
-        for gpu in load_host(path).gpus:
-            known = TABLE.lookup(gpu.name)
-            assert known is not None, f"{path.name}: {gpu.name} missing from gpus.toml"
-            assert known[0] == gpu.compute_capability, path.name
-
-
-def _table(**row: Any) -> dict[str, Any]:
-    base = {"model": "X", "names": ["NVIDIA X1"], "compute_capability": "8.6", "memory_mib": 1024}
-    base.update(row)
-    return {"schema_version": 1, "meta": {"sources": ["https://example.invalid"], "retrieved": "2026-11-24"},
-            "gpu": [base]}
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        ({**_table(), "schema_version": 2}, "gpus.toml: schema_version: unsupported schema_version 2; expected 1"),
-        ({k: v for k, v in _table().items() if k != "meta"}, "gpus.toml: meta: required key is missing"),
-        (_table(compute_capability="sm_86"), "gpus.toml: gpu[0].compute_capability: 'sm_86' is not a compute "
-                                             "capability like '8.6'"),
-        (_table(compute_capability=8.6), "gpus.toml: gpu[0].compute_capability: expected a string, got number"),
-        (_table(memory_mib=True), "gpus.toml: gpu[0].memory_mib: expected an integer, got boolean"),
-        (_table(names=[]), "gpus.toml: gpu[0].names: must list at least one name"),
-        (_table(names=["NVIDIA"]), "gpus.toml: gpu[0].names[0]: 'NVIDIA' has no letters or digits"),
-        (_table(platforms=["linux-riscv"]), "gpus.toml: gpu[0].platforms[0]: 'linux-riscv' is not one of "
-                                            "linux-x86_64, linux-aarch64, windows-x86_64, macos-arm64"),
-        ({**_table(), "gpu": [_table()["gpu"][0], {**_table()["gpu"][0], "names": ["GeForce X1"]}]},
-         "gpus.toml: gpu[1].names[0]: 'GeForce X1' is already listed in gpu[0]"),
-    ],
-)
-def test_gpu_table_errors(data: dict[str, Any], message: str) -> None:
-    with pytest.raises(InvalidInput) as err:
-        gpu_table_from_dict(data)
-    assert str(err.value) == message
-
-
-def test_malformed_gpu_table_file(tmp_path: Path) -> None:
-    bad = tmp_path / "gpus.toml"
-    bad.write_text("schema_version = 1\n[meta\n")
-    with pytest.raises(InvalidInput, match=r"gpus.toml: \(document\): invalid TOML"):
-        load_gpu_table(bad)
 
 
 # --- the test guard (provision.common.run itself: tests/test_run.py) ---------------------------

@@ -450,7 +450,8 @@ def test_host_loader_on_arbitrary_json(doc: Any) -> None:
 
 _ASSIGNMENT = re.compile(r"^(\s*[A-Za-z_][\w-]*\s*=\s*)(\S.*)$", re.MULTILINE)
 MATRIX_TEXT = {name: (MATRICES / name).read_text(encoding="utf-8")
-               for name in ("cuda.toml", "torch.toml", "bitsandbytes.toml", "companions.toml", "models.toml")}
+               for name in ("cuda.toml", "torch.toml", "bitsandbytes.toml", "companions.toml", "models.toml",
+                            "images.toml", "gpus.toml")}
 toml_literal = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**63 - 1).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(lambda f: {"nan": "nan", "inf": "inf", "-inf": "-inf"}.get(

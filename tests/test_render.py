@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from provision.data.matrix import load_matrix
 from provision.errors import InvalidInput
 from provision.render.files import FILE_NAMES, WORKFLOW_PATH, EditedFiles, RenderInputs, render_files, write_rendered
 from provision.render.lock import LOCK_NAME
@@ -28,6 +29,7 @@ HOST_GPU = {"schema": "provision.host/v1", "os": "linux", "arch": "x86_64", "pyt
 HOST_CPU = {"schema": "provision.host/v1", "os": "linux", "arch": "x86_64", "python": "3.11.7",
             "ram_bytes": 25769803776, "nvidia": None}
 H1, H2, H3 = "sha256:" + "1" * 64, "sha256:" + "2" * 64, "sha256:" + "3" * 64
+IMAGES = load_matrix().images
 
 
 def make_plan(variant: str = "cu128", precision: str = "bf16", torch: str = "2.9.1") -> dict:
@@ -54,7 +56,7 @@ def make_inputs(plan: dict | None = None, **kw) -> RenderInputs:
          "packages": {**plan.get("packages", {}), "torch": f"2.9.1+{v}", "torchvision": f"0.24.1+{v}"}}
         for v in ("cpu", "cu126", "cu128", "cu130"))
     base = {"plan": plan, "host": HOST_CPU if plan["device"] == "cpu" else HOST_GPU, "model": "autoglm-phone-9b",
-            "matrix_digest": "a" * 64, "variants": variants, "toolkit_source": "/src/provision",
+            "images": IMAGES, "matrix_digest": "a" * 64, "variants": variants, "toolkit_source": "/src/provision",
             "docker_env_dir": "build/provision/test"}
     base.update(kw)
     return RenderInputs(**base)
@@ -169,9 +171,15 @@ def test_cpu_dockerfile_uses_slim_python_and_int8_serves_quantized():
     assert '"--quantization", "bnb-8bit"' in df8
 
 
-def test_unknown_cuda_has_no_image():
-    with pytest.raises(InvalidInput, match=r"no runtime image for CUDA 12\.5"):
+def test_unknown_cuda_or_python_has_no_image_and_names_the_images_file():
+    with pytest.raises(InvalidInput) as err:
         render_files(make_inputs(make_plan("cu125")))
+    assert str(err.value) == f"{IMAGES.source}: cuda: no runtime image for CUDA 12.5 (cu125)"
+    plan = make_plan("cpu")
+    plan["python"] = "3.9"
+    with pytest.raises(InvalidInput) as err:
+        render_files(make_inputs(plan))
+    assert str(err.value) == f"{IMAGES.source}: cpu: no CPU image for Python 3.9"
 
 
 def test_workflow_matrix_lists_every_variant_with_its_runner_and_plan():

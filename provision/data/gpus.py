@@ -2,25 +2,22 @@
 
 Detection needs it only when the driver does not report these facts itself (old
 nvidia-smi without ``compute_cap``, or the ``/proc/driver/nvidia`` fallback). The
-table is validated completely at load; lookups are pure.
+table is one part of the ``Matrix`` (``Matrix.gpus``), validated completely when the
+matrix loads; lookups are pure.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from provision.common.fields import Fields, read_toml_file
+from provision.common.fields import Fields
 from provision.errors import InvalidInput
 
 __all__ = [
     "GpuModel",
     "GpuTable",
-    "default_gpus_path",
-    "gpu_table_from_dict",
-    "load_gpu_table",
+    "gpu_table_from_fields",
     "normalize_gpu_name",
 ]
 
@@ -57,7 +54,7 @@ class GpuTable:
 
     def __post_init__(self) -> None:
         by_name: dict[str, GpuModel] = {}
-        for row in self.models:  # the first row claiming a name wins, as gpu_table_from_dict checks
+        for row in self.models:  # the first row claiming a name wins, as gpu_table_from_fields checks
             for n in row.names:
                 by_name.setdefault(normalize_gpu_name(n), row)
         object.__setattr__(self, "_by_name", by_name)
@@ -116,17 +113,15 @@ def _model_from_fields(g: Fields) -> GpuModel:
     )
 
 
-def gpu_table_from_dict(data: Any, source: str = "gpus.toml") -> GpuTable:
-    """Validate the parsed TOML; a name claimed by two rows is an error.
+def gpu_table_from_fields(f: Fields) -> GpuTable:
+    """Validate a parsed ``gpus.toml``; a name claimed by two rows is an error.
 
     :raises InvalidInput: naming the file and the dotted key.
     """
-    f = Fields(data, source)
     version = f.int("schema_version")
     if version != 1:
         raise f.fail("schema_version", f"unsupported schema_version {version}; expected 1")
     meta = f.obj("meta")
-    assert meta is not None
     if not meta.strs("sources"):
         raise meta.fail("sources", "must list at least one URL")
     meta.str("retrieved")
@@ -139,23 +134,6 @@ def gpu_table_from_dict(data: Any, source: str = "gpus.toml") -> GpuTable:
         for j, name in enumerate(row.names):
             key = normalize_gpu_name(name)
             if key in seen and seen[key] != i:
-                raise InvalidInput(source, f"gpu[{i}].names[{j}]", f"{name!r} is already listed in gpu[{seen[key]}]")
+                raise InvalidInput(f.source, f"gpu[{i}].names[{j}]", f"{name!r} is already listed in gpu[{seen[key]}]")
             seen[key] = i
     return GpuTable(models=models)
-
-
-def default_gpus_path() -> Path:
-    """``matrices/gpus.toml`` in a checkout, or the copy packed into the wheel."""
-    from provision.common.resources import data_dir
-
-    return data_dir("matrices") / "gpus.toml"
-
-
-def load_gpu_table(path: Path | None = None) -> GpuTable:
-    """Read and validate the GPU table.
-
-    :raises InvalidInput: if the file is missing or malformed.
-    :raises ProvisionError: if the packaged matrices/ directory cannot be found.
-    """
-    target = path if path is not None else default_gpus_path()
-    return gpu_table_from_dict(read_toml_file(target), str(target))

@@ -1,8 +1,10 @@
-"""Load and cross-check the compatibility matrices (``matrices/*.toml``).
+"""Load and cross-check the matrices (``matrices/*.toml``): one ``Matrix`` for all of them.
 
 Everything is validated once, here, into frozen dataclasses with real
-``Version``/``SpecifierSet`` values; the planner then trusts the data and never
-re-parses. A bad file is one ``InvalidInput`` naming the file and dotted key.
+``Version``/``SpecifierSet`` values; the planner, the render (base images, CI actions)
+and detection (the GPU table) then trust the data and never re-parse. A bad file is one
+``InvalidInput`` naming the file and dotted key. The digest recorded in locks covers
+every file, so two matrices that render differently never share a digest.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from provision.common.fields import Fields, read_toml
+from provision.data.gpus import GpuTable, gpu_table_from_fields
+from provision.data.images import Images, images_from_fields
 from provision.errors import InvalidInput
 from provision.vocab import PYTORCH_INDEX, VARIANT_RE
 
@@ -34,7 +38,9 @@ __all__ = [
 ]
 
 PLATFORMS = ("linux-x86_64", "linux-aarch64", "windows-x86_64", "macos-arm64", "macos-x86_64")
-MATRIX_FILES = ("cuda.toml", "torch.toml", "bitsandbytes.toml", "companions.toml", "models.toml")
+#: Every file a ``Matrix`` is read from, in digest order.
+MATRIX_FILES = ("cuda.toml", "torch.toml", "bitsandbytes.toml", "companions.toml", "models.toml", "images.toml",
+                "gpus.toml")
 _ARCH_RE = re.compile(r"^sm_(\d{1,2})(\d)a?$")
 _PY_RE = re.compile(r"^3\.\d{1,2}$")
 _CC_RE = re.compile(r"^\d{1,2}\.\d$")
@@ -144,11 +150,15 @@ class Companion:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Matrix:
+    """Everything under one ``matrices/`` folder, validated; the catalog is read from ``catalog_path``."""
+
     families: tuple[CudaFamily, ...]
     toolkits: tuple[CudaToolkit, ...]
     torch: tuple[TorchRelease, ...]  # newest first
     bitsandbytes: tuple[BnbRelease, ...]  # newest first
     companions: tuple[Companion, ...]  # per name, newest first
+    images: Images  # base images and CI actions the rendered files pin
+    gpus: GpuTable  # GPU model -> compute capability and memory, for detection
     digest: str  # sha256 over the matrix files, recorded in locks
     root: Path  # the folder the files were read from
     #: compute capabilities of Jetson iGPUs under L4T, which the index's aarch64 builds do not run on
@@ -386,6 +396,11 @@ def _load_companions(f: Fields) -> tuple[Companion, ...]:
     return tuple(sorted(out, key=lambda c: (c.name, c.version), reverse=True))
 
 
+def _load_images(f: Fields) -> Images:
+    _check_schema(f)
+    return images_from_fields(f)
+
+
 def _cross_check(path: Path, families: tuple[CudaFamily, ...], toolkits: tuple[CudaToolkit, ...],
                  releases: tuple[TorchRelease, ...]) -> None:
     """Every CUDA a torch build uses must have a driver floor, so no choice points at unknown data."""
@@ -403,7 +418,7 @@ def _cross_check(path: Path, families: tuple[CudaFamily, ...], toolkits: tuple[C
 
 
 def _digest(contents: dict[str, bytes]) -> str:
-    """sha256 over the matrix files' names and bytes, in MATRIX_FILES order."""
+    """sha256 over the matrix files' names and bytes, in MATRIX_FILES order (models.toml when present)."""
     h = hashlib.sha256()
     for name in MATRIX_FILES:
         if name in contents:
@@ -436,12 +451,16 @@ def load_matrix(root: Path | None = None) -> Matrix:
     catalog = root / "models.toml"
     if catalog.is_file():
         contents["models.toml"] = catalog.read_bytes()
+    images = _load_images(fields("images.toml"))
+    gpus = gpu_table_from_fields(fields("gpus.toml"))
     return Matrix(
         families=families,
         toolkits=toolkits,
         torch=releases,
         bitsandbytes=bitsandbytes,
         companions=companions,
+        images=images,
+        gpus=gpus,
         digest=_digest(contents),
         root=root,
         tegra=tegra,

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.common import run as _run
-from provision.data.gpus import GpuTable, load_gpu_table
+from provision.data.gpus import GpuTable
 from provision.errors import ProvisionError
 from provision.host.parse import (
     SMI_FIELDS,
@@ -141,6 +141,13 @@ def _physical_memory() -> int | None:
     return None
 
 
+def _bundled_gpu_table() -> GpuTable:
+    """``Matrix.gpus`` of the bundled matrices (a ``--matrix DIR`` caller passes its own)."""
+    from provision.data.matrix import load_matrix
+
+    return load_matrix().gpus
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Probes:
     """Everything detection asks the machine, as replaceable callables."""
@@ -154,7 +161,8 @@ class Probes:
     physical_memory: Callable[[], int | None] = _physical_memory
     platform: Callable[[], tuple[str, str]] = field(default=lambda: (platform.system(), platform.machine()))
     python_version: Callable[[], str] = field(default=lambda: "{}.{}.{}".format(*sys.version_info[:3]))
-    gpu_table: Callable[[], GpuTable] = load_gpu_table
+    #: The GPU table of the matrices in use; asked only when the driver leaves a fact out.
+    gpu_table: Callable[[], GpuTable] = _bundled_gpu_table
 
 
 # --- probes that talk to the driver --------------------------------------------------------
@@ -323,7 +331,7 @@ def detect_host(
     ``extra`` records how each fact was found (``detected_by``) and anything skipped.
 
     :raises ProvisionError: on an unsupported OS or architecture, or unknown RAM.
-    :raises InvalidInput: on a bad ``python`` override, or a malformed ``matrices/gpus.toml``.
+    :raises InvalidInput: on a bad ``python`` override, or malformed matrices when the GPU table is needed.
     """
     p = probes if probes is not None else Probes()
     env = os.environ if environ is None else environ

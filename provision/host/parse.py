@@ -293,7 +293,7 @@ def build_nvidia(
     (physical index, UUID, MIG), and notes on what was left out or assumed. ``table`` is
     called only when a GPU lacks a fact, so ``gpus.toml`` is read only when needed.
 
-    :raises InvalidInput: when ``table`` does (a malformed ``matrices/gpus.toml``).
+    :raises InvalidInput: when ``table`` does (malformed matrices).
     """
     notes: list[str] = []
     visible = apply_visible_devices(_cuda_devices(reading.gpus), environ.get("CUDA_VISIBLE_DEVICES"))

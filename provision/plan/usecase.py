@@ -67,18 +67,18 @@ def load_inputs(request: PlanRequest, model_id: str | None = None) -> tuple[Host
     if model_id is None:
         model_id = catalog.default.id if request.model is None else request.model
     model = resolve_model(model_id, catalog)
-    return _host(request.host), matrix, model
+    return _host(request.host, matrix), matrix, model
 
 
-def _host(path: Path | None) -> HostProfile:
-    """The ``--host`` profile, else this machine."""
+def _host(path: Path | None, matrix: Matrix) -> HostProfile:
+    """The ``--host`` profile, else this machine (GPU facts the driver omits from ``matrix``'s table)."""
     if path is not None:
         from provision.host.profile import load_host
 
         return load_host(path)
-    from provision.host.detect import detect_host
+    from provision.host.detect import Probes, detect_host
 
-    return detect_host()
+    return detect_host(probes=Probes(gpu_table=lambda: matrix.gpus))
 
 
 def find_wheelhouses(request: PlanRequest, index_url: str | None, environ: Mapping[str, str],

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from provision import __version__
 from provision.common.atomic import replace_durably, write_atomic
-from provision.common.fields import Fields, read_toml_file
+from provision.common.fields import Fields
 from provision.common.quoting import (
     check_index_url,
     check_label,
@@ -37,6 +37,7 @@ from provision.common.quoting import (
     yaml_str,
 )
 from provision.common.resources import data_dir
+from provision.data.images import Images
 from provision.errors import InvalidInput
 from provision.render.lock import LOCK_NAME, build_lock, canonical_json, dump_lock, edited_files, read_lock, sha256_hex
 from provision.render.requirements import Resolution, check_wheelhouse, torch_index_for, unresolved
@@ -49,7 +50,6 @@ __all__ = [
     "FILE_NAMES",
     "EditedFiles",
     "RenderInputs",
-    "load_images",
     "render_files",
     "write_rendered",
 ]
@@ -62,9 +62,6 @@ FILE_NAMES = (
 _EXECUTABLE = frozenset({"install.sh", "setup-venv.sh"})
 _PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9./-]{0,127}$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9 ._:/+=,()<>-]{0,200}$")
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 _QUANT = {"int8": "bnb-8bit", "nf4": "bnb-4bit"}
@@ -89,9 +86,11 @@ class RenderInputs:
     each ``{"variant", "cuda", "index_url", "packages"}``. ``hashes``: the resolution
     from ``provision.render.requirements.resolve`` (None: pins without hashes).
     ``docker_env_dir``: the output folder relative to the Docker build context (the checkout root).
+    ``images``: the base images and CI actions to pin, from the same ``Matrix`` as ``matrix_digest``.
     """
 
     plan: Mapping[str, Any]
+    images: Images
     host: Mapping[str, Any]
     model: str
     context: int = DEFAULT_CONTEXT
@@ -106,14 +105,6 @@ class RenderInputs:
     docker_env_dir: str = "."
     gpu_runner_labels: tuple[str, ...] = ("self-hosted", "linux", "gpu")
     cpu_runner_labels: tuple[str, ...] = ("ubuntu-22.04",)
-
-
-# ---------------------------------------------------------------- data files
-
-
-def load_images() -> dict[str, Any]:
-    """Read ``matrices/images.toml`` (validated when a render uses it)."""
-    return read_toml_file(data_dir("matrices") / "images.toml")
 
 
 # ---------------------------------------------------------------- view-models
@@ -197,63 +188,22 @@ def validate_plan(plan: Any, *, source: str = "plan", prefix: str = "") -> None:
         raise InvalidInput(source, field, exc.problem) from None
 
 
-def _image_ref(row: Fields) -> str:
-    image, tag = row.str("image"), row.str("tag")
-    if not _IMAGE_RE.fullmatch(image) or "//" in image:
-        raise row.fail("image", f"{image!r} is not an image name")
-    if not _TAG_RE.fullmatch(tag):
-        raise row.fail("tag", f"{tag!r} is not an image tag")
-    ref = f"{image}:{tag}"
-    digest = row.str("digest", required=False)
-    if digest is not None:
-        if not _DIGEST_RE.fullmatch(digest):
-            raise row.fail("digest", f"{digest!r} is not sha256:<64 hex>")
-        ref += f"@{digest}"
-    return ref
-
-
-def _base_image(images: Mapping[str, Any], plan: _Plan) -> tuple[str, bool]:
+def _base_image(images: Images, plan: _Plan) -> tuple[str, bool]:
     """(image reference, whether the image already has the plan's Python)."""
-    f = Fields(images, "matrices/images.toml")
     if plan.cuda is None:
-        for row in f.objs("cpu"):
-            if row.str("python") == plan.python:
-                return _image_ref(row), True
-        raise InvalidInput("matrices/images.toml", "cpu", f"no CPU image for Python {plan.python}")
-    for row in f.objs("cuda"):
-        if row.str("cuda") == plan.cuda:
-            ref = _image_ref(row)
-            if not row.str("tag").startswith(plan.cuda + "."):
-                raise row.fail("tag", f"image CUDA does not match {plan.cuda}")
-            return ref, False
-    raise InvalidInput("matrices/images.toml", "cuda", f"no runtime image for CUDA {plan.cuda} ({plan.variant})")
+        image = images.python_image(plan.python)
+        if image is None:
+            raise InvalidInput(images.source, "cpu", f"no CPU image for Python {plan.python}")
+        return image.ref, True
+    image = images.runtime_image(plan.cuda)
+    if image is None:
+        raise InvalidInput(images.source, "cuda", f"no runtime image for CUDA {plan.cuda} ({plan.variant})")
+    return image.ref, False
 
 
-def _actions(images: Mapping[str, Any]) -> dict[str, str]:
-    f = Fields(images, "matrices/images.toml")
-    out = {}
-    for row in f.objs("action"):
-        name, sha, tag = row.str("name"), row.str("sha"), row.str("tag")
-        if not re.fullmatch(r"[A-Za-z0-9-]+/[A-Za-z0-9._-]+", name) or not re.fullmatch(r"[0-9a-f]{40}", sha):
-            raise row.fail("sha", "expected owner/name and a 40-hex commit")
-        out[name] = f"{name}@{sha} # {check_label(tag, source=f.source, field=row.where('tag'))}"
-    for need in ("actions/checkout", "actions/setup-python"):
-        if need not in out:
-            raise f.fail("action", f"{need} is missing")
-    return out
-
-
-def _uv_image(images: Mapping[str, Any]) -> str:
-    f = Fields(images, "matrices/images.toml")
-    uv = f.obj("uv")
-    assert uv is not None
-    return _image_ref(uv)
-
-
-def _conda_pip(images: Mapping[str, Any]) -> str:
-    conda = Fields(images, "matrices/images.toml").obj("conda")
-    assert conda is not None
-    return check_version(conda.str("pip"), source="matrices/images.toml", field="conda.pip")
+def _actions(images: Images) -> dict[str, str]:
+    """The workflow's ``uses:`` pins by action name (``images.toml`` has every one it needs, checked at load)."""
+    return {a.name: a.pin for a in images.actions}
 
 
 def _torch_index(inputs: RenderInputs, plan: _Plan) -> str | None:
@@ -361,7 +311,7 @@ def _resolution(inputs: RenderInputs, plan: _Plan) -> Resolution:
     return resolution
 
 
-def _check(inputs: RenderInputs, plan: _Plan, images: Mapping[str, Any]) -> _Checked:
+def _check(inputs: RenderInputs, plan: _Plan, images: Images) -> _Checked:
     torch_index = _torch_index(inputs, plan)
     wheelhouse = check_wheelhouse(inputs.wheelhouse)
     source = None if inputs.toolkit_source is None else check_path(
@@ -393,11 +343,11 @@ def _requirements_txt(common: Mapping[str, Any], resolution: Resolution) -> byte
     })
 
 
-def _environment_yml(common: Mapping[str, Any], plan: _Plan, images: Mapping[str, Any],
+def _environment_yml(common: Mapping[str, Any], plan: _Plan, images: Images,
                      resolution: Resolution) -> bytes:
     """conda's file: pip lines carry hashes only when every line has them (pip's all-or-nothing rule)."""
     return _render("environment.yml.j2", {
-        **common, "env_name": f"provision-{plan.model_id}-{plan.variant}", "pip_version": _conda_pip(images),
+        **common, "env_name": f"provision-{plan.model_id}-{plan.variant}", "pip_version": images.conda_pip,
         "pip_lines": [
             " ".join([f"{r.name}=={r.version}", *(f"--hash={h}" for h in r.hashes)])
             if resolution.status == "complete" else f"{r.name}=={r.version}"
@@ -430,10 +380,10 @@ def _image_labels(inputs: RenderInputs, plan: _Plan, resolution: Resolution, too
     }
 
 
-def _dockerfile(common: Mapping[str, Any], plan: _Plan, images: Mapping[str, Any], checked: _Checked,
+def _dockerfile(common: Mapping[str, Any], plan: _Plan, images: Images, checked: _Checked,
                 labels: Mapping[str, str]) -> bytes:
     return _render("Dockerfile.j2", {
-        **common, "base_image": checked.base_image, "has_python": checked.has_python, "uv_image": _uv_image(images),
+        **common, "base_image": checked.base_image, "has_python": checked.has_python, "uv_image": images.uv.ref,
         "env_dir": checked.env_dir, "serve_argv": _serve_argv(plan), "port": _SERVE_PORT,
         "smoke_argv": ["provision", "smoke", "--precision", plan.precision],
         "labels": [(k, _label_value(v)) for k, v in sorted(labels.items())],
@@ -461,12 +411,12 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
 
     Values are checked in the order the files are written, so the first bad one is reported.
 
-    :raises InvalidInput: a plan, image table, label or path value fails validation.
+    :raises InvalidInput: a plan, label or path value fails validation, or ``images`` has no row for the plan.
     """
     plan = _read_plan(inputs.plan)
     if inputs.matrix_digest and not _SHA_RE.fullmatch(inputs.matrix_digest):
         raise InvalidInput("render", "matrix_digest", "expected a sha256 hex digest")
-    images = load_images()
+    images = inputs.images
     resolution = _resolution(inputs, plan)
     checked = _check(inputs, plan, images)
     common = _common_view(plan, checked, resolution)

@@ -18,6 +18,7 @@ from provision.vocab import RENDER_SCHEMA
 
 if TYPE_CHECKING:
     from provision.common.net import IndexProbe
+    from provision.data.matrix import Matrix
     from provision.host.profile import HostProfile
     from provision.plan.search import Plan
     from provision.plan.usecase import PlanRequest
@@ -98,7 +99,7 @@ class _Planned:
     chosen: Plan | None
     host: HostProfile
     model_id: str
-    matrix_digest: str
+    matrix: Matrix
     variants: tuple[Mapping[str, Any], ...]
     wheelhouse: tuple[Path, ...]
 
@@ -113,13 +114,13 @@ def _plan(request: RenderRequest, index_url: str | None, environ: Mapping[str, s
         doc = _read_plan_file(request.plan_file)
         host, matrix, model = load_inputs(options, doc["model"]["id"])
         wheelhouse = find_wheelhouses(options, index_url, environ, probe)
-        return _Planned(plan=doc, chosen=None, host=host, model_id=model.id, matrix_digest=matrix.digest,
-                        variants=(), wheelhouse=wheelhouse)
+        return _Planned(plan=doc, chosen=None, host=host, model_id=model.id, matrix=matrix, variants=(),
+                        wheelhouse=wheelhouse)
     host, matrix, model = load_inputs(options)
     wheelhouse = find_wheelhouses(options, index_url, environ, probe)
     prefs = preferences(options, host, wheelhouse)
     chosen = plan(host, matrix, model, prefs)
-    return _Planned(plan=chosen.to_dict(), chosen=chosen, host=host, model_id=model.id, matrix_digest=matrix.digest,
+    return _Planned(plan=chosen.to_dict(), chosen=chosen, host=host, model_id=model.id, matrix=matrix,
                     variants=tuple(sibling_variants(host, matrix, model, prefs, chosen)), wheelhouse=wheelhouse)
 
 
@@ -167,8 +168,8 @@ def render_command(request: RenderRequest, environ: Mapping[str, str] | None = N
     out = request.out.resolve()
     inputs = RenderInputs(
         plan=planned.plan, host=planned.host.to_dict(), model=planned.model_id, context=request.plan.context,
-        flags=request.plan.flags(), matrix_digest=planned.matrix_digest, variants=planned.variants,
-        wheelhouse=tuple(str(w) for w in planned.wheelhouse), index_url=index_url, hashes=hashes,
+        flags=request.plan.flags(), images=planned.matrix.images, matrix_digest=planned.matrix.digest,
+        variants=planned.variants, wheelhouse=tuple(str(w) for w in planned.wheelhouse), index_url=index_url, hashes=hashes,
         toolkit_source=str(root) if root else None, docker_env_dir=docker_context_dir(out, root),
         **_runner_labels(request),
     )
