@@ -51,14 +51,14 @@ def _platform() -> str:
     """The wheel platform of the interpreter running nox (a build host nobody detected)."""
     import platform
 
-    from provision.host.profile import wheel_platform
+    from provision.host import wheel_platform
 
     os_name = {"darwin": "darwin", "win32": "windows"}.get(sys.platform, "linux")
     return wheel_platform(os_name, platform.machine().lower())
 
 
 def _host_dir(host_json: Path) -> Path:
-    from provision.host.profile import load_host
+    from provision.host import load_host
 
     return BUILD / load_host(host_json).host_id
 
@@ -130,7 +130,7 @@ def lint(session: nox.Session) -> None:
 
 def _newest_torch_variants() -> tuple[str, list[str]]:
     """The newest torch in the matrix and its linux-x86_64 builds: what the rendered CI matrix runs."""
-    from provision.data.matrix import load_matrix
+    from provision.data import load_matrix
 
     release = load_matrix(ROOT / "matrices").torch[0]
     return str(release.version), sorted(v.name for v in release.variants if "linux-x86_64" in v.platforms)

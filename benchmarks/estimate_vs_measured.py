@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from provision.data.catalog import load_catalog, resolve_model  # noqa: E402
+from provision.data import load_catalog, resolve_model  # noqa: E402
 from provision.plan.memory import estimate_memory  # noqa: E402
 
 GB = 1e9

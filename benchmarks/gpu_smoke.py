@@ -45,7 +45,7 @@ SPEC_BANDWIDTH = {
 
 def _spec(model_id: str):  # -> ModelSpec, imported lazily
     from provision.common.resources import data_dir
-    from provision.data.catalog import load_catalog, resolve_model
+    from provision.data import load_catalog, resolve_model
 
     return resolve_model(model_id, load_catalog(data_dir("matrices") / "models.toml"))
 

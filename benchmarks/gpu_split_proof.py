@@ -34,7 +34,7 @@ def main() -> int:
     import torch
     import transformers
 
-    from provision.data.catalog import load_catalog, resolve_model
+    from provision.data import load_catalog, resolve_model
     from provision.plan.memory import split_across_gpus
     from provision.smoke.tiny import build_synthetic
 

@@ -191,7 +191,7 @@ def _write_json_file(path: Path, doc: object) -> None:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    from provision.host.detect import detect_host
+    from provision.host import detect_host
 
     host = detect_host()
     doc = host.to_dict()

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from provision.build import BuildResult
     from provision.doctor.report import DoctorReport
     from provision.errors import NoViablePlan
-    from provision.host.profile import HostProfile
+    from provision.host import HostProfile
     from provision.plan.search import Plan
     from provision.render.usecase import RenderResult
     from provision.smoke.report import SmokeReport

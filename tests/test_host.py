@@ -340,3 +340,16 @@ def test_a_trailing_newline_is_not_a_version(key: str, value: str) -> None:
            "ram_bytes": 10**10, "nvidia": nvidia}
     with pytest.raises(InvalidInput, match=f"^h.json: nvidia.{key}: "):
         host_from_dict(doc, "h.json")
+
+
+def test_host_imports_only_earlier_stages() -> None:
+    """host/ reads data/ (the GPU table) and common/; the planner and later stages import it, never the reverse."""
+    import subprocess
+    import sys
+
+    code = ("import sys, provision.host; "
+            "later = sorted(m for m in sys.modules if m.startswith(('provision.plan', 'provision.render', "
+            "'provision.smoke', 'provision.doctor', 'provision.cli', 'provision.display', 'provision.build'))); "
+            "print(later); sys.exit(1 if later else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

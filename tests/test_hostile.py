@@ -251,10 +251,10 @@ def test_every_lock_fixture_is_in_the_table() -> None:
 @pytest.fixture
 def a10g_detected(monkeypatch: pytest.MonkeyPatch) -> HostProfile:
     """Commands that detect the machine see the A10G profile instead (no real probing in tests)."""
-    import provision.host.detect
+    import provision.host
 
     host = load_host(A10G)
-    monkeypatch.setattr(provision.host.detect, "detect_host", lambda **_: host)
+    monkeypatch.setattr(provision.host, "detect_host", lambda **_: host)  # the name callers import
     return host
 
 

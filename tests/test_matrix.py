@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import provision.host.detect
+import provision.host
 from provision.cli import main
 from provision.data.matrix import MATRIX_FILES, load_matrix
 from provision.errors import InvalidInput
@@ -198,18 +198,18 @@ def test_detection_takes_the_gpu_table_from_the_matrix_root(capsys: pytest.Captu
     root = copy_matrices(tmp_path, "gpus.toml", 'names = ["NVIDIA A10G"]', 'names = ["NVIDIA A10G", "Lab GPU 7"]')
     asked: list[object] = []
 
-    def detect_host(*, probes: provision.host.detect.Probes) -> HostProfile:
+    def detect_host(*, probes: provision.host.Probes) -> HostProfile:
         asked.append(probes.gpu_table().lookup("Lab GPU 7"))
         return load_host(A10G)
 
-    monkeypatch.setattr(provision.host.detect, "detect_host", detect_host)
+    monkeypatch.setattr(provision.host, "detect_host", detect_host)
     assert main(["plan", "--matrix", str(root), "--json"]) == 0
     assert asked == [((8, 6), 23028 * 1024 * 1024)]
     assert json.loads(capsys.readouterr().out)["torch"]["variant"] == "cu126"
 
 
 def test_the_bundled_gpu_table_is_detections_default() -> None:
-    assert provision.host.detect.Probes().gpu_table() == load_matrix().gpus
+    assert provision.host.Probes().gpu_table() == load_matrix().gpus
 
 
 # --- the package -----------------------------------------------------------------------------------
@@ -219,7 +219,8 @@ def test_data_imports_no_later_stage() -> None:
     """data/ is what every stage reads; it must not import plan, render, host or the CLI back."""
     code = ("import sys, provision.data, provision.data.refresh; "
             "later = sorted(m for m in sys.modules if m.startswith(('provision.plan', 'provision.render', "
-            "'provision.host', 'provision.smoke', 'provision.doctor', 'provision.cli'))); "
+            "'provision.host', 'provision.smoke', 'provision.doctor', 'provision.cli', 'provision.display', "
+            "'provision.build'))); "
             "print(later); sys.exit(1 if later else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from packaging.version import InvalidVersion, Version
 
-from provision.data.matrix import TorchVariant, parse_arch
+from provision.data import TorchVariant, parse_arch
 from provision.doctor.expected import torch_fix
 from provision.host.parse import leading_int
 from provision.plan.compat import driver_runs, has_kernels, supports_bf16
 
 if TYPE_CHECKING:
-    from provision.data.matrix import BnbRelease, Matrix
+    from provision.data import BnbRelease, Matrix
     from provision.doctor.expected import Expected
     from provision.doctor.facts import Facts
-    from provision.host.profile import GpuInfo
+    from provision.host import GpuInfo
 
 __all__ = [
     "STATUSES",

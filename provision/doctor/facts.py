@@ -21,8 +21,8 @@ from provision.common.fields import Fields, read_json_file
 from provision.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from provision.data.catalog import ModelSpec
-    from provision.host.profile import HostProfile
+    from provision.data import ModelSpec
+    from provision.host import HostProfile
 
 __all__ = [
     "ENV_KEYS",
@@ -218,7 +218,7 @@ def gather_facts(host: HostProfile | None = None, *, environ: Mapping[str, str] 
     """
     env = os.environ if environ is None else environ
     if host is None:
-        from provision.host.detect import detect_host
+        from provision.host import detect_host
 
         host = detect_host(environ=env)
     kept = {k: env[k] for k in ENV_KEYS if k in env}

@@ -17,8 +17,7 @@ from provision.doctor.expected import torch_fix
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from provision.data.catalog import ModelSpec
-    from provision.data.matrix import Matrix
+    from provision.data import Matrix, ModelSpec
     from provision.doctor.expected import Expected
     from provision.doctor.facts import CacheScan, Facts
 

@@ -37,8 +37,7 @@ from provision.errors import InvalidInput, NoViablePlan, ProvisionError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from provision.data.catalog import ModelSpec
-    from provision.data.matrix import Matrix
+    from provision.data import Matrix, ModelSpec
 
 __all__ = ["evaluate", "run_doctor"]
 
@@ -95,8 +94,7 @@ def run_doctor(*, model_id: str | None = None, lock_path: Path | None = None, fa
 
     :raises InvalidInput: a bad ``--lock`` file or ``--model``.
     """
-    from provision.data.catalog import load_catalog, resolve_model
-    from provision.data.matrix import load_matrix
+    from provision.data import load_catalog, load_matrix, resolve_model
 
     expected = _read_expected(lock_path) if lock_path is not None else None
     if matrix is None:

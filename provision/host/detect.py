@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.common import run as _run
-from provision.data.gpus import GpuTable
+from provision.data import GpuTable, load_matrix
 from provision.errors import ProvisionError
 from provision.host.parse import (
     SMI_FIELDS,
@@ -143,8 +143,6 @@ def _physical_memory() -> int | None:
 
 def _bundled_gpu_table() -> GpuTable:
     """``Matrix.gpus`` of the bundled matrices (a ``--matrix DIR`` caller passes its own)."""
-    from provision.data.matrix import load_matrix
-
     return load_matrix().gpus
 
 

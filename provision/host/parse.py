@@ -23,7 +23,7 @@ from provision.errors import InvalidInput, ProvisionError
 from provision.host.profile import DRIVER_RE, GpuInfo, NvidiaInfo
 
 if TYPE_CHECKING:
-    from provision.data.gpus import GpuTable
+    from provision.data import GpuTable
 
 __all__ = [
     "SMI_FIELDS",

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 from packaging.version import Version
 
-from provision.data.matrix import parse_arch
+from provision.data import parse_arch
 
 if TYPE_CHECKING:
-    from provision.data.matrix import CudaToolkit, Matrix, TorchVariant
-    from provision.host.profile import GpuInfo, HostProfile
+    from provision.data import CudaToolkit, Matrix, TorchVariant
+    from provision.host import GpuInfo, HostProfile
 
 __all__ = ["driver_cuda", "driver_runs", "has_kernels", "supports_bf16"]
 

@@ -20,9 +20,8 @@ from provision.vocab import DEFAULT_CONTEXT, PYTORCH_INDEX, is_buildable_variant
 
 if TYPE_CHECKING:
     from provision.common.net import IndexProbe
-    from provision.data.catalog import ModelSpec
-    from provision.data.matrix import Matrix
-    from provision.host.profile import HostProfile
+    from provision.data import Matrix, ModelSpec
+    from provision.host import HostProfile
     from provision.plan.search import Plan, Preferences
 
 __all__ = ["PlanRequest", "find_wheelhouses", "load_inputs", "plan_command", "preferences"]
@@ -59,8 +58,7 @@ def load_inputs(request: PlanRequest, model_id: str | None = None) -> tuple[Host
 
     :raises InvalidInput: a bad matrix folder, model or host file.
     """
-    from provision.data.catalog import load_catalog, resolve_model
-    from provision.data.matrix import load_matrix
+    from provision.data import load_catalog, load_matrix, resolve_model
 
     matrix = load_matrix(request.matrix)
     catalog = load_catalog(matrix.catalog_path)
@@ -73,10 +71,10 @@ def load_inputs(request: PlanRequest, model_id: str | None = None) -> tuple[Host
 def _host(path: Path | None, matrix: Matrix) -> HostProfile:
     """The ``--host`` profile, else this machine (GPU facts the driver omits from ``matrix``'s table)."""
     if path is not None:
-        from provision.host.profile import load_host
+        from provision.host import load_host
 
         return load_host(path)
-    from provision.host.detect import Probes, detect_host
+    from provision.host import Probes, detect_host
 
     return detect_host(probes=Probes(gpu_table=lambda: matrix.gpus))
 

@@ -37,7 +37,7 @@ from provision.common.quoting import (
     yaml_str,
 )
 from provision.common.resources import data_dir
-from provision.data.images import Images
+from provision.data import Images
 from provision.errors import InvalidInput
 from provision.render.lock import LOCK_NAME, build_lock, canonical_json, dump_lock, edited_files, read_lock, sha256_hex
 from provision.render.requirements import Resolution, check_wheelhouse, torch_index_for, unresolved

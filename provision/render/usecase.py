@@ -18,8 +18,8 @@ from provision.vocab import RENDER_SCHEMA
 
 if TYPE_CHECKING:
     from provision.common.net import IndexProbe
-    from provision.data.matrix import Matrix
-    from provision.host.profile import HostProfile
+    from provision.data import Matrix
+    from provision.host import HostProfile
     from provision.plan.search import Plan
     from provision.plan.usecase import PlanRequest
     from provision.render.requirements import Resolution

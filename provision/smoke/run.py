@@ -49,7 +49,7 @@ from provision.smoke.source import Source, choose_source, default_spec
 from provision.vocab import DEVICES, PRECISIONS
 
 if TYPE_CHECKING:
-    from provision.data.catalog import ModelSpec
+    from provision.data import ModelSpec
 
 __all__ = ["SOURCES", "run_smoke"]
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from provision.errors import InvalidInput, SmokeError
 
 if TYPE_CHECKING:
-    from provision.data.catalog import ModelSpec
+    from provision.data import ModelSpec
 
 __all__ = ["Source", "choose_source", "default_spec", "find_cached_snapshot", "missing_snapshot_files"]
 
@@ -66,7 +66,7 @@ class Source:
 
 def default_spec(model_path: Path | None) -> ModelSpec:
     """The catalog default, the catalog model a stand-in folder was built for, or a local folder."""
-    from provision.data.catalog import load_catalog, resolve_model
+    from provision.data import load_catalog, resolve_model
     from provision.smoke.tiny import read_marker
 
     catalog = load_catalog()

@@ -54,7 +54,7 @@ def smoke_command(
     :raises InvalidInput: an unknown model or a model folder without ``config.json``.
     :raises SmokeError: the model did not load or generate.
     """
-    from provision.data.catalog import load_catalog, resolve_model
+    from provision.data import load_catalog, resolve_model
     from provision.smoke.run import run_smoke
 
     catalog = load_catalog()
