@@ -315,6 +315,43 @@ def read_nvidia(os_name: str, probes: Probes) -> tuple[DriverReading | None, dic
 # --- the profile ---------------------------------------------------------------------------
 
 
+def _ram(os_name: str, p: Probes, extra: dict[str, Any]) -> int:
+    """Total RAM from /proc/meminfo (which also says what is available) or the OS; noted in ``extra``.
+
+    :raises ProvisionError: when no source knows.
+    """
+    ram, available = None, None
+    if os_name == "linux":
+        meminfo = p.read_text(Path("/proc/meminfo"))
+        ram, available = parse_meminfo(meminfo) if meminfo else (None, None)
+        extra["detected_by"]["ram"] = "/proc/meminfo"
+    if ram is None:
+        ram = p.physical_memory()
+        extra["detected_by"]["ram"] = "sysconf" if os_name != "windows" else "GlobalMemoryStatusEx"
+    if not ram:
+        raise ProvisionError("cannot determine the amount of RAM on this machine; pass --host FILE instead")
+    if available is not None:
+        extra["ram_available_bytes"] = available
+    return ram
+
+
+def _nvidia(os_name: str, p: Probes, env: Mapping[str, str], extra: dict[str, Any]) -> NvidiaInfo | None:
+    """The NVIDIA section from the first rung of the ladder that answers; ``extra`` says which and why not."""
+    reading, failures = read_nvidia(os_name, p)
+    nvidia: NvidiaInfo | None = None
+    if reading is not None:
+        nvidia, described, notes = build_nvidia(reading, env, p.gpu_table)
+        extra["detected_by"]["nvidia"] = reading.method
+        extra["gpus"] = described
+        if notes:
+            extra["notes"] = notes
+    else:
+        extra["detected_by"]["nvidia"] = "none"
+    if failures:
+        extra["probe_failures"] = failures
+    return nvidia
+
+
 def detect_host(
     *,
     probes: Probes | None = None,
@@ -338,37 +375,12 @@ def detect_host(
     arch = normalize_arch(machine, os_name)
     detected_by: dict[str, Any] = {}
     extra: dict[str, Any] = {"detected_by": detected_by}
-
-    ram, available = None, None
-    if os_name == "linux":
-        meminfo = p.read_text(Path("/proc/meminfo"))
-        ram, available = parse_meminfo(meminfo) if meminfo else (None, None)
-        detected_by["ram"] = "/proc/meminfo"
-    if ram is None:
-        ram = p.physical_memory()
-        detected_by["ram"] = "sysconf" if os_name != "windows" else "GlobalMemoryStatusEx"
-    if not ram:
-        raise ProvisionError("cannot determine the amount of RAM on this machine; pass --host FILE instead")
-    if available is not None:
-        extra["ram_available_bytes"] = available
-
+    ram = _ram(os_name, p, extra)
     where = disk_path if disk_path is not None else Path.cwd()
     disk = p.disk_free(where)
     if disk is not None:
         detected_by["disk"] = str(where)
-
-    reading, failures = read_nvidia(os_name, p)
-    nvidia: NvidiaInfo | None = None
-    if reading is not None:
-        nvidia, described, notes = build_nvidia(reading, env, p.gpu_table)
-        detected_by["nvidia"] = reading.method
-        extra["gpus"] = described
-        if notes:
-            extra["notes"] = notes
-    else:
-        detected_by["nvidia"] = "none"
-    if failures:
-        extra["probe_failures"] = failures
+    nvidia = _nvidia(os_name, p, env, extra)
     if "CUDA_VISIBLE_DEVICES" in env:
         extra["cuda_visible_devices"] = env["CUDA_VISIBLE_DEVICES"]
 
