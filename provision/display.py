@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from provision.doctor.report import DoctorReport
     from provision.errors import NoViablePlan
     from provision.host import HostProfile
-    from provision.plan.search import Plan
+    from provision.plan.document import Plan
     from provision.render.usecase import RenderResult
     from provision.smoke.report import SmokeReport
 

@@ -30,7 +30,8 @@ from provision.doctor.facts import CacheScan, Facts, find_lock, gather_facts, hu
 from provision.doctor.install_checks import check_disk, check_lock_drift, check_model_cache
 from provision.errors import InvalidInput
 from provision.host.profile import load_host
-from provision.plan.search import Preferences, plan
+from provision.plan.document import Preferences
+from provision.plan.search import plan
 from provision.vocab import DOCTOR_SCHEMA
 
 HOSTS = Path(__file__).parent / "fixtures" / "hosts"

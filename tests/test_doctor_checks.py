@@ -30,7 +30,8 @@ from provision.doctor.checks import (
 from provision.doctor.expected import Expected
 from provision.doctor.facts import Facts
 from provision.host.profile import HostProfile, load_host
-from provision.plan.search import Preferences, plan
+from provision.plan.document import Preferences
+from provision.plan.search import plan
 
 HOSTS = Path(__file__).parent / "fixtures" / "hosts"
 MATRIX = load_matrix()

@@ -24,8 +24,9 @@ from provision.data.matrix import load_matrix, parse_arch
 from provision.errors import InvalidInput, NoViablePlan
 from provision.host.profile import GpuInfo, HostProfile, NvidiaInfo, load_host
 from provision.plan.compat import driver_cuda, driver_runs, has_kernels
+from provision.plan.document import Preferences
 from provision.plan.memory import estimate_memory
-from provision.plan.search import Preferences, plan
+from provision.plan.search import plan
 
 HOSTS = Path(__file__).parent / "fixtures" / "hosts"
 MATRIX = load_matrix()

@@ -118,7 +118,8 @@ def run_doctor(*, model_id: str | None = None, lock_path: Path | None = None, fa
 
 def _plan_here(facts: Facts, matrix: Matrix, model: ModelSpec) -> tuple[Expected | None, Finding | None]:
     """What the planner would install here; when it cannot plan, that becomes a warning, not an error."""
-    from provision.plan.search import Preferences, plan
+    from provision.plan.document import Preferences
+    from provision.plan.search import plan
 
     try:
         planned = plan(facts.host, matrix, model, Preferences(python=facts.python_minor))

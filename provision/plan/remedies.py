@@ -15,7 +15,7 @@ from packaging.version import Version
 if TYPE_CHECKING:
     from provision.data.catalog import ModelSpec
     from provision.host.profile import HostProfile
-    from provision.plan.search import Preferences
+    from provision.plan.document import Preferences
 
 __all__ = ["Search", "gb", "remedies"]
 

@@ -10,22 +10,23 @@ GPU it uses. Every choice carries a human reason; when nothing fits,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from packaging.version import Version
 
 from provision.errors import InvalidInput, NoViablePlan
 from provision.plan.compat import driver_runs, has_kernels, supports_bf16
+from provision.plan.document import Placement, Plan, Preferences, Reason
 from provision.plan.remedies import Search, gb, remedies
-from provision.vocab import DEFAULT_CONTEXT, DEVICE_CHOICES, PLAN_SCHEMA, PRECISIONS, PYPI_INDEX
+from provision.vocab import DEVICE_CHOICES, PRECISIONS, PYPI_INDEX
 
 if TYPE_CHECKING:
     from provision.data.catalog import ModelSpec
     from provision.data.matrix import BnbRelease, Matrix, TorchRelease, TorchVariant
     from provision.host.profile import GpuInfo, HostProfile
 
-__all__ = ["PLAN_SCHEMA", "PRECISIONS", "Placement", "Plan", "Preferences", "Reason", "plan", "sibling_variants"]
+__all__ = ["plan", "sibling_variants"]
 
 #: Off CUDA the OS and other processes need room too: keep this much RAM back
 #: (the larger of an absolute floor and a share; Python and torch are already in the estimate).
@@ -40,98 +41,6 @@ def usable_ram(ram_bytes: int) -> int:
 def ram_needed(total_bytes: int) -> int:
     """The RAM a host needs for ``usable_ram`` to hold ``total_bytes`` (its inverse)."""
     return total_bytes + max(RAM_RESERVE_BYTES, int(total_bytes * RAM_RESERVE_FRACTION / (1 - RAM_RESERVE_FRACTION)))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Preferences:
-    """What the user asked for. ``None`` means "choose for me"."""
-
-    python: str | None = None
-    context_tokens: int = DEFAULT_CONTEXT
-    precision: str | None = None
-    device: str = "auto"
-    torch_version: Version | None = None
-    #: a PyTorch index variant name (``cu126``) to use instead of choosing one.
-    variant: str | None = None
-    #: torch builds installable from the configured wheel sources, as (version, variant) pairs;
-    #: variant "" is a plain PyPI build. None means any build on the indexes.
-    torch_available: frozenset[tuple[Version, str]] | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reason:
-    decision: str
-    choice: str
-    why: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"decision": self.decision, "choice": self.choice, "why": self.why}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Placement:
-    """Where the weights go and what that costs."""
-
-    device: str
-    gpus: tuple[int, ...]
-    precision: str
-    required_bytes: int
-    available_bytes: int
-    breakdown: dict[str, int] = field(hash=False)
-    max_memory: dict[str, int] | None = field(default=None, hash=False)
-    #: module -> GPU for a split, so the load places exactly what was planned
-    device_map: dict[str, int] | None = field(default=None, hash=False)
-    why: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Plan:
-    model_id: str
-    model_repo: str | None
-    parameters: int
-    python: str
-    torch_version: Version
-    variant: str
-    index_url: str
-    placement: Placement
-    packages: dict[str, str] = field(hash=False)
-    warnings: tuple[str, ...] = ()
-    reasons: tuple[Reason, ...] = ()
-    cuda: Version | None = None
-
-    @property
-    def precision(self) -> str:
-        return self.placement.precision
-
-    @property
-    def device(self) -> str:
-        return self.placement.device
-
-    def to_dict(self) -> dict[str, Any]:
-        p = self.placement
-        memory: dict[str, Any] = {
-            "required_bytes": p.required_bytes,
-            "available_bytes": p.available_bytes,
-            "breakdown": dict(p.breakdown),
-        }
-        if p.max_memory:
-            memory["max_memory"] = dict(p.max_memory)
-        if p.device_map:
-            memory["device_map"] = dict(p.device_map)
-        return {
-            "schema": PLAN_SCHEMA,
-            "model": {"id": self.model_id, "repo": self.model_repo, "parameters": self.parameters},
-            "python": self.python,
-            "torch": {"version": str(self.torch_version), "variant": self.variant, "index_url": self.index_url},
-            "cuda": str(self.cuda) if self.cuda else None,
-            "device": p.device,
-            "gpus": list(p.gpus),
-            "precision": p.precision,
-            "memory": memory,
-            "packages": dict(sorted(self.packages.items())),
-            "warnings": list(self.warnings),
-            "reasons": [r.to_dict() for r in self.reasons],
-        }
 
 
 # ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from provision.common.net import IndexProbe
     from provision.data import Matrix, ModelSpec
     from provision.host import HostProfile
-    from provision.plan.search import Plan, Preferences
+    from provision.plan.document import Plan, Preferences
 
 __all__ = ["PlanRequest", "find_wheelhouses", "load_inputs", "plan_command", "preferences"]
 
@@ -98,7 +98,7 @@ def preferences(request: PlanRequest, host: HostProfile, wheelhouses: tuple[Path
     """
     from packaging.version import InvalidVersion, Version
 
-    from provision.plan.search import Preferences
+    from provision.plan.document import Preferences
     from provision.render.sources import torch_builds
 
     python = request.python

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from provision.common.net import IndexProbe
     from provision.data import Matrix
     from provision.host import HostProfile
-    from provision.plan.search import Plan
+    from provision.plan.document import Plan
     from provision.plan.usecase import PlanRequest
     from provision.render.requirements import Resolution
 
