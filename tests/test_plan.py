@@ -403,3 +403,27 @@ def test_a_roomier_card_without_kernels_does_not_hide_one_that_has_them() -> Non
     p = plan(h, MATRIX, AUTOGLM)
     assert p.placement.gpus == (1,) and p.precision == "nf4"
     assert_valid(p, h)
+
+
+# --- module structure ---------------------------------------------------------------------------
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    """Lazy imports inside functions count too: a cycle hidden in a function is still a cycle."""
+    import ast
+    import graphlib
+
+    root = Path(__file__).resolve().parent.parent
+    files = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (root / "provision").rglob("*.py")}
+    graph = graphlib.TopologicalSorter()
+    for name, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module in files:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            graph.add(name, *(t for t in targets if t in files and t != name and not name.startswith(f"{t}.")))
+    graph.prepare()  # raises CycleError naming the cycle

@@ -12,16 +12,14 @@ from typing import TYPE_CHECKING
 
 from packaging.version import Version
 
+from provision.plan.budget import gb, ram_needed
+
 if TYPE_CHECKING:
     from provision.data.catalog import ModelSpec
     from provision.host.profile import HostProfile
     from provision.plan.document import Preferences
 
-__all__ = ["Search", "gb", "remedies"]
-
-
-def gb(n: float) -> str:
-    return f"{n / 1e9:.1f} GB"
+__all__ = ["Search", "remedies"]
 
 
 @dataclass(slots=True)
@@ -110,7 +108,6 @@ def remedies(host: HostProfile, model: ModelSpec, prefs: Preferences, search: Se
                                 "or add a second GPU to split over")
             remedies.append(f"lower --context (now {prefs.context_tokens})")
             from provision.plan.memory import estimate_memory
-            from provision.plan.search import ram_needed
 
             cpu = estimate_memory(model.config, precision="bf16", context_tokens=prefs.context_tokens, device="cpu")
             need_ram = ram_needed(cpu.total)

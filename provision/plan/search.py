@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 from packaging.version import Version
 
 from provision.errors import InvalidInput, NoViablePlan
+from provision.plan.budget import gb, usable_ram
 from provision.plan.compat import driver_runs, has_kernels, supports_bf16
 from provision.plan.document import Placement, Plan, Preferences, Reason
-from provision.plan.remedies import Search, gb, remedies
+from provision.plan.remedies import Search, remedies
 from provision.vocab import DEVICE_CHOICES, PRECISIONS, PYPI_INDEX
 
 if TYPE_CHECKING:
@@ -27,21 +28,6 @@ if TYPE_CHECKING:
     from provision.host.profile import GpuInfo, HostProfile
 
 __all__ = ["plan", "sibling_variants"]
-
-#: Off CUDA the OS and other processes need room too: keep this much RAM back
-#: (the larger of an absolute floor and a share; Python and torch are already in the estimate).
-RAM_RESERVE_BYTES = 1_500_000_000
-RAM_RESERVE_FRACTION = 0.06
-
-
-def usable_ram(ram_bytes: int) -> int:
-    return ram_bytes - max(RAM_RESERVE_BYTES, int(ram_bytes * RAM_RESERVE_FRACTION))
-
-
-def ram_needed(total_bytes: int) -> int:
-    """The RAM a host needs for ``usable_ram`` to hold ``total_bytes`` (its inverse)."""
-    return total_bytes + max(RAM_RESERVE_BYTES, int(total_bytes * RAM_RESERVE_FRACTION / (1 - RAM_RESERVE_FRACTION)))
-
 
 # ---------------------------------------------------------------------------
 # The search
