@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from provision.display import show_host, show_no_plan, show_plan, show_smoke
 from provision.errors import EXIT_BAD_INPUT, InvalidInput, NoViablePlan, ProvisionError
-from provision.vocab import DEFAULT_CONTEXT, DEVICE_CHOICES, DEVICES, PRECISIONS
+from provision.vocab import DEFAULT_CONTEXT, DEVICE_CHOICES, PRECISIONS
 
 if TYPE_CHECKING:
     from provision.plan.usecase import PlanRequest
@@ -245,9 +245,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
     """What to smoke-test: the lock's plan (model, precision, placement), overridden by options."""
-    import re
-
-    from provision.common.fields import Fields
+    from provision.plan.document import Plan
     from provision.render.lock import read_lock
 
     settings: dict[str, Any] = {"model": args.model, "precision": args.precision, "device": None, "gpus": (),
@@ -256,35 +254,11 @@ def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
         lock = read_lock(args.lock)
         if lock is None:
             raise InvalidInput(str(args.lock), "(file)", "no such file")
-        from provision.render.files import validate_plan
-
-        validate_plan(lock.get("plan"), source=str(args.lock), prefix="plan")
-        plan = Fields(lock.get("plan"), str(args.lock), "plan")
-        model = plan.obj("model")
-        assert model is not None
-        settings["model"] = settings["model"] or model.str("id")
-        settings["precision"] = settings["precision"] or plan.choice("precision", PRECISIONS)
-        settings["device"] = plan.choice("device", DEVICES)
-        gpus = plan.list("gpus", required=False)
-        for i, gpu in enumerate(gpus):
-            if not isinstance(gpu, int) or isinstance(gpu, bool) or not 0 <= gpu < 64:
-                raise InvalidInput(str(args.lock), f"plan.gpus[{i}]", "expected a GPU index 0-63")
-        settings["gpus"] = tuple(gpus)
-        memory = plan.obj("memory", required=False)
-        limits = memory.obj("max_memory", required=False) if memory is not None else None
-        if limits is not None:
-            settings["max_memory"] = {
-                key: limits.int(key, minimum=1) for key in limits.data if re.fullmatch(r"\d{1,2}|cpu", key)
-            }
-            if len(settings["max_memory"]) != len(limits.data):
-                raise InvalidInput(str(args.lock), "plan.memory.max_memory", "keys must be GPU indices or 'cpu'")
-        placed = memory.obj("device_map", required=False) if memory is not None else None
-        if placed is not None:
-            settings["device_map"] = {}
-            for key in placed.data:
-                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
-                    raise placed.fail(key, "is not a module name")
-                settings["device_map"][key] = placed.int(key, maximum=63)
+        plan = Plan.from_dict(lock.get("plan"), source=str(args.lock), where="plan")
+        placement = plan.placement
+        settings.update(model=settings["model"] or plan.model_id, precision=settings["precision"] or plan.precision,
+                        device=placement.device, gpus=placement.gpus, max_memory=placement.max_memory,
+                        device_map=placement.device_map)
     return settings
 
 

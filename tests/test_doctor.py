@@ -30,7 +30,7 @@ from provision.doctor.facts import CacheScan, Facts, find_lock, gather_facts, hu
 from provision.doctor.install_checks import check_disk, check_lock_drift, check_model_cache
 from provision.errors import InvalidInput
 from provision.host.profile import load_host
-from provision.plan.document import Preferences
+from provision.plan.document import Plan, Preferences
 from provision.plan.search import plan
 from provision.vocab import DOCTOR_SCHEMA
 
@@ -74,7 +74,7 @@ def facts_for(h: Any, *, torch: dict[str, Any] | None = None, packages: dict[str
 
 def planned(h: Any, matrix: Any, model: Any, **prefs: Any) -> Expected:
     p = plan(h, matrix, model, Preferences(python=h.python_minor, **prefs))
-    return Expected.from_plan_dict(p.to_dict(), "planned for this host")
+    return Expected.from_plan(p, "planned for this host")
 
 
 def by_check(findings: list[Finding]) -> dict[str, Finding]:
@@ -400,7 +400,7 @@ def test_lock_for_another_python(tmp_path: Path, matrix: Any, autoglm: Any) -> N
     plan_doc = plan(h, matrix, autoglm, Preferences(python="3.12")).to_dict()
     lock = write_lock(tmp_path / "provision.lock.json", plan_doc)
     facts = facts_for(h, packages=dict(plan_doc["packages"]))
-    f = check_lock_drift(facts, Expected.from_plan_dict(plan_doc, str(lock)), lock)
+    f = check_lock_drift(facts, Expected.from_plan(Plan.from_dict(plan_doc), str(lock)), lock)
     assert f.status == "fail" and "Python 3.12" in f.message and f.fix.startswith("provision build")
 
 

@@ -58,8 +58,8 @@ def facts(h: HostProfile, torch: dict[str, Any] | None = None, environ: dict[str
 
 
 def expected(h: HostProfile = A10G, **changes: Any) -> Expected:
-    doc = plan(h, MATRIX, AUTOGLM, Preferences(python=h.python_minor)).to_dict()
-    return replace(Expected.from_plan_dict(doc, "planned for this host"), **changes)
+    planned = plan(h, MATRIX, AUTOGLM, Preferences(python=h.python_minor))
+    return replace(Expected.from_plan(planned, "planned for this host"), **changes)
 
 
 # ---------------------------------------------------------------- CUDA_VISIBLE_DEVICES

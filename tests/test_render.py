@@ -11,6 +11,7 @@ import pytest
 
 from provision.data.matrix import load_matrix
 from provision.errors import InvalidInput
+from provision.plan.document import Plan, variant_cuda
 from provision.render.files import FILE_NAMES, WORKFLOW_PATH, EditedFiles, RenderInputs, render_files, write_rendered
 from provision.render.lock import LOCK_NAME
 from provision.render.requirements import (
@@ -55,7 +56,8 @@ def make_inputs(plan: dict | None = None, **kw) -> RenderInputs:
         {"variant": v, "cuda": None, "index_url": f"https://download.pytorch.org/whl/{v}",
          "packages": {**plan.get("packages", {}), "torch": f"2.9.1+{v}", "torchvision": f"0.24.1+{v}"}}
         for v in ("cpu", "cu126", "cu128", "cu130"))
-    base = {"plan": plan, "host": HOST_CPU if plan["device"] == "cpu" else HOST_GPU, "model": "autoglm-phone-9b",
+    base = {"plan": Plan.from_dict(plan), "host": HOST_CPU if plan["device"] == "cpu" else HOST_GPU,
+            "model": "autoglm-phone-9b",
             "images": IMAGES, "matrix_digest": "a" * 64, "variants": variants, "toolkit_source": "/src/provision",
             "docker_env_dir": "build/provision/test"}
     base.update(kw)
@@ -159,7 +161,7 @@ def test_image_labels_carry_the_plan_and_requirements_digests_under_their_publis
     inputs = make_inputs()
     files = render_files(inputs)
     labels = dict(re.findall(r'^LABEL (\S+)="([^"]*)"$', text(files, "Dockerfile"), re.M))
-    assert labels["io.provision.plan-sha256"] == hashlib.sha256(canonical_json(inputs.plan)).hexdigest()
+    assert labels["io.provision.plan-sha256"] == hashlib.sha256(canonical_json(inputs.plan.to_dict())).hexdigest()
     assert labels["io.provision.requirements-sha256"] == hashlib.sha256(files["requirements.txt"]).hexdigest()
     assert labels["io.provision.driver"] == "CUDA 12.8 runtime, planned for host driver 570.124.06"
 
@@ -169,6 +171,14 @@ def test_cpu_dockerfile_uses_slim_python_and_int8_serves_quantized():
     assert "FROM python:3.11-slim-bookworm AS builder" in df
     df8 = text(render_files(make_inputs(make_plan("cu128", "int8"))), "Dockerfile")
     assert '"--quantization", "bnb-8bit"' in df8
+
+
+def test_a_plan_without_cuda_renders_its_variants_image():
+    """The contract's example plan has no "cuda" (make_plan writes none): the variant's CUDA picks the image."""
+    assert "cuda" not in make_plan("cu126")
+    df = text(render_files(make_inputs(make_plan("cu126"))), "Dockerfile")
+    assert re.search(r"^FROM \S+:12\.6\.", df, re.MULTILINE)
+    assert 'LABEL io.provision.cuda="12.6"' in df
 
 
 def test_unknown_cuda_or_python_has_no_image_and_names_the_images_file():
@@ -193,6 +203,9 @@ def test_workflow_matrix_lists_every_variant_with_its_runner_and_plan():
     plan126 = json.loads(rows[1]["plan"])
     assert plan126["torch"]["variant"] == "cu126" and plan126["packages"]["torch"] == "2.9.1+cu126"
     assert json.loads(rows[0]["plan"])["device"] == "cpu"
+    for row in rows:  # each job renders its row with --plan: a valid plan carrying its own variant's CUDA
+        sub = Plan.from_dict(json.loads(row["plan"]), source=row["variant"])
+        assert (sub.variant, sub.cuda) == (row["variant"], variant_cuda(row["variant"]))
     uses = [s["uses"] for s in wf["jobs"]["environment"]["steps"] if "uses" in s]
     assert all(re.fullmatch(r"[\w-]+/[\w-]+@[0-9a-f]{40}", u) for u in uses)
 

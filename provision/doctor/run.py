@@ -71,7 +71,9 @@ def _read_expected(lock_path: Path) -> Expected:
         raise InvalidInput(str(lock_path), "(file)", "no such file")
     lock = read_lock(lock_path)
     assert lock is not None
-    return Expected.from_plan_dict(lock.get("plan"), str(lock_path), "plan")
+    from provision.plan.document import Plan
+
+    return Expected.from_plan(Plan.from_dict(lock.get("plan"), source=str(lock_path), where="plan"), str(lock_path))
 
 
 def _found_lock(facts: Facts) -> tuple[Expected | None, Path | None]:
@@ -128,4 +130,4 @@ def _plan_here(facts: Facts, matrix: Matrix, model: ModelSpec) -> tuple[Expected
                              evidence={"remedies": list(exc.remedies)})
     except ProvisionError as exc:
         return None, Finding(check="plan", status="warn", message=f"could not plan for this host: {exc}")
-    return Expected.from_plan_dict(planned.to_dict(), "planned for this host"), None
+    return Expected.from_plan(planned, "planned for this host"), None

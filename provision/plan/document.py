@@ -1,18 +1,30 @@
-"""The plan as a typed document: what the planner chose, and the ``provision.plan/v1`` JSON it writes.
+"""The plan as a typed document: what the planner chose, and its ``provision.plan/v1`` JSON both ways.
 
-``search`` builds these values; render, smoke, doctor and the resolver read them.
+``search`` builds these values. ``Plan.to_dict`` writes the contract's document and ``Plan.from_dict``
+reads one back (a ``render --plan`` file, a lock's ``plan``), validating every field on the way, so
+render, smoke, doctor and the resolver read typed values and never parse the dict themselves.
+``Plan.from_dict(p.to_dict()) == p`` for every plan the planner makes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from packaging.version import Version
 
-from provision.vocab import DEFAULT_CONTEXT, PLAN_SCHEMA
+from provision.common.fields import Fields
+from provision.common.quoting import check_index_url, check_model_id, check_package_name, check_repo_id, check_version
+from provision.vocab import DEFAULT_CONTEXT, DEVICES, PLAN_SCHEMA, PRECISIONS, is_buildable_variant
 
-__all__ = ["Placement", "Plan", "Preferences", "Reason"]
+__all__ = ["Placement", "Plan", "Preferences", "Reason", "variant_cuda"]
+
+_PYTHON_RE = re.compile(r"3\.\d{1,2}")
+#: ``max_memory`` keys as accelerate takes them: a GPU index or ``cpu``.
+_MEMORY_KEY_RE = re.compile(r"\d{1,2}|cpu")
+_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
+_MAX_GPU_INDEX = 63
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +71,12 @@ class Placement:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
+    """The planner's choice for one host and model.
+
+    Each section of the document has its own reader below (``_read_placement``, ...); a new
+    section (the coming ``serve``) joins as one typed field, one reader and one key in ``to_dict``.
+    """
+
     model_id: str
     model_repo: str | None
     parameters: int
@@ -105,3 +123,113 @@ class Plan:
             "warnings": list(self.warnings),
             "reasons": [r.to_dict() for r in self.reasons],
         }
+
+    @classmethod
+    def from_dict(cls, data: object, *, source: str = "plan", where: str = "") -> Plan:
+        """Read a ``provision.plan/v1`` document; ``where`` is its path inside ``source`` (``plan`` in a lock).
+
+        Every key ``to_dict`` writes is required except ``cuda`` (derived from the variant when absent,
+        as in the contract's example) and ``model.repo`` (null for a local model directory).
+
+        :raises InvalidInput: naming ``source`` and the dotted field; a no-viable-plan document is one too.
+        """
+        f = Fields(data, source, where)
+        if f.str("schema") != PLAN_SCHEMA:
+            raise f.fail("schema", f"expected {PLAN_SCHEMA!r}")
+        if "error" in f.data:
+            raise f.fail("error", "a no-viable-plan document cannot be rendered")
+        model, torch = f.obj("model"), f.obj("torch")
+        python = f.str("python")
+        if not _PYTHON_RE.fullmatch(python):
+            raise f.fail("python", f"{python!r} is not a Python minor like 3.11")
+        variant = torch.str("variant")
+        if not is_buildable_variant(variant):
+            raise torch.fail("variant", f"{variant!r} is not cpu or cuXYZ")
+        model_id = check_model_id(model.str("id"), source=source, field=model.where("id"))
+        repo = model.str("repo", required=False)
+        if repo is not None:
+            check_repo_id(repo, source=source, field=model.where("repo"))
+        version = check_version(torch.str("version"), source=source, field=torch.where("version"))
+        index_url = check_index_url(torch.str("index_url"), source=source, field=torch.where("index_url"))
+        device, precision = f.choice("device", DEVICES), f.choice("precision", PRECISIONS)
+        packages = _read_packages(f)
+        parameters = model.int("parameters")
+        cuda = _read_cuda(f, variant)
+        placement = _read_placement(f, device, precision)
+        warnings = tuple(f.strs("warnings"))
+        reasons = tuple(Reason(decision=r.str("decision"), choice=r.str("choice"), why=r.str("why"))
+                        for r in f.objs("reasons"))
+        # The placement's why is written once, as the device decision's.
+        why = next((r.why for r in reasons if r.decision == "device"), "")
+        return cls(
+            model_id=model_id, model_repo=repo, parameters=parameters, python=python,
+            torch_version=Version(version), variant=variant, index_url=index_url, cuda=cuda,
+            placement=replace(placement, why=why), packages=packages, warnings=warnings, reasons=reasons,
+        )
+
+
+def variant_cuda(variant: str) -> Version | None:
+    """The CUDA a buildable variant's name stands for (``cu126`` -> 12.6, ``cpu`` -> None), as the matrix names them."""
+    return None if variant == "cpu" else Version(f"{variant[2:-1]}.{variant[-1]}")
+
+
+def _read_cuda(f: Fields, variant: str) -> Version | None:
+    """``cuda``, which must agree with the variant's name; absent, the variant's own."""
+    if "cuda" not in f.data:
+        return variant_cuda(variant)
+    cuda = f.version("cuda", required=False)
+    if (cuda is None) != (variant == "cpu") or (cuda is not None and variant != f"cu{cuda.major}{cuda.minor}"):
+        raise f.fail("cuda", f"{'null' if cuda is None else cuda} does not match torch.variant {variant!r}")
+    return cuda
+
+
+def _read_packages(f: Fields) -> dict[str, str]:
+    """``packages``: canonical name -> exact version, both checked before they reach a pip line; sorted."""
+    pk = f.obj("packages")
+    out = {}
+    for name, version in pk.data.items():
+        canon = check_package_name(name, source=f.source, field=pk.where(str(name)))
+        out[canon] = check_version(version, source=f.source, field=pk.where(str(name)))
+    if not out:
+        raise f.fail("packages", "must pin at least one package")
+    return dict(sorted(out.items()))
+
+
+def _read_placement(f: Fields, device: str, precision: str) -> Placement:
+    """``device``, ``gpus``, ``precision`` and ``memory``."""
+    gpus = f.list("gpus")
+    for i, gpu in enumerate(gpus):
+        if not isinstance(gpu, int) or isinstance(gpu, bool) or not 0 <= gpu <= _MAX_GPU_INDEX:
+            raise f.item_fail("gpus", i, f"expected a GPU index 0-{_MAX_GPU_INDEX}")
+    memory = f.obj("memory")
+    breakdown = memory.obj("breakdown")
+    return Placement(
+        device=device, gpus=tuple(gpus), precision=precision,
+        required_bytes=memory.int("required_bytes"), available_bytes=memory.int("available_bytes"),
+        breakdown={key: breakdown.int(key) for key in breakdown.data},
+        max_memory=_read_max_memory(memory), device_map=_read_device_map(memory),
+    )
+
+
+def _read_max_memory(memory: Fields) -> dict[str, int] | None:
+    """``memory.max_memory`` for accelerate: a byte budget per GPU index (or ``cpu``)."""
+    limits = memory.obj("max_memory", required=False)
+    if limits is None:
+        return None
+    out = {key: limits.int(key, minimum=1) for key in limits.data if _MEMORY_KEY_RE.fullmatch(key)}
+    if len(out) != len(limits.data):
+        raise memory.fail("max_memory", "keys must be GPU indices or 'cpu'")
+    return out
+
+
+def _read_device_map(memory: Fields) -> dict[str, int] | None:
+    """``memory.device_map``: module name -> GPU, exactly as a split was planned."""
+    placed = memory.obj("device_map", required=False)
+    if placed is None:
+        return None
+    out = {}
+    for key in placed.data:
+        if not _MODULE_RE.fullmatch(key):
+            raise placed.fail(key, "is not a module name")
+        out[key] = placed.int(key, maximum=_MAX_GPU_INDEX)
+    return out

@@ -343,7 +343,7 @@ def _assemble(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefer
     return Plan(
         model_id=model.id, model_repo=model.repo, parameters=model.parameters, python=python,
         torch_version=release.version, variant=variant.name, index_url=index_url, placement=placement,
-        packages=packages, warnings=tuple(warnings), reasons=tuple(reasons), cuda=variant.cuda,
+        packages=dict(sorted(packages.items())), warnings=tuple(warnings), reasons=tuple(reasons), cuda=variant.cuda,
     )
 
 

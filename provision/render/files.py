@@ -15,10 +15,12 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from packaging.version import Version
 
 from provision import __version__
 from provision.common.atomic import replace_durably, write_atomic
@@ -26,10 +28,8 @@ from provision.common.fields import Fields
 from provision.common.quoting import (
     check_index_url,
     check_label,
-    check_model_id,
     check_package_name,
     check_path,
-    check_repo_id,
     check_version,
     docker_exec,
     ps_quote,
@@ -39,9 +39,10 @@ from provision.common.quoting import (
 from provision.common.resources import data_dir
 from provision.data import Images
 from provision.errors import InvalidInput
+from provision.plan.document import Plan, variant_cuda
 from provision.render.lock import LOCK_NAME, build_lock, canonical_json, dump_lock, edited_files, read_lock, sha256_hex
 from provision.render.requirements import Resolution, check_wheelhouse, torch_index_for, unresolved
-from provision.vocab import DEFAULT_CONTEXT, DEVICES, PLAN_SCHEMA, PRECISIONS, is_buildable_variant
+from provision.vocab import DEFAULT_CONTEXT, is_buildable_variant
 
 if TYPE_CHECKING:
     import jinja2
@@ -60,7 +61,6 @@ FILE_NAMES = (
     "Dockerfile", WORKFLOW_PATH, LOCK_NAME,
 )
 _EXECUTABLE = frozenset({"install.sh", "setup-venv.sh"})
-_PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9 ._:/+=,()<>-]{0,200}$")
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -89,7 +89,7 @@ class RenderInputs:
     ``images``: the base images and CI actions to pin, from the same ``Matrix`` as ``matrix_digest``.
     """
 
-    plan: Mapping[str, Any]
+    plan: Plan
     images: Images
     host: Mapping[str, Any]
     model: str
@@ -110,26 +110,9 @@ class RenderInputs:
 # ---------------------------------------------------------------- view-models
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Plan:
-    model_id: str
-    repo: str | None
-    python: str
-    torch: str
-    variant: str
-    cuda: str | None
-    index_url: str
-    device: str
-    precision: str
-    packages: tuple[tuple[str, str], ...]
-
-
-def _cuda_of(variant: str) -> str | None:
-    """``cu128`` -> ``12.8``, ``cu118`` -> ``11.8``, ``cpu`` -> None."""
-    if variant == "cpu":
-        return None
-    digits = variant[2:]
-    return f"{digits[:-1]}.{digits[-1]}"
+def _cuda(plan: Plan) -> str | None:
+    """The plan's CUDA as images and labels write it (``12.6``); None for a CPU build."""
+    return str(plan.cuda) if plan.cuda else None
 
 
 def _packages(f: Fields, key: str) -> tuple[tuple[str, str], ...]:
@@ -144,58 +127,14 @@ def _packages(f: Fields, key: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(out.items()))
 
 
-def _read_plan(plan: Mapping[str, Any]) -> _Plan:
-    f = Fields(plan, "plan")
-    if f.str("schema") != PLAN_SCHEMA:
-        raise f.fail("schema", f"expected {PLAN_SCHEMA!r}")
-    if "error" in f.data:
-        raise f.fail("error", "a no-viable-plan document cannot be rendered")
-    model = f.obj("model")
-    torch = f.obj("torch")
-    assert model is not None and torch is not None
-    python = f.str("python")
-    if not _PYTHON_RE.fullmatch(python):
-        raise f.fail("python", f"{python!r} is not a Python minor like 3.11")
-    variant = torch.str("variant")
-    if not is_buildable_variant(variant):
-        raise torch.fail("variant", f"{variant!r} is not cpu or cuXYZ")
-    repo = model.str("repo", required=False)
-    return _Plan(
-        model_id=check_model_id(model.str("id"), field="model.id"),
-        repo=None if repo is None else check_repo_id(repo, field="model.repo"),
-        python=python,
-        torch=check_version(torch.str("version"), field="torch.version"),
-        variant=variant,
-        cuda=_cuda_of(variant),
-        index_url=check_index_url(torch.str("index_url"), field="torch.index_url"),
-        device=f.choice("device", DEVICES),
-        precision=f.choice("precision", PRECISIONS),
-        packages=_packages(f, "packages"),
-    )
-
-
-def validate_plan(plan: Any, *, source: str = "plan", prefix: str = "") -> None:
-    """Check a plan document as a render would, naming ``source`` (a file) and ``prefix.field``.
-
-    :raises InvalidInput: for any field a render would refuse.
-    """
-    try:
-        _read_plan(plan)
-    except InvalidInput as exc:
-        if exc.source != "plan":
-            raise
-        field = exc.field if not prefix else (prefix if exc.field == "(document)" else f"{prefix}.{exc.field}")
-        raise InvalidInput(source, field, exc.problem) from None
-
-
-def _base_image(images: Images, plan: _Plan) -> tuple[str, bool]:
+def _base_image(images: Images, plan: Plan) -> tuple[str, bool]:
     """(image reference, whether the image already has the plan's Python)."""
     if plan.cuda is None:
         image = images.python_image(plan.python)
         if image is None:
             raise InvalidInput(images.source, "cpu", f"no CPU image for Python {plan.python}")
         return image.ref, True
-    image = images.runtime_image(plan.cuda)
+    image = images.runtime_image(str(plan.cuda))
     if image is None:
         raise InvalidInput(images.source, "cuda", f"no runtime image for CUDA {plan.cuda} ({plan.variant})")
     return image.ref, False
@@ -206,7 +145,7 @@ def _actions(images: Images) -> dict[str, str]:
     return {a.name: a.pin for a in images.actions}
 
 
-def _torch_index(inputs: RenderInputs, plan: _Plan) -> str | None:
+def _torch_index(inputs: RenderInputs, plan: Plan) -> str | None:
     """The index line for torch builds (see ``provision.render.requirements.torch_index_for``)."""
     return torch_index_for(plan.index_url, wheelhouse=inputs.wheelhouse, index_url=inputs.index_url)
 
@@ -223,11 +162,11 @@ def _one_line(text: str) -> str:
     return " ".join(clean.split())[:300]
 
 
-def _serve_argv(plan: _Plan) -> list[str]:
+def _serve_argv(plan: Plan) -> list[str]:
     """``transformers serve`` for the plan (see the Dockerfile template for why this engine)."""
     argv = ["transformers", "serve"]
-    if plan.repo is not None:
-        argv.append(plan.repo)
+    if plan.model_repo is not None:
+        argv.append(plan.model_repo)
     argv += ["--host", "0.0.0.0", "--port", _SERVE_PORT]  # noqa: S104 (a server in a container)
     if plan.precision in _QUANT:
         argv += ["--quantization", _QUANT[plan.precision]]
@@ -237,30 +176,27 @@ def _serve_argv(plan: _Plan) -> list[str]:
     return argv
 
 
-def _variant_plans(inputs: RenderInputs, plan: _Plan) -> list[dict[str, Any]]:
-    """One CI matrix entry per sibling variant: its runner and its plan as JSON."""
-    rows = inputs.variants or ({"variant": plan.variant, "cuda": plan.cuda, "index_url": plan.index_url,
-                                "packages": dict(plan.packages)},)
+def _variant_plans(inputs: RenderInputs, plan: Plan) -> list[dict[str, Any]]:
+    """One CI matrix entry per sibling variant: its runner, and the plan with that variant's build, as JSON."""
+    rows = inputs.variants or ({"variant": plan.variant, "index_url": plan.index_url, "packages": plan.packages},)
     out = []
     for i, row in enumerate(rows):
         f = Fields(row, "variants", f"[{i}]")
         variant = f.str("variant")
         if not is_buildable_variant(variant):
             raise f.fail("variant", f"{variant!r} is not cpu or cuXYZ")
-        sub = dict(inputs.plan)
-        sub["torch"] = {**dict(inputs.plan["torch"]), "variant": variant,
-                        "index_url": check_index_url(f.str("index_url"), source="variants",
-                                                     field=f.where("index_url"))}
-        sub["packages"] = dict(_packages(f, "packages"))
-        sub["torch"]["version"] = check_version(sub["packages"].get("torch", plan.torch).split("+")[0],
-                                                source="variants", field=f.where("packages"))
-        if variant == "cpu":
-            sub["device"], sub["gpus"] = "cpu", []
+        index_url = check_index_url(f.str("index_url"), source="variants", field=f.where("index_url"))
+        packages = dict(_packages(f, "packages"))
+        version = check_version(packages.get("torch", str(plan.torch_version)).split("+")[0],
+                                source="variants", field=f.where("packages"))
+        placement = replace(plan.placement, device="cpu", gpus=()) if variant == "cpu" else plan.placement
+        sub = replace(plan, torch_version=Version(version), variant=variant, cuda=variant_cuda(variant),
+                      index_url=index_url, packages=packages, placement=placement)
         labels = inputs.cpu_runner_labels if variant == "cpu" else inputs.gpu_runner_labels
         out.append({
             "variant": variant,
             "runner": [check_label(x, field="runner_labels") for x in labels],
-            "plan_json": canonical_json(sub).decode(),
+            "plan_json": canonical_json(sub.to_dict()).decode(),
         })
     return sorted(out, key=lambda r: r["variant"])
 
@@ -302,16 +238,16 @@ class _Checked:
     toolkit_version: str
 
 
-def _resolution(inputs: RenderInputs, plan: _Plan) -> Resolution:
+def _resolution(inputs: RenderInputs, plan: Plan) -> Resolution:
     """The resolver's pins (or the plan's alone, unhashed); it must pin every plan package."""
-    resolution = inputs.hashes or unresolved(dict(plan.packages), "no resolver was run for this render")
-    missing = set(dict(plan.packages)) - {r.name for r in resolution.requirements}
+    resolution = inputs.hashes or unresolved(plan.packages, "no resolver was run for this render")
+    missing = set(plan.packages) - {r.name for r in resolution.requirements}
     if missing:
         raise InvalidInput("render", "hashes", f"resolution lacks plan packages: {', '.join(sorted(missing))}")
     return resolution
 
 
-def _check(inputs: RenderInputs, plan: _Plan, images: Images) -> _Checked:
+def _check(inputs: RenderInputs, plan: Plan, images: Images) -> _Checked:
     torch_index = _torch_index(inputs, plan)
     wheelhouse = check_wheelhouse(inputs.wheelhouse)
     source = None if inputs.toolkit_source is None else check_path(
@@ -323,12 +259,12 @@ def _check(inputs: RenderInputs, plan: _Plan, images: Images) -> _Checked:
                     toolkit_version=check_version(inputs.toolkit_version, source="render", field="toolkit_version"))
 
 
-def _common_view(plan: _Plan, checked: _Checked, resolution: Resolution) -> dict[str, Any]:
+def _common_view(plan: Plan, checked: _Checked, resolution: Resolution) -> dict[str, Any]:
     """What every template may show."""
     return {
         "toolkit_version": checked.toolkit_version,
-        "model_id": plan.model_id, "repo": plan.repo, "python": plan.python, "variant": plan.variant,
-        "cuda": plan.cuda, "torch": plan.torch, "precision": plan.precision, "device": plan.device,
+        "model_id": plan.model_id, "repo": plan.model_repo, "python": plan.python, "variant": plan.variant,
+        "cuda": _cuda(plan), "torch": str(plan.torch_version), "precision": plan.precision, "device": plan.device,
         "torch_index": checked.torch_index, "wheelhouse": list(checked.wheelhouse),
         "hash_status": resolution.status,
         "unhashed": [f"{r.name}=={r.version}" for r in resolution.requirements if not r.hashes],
@@ -343,7 +279,7 @@ def _requirements_txt(common: Mapping[str, Any], resolution: Resolution) -> byte
     })
 
 
-def _environment_yml(common: Mapping[str, Any], plan: _Plan, images: Images,
+def _environment_yml(common: Mapping[str, Any], plan: Plan, images: Images,
                      resolution: Resolution) -> bytes:
     """conda's file: pip lines carry hashes only when every line has them (pip's all-or-nothing rule)."""
     return _render("environment.yml.j2", {
@@ -356,31 +292,31 @@ def _environment_yml(common: Mapping[str, Any], plan: _Plan, images: Images,
     })
 
 
-def _image_labels(inputs: RenderInputs, plan: _Plan, resolution: Resolution, toolkit_version: str,
+def _image_labels(inputs: RenderInputs, plan: Plan, resolution: Resolution, toolkit_version: str,
                   requirements: bytes) -> dict[str, str]:
     """The image's OCI and provision labels: what it runs and the digests it was built from."""
     nvidia = inputs.host.get("nvidia") if isinstance(inputs.host, Mapping) else None
     host_driver = nvidia.get("driver_version") if isinstance(nvidia, Mapping) else None
+    torch, cuda = str(plan.torch_version), _cuda(plan)
     return {
         "org.opencontainers.image.title": f"provision {plan.model_id}",
-        "org.opencontainers.image.description": (
-            f"{plan.model_id} {plan.precision} on torch {plan.torch} {plan.variant}"),
+        "org.opencontainers.image.description": f"{plan.model_id} {plan.precision} on torch {torch} {plan.variant}",
         "org.opencontainers.image.version": toolkit_version,
         "io.provision.model": plan.model_id,
         "io.provision.precision": plan.precision,
-        "io.provision.torch": dict(plan.packages).get("torch", plan.torch),
+        "io.provision.torch": plan.packages.get("torch", torch),
         "io.provision.variant": plan.variant,
-        "io.provision.cuda": plan.cuda or "none",
-        "io.provision.plan-sha256": sha256_hex(canonical_json(inputs.plan)),
+        "io.provision.cuda": cuda or "none",
+        "io.provision.plan-sha256": sha256_hex(canonical_json(plan.to_dict())),
         "io.provision.requirements-sha256": sha256_hex(requirements),
         "io.provision.hashes": resolution.status,
-        "io.provision.driver": (f"CUDA {plan.cuda} runtime, planned for host driver "
+        "io.provision.driver": (f"CUDA {cuda} runtime, planned for host driver "
                                 f"{check_version(host_driver, source='host', field='nvidia.driver_version')}"
-                                if plan.cuda and host_driver else ("CUDA " + plan.cuda if plan.cuda else "cpu")),
+                                if cuda and host_driver else ("CUDA " + cuda if cuda else "cpu")),
     }
 
 
-def _dockerfile(common: Mapping[str, Any], plan: _Plan, images: Images, checked: _Checked,
+def _dockerfile(common: Mapping[str, Any], plan: Plan, images: Images, checked: _Checked,
                 labels: Mapping[str, str]) -> bytes:
     return _render("Dockerfile.j2", {
         **common, "base_image": checked.base_image, "has_python": checked.has_python, "uv_image": images.uv.ref,
@@ -400,7 +336,7 @@ def _lock(inputs: RenderInputs, checked: _Checked, resolution: Resolution, files
             "runner_labels": {"gpu": list(inputs.gpu_runner_labels), "cpu": list(inputs.cpu_runner_labels)},
             "docker_env_dir": checked.env_dir,
         },
-        plan=inputs.plan,
+        plan=inputs.plan.to_dict(),
         hashes=resolution.summary(),
         files=files,
     ))
@@ -413,7 +349,7 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
 
     :raises InvalidInput: a plan, label or path value fails validation, or ``images`` has no row for the plan.
     """
-    plan = _read_plan(inputs.plan)
+    plan = inputs.plan
     if inputs.matrix_digest and not _SHA_RE.fullmatch(inputs.matrix_digest):
         raise InvalidInput("render", "matrix_digest", "expected a sha256 hex digest")
     images = inputs.images

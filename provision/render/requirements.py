@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provision.common import run as _run
 from provision.common.atomic import write_atomic
@@ -31,6 +31,9 @@ from provision.common.net import probe_index
 from provision.common.quoting import check_index_url, check_package_name, check_path, check_version
 from provision.errors import InvalidInput
 from provision.vocab import PYPI_INDEX
+
+if TYPE_CHECKING:
+    from provision.plan.document import Plan
 
 __all__ = [
     "PYPI_INDEX",
@@ -388,7 +391,7 @@ def torch_index_for(plan_index: str, *, wheelhouse: Sequence[str] = (), index_ur
 
 
 def resolve_request(
-    plan: Mapping[str, Any],
+    plan: Plan,
     host: Mapping[str, Any],
     *,
     wheelhouse: Sequence[str] = (),
@@ -402,24 +405,18 @@ def resolve_request(
     ``serving`` adds ``transformers[serving]`` (fastapi, uvicorn, ...) so the Docker
     image's ``transformers serve`` runs from the same pinned closure as the venv.
 
-    :raises InvalidInput: a plan or host field is malformed.
+    :raises InvalidInput: a host field, the wheelhouse or the index override is malformed.
     """
-    f = Fields(plan, "plan")
-    torch = f.obj("torch")
-    pk = f.obj("packages")
-    assert torch is not None and pk is not None
-    packages = {check_package_name(n, field=pk.where(str(n))): check_version(v, field=pk.where(str(n)))
-                for n, v in pk.data.items()}
     h = Fields(host, "host")
     extras = list(extra_requirements)
-    if serving and "transformers" in packages:
-        extras.append(f"transformers[serving]=={packages['transformers']}")
+    if serving and "transformers" in plan.packages:
+        extras.append(f"transformers[serving]=={plan.packages['transformers']}")
     finds = check_wheelhouse(wheelhouse)  # before the host fields, as the errors were always ordered
     return ResolveRequest(
-        packages=packages,
-        python=f.str("python"),
+        packages=dict(plan.packages),
+        python=plan.python,
         platform=python_platform(h.str("os"), h.str("arch")),
-        torch_index=torch_index_for(torch.str("index_url"), wheelhouse=wheelhouse, index_url=index_url),
+        torch_index=torch_index_for(plan.index_url, wheelhouse=wheelhouse, index_url=index_url),
         find_links=finds,
         extra_requirements=tuple(extras),
         exclude_newer=exclude_newer,

@@ -44,14 +44,15 @@ class RenderRequest:
 class RenderResult:
     """What a render wrote: every file, the ones that changed, the hashes' state and the plan rendered.
 
-    ``planned`` is the planner's choice when this render planned (``None`` with ``--plan FILE``).
+    ``plan`` is the plan rendered; ``planned`` the same plan when this render made it (``None`` with
+    ``--plan FILE``), for showing the planner's reasons.
     """
 
     out: Path
     files: Mapping[str, bytes]
     changed: tuple[str, ...]
     hashes: Resolution | None
-    plan: Mapping[str, Any]
+    plan: Plan
     planned: Plan | None = None
 
     @property
@@ -61,7 +62,7 @@ class RenderResult:
     def to_dict(self) -> dict[str, Any]:
         """The ``provision.render/v1`` document ``provision render --json`` prints."""
         return {"schema": RENDER_SCHEMA, "out": str(self.out), "files": sorted(self.files),
-                "changed": list(self.changed), "hashes": self.hash_status, "plan": dict(self.plan)}
+                "changed": list(self.changed), "hashes": self.hash_status, "plan": self.plan.to_dict()}
 
 
 def resolve_cache_dir(environ: Mapping[str, str]) -> Path:
@@ -82,20 +83,18 @@ def _check_runner_labels(request: RenderRequest) -> None:
             check_label(label, source=option, field="label")
 
 
-def _read_plan_file(path: Path) -> dict[str, Any]:
+def _read_plan_file(path: Path) -> Plan:
     from provision.common.fields import read_json_file
-    from provision.render.files import validate_plan
+    from provision.plan.document import Plan
 
-    doc = read_json_file(path)
-    validate_plan(doc, source=str(path))
-    return dict(doc)
+    return Plan.from_dict(read_json_file(path), source=str(path))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Planned:
     """The render's inputs once planned (or read from ``--plan``)."""
 
-    plan: dict[str, Any]
+    plan: Plan
     chosen: Plan | None
     host: HostProfile
     model_id: str
@@ -111,16 +110,16 @@ def _plan(request: RenderRequest, index_url: str | None, environ: Mapping[str, s
 
     options = request.plan
     if request.plan_file is not None:
-        doc = _read_plan_file(request.plan_file)
-        host, matrix, model = load_inputs(options, doc["model"]["id"])
+        read = _read_plan_file(request.plan_file)
+        host, matrix, model = load_inputs(options, read.model_id)
         wheelhouse = find_wheelhouses(options, index_url, environ, probe)
-        return _Planned(plan=doc, chosen=None, host=host, model_id=model.id, matrix=matrix, variants=(),
+        return _Planned(plan=read, chosen=None, host=host, model_id=model.id, matrix=matrix, variants=(),
                         wheelhouse=wheelhouse)
     host, matrix, model = load_inputs(options)
     wheelhouse = find_wheelhouses(options, index_url, environ, probe)
     prefs = preferences(options, host, wheelhouse)
     chosen = plan(host, matrix, model, prefs)
-    return _Planned(plan=chosen.to_dict(), chosen=chosen, host=host, model_id=model.id, matrix=matrix,
+    return _Planned(plan=chosen, chosen=chosen, host=host, model_id=model.id, matrix=matrix,
                     variants=tuple(sibling_variants(host, matrix, model, prefs, chosen)), wheelhouse=wheelhouse)
 
 
