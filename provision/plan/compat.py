@@ -16,7 +16,15 @@ if TYPE_CHECKING:
     from provision.data import CudaToolkit, Matrix, TorchVariant
     from provision.host import GpuInfo, HostProfile
 
-__all__ = ["driver_cuda", "driver_runs", "has_kernels", "supports_bf16"]
+__all__ = ["BF16_MIN_CC", "cc_text", "driver_cuda", "driver_floor", "driver_runs", "has_kernels", "supports_bf16"]
+
+#: bf16 tensor cores arrived with Ampere (sm_80).
+BF16_MIN_CC = (8, 0)
+
+
+def cc_text(cc: tuple[int, int]) -> str:
+    """``(7, 5)`` -> ``"7.5"``, as compute capabilities are written."""
+    return f"{cc[0]}.{cc[1]}"
 
 
 def driver_cuda(host: HostProfile, matrix: Matrix) -> Version | None:
@@ -63,11 +71,18 @@ def driver_runs(host: HostProfile, matrix: Matrix, cuda: Version) -> tuple[bool,
             f"driver {nv.driver_version} (CUDA {own}) runs CUDA {cuda} builds through minor-version "
             f"compatibility (family floor {floor})"
         )
-    tk = matrix.toolkit(cuda)
-    need = _toolkit_floor(matrix, tk, host.os) if tk is not None else None
-    if floor is not None:
-        need = min(need, floor) if need is not None else floor
+    need = driver_floor(host.os, matrix, cuda)
     return False, False, f"driver {nv.driver_version} runs CUDA <= {own}; CUDA {cuda} needs >= {need}"
+
+
+def driver_floor(os_name: str, matrix: Matrix, cuda: Version) -> Version | None:
+    """The oldest driver that runs ``cuda`` builds at all: the lower of the toolkit's own floor and its
+    family's (minor-version compatibility); None when the matrix knows neither."""
+    family = matrix.family(cuda.major)
+    tk = matrix.toolkit(cuda)
+    floors = [family.min_driver(os_name) if family is not None else None,
+              _toolkit_floor(matrix, tk, os_name) if tk is not None else None]
+    return min((f for f in floors if f is not None), default=None)
 
 
 def has_kernels(gpu: GpuInfo, variant: TorchVariant, platform: str, *, can_jit: bool) -> tuple[bool, str]:
@@ -86,4 +101,4 @@ def has_kernels(gpu: GpuInfo, variant: TorchVariant, platform: str, *, can_jit: 
 
 
 def supports_bf16(gpu: GpuInfo) -> bool:
-    return gpu.compute_capability >= (8, 0)
+    return gpu.compute_capability >= BF16_MIN_CC

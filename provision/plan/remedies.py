@@ -1,123 +1,128 @@
-"""Why nothing fit, and what to change: the planner's rejections turned into a message and remedies.
+"""Why nothing fit, and what to change: the search's rejections turned into a message and remedies.
 
-The search records every rejection with its kind; the one that came closest to a plan (a build
-that the driver runs but has no kernels for the GPU is closer than one the driver cannot run)
-becomes the message, and each kind adds its concrete remedy.
+The rejection that came closest to a plan (``Search.binding``: a build the driver runs but without
+kernels for the GPU is closer than one the driver cannot run) becomes the message, and its rule
+adds its concrete change; rejections from before any build was tried add theirs after it. The
+thresholds a remedy names come from the matrix (driver floors from ``cuda.toml``, compute
+capabilities from the torch builds' architectures and from ``bitsandbytes.toml``), never from
+copies of those numbers here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from packaging.version import Version
-
+from provision.data.matrix import parse_arch
 from provision.plan.budget import gb, ram_needed
+from provision.plan.compat import cc_text
+from provision.plan.memory import estimate_memory
+from provision.plan.rejections import Rejection, Rule, Search
 
 if TYPE_CHECKING:
     from provision.data.catalog import ModelSpec
+    from provision.data.matrix import Matrix
     from provision.host.profile import HostProfile
     from provision.plan.document import Preferences
 
-__all__ = ["Search", "remedies"]
+__all__ = ["remedies"]
+
+#: Rules the search applies before trying a build, in the order their remedies are listed.
+_SEARCH_RULES = (Rule.PYTHON, Rule.PLATFORM, Rule.WHEELHOUSE, Rule.PRECISION, Rule.MEMORY, Rule.VARIANT)
+#: ... of which these say nothing once a build was tried on a placement that fits: that build binds.
+_ONLY_WITHOUT_BINDING = frozenset({Rule.PYTHON, Rule.PLATFORM, Rule.WHEELHOUSE, Rule.VARIANT})
+#: How many of the newest CUDA families a driver remedy names: the ones current torch builds use.
+_DRIVER_FAMILIES = 2
 
 
-@dataclass(slots=True)
-class Search:
-    """Collects why candidates were rejected, to build remedies when nothing fits."""
-
-    rejections: dict[str, list[str]] = field(default_factory=dict)
-    #: the first reason each torch release was passed over, for the "torch" reason.
-    by_release: dict[Version, str] = field(default_factory=dict)
-    #: the smallest GPU memory any tried placement needed: (bytes, precision).
-    min_gpu_need: tuple[int, str] | None = None
-
-    #: Python minors the rejected torch releases have wheels for, and transformers' Python floor.
-    pythons: set[str] = field(default_factory=set)
-    python_floor: str = ""
-    #: the rejection that came closest to a plan: (stage, kind, why); later stages are closer.
-    furthest: tuple[int, str, str] | None = None
-
-    def stage(self, stage: int, kind: str, why: str) -> None:
-        """A (torch, variant) candidate for a placement that fit failed at ``stage`` (1 driver ... 4)."""
-        self.reject(kind, why)
-        if self.furthest is None or stage > self.furthest[0]:
-            self.furthest = (stage, kind, why)
-
-    def need(self, required: int, precision: str) -> None:
-        if self.min_gpu_need is None or required < self.min_gpu_need[0]:
-            self.min_gpu_need = (required, precision)
-
-    def passed_over(self, release: Version, why: str) -> None:
-        self.by_release.setdefault(release, why)
-
-    def reject(self, kind: str, why: str) -> None:
-        self.rejections.setdefault(kind, [])
-        if why not in self.rejections[kind]:
-            self.rejections[kind].append(why)
-
-
-def remedies(host: HostProfile, model: ModelSpec, prefs: Preferences, search: Search) -> tuple[str, list[str]]:
+def remedies(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences,
+             search: Search) -> tuple[str, list[str]]:
     """Turn the rejections into one message and concrete changes, most actionable first."""
-    r = search.rejections
-    remedies: list[str] = []
-    first = None
-    binding = None
-    if search.furthest is not None:  # something fit in memory but no build could run it
-        _stage, binding, first = search.furthest
-    if binding == "driver":
-        remedies.append("update the NVIDIA driver (>= 525.60.13 runs CUDA 12 builds; >= 580 runs CUDA 13 builds)")
-    if binding == "kernels":
-        remedies.append("use a GPU whose architecture current torch builds include (compute capability >= 7.5 "
-                        "for CUDA 13 builds), or --device cpu")
-    if binding == "tegra":
-        remedies.append("install NVIDIA's JetPack builds of torch for Jetson (provision plans PyTorch's own "
-                        "wheels only), or run on the CPU with --device cpu")
-    if binding == "bnb":
-        if prefs.precision:
-            remedies.append("choose a precision the GPU supports, or leave --precision out")
-        else:
-            remedies.append("use a GPU that bitsandbytes supports (compute capability >= 6.0 for 4-bit, "
-                            ">= 7.5 for int8), or --device cpu")
-    if binding == "transformers":
-        remedies.append("pick a newer torch (--torch) that transformers >= 5 supports")
-    if binding == "python":
-        remedies.append(f"use Python {search.python_floor} (--python X.Y plans for another interpreter)")
-    if "python" in r and binding is None:
-        first = first or r["python"][0]
-        known = sorted(search.pythons, key=lambda v: tuple(int(x) for x in v.split(".")))
-        remedies.append(f"use a Python torch has wheels for ({known[0]} - {known[-1]}); "
-                        "--python X.Y plans for another interpreter")
-    if "platform" in r and binding is None:
-        first = first or r["platform"][0]
-    if "wheelhouse" in r and binding is None:
-        first = first or r["wheelhouse"][0]
-        remedies.append("add a torch wheel for this host to the wheelhouse, or plan without --wheelhouse")
-    if "precision" in r:
-        first = first or r["precision"][0]
-        remedies.append("choose another --precision, or leave it out")
-    if "memory" in r:
-        first = first or r["memory"][-1]
-        if prefs.precision:
-            remedies.append("drop --precision to let the planner pick one that fits")
-        if host.gpus:
-            remedies.append("free GPU memory used by other processes")
-            if search.min_gpu_need is not None:
-                need, precision = search.min_gpu_need
-                remedies.append(f"use a GPU with at least {gb(need)} free ({precision}), "
-                                "or add a second GPU to split over")
-            remedies.append(f"lower --context (now {prefs.context_tokens})")
-            from provision.plan.memory import estimate_memory
+    binding = search.binding
+    texts = [binding.text] if binding is not None else []
+    changes = _binding_changes(binding, host, matrix, model, prefs) if binding is not None else []
+    for rule in _SEARCH_RULES:
+        found = search.of(rule)
+        if not found or (binding is not None and rule in _ONLY_WITHOUT_BINDING):
+            continue
+        texts.append((found[-1] if rule is Rule.MEMORY else found[0]).text)
+        changes += _search_changes(rule, found, host, model, prefs, search)
+    message = texts[0] if texts else f"no torch build in the matrix fits this host for {model.name}"
+    return message, changes or ["check the host profile against matrices/torch.toml"]
 
-            cpu = estimate_memory(model.config, precision="bf16", context_tokens=prefs.context_tokens, device="cpu")
-            need_ram = ram_needed(cpu.total)
-            remedies.append(f"run on CPU with --device cpu (needs {gb(need_ram)} of RAM "
-                            f"in bf16; this host has {gb(host.ram_bytes)})")
-        else:
-            remedies.append(f"lower --context (now {prefs.context_tokens})")
-            remedies.append("use a machine with more RAM, or one with an NVIDIA GPU")
-    if "variant" in r and binding is None:
-        first = first or r["variant"][0]
-        remedies.append("choose a variant this torch release ships for the platform, or leave --variant out")
-    message = first or f"no torch build in the matrix fits this host for {model.name}"
-    return message, remedies or ["check the host profile against matrices/torch.toml"]
+
+def _binding_changes(binding: Rejection, host: HostProfile, matrix: Matrix, model: ModelSpec,
+                     prefs: Preferences) -> list[str]:
+    """The change that gets a build past the stage where the closest candidate stopped."""
+    rule = binding.rule
+    if rule is Rule.DRIVER:
+        return [f"update the NVIDIA driver ({_driver_floors(host, matrix)})"]
+    if rule is Rule.KERNELS:
+        floor, major = _current_cc_floor(host, matrix)
+        return [f"use a GPU whose architecture current torch builds include (compute capability >= {cc_text(floor)} "
+                f"for CUDA {major} builds), or --device cpu"]
+    if rule is Rule.TEGRA:
+        return ["install NVIDIA's JetPack builds of torch for Jetson (provision plans PyTorch's own "
+                "wheels only), or run on the CPU with --device cpu"]
+    if rule is Rule.BITSANDBYTES:
+        if prefs.precision:
+            return ["choose a precision the GPU supports, or leave --precision out"]
+        bnb = next((r for r in matrix.bitsandbytes if host.platform in r.platforms), matrix.bitsandbytes[0])
+        return [f"use a GPU that bitsandbytes supports (compute capability >= {cc_text(bnb.min_cc_4bit)} for 4-bit, "
+                f">= {cc_text(bnb.min_cc_int8)} for int8), or --device cpu"]
+    if rule is Rule.TRANSFORMERS:
+        return [f"pick a newer torch (--torch) that transformers >= {model.min_transformers} supports"]
+    if rule is Rule.TRANSFORMERS_PYTHON:
+        return [f"use Python {binding.python_floor} (--python X.Y plans for another interpreter)"]
+    return []
+
+
+def _driver_floors(host: HostProfile, matrix: Matrix) -> str:
+    """``>= X runs CUDA N builds`` for the newest CUDA families, with this OS's floors from ``cuda.toml``."""
+    families = sorted(matrix.families, key=lambda f: f.major)[-_DRIVER_FAMILIES:]
+    return "; ".join(f">= {f.min_driver(host.os)} runs CUDA {f.major} builds" for f in families)
+
+
+def _current_cc_floor(host: HostProfile, matrix: Matrix) -> tuple[tuple[int, int], int]:
+    """(lowest compute capability, CUDA major) of the newest torch's builds for the newest CUDA on this platform."""
+    for release in matrix.torch:
+        builds = [v for v in release.variants if v.cuda is not None and host.platform in v.platforms]
+        if builds:
+            major = max(v.cuda.major for v in builds if v.cuda is not None)
+            archs = [a for v in builds if v.cuda is not None and v.cuda.major == major for a in v.archs_for(host.platform)]
+            return min(parse_arch(a) for a in archs), major
+    raise AssertionError("a kernels rejection implies a CUDA build for the platform")
+
+
+def _search_changes(rule: Rule, found: list[Rejection], host: HostProfile, model: ModelSpec, prefs: Preferences,
+                    search: Search) -> list[str]:
+    """The change for a rule the search applied before any build was tried."""
+    if rule is Rule.PYTHON:
+        known = sorted({p for r in found for p in r.pythons}, key=lambda v: tuple(int(x) for x in v.split(".")))
+        return [f"use a Python torch has wheels for ({known[0]} - {known[-1]}); "
+                "--python X.Y plans for another interpreter"]
+    if rule is Rule.WHEELHOUSE:
+        return ["add a torch wheel for this host to the wheelhouse, or plan without --wheelhouse"]
+    if rule is Rule.PRECISION:
+        return ["choose another --precision, or leave it out"]
+    if rule is Rule.MEMORY:
+        return _memory_changes(host, model, prefs, search)
+    if rule is Rule.VARIANT:
+        return ["choose a variant this torch release ships for the platform, or leave --variant out"]
+    return []
+
+
+def _memory_changes(host: HostProfile, model: ModelSpec, prefs: Preferences, search: Search) -> list[str]:
+    """Room for the model: less context, a bigger or second GPU, or the CPU with the RAM it would need."""
+    changes = ["drop --precision to let the planner pick one that fits"] if prefs.precision else []
+    if not host.gpus:
+        return [*changes, f"lower --context (now {prefs.context_tokens})",
+                "use a machine with more RAM, or one with an NVIDIA GPU"]
+    changes.append("free GPU memory used by other processes")
+    if search.min_gpu_need is not None:
+        need, precision = search.min_gpu_need
+        changes.append(f"use a GPU with at least {gb(need)} free ({precision}), or add a second GPU to split over")
+    changes.append(f"lower --context (now {prefs.context_tokens})")
+    cpu = estimate_memory(model.config, precision="bf16", context_tokens=prefs.context_tokens, device="cpu")
+    changes.append(f"run on CPU with --device cpu (needs {gb(ram_needed(cpu.total))} of RAM "
+                   f"in bf16; this host has {gb(host.ram_bytes)})")
+    return changes
