@@ -23,7 +23,6 @@ from provision.data.catalog import load_catalog, resolve_model
 from provision.data.matrix import load_matrix, parse_arch
 from provision.errors import InvalidInput, NoViablePlan
 from provision.host.profile import GpuInfo, HostProfile, NvidiaInfo, load_host
-from provision.plan.compat import driver_cuda, driver_runs, has_kernels
 from provision.plan.document import Preferences
 from provision.plan.memory import estimate_memory
 from provision.plan.search import plan
@@ -170,6 +169,22 @@ def test_split_bf16_over_two_gpus_before_quantizing() -> None:
     assert p.placement.available_bytes == 31_000_000_000
 
 
+def test_the_roomiest_gpu_is_tried_first_when_the_model_fits_on_either() -> None:
+    # bf16 (22.6 GB) fits on both cards; the one with more free memory is placed first, whatever its index.
+    small, large = ("NVIDIA A10G", "8.6", 23.5), ("NVIDIA A100-SXM4-40GB", "8.0", 40.0)
+    for gpus, roomiest in (((small, large), 1), ((large, small), 0)):
+        p = plan(_box(*gpus, driver="550.127.05", cuda="12.4"), MATRIX, AUTOGLM)
+        assert (p.precision, p.placement.gpus, p.placement.available_bytes) == ("bf16", (roomiest,), 40_000_000_000)
+        assert f"free on GPU {roomiest} (NVIDIA A100-SXM4-40GB)" in p.placement.why
+
+
+def test_equally_roomy_gpus_are_tried_in_index_order() -> None:
+    # All three fit bf16; GPUs 1 and 2 tie for the most free memory: the lower index wins.
+    h = _box(("NVIDIA RTX A5000", "8.6", 25.0), ("NVIDIA RTX A5000", "8.6", 30.0), ("NVIDIA RTX A5000", "8.6", 30.0),
+             driver="550.127.05", cuda="12.4")
+    assert plan(h, MATRIX, AUTOGLM).placement.gpus == (1,)
+
+
 def test_fp16_below_cc8_when_it_fits() -> None:
     p = plan(_box(("Tesla V100-SXM2-32GB", "7.0", 31.0)), MATRIX, AUTOGLM)
     assert p.precision == "fp16"
@@ -222,15 +237,6 @@ def test_cpu_host_never_gets_quantized_or_gpu_plan() -> None:
 # --- driver, kernels, python, wheelhouse ---------------------------------------------------------
 
 
-def test_driver_cuda_is_derived_from_the_driver_when_nvml_did_not_say() -> None:
-    h = _box(("NVIDIA A10G", "8.6", 23.0), driver="535.183.01", cuda=None)
-    assert driver_cuda(h, MATRIX) == Version("12.1")  # 12.1 needs 530.30.02; 12.4 needs 550.54.15
-    runs, native, why = driver_runs(h, MATRIX, Version("12.6"))
-    assert runs and not native and "minor-version compatibility" in why
-    runs, native, why = driver_runs(h, MATRIX, Version("13.0"))
-    assert not runs and "needs >=" in why
-
-
 def test_minor_version_compatibility_is_a_warning_and_native_builds_win_within_a_release() -> None:
     p = plan(host("linux-x86_64-a10g-driver535"), MATRIX, AUTOGLM)
     assert any("minor-version compatibility" in w for w in p.warnings)
@@ -244,27 +250,6 @@ def test_old_driver_gets_exit_3_with_a_driver_remedy() -> None:
         plan(h, MATRIX, AUTOGLM)
     assert "418.67" in info.value.message
     assert any("driver" in r for r in info.value.remedies)
-
-
-@pytest.mark.parametrize(
-    ("cc", "archs", "ptx", "native", "expected"),
-    [
-        ((8, 6), ["sm_80"], [], True, True),  # same major, higher minor runs the sm_80 cubin
-        ((8, 0), ["sm_86"], [], True, False),  # a newer minor's cubin does not run on an older minor
-        ((9, 0), ["sm_80", "sm_86"], [], True, False),  # no cubin crosses majors
-        ((12, 0), ["sm_90"], ["sm_90"], True, True),  # PTX JIT-compiles forward
-        ((12, 0), ["sm_90"], ["sm_90"], False, False),  # ... but not under minor-version compatibility
-        ((7, 0), ["sm_75", "sm_80"], ["sm_75"], True, False),  # PTX never runs backward
-        ((6, 1), ["sm_60", "sm_70"], [], True, True),
-    ],
-)
-def test_kernel_rule(cc: tuple[int, int], archs: list[str], ptx: list[str], native: bool, expected: bool) -> None:
-    from provision.data.matrix import TorchVariant
-
-    variant = TorchVariant(name="cu128", cuda=Version("12.8"), platforms=("linux-x86_64",), archs=tuple(archs),
-                           ptx=tuple(ptx))
-    gpu = GpuInfo(index=0, name="GPU", compute_capability=cc, memory_total_bytes=1, memory_free_bytes=1)
-    assert has_kernels(gpu, variant, "linux-x86_64", can_jit=native)[0] is expected
 
 
 def test_python_is_honoured_and_unsupported_python_refused() -> None:
