@@ -1,9 +1,9 @@
 """Why the search turned a candidate down, as values: the rule it broke, how far it got, and the numbers.
 
 The search records a ``Rejection`` for every candidate it drops; when nothing fits, ``remedies``
-reads them (never their text) to say what to change. A (torch build, placement) candidate passes
-its checks in ``Stage`` order, so the rejection at the latest stage came closest to a plan and
-says what binds.
+chooses what to say by their rules and numbers (the text is only shown, never matched). A (torch
+build, placement) candidate passes its checks in ``Stage`` order, so the rejection at the latest
+stage came closest to a plan and says what binds.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class Search:
     by_release: dict[Version, str] = field(default_factory=dict)
     #: the smallest GPU memory any tried placement needed: (bytes, precision).
     min_gpu_need: tuple[int, str] | None = None
-    _seen: set[tuple[Rule, str]] = field(default_factory=set)
+    _seen: set[tuple[Rule, str]] = field(default_factory=set, init=False, repr=False)
 
     def reject(self, rejection: Rejection) -> None:
         key = (rejection.rule, rejection.text)
