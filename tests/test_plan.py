@@ -23,7 +23,7 @@ from provision.data.catalog import load_catalog, resolve_model
 from provision.data.matrix import load_matrix, parse_arch
 from provision.errors import InvalidInput, NoViablePlan
 from provision.host.profile import GpuInfo, HostProfile, NvidiaInfo, load_host
-from provision.plan.document import Preferences
+from provision.plan.document import Plan, Preferences
 from provision.plan.memory import estimate_memory
 from provision.plan.search import plan
 
@@ -76,6 +76,7 @@ REFERENCE = [
 
 def assert_valid(p, h: HostProfile, model=AUTOGLM) -> None:
     """Independent checks of a plan against the facts, not against the planner's own code paths."""
+    assert Plan.from_dict(json.loads(json.dumps(p.to_dict()))) == p  # the document reads back as the plan
     release = next(r for r in MATRIX.torch if r.version == p.torch_version)
     variant = release.variant(p.variant)
     assert variant is not None and h.platform in variant.platforms
