@@ -26,6 +26,10 @@ min_transformers = "4.46.0"
 parameters = {parameters}
 default = {default}
 source = "test"
+[model.serve]
+served_model_name = "{id}"
+context = 2048
+source = "test"
 [model.parameters_by_part]
 embed_tokens = 6400
 decoder_layers = 14080
@@ -122,6 +126,103 @@ def test_catalog_schema_and_config_errors(tmp_path):
     assert err.value.field == "model[0].config.hidden_size"
     with pytest.raises(InvalidInput, match="no such file"):
         load_catalog(tmp_path / "missing.toml")
+
+
+# ---------------------------------------------------------------- [model.serve]
+
+
+def _max_positions(config: dict) -> int:
+    return (config.get("text_config") or config)["max_position_embeddings"]
+
+
+def test_autoglm_is_served_as_open_autoglm_serves_it():
+    catalog = load_catalog()
+    for model_id in ("autoglm-phone-9b", "autoglm-phone-9b-multilingual"):
+        serve = catalog.get(model_id).serve
+        assert serve.served_model_name == model_id
+        assert serve.context == 25480
+        assert (serve.images_per_prompt, serve.images_per_request) == (10, 1)
+        assert serve.max_pixels == 5_000_000
+        assert serve.chat_template_content_format == "string"
+        assert (serve.mm_encoder_tp_mode, serve.mm_processor_cache_type) == ("data", "shm")
+        assert serve.sglang_chat_template == "glm-4v"
+        assert serve.allowed_local_media_path is None  # "/" is Open-AutoGLM's, refused here (see models.toml)
+
+
+def test_every_catalog_model_serves_within_its_own_window_and_text_models_take_no_images():
+    for model in load_catalog().models:
+        serve = model.serve
+        assert 0 < serve.context <= _max_positions(model.config)
+        if model.has_vision:
+            assert 1 <= serve.images_per_request <= serve.images_per_prompt
+            assert serve.mm_encoder_tp_mode == "data"
+        else:
+            assert serve.served_model_name == model.id
+            assert serve.images_per_prompt == serve.images_per_request == 0
+            assert serve.max_pixels is None and serve.mm_encoder_tp_mode is None
+
+
+def test_local_directories_have_no_serving_facts(tmp_path):
+    local = resolve_model(str(_write_config(tmp_path / "m", _glm4v(v5=True))), load_catalog())
+    assert local.is_local and local.serve is None
+
+
+_AUTOGLM_SOURCE = 'source = "https://github.com/zai-org/Open-AutoGLM/blob/main/README_en.md (vLLM and SGLang'
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "problem"),
+    [
+        ("context = 25480", "context = 70000", "context", "70000 exceeds the model's max_position_embeddings 65536"),
+        ("context = 25480", "context = 0", "context", "out of range"),
+        ('served_model_name = "autoglm-phone-9b"', 'served_model_name = "AutoGLM Phone"', "served_model_name",
+         "must match"),
+        ("\nimages_per_request = 1\n", "\nimages_per_request = 11\n", "images_per_request", "out of range [1, 10]"),
+        ("images_per_prompt = 10", "images_per_prompt = 0", "images_per_prompt", "out of range"),
+        ('mm_encoder_tp_mode = "data"', 'mm_encoder_tp_mode = "both"', "mm_encoder_tp_mode", "is not one of"),
+        ('mm_processor_cache_type = "shm"', 'mm_processor_cache_type = "disk"', "mm_processor_cache_type",
+         "is not one of"),
+        ('chat_template_content_format = "string"', 'chat_template_content_format = "text"',
+         "chat_template_content_format", "is not one of"),
+        ("max_pixels = 5000000", 'max_pixels = "5000000"', "max_pixels", "expected an integer"),
+        ('sglang_chat_template = "glm-4v"', 'sglang_chat_template = "glm 4v; rm"', "sglang_chat_template",
+         "must match"),
+        (_AUTOGLM_SOURCE, 'allowed_local_media_path = "/"\n' + _AUTOGLM_SOURCE, "allowed_local_media_path",
+         "'/' lets any request read any file"),
+        (_AUTOGLM_SOURCE, 'allowed_local_media_path = "/srv/../etc"\n' + _AUTOGLM_SOURCE,
+         "allowed_local_media_path", "is not an absolute folder path"),
+        (_AUTOGLM_SOURCE, 'allowed_local_media_path = "media"\n' + _AUTOGLM_SOURCE, "allowed_local_media_path",
+         "is not an absolute folder path"),
+    ],
+)
+def test_serve_errors_name_the_field(tmp_path, old, new, field, problem):
+    text = (REPO_ROOT / "matrices" / "models.toml").read_text()
+    assert old in text
+    path = tmp_path / "models.toml"
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(InvalidInput) as err:
+        load_catalog(path)
+    assert (err.value.source, err.value.field) == (str(path), f"model[0].serve.{field}")
+    assert problem in err.value.problem
+
+
+def test_a_media_folder_is_accepted(tmp_path):
+    text = (REPO_ROOT / "matrices" / "models.toml").read_text()
+    path = tmp_path / "models.toml"
+    path.write_text(text.replace(_AUTOGLM_SOURCE, 'allowed_local_media_path = "/srv/screens"\n' + _AUTOGLM_SOURCE, 1))
+    assert load_catalog(path).default.serve.allowed_local_media_path == "/srv/screens"
+
+
+def test_text_models_take_no_image_settings_and_serve_is_required(tmp_path):
+    path = _toml(tmp_path, {"default": "true"})
+    path.write_text(path.read_text().replace("context = 2048", "context = 2048\nimages_per_prompt = 1"))
+    with pytest.raises(InvalidInput) as err:
+        load_catalog(path)
+    assert (err.value.field, err.value.problem) == ("model[0].serve.images_per_prompt", "a text-only model takes no images")
+    path.write_text(path.read_text().replace("[model.serve]", "[model.unused]"))
+    with pytest.raises(InvalidInput) as err:
+        load_catalog(path)
+    assert (err.value.field, err.value.problem) == ("model[0].serve", "required key is missing")
 
 
 # ---------------------------------------------------------------- resolve_model

@@ -27,6 +27,7 @@ __all__ = [
     "PROCESSORS",
     "REPO_RE",
     "Catalog",
+    "ModelServe",
     "ModelSpec",
     "default_catalog_path",
     "load_catalog",
@@ -47,9 +48,35 @@ _FAMILY = {
     "glm": ("AutoModelForCausalLM", "AutoTokenizer", "4.46.0"),
 }
 _V5_ROPE = "5.0.0"
+_SERVED_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_MEDIA_PATH_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+/?$")
+_TEMPLATE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+#: Keys only a vision model may set: they configure image handling in the engine.
+_VISION_KEYS = ("images_per_prompt", "images_per_request", "max_pixels", "mm_encoder_tp_mode",
+                "mm_processor_cache_type", "allowed_local_media_path", "sglang_chat_template")
 _DEFAULT_KEEP = ("lm_head",)
 #: transformers' own choice for every quantized precision: everything but lm_head is quantized.
 _DEFAULT_KEEP_16BIT = {p: _DEFAULT_KEEP for p in QUANTIZED}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelServe:
+    """How a catalog model is served by vLLM or SGLang: the workload and the flags its users pass.
+
+    Engine-neutral on purpose: ``matrices/engines.toml`` says how each engine spells a setting.
+    """
+
+    served_model_name: str
+    context: int  # the serving context: --max-model-len / --context-length, and --context's default
+    images_per_prompt: int  # the engine's per-prompt limit (--limit-mm-per-prompt); 0 for text models
+    images_per_request: int  # images one request really carries: what the memory model budgets
+    max_pixels: int | None  # the image processor's pixel cap; None leaves the processor's default
+    chat_template_content_format: str | None
+    mm_encoder_tp_mode: str | None  # "data": every GPU keeps the whole vision encoder under TP
+    mm_processor_cache_type: str | None
+    allowed_local_media_path: str | None
+    sglang_chat_template: str | None
+    source: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +97,8 @@ class ModelSpec:
     default: bool = False
     is_local: bool = False
     path: Path | None = None
+    #: every catalog row has one; None for a local directory, which has no serving facts of its own
+    serve: ModelServe | None = None
 
     @property
     def model_type(self) -> str:
@@ -170,7 +199,58 @@ def _spec_from_row(row: Fields) -> ModelSpec:
         keep_16bit=_keep(row),
         source=row.str("source"),
         default=row.bool("default", required=False, default=False),
+        serve=_serve(row, config),
     )
+
+
+def _serve(row: Fields, config: Mapping[str, Any]) -> ModelServe:
+    """The ``[model.serve]`` table, checked against the row's own config (context, vision)."""
+    serve = row.obj("serve")
+    vision = config.get("model_type") == "glm4v"
+    if not vision:
+        for key in _VISION_KEYS:
+            if serve.has(key):
+                raise serve.fail(key, "a text-only model takes no images")
+    text = config.get("text_config", {}) if vision else config
+    longest = text.get("max_position_embeddings") if isinstance(text, Mapping) else None
+    context = serve.int("context", minimum=1)
+    if isinstance(longest, int) and context > longest:
+        raise serve.fail("context", f"{context} exceeds the model's max_position_embeddings {longest}")
+    per_prompt = serve.int("images_per_prompt", minimum=1, maximum=1000) if vision else 0
+    per_request = serve.int("images_per_request", minimum=1, maximum=per_prompt) if vision else 0
+    return ModelServe(
+        served_model_name=_pattern(serve, "served_model_name", _SERVED_NAME_RE) or "",
+        context=context,
+        images_per_prompt=per_prompt,
+        images_per_request=per_request,
+        max_pixels=serve.int("max_pixels", required=False, minimum=1),
+        chat_template_content_format=serve.choice("chat_template_content_format", ("auto", "string", "openai"),
+                                                  required=False),
+        mm_encoder_tp_mode=serve.choice("mm_encoder_tp_mode", ("weights", "data"), required=False),
+        mm_processor_cache_type=serve.choice("mm_processor_cache_type", ("lru", "shm"), required=False),
+        allowed_local_media_path=_media_path(serve),
+        sglang_chat_template=_pattern(serve, "sglang_chat_template", _TEMPLATE_RE, required=False),
+        source=serve.str("source"),
+    )
+
+
+def _pattern(f: Fields, key: str, pattern: re.Pattern[str], *, required: bool = True) -> str | None:
+    text = f.str(key, required=required)
+    if text is not None and not pattern.fullmatch(text):
+        raise f.fail(key, f"{text!r} must match {pattern.pattern}")
+    return text
+
+
+def _media_path(serve: Fields) -> str | None:
+    """An absolute folder the server may read images from; never the whole filesystem."""
+    text = serve.str("allowed_local_media_path", required=False)
+    if text is None:
+        return None
+    if text.strip("/") == "":
+        raise serve.fail("allowed_local_media_path", "'/' lets any request read any file the server can; name a folder")
+    if not _MEDIA_PATH_RE.fullmatch(text) or "/../" in f"{text}/" or "/./" in f"{text}/":
+        raise serve.fail("allowed_local_media_path", f"{text!r} is not an absolute folder path")
+    return text
 
 
 def _keep(row: Fields) -> dict[str, tuple[str, ...]]:
