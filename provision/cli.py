@@ -122,10 +122,11 @@ def _add_build(sub: _Sub) -> None:
 def _add_matrix(sub: _Sub) -> None:
     p = sub.add_parser("matrix", help="inspect or refresh the compatibility matrices")
     msub = p.add_subparsers(dest="matrix_command", required=True, parser_class=_Parser)
-    r = msub.add_parser("refresh", help="rebuild torch rows from the PyTorch wheel index")
+    r = msub.add_parser("refresh", help="rebuild torch rows from the PyTorch wheel index and engine pins from PyPI")
     r.add_argument("--matrix", type=Path)
     r.add_argument("--write", action="store_true", help="write the change (default: show the diff only)")
     r.add_argument("--variant", action="append", help="variants to fetch (default: those in the matrix)")
+    r.add_argument("--only", choices=("torch", "engines"), help="refresh one file (default: both)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -292,20 +293,49 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_matrix(args: argparse.Namespace) -> int:
-    """``matrix refresh``: rebuild torch rows from the PyTorch index; show the diff, write on --write."""
+    """``matrix refresh``: torch rows from the PyTorch index, engine pins from PyPI; a diff each, written on --write."""
+    if args.only != "engines":
+        _refresh_torch(args)
+    if args.only != "torch":
+        _refresh_engines(args)
+    return 0
+
+
+def _refresh_torch(args: argparse.Namespace) -> None:
     from provision.data.refresh import apply_refresh, plan_refresh
 
     refresh = plan_refresh(args.matrix, args.variant)
     if not refresh.result.changed:
         sys.stderr.write(f"{refresh.path}: up to date with the PyTorch index ({', '.join(refresh.variants)})\n")
-        return 0
+        return
     sys.stdout.write(refresh.result.diff)
     if args.write:
         apply_refresh(refresh)  # only once the refreshed matrix validates
         sys.stderr.write(f"wrote {refresh.path}\n")
     else:
         sys.stderr.write("dry run: pass --write to apply this change\n")
-    return 0
+
+
+def _refresh_engines(args: argparse.Namespace) -> None:
+    import os
+
+    from provision.data.pypi import pip_network
+    from provision.data.refresh_engines import apply_engine_refresh, plan_engine_refresh
+    from provision.render.sources import read_pip_config
+
+    index, verify = pip_network(os.environ, read_pip_config(os.environ))
+    refresh = plan_engine_refresh(args.matrix, index, verify=verify)
+    for message in refresh.result.messages:
+        sys.stderr.write(f"{message}\n")
+    if not refresh.result.changed:
+        sys.stderr.write(f"{refresh.path}: up to date with {refresh.index}\n")
+        return
+    sys.stdout.write(refresh.result.diff)
+    if args.write:
+        apply_engine_refresh(refresh)  # only once the refreshed file validates against the matrix
+        sys.stderr.write(f"wrote {refresh.path}\n")
+    else:
+        sys.stderr.write("dry run: pass --write to apply this change\n")
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
