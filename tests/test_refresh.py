@@ -295,9 +295,21 @@ def test_plan_then_apply_writes_a_refresh_that_validates(tmp_path):
     assert not plan_refresh(root, ["cu128", "cpu"], fetch=page).result.changed
 
 
+def _drop_engine_releases_pinning(root, torch: str) -> None:
+    """engines.toml cross-checks its torch pins against torch.toml: drop the releases pinning ``torch``."""
+    from provision.data.refresh_engines import dump_engines_toml, split_header
+
+    text = (root / "engines.toml").read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    for engine in data["engine"]:
+        engine["release"] = [r for r in engine["release"] if r["torch"] != torch]
+    (root / "engines.toml").write_text(dump_engines_toml(data, header=split_header(text)[0]), encoding="utf-8")
+
+
 def test_apply_refuses_rows_only_a_person_can_complete(tmp_path):
     root = _matrix_copy(tmp_path, lambda data: data.update(release=[r for r in data["release"]
                                                                     if r["version"] != "2.10.0"]))
+    _drop_engine_releases_pinning(root, "2.10.0")
     refresh = plan_refresh(root, ["cu128", "cpu"], fetch=page)
     assert refresh.result.changed
     with pytest.raises(ProvisionError, match=r"not written: .*archs: required key is missing"):

@@ -20,6 +20,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from provision.common.fields import Fields, read_toml
+from provision.data.engines import Engines, Known, parse_engines
 from provision.data.gpus import GpuTable, gpu_table_from_fields
 from provision.data.images import Images, images_from_fields
 from provision.errors import InvalidInput
@@ -40,7 +41,7 @@ __all__ = [
 PLATFORMS = ("linux-x86_64", "linux-aarch64", "windows-x86_64", "macos-arm64", "macos-x86_64")
 #: Every file a ``Matrix`` is read from, in digest order.
 MATRIX_FILES = ("cuda.toml", "torch.toml", "bitsandbytes.toml", "companions.toml", "models.toml", "images.toml",
-                "gpus.toml")
+                "gpus.toml", "engines.toml")
 _ARCH_RE = re.compile(r"^sm_(\d{1,2})(\d)a?$")
 _PY_RE = re.compile(r"^3\.\d{1,2}$")
 _CC_RE = re.compile(r"^\d{1,2}\.\d$")
@@ -159,6 +160,7 @@ class Matrix:
     companions: tuple[Companion, ...]  # per name, newest first
     images: Images  # base images and CI actions the rendered files pin
     gpus: GpuTable  # GPU model -> compute capability and memory, for detection
+    engines: Engines  # the serving engines and their releases, newest first
     digest: str  # sha256 over the matrix files, recorded in locks
     root: Path  # the folder the files were read from
     #: compute capabilities of Jetson iGPUs under L4T, which the index's aarch64 builds do not run on
@@ -453,6 +455,9 @@ def load_matrix(root: Path | None = None) -> Matrix:
         contents["models.toml"] = catalog.read_bytes()
     images = _load_images(fields("images.toml"))
     gpus = gpu_table_from_fields(fields("gpus.toml"))
+    known = Known(toolkits=frozenset(t.version for t in toolkits), families=frozenset(f.major for f in families),
+                  torch={r.version: r.torchvision for r in releases})
+    engines = parse_engines(fields("engines.toml"), known)
     return Matrix(
         families=families,
         toolkits=toolkits,
@@ -461,6 +466,7 @@ def load_matrix(root: Path | None = None) -> Matrix:
         companions=companions,
         images=images,
         gpus=gpus,
+        engines=engines,
         digest=_digest(contents),
         root=root,
         tegra=tegra,
