@@ -441,13 +441,14 @@ def plan_engine_refresh(matrix_dir: Path | None, index: str, *, verify: str | bo
                         source: MetadataSource | None = None) -> EngineRefresh:
     """Re-read engines.toml's pins from ``index`` (the one pip is configured with); nothing is written.
 
-    :raises InvalidInput: the matrix folder does not load.
+    :raises InvalidInput: engines.toml is not TOML.
     :raises ProvisionError: the registry cannot be read.
     """
-    from provision.data.matrix import load_matrix
+    from provision.common.resources import data_dir
     from provision.data.pypi import PypiClient
 
-    path = load_matrix(matrix_dir).root / "engines.toml"
+    # Not load_matrix: a stale engines.toml is what a refresh repairs, so it must not have to validate first.
+    path = (matrix_dir if matrix_dir is not None else data_dir("matrices")) / "engines.toml"
     result = refresh_engines(path, source if source is not None else PypiClient(index, verify=verify))
     return EngineRefresh(path=path, index=index, result=result)
 
