@@ -1,0 +1,273 @@
+"""Which serving engine runs the model on this host: vLLM, then SGLang, else ``transformers serve``.
+
+An engine release is a bundle of hard facts: an exact torch pin, a transformers range, a Python
+range, a glibc floor, the CUDA its default wheel is built with (hence a driver floor) and the GPU
+architectures it ships kernels for. On top of those it must fit: weights, its profiling peak,
+CUDA graphs and a KV cache for one full-length sequence inside the share of each GPU it may take.
+
+The search is pure and ordered as users want it: the better engine first, then its newest release
+whose rules hold, then 16-bit before fp8 before 4-bit, one GPU before tensor parallelism over
+several, and the serving context before a shorter one. Everything passed over leaves one sentence
+behind, so the plan can say why a better engine or a newer release was not taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from packaging.version import Version
+
+from provision.data.architecture import architecture_of
+from provision.plan.budget import gb
+from provision.plan.compat import driver_runs, has_kernels
+from provision.plan.engine_memory import EngineBudget, Workload, engine_budget
+
+if TYPE_CHECKING:
+    from provision.data.catalog import ModelSpec
+    from provision.data.engines import Engine, EngineRelease, QuantRule
+    from provision.data.matrix import Matrix, TorchRelease, TorchVariant
+    from provision.host.profile import GpuInfo, HostProfile
+
+__all__ = ["MIN_SERVING_CONTEXT", "EngineChoice", "EngineSearch", "choose_engine"]
+
+#: Below this a phone agent cannot work: one screenshot at the pixel cap (about 3,200 visual
+#: tokens), the system prompt and a short history (about 1,500) and the 3,000 tokens Open-AutoGLM
+#: allows an answer. A host that holds only less is refused, not served a context that fails.
+MIN_SERVING_CONTEXT = 8192
+_TP_SIZES = (2, 4, 8)
+#: Precision classes in the order they are tried: 16-bit resolves to bf16 or fp16 per GPU.
+_CLASSES = ("16-bit", "fp8", "nf4")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineChoice:
+    """An engine release placed on GPUs, with the budget of its tightest GPU and the context it serves."""
+
+    engine: Engine
+    release: EngineRelease
+    torch: TorchRelease
+    variant: TorchVariant
+    transformers: Version
+    precision: str
+    quantization: QuantRule | None
+    gpus: tuple[int, ...]
+    budget: EngineBudget
+    max_model_len: int
+    driver_why: str
+    native: bool
+    kernel_notes: tuple[str, ...] = ()
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        return len(self.gpus)
+
+
+@dataclass(slots=True)
+class EngineSearch:
+    """Why each engine release was passed over (the first reason per release) and how far it got.
+
+    ``stage`` orders reasons by how close a release came to a plan: 0 it cannot be installed here
+    (platform, Python, glibc, torch build, transformers), 1 the driver cannot run it, 2 it has no
+    kernels for a GPU, 3 it runs but the model does not fit.
+    """
+
+    passed_over: dict[str, dict[Version, tuple[int, str]]] = field(default_factory=dict)
+
+    def reject(self, engine: str, release: EngineRelease, why: str, stage: int = 0) -> None:
+        self.passed_over.setdefault(engine, {}).setdefault(release.version, (stage, why))
+
+    def explain(self, engine: Engine) -> str | None:
+        """One sentence: why the newest release was passed over and, when an older one came closer, why that one."""
+        seen = self.passed_over.get(engine.name)
+        if not seen:
+            return None
+        label = engine.package if engine.name != "vllm" else "vLLM"
+        label = "SGLang" if engine.name == "sglang" else label
+        newest = max(seen)
+        text = f"{label} {newest} passed over: {seen[newest][1]}"
+        closest = max(seen, key=lambda v: (seen[v][0], v))
+        if closest != newest and seen[closest][0] > seen[newest][0]:
+            release = engine.release(closest)
+            cuda = f" (CUDA {release.cuda})" if release is not None else ""
+            text += f"; {label} {closest}{cuda}: {seen[closest][1]}"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A release the GPUs rule out, and how close it came (see ``EngineSearch``)."""
+
+    stage: int
+    why: str
+
+
+def _torch_for(matrix: Matrix, release: EngineRelease, platform: str) -> tuple[TorchRelease, TorchVariant] | str:
+    """The torch build the engine's pin installs from PyPI on ``platform``, or why there is none."""
+    torch = next((t for t in matrix.torch if t.version == release.torch), None)
+    if torch is None:
+        return f"pins torch {release.torch}, which the matrix does not describe"
+    default = torch.pypi_default.get(platform)
+    variant = torch.variant(default) if default else None
+    if variant is None or variant.cuda is None:
+        return f"pins torch {release.torch}, whose PyPI build for {platform} has no CUDA"
+    return torch, variant
+
+
+def _transformers_pin(matrix: Matrix, model: ModelSpec, release: EngineRelease, python: str) -> Version | None:
+    """The newest transformers in the matrix inside the engine's range and at or above the model's minimum."""
+    for c in matrix.companion_versions("transformers"):
+        if (release.transformers.contains(c.version, prereleases=True) and c.version >= model.min_transformers
+                and Version(python) in c.requires_python and release.torch in c.requires_torch):
+            return c.version
+    return None
+
+
+def _host_rules(host: HostProfile, matrix: Matrix, model: ModelSpec, release: EngineRelease,
+                python: str) -> str | tuple[TorchRelease, TorchVariant, Version]:
+    """The rules that hold whatever the placement: wheel, Python, glibc, torch build, transformers."""
+    if host.platform not in release.platforms:
+        return f"has no wheel for {host.platform}"
+    if not release.admits_python(python):
+        return f"has no wheel for Python {python} (Requires-Python {release.requires_python})"
+    glibc = getattr(host, "glibc", None)
+    if glibc is not None and glibc < release.glibc:
+        return f"its wheels need glibc >= {release.glibc}; this host has {glibc}"
+    torch = _torch_for(matrix, release, host.platform)
+    if isinstance(torch, str):
+        return torch
+    transformers = _transformers_pin(matrix, model, release, python)
+    if transformers is None:
+        return (f"no transformers release in the matrix is inside its range {release.transformers} and "
+                f">= {model.min_transformers}, which {model.name} needs")
+    return torch[0], torch[1], transformers
+
+
+def _gpu_rules(host: HostProfile, matrix: Matrix, release: EngineRelease, variant: TorchVariant,
+               gpus: Sequence[GpuInfo]) -> _Refused | tuple[bool, str, tuple[str, ...]]:
+    """Driver and kernels, for the engine's CUDA and torch's, on every placed GPU; a refusal when not."""
+    assert variant.cuda is not None
+    runs, native, why = driver_runs(host, matrix, release.cuda)
+    if not runs:
+        return _Refused(1, f"its CUDA {release.cuda} wheel needs a newer driver: {why}")
+    t_runs, t_native, t_why = driver_runs(host, matrix, variant.cuda)
+    if not t_runs:
+        return _Refused(1, f"its torch {release.torch} ({variant.name}) needs a newer driver: {t_why}")
+    notes = []
+    archs = release.archs_for(host.platform)
+    for gpu in gpus:
+        major, minor = gpu.compute_capability
+        if not any(int(a[3:-1]) == major and int(a[-1]) <= minor for a in (x.rstrip("a") for x in archs)):
+            return _Refused(2, f"its CUDA {release.cuda} build has no kernels for {gpu.name} (compute capability "
+                               f"{gpu.cc_text}); it has {', '.join(archs)}")
+        ok, k_why = has_kernels(gpu, variant, host.platform, can_jit=t_native)
+        if not ok:
+            return _Refused(2, f"its torch {release.torch} {k_why}")
+        notes.append(k_why)
+    return native and t_native, why, tuple(notes)
+
+
+def _precision(engine: Engine, release: EngineRelease, klass: str,
+               gpus: Sequence[GpuInfo]) -> tuple[str, QuantRule | None] | None:
+    """The precision a class resolves to on these GPUs, with the quantization rule that gives it."""
+    if klass == "16-bit":
+        low = any(g.compute_capability < engine.precision.bf16_min_cc for g in gpus)
+        return (engine.precision.below if low else "bf16"), None
+    rules = [engine.quantizations(release, g.compute_capability) for g in gpus]
+    common = [q for q in rules[0] if q.precision == klass and all(q.method in {r.method for r in rs} for rs in rules)]
+    return (klass, common[0]) if common else None
+
+
+def _groups(host: HostProfile, heads: int) -> Iterator[tuple[GpuInfo, ...]]:
+    """Each GPU alone (roomiest first), then tensor-parallel groups of the roomiest 2, 4, 8."""
+    by_free = sorted(host.gpus, key=lambda g: (-g.memory_free_bytes, g.index))
+    for gpu in by_free:
+        yield (gpu,)
+    for size in _TP_SIZES:
+        if size <= len(by_free) and heads % size == 0:
+            yield tuple(by_free[:size])
+
+
+def _fit(model: ModelSpec, release: EngineRelease, precision: str, gpus: Sequence[GpuInfo], workload: Workload,
+         *, floor: int) -> tuple[EngineBudget, int] | None:
+    """The tightest GPU's budget and the context it serves (the full one, or down to ``floor``)."""
+    budgets = [engine_budget(model, precision=precision, tp=len(gpus), total_bytes=g.memory_total_bytes,
+                             free_bytes=g.memory_free_bytes, default_share=release.gpu_memory_utilization,
+                             workload=workload) for g in gpus]
+    tight = min(budgets, key=lambda b: b.kv_tokens)
+    context = min(workload.max_model_len, tight.kv_tokens)
+    return (tight, context) if context >= floor else None
+
+
+def choose_engine(host: HostProfile, matrix: Matrix, model: ModelSpec, engines: Sequence[Engine], *,
+                  python: str, workload: Workload, search: EngineSearch,
+                  forced_precision: str | None = None) -> EngineChoice | None:
+    """The first engine release whose every rule holds, trying ``engines`` in order; None with ``search`` filled.
+
+    Two passes: the first keeps the serving context; only when nothing holds it does the second
+    accept a shorter one, down to ``MIN_SERVING_CONTEXT``.
+    """
+    for floor in (workload.max_model_len, min(MIN_SERVING_CONTEXT, workload.max_model_len)):
+        for engine in engines:
+            choice = _choose_release(host, matrix, model, engine, python, workload, search, forced_precision,
+                                     floor=floor)
+            if choice is not None:
+                return choice
+    return None
+
+
+def _choose_release(host: HostProfile, matrix: Matrix, model: ModelSpec, engine: Engine, python: str,
+                    workload: Workload, search: EngineSearch, forced: str | None, *, floor: int) -> EngineChoice | None:
+    if host.platform not in engine.platforms or not host.gpus:
+        for release in engine.releases:
+            search.reject(engine.name, release, "runs on Linux with an NVIDIA GPU" if host.gpus else
+                          "needs an NVIDIA GPU, and this host has none")
+        return None
+    for release in engine.releases:
+        rules = _host_rules(host, matrix, model, release, python)
+        if isinstance(rules, str):
+            search.reject(engine.name, release, rules)
+            continue
+        choice = _place(host, matrix, model, engine, release, rules, workload, search, forced, floor=floor)
+        if choice is not None:
+            return choice
+    return None
+
+
+def _place(host: HostProfile, matrix: Matrix, model: ModelSpec, engine: Engine, release: EngineRelease,
+           rules: tuple[TorchRelease, TorchVariant, Version], workload: Workload, search: EngineSearch,
+           forced: str | None, *, floor: int) -> EngineChoice | None:
+    """Precision class by class, placement by placement: the first that runs and fits."""
+    torch, variant, transformers = rules
+    heads = architecture_of(model).heads
+    need: tuple[int, str] | None = None
+    for klass in _CLASSES:
+        for gpus in _groups(host, heads):
+            resolved = _precision(engine, release, klass, gpus)
+            if resolved is None or (forced is not None and resolved[0] != forced):
+                continue
+            gpu_ok = _gpu_rules(host, matrix, release, variant, gpus)
+            if isinstance(gpu_ok, _Refused):
+                search.reject(engine.name, release, gpu_ok.why, gpu_ok.stage)
+                continue
+            fit = _fit(model, release, resolved[0], gpus, workload, floor=floor)
+            if fit is None:
+                tight = engine_budget(model, precision=resolved[0], tp=len(gpus), total_bytes=gpus[-1].memory_total_bytes,
+                                      free_bytes=gpus[-1].memory_free_bytes, default_share=release.gpu_memory_utilization,
+                                      workload=workload)
+                if need is None or tight.required(floor) < need[0]:
+                    need = (tight.required(floor), f"{resolved[0]} on {gpus[-1].name}, "
+                                                   f"{gb(gpus[-1].memory_free_bytes)} free")
+                continue
+            native, driver_why, notes = gpu_ok
+            return EngineChoice(engine=engine, release=release, torch=torch, variant=variant,
+                                transformers=transformers, precision=resolved[0], quantization=resolved[1],
+                                gpus=tuple(g.index for g in gpus), budget=fit[0], max_model_len=fit[1],
+                                driver_why=driver_why, native=native, kernel_notes=notes)
+    if need is None and forced is not None:
+        search.reject(engine.name, release, f"it does not serve {forced} on these GPUs")
+    if need is not None:
+        search.reject(engine.name, release, f"it runs here, but {model.name} at {floor:,} tokens needs "
+                                            f"{gb(need[0])} per GPU at the least ({need[1]})", 3)
+    return None

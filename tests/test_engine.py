@@ -1,0 +1,237 @@
+"""The serving-engine decision (plan/engine.py) and its memory budget (plan/engine_memory.py).
+
+Reference hosts: each row names the machine, what the engine search must choose, and why that is
+right by the engine facts in matrices/engines.toml (the sources are there and in
+shared/notes/serving.md). Profiles are built here from public GPU specifications; the
+driver's CUDA is the one NVIDIA's release notes give for that branch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+from provision.data import load_catalog, load_matrix, resolve_model
+from provision.data.architecture import architecture_of
+from provision.host import host_from_dict, load_host
+from provision.plan.engine import MIN_SERVING_CONTEXT, EngineChoice, EngineSearch, choose_engine
+from provision.plan.engine_memory import (
+    KV_BLOCK_TOKENS,
+    Workload,
+    engine_budget,
+    image_tokens,
+    kv_bytes_per_token,
+    weights_per_gpu,
+)
+
+MATRIX = load_matrix()
+MODEL = resolve_model("autoglm-phone-9b", load_catalog(MATRIX.catalog_path))
+SERVE = MODEL.serve
+assert SERVE is not None
+WORKLOAD = Workload(max_model_len=SERVE.context, images_per_prompt=SERVE.images_per_prompt,
+                    max_pixels=SERVE.max_pixels)
+FIXTURES = Path(__file__).parent / "fixtures" / "hosts"
+GB = 10**9
+
+
+def box(gpu: str, cc: str, total_gb: float, driver: str, cuda: str, *, count: int = 1, python: str = "3.12.3",
+        os_name: str = "linux", arch: str = "x86_64", used_gb: float = 0.6) -> dict:
+    total = int(total_gb * GB)
+    gpus = [{"index": i, "name": gpu, "compute_capability": cc, "memory_total_bytes": total,
+             "memory_free_bytes": total - int(used_gb * GB)} for i in range(count)]
+    return {"schema": "provision.host/v1", "os": os_name, "arch": arch, "python": python,
+            "ram_bytes": 128 * 2**30, "nvidia": {"driver_version": driver, "cuda_driver_version": cuda, "gpus": gpus}}
+
+
+def choose(profile: dict | str) -> tuple[EngineChoice | None, EngineSearch]:
+    host = load_host(FIXTURES / f"{profile}.json") if isinstance(profile, str) else host_from_dict(profile)
+    search = EngineSearch()
+    choice = choose_engine(host, MATRIX, MODEL, MATRIX.engines.engines, python=host.python_minor,
+                           workload=WORKLOAD, search=search)
+    return choice, search
+
+
+# (name, host, engine, release, precision, tensor-parallel size, why)
+REFERENCE = [
+    ("h100-80gb-driver580", "linux-x86_64-h100-80gb-driver580", "vllm", "0.33.0", "bf16", 1,
+     "driver 580 runs vLLM's CUDA 13.0 wheels; sm_90 is in 0.33.0's kernels; 20.6 GB of bf16 fits"),
+    ("h200-141gb-driver580", box("NVIDIA H200", "9.0", 150.0, "580.95.05", "13.0"), "vllm", "0.33.0", "bf16", 1,
+     "as the H100, with room for a KV cache of over a million tokens"),
+    ("l4-driver550", "linux-x86_64-l4-driver550", "vllm", "0.19.1", "fp8", 1,
+     "550 runs CUDA <= 12.4, so no CUDA 13 vLLM (0.20.0+); 0.19.1 (CUDA 12.9) runs by minor-version "
+     "compatibility; bf16 (25 GB with the profiling peak) overflows 0.9 x 24 GB; cc 8.9 has FP8 W8A8"),
+    ("rtx4090-driver550", "linux-x86_64-rtx4090-driver550", "vllm", "0.19.1", "fp8", 1, "as the L4"),
+    ("rtx5090-driver570", box("NVIDIA GeForce RTX 5090", "12.0", 34.2, "570.133.07", "12.8"), "vllm", "0.19.1",
+     "bf16", 1, "570 cannot run CUDA 13; 0.19.1 and torch 2.10 cu128 both carry sm_120; 32 GB holds bf16"),
+    ("rtx5090-driver580", box("NVIDIA GeForce RTX 5090", "12.0", 34.2, "580.95.05", "13.0"), "vllm", "0.33.0",
+     "bf16", 1, "580 runs the newest vLLM; 0.92 x 34.2 GB holds bf16 and the full context"),
+    ("a100-40gb-driver535", "linux-x86_64-a100-40gb-driver535", "vllm", "0.19.1", "bf16", 1,
+     "535 (CUDA 12.2) runs 0.19.1 by minor-version compatibility; Python 3.10 gets transformers 5.20.2"),
+    ("a10g-driver535", "linux-x86_64-a10g-driver535", "vllm", "0.19.1", "fp8", 1,
+     "cc 8.6: FP8 weight-only through Marlin; bf16 does not fit 0.9 x 24 GB"),
+    ("t4-driver535", "linux-x86_64-t4-driver535", "vllm", "0.19.1", "nf4", 1,
+     "cc 7.5: fp16 (no bf16) does not fit 16 GB, FP8 needs 8.0, in-flight bitsandbytes 4-bit (vLLM <= 0.27.1)"),
+    ("v100-16gb-driver535", "linux-x86_64-v100-16gb-driver535", "vllm", "0.19.1", "nf4", 1,
+     "0.19.1's CUDA 12.9 wheel and torch 2.10 cu128 are the last with sm_70 kernels; 4-bit fits 16 GB"),
+    ("2x-rtx3090-driver550", box("NVIDIA GeForce RTX 3090", "8.6", 25.4, "550.120", "12.4", count=2), "vllm",
+     "0.19.1", "bf16", 2, "bf16 does not fit one card; tensor parallel over two beats quantizing"),
+    ("2x-rtx4090-driver550", "linux-x86_64-2x-rtx4090-driver550", "vllm", "0.19.1", "bf16", 2, "as 2x RTX 3090"),
+    ("2x-rtx4060ti-16gb-driver550", box("NVIDIA GeForce RTX 4060 Ti", "8.9", 17.2, "550.120", "12.4", count=2),
+     "vllm", "0.19.1", "fp8", 2, "bf16 over two 16 GB cards overflows; FP8 on one overflows; FP8 over two fits"),
+]
+
+NO_ENGINE = [
+    ("linux-aarch64-gh200-driver570", "570 cannot run CUDA 13 engines; torch 2.10 (vLLM 0.19.1) is CPU-only on "
+     "PyPI for aarch64", "needs a newer driver"),
+    ("linux-x86_64-gtx1080ti-driver535", "cc 6.1: no engine ships sm_60 kernels", "no kernels"),
+    ("linux-x86_64-rtx3060-12gb-driver550", "12 GB: not even 4-bit with the profiling peak fits", "per GPU at the least"),
+    ("windows-x86_64-rtx4070-driver566", "no engine wheels for Windows", "Linux"),
+    ("macos-arm64-m2-32gb", "no NVIDIA GPU", "NVIDIA GPU"),
+    ("linux-x86_64-cpu-only-32gb", "no NVIDIA GPU", "NVIDIA GPU"),
+]
+
+
+@pytest.mark.parametrize(("name", "host", "engine", "release", "precision", "tp", "why"), REFERENCE,
+                         ids=[r[0] for r in REFERENCE])
+def test_reference_hosts_choose_the_engine(name, host, engine, release, precision, tp, why):
+    choice, _ = choose(host)
+    assert choice is not None, why
+    assert (choice.engine.name, str(choice.release.version), choice.precision, choice.tensor_parallel_size) == (
+        engine, release, precision, tp), why
+    assert choice.torch.version == choice.release.torch  # the engine's pin, not the newest torch
+    assert choice.release.transformers.contains(choice.transformers) and choice.transformers >= MODEL.min_transformers
+    assert choice.max_model_len == SERVE.context
+    assert choice.budget.kv_tokens >= SERVE.context
+
+
+def test_reference_set_covers_the_machines_the_issue_names():
+    names = " ".join(r[0] for r in REFERENCE) + " " + " ".join(r[0] for r in NO_ENGINE)
+    for needed in ("h100", "h200", "l4", "rtx4090", "rtx5090-driver570", "rtx5090-driver580", "a100-40gb", "a10g",
+                   "t4", "v100", "2x-rtx3090", "2x-rtx4060ti", "gh200", "macos", "windows", "cpu-only"):
+        assert needed in names, needed
+    assert len(REFERENCE) >= 12
+
+
+@pytest.mark.parametrize(("host", "why", "said"), NO_ENGINE, ids=[r[0] for r in NO_ENGINE])
+def test_hosts_no_engine_serves_say_why(host, why, said):
+    choice, search = choose(host)
+    assert choice is None, why
+    texts = [search.explain(e) for e in MATRIX.engines.engines]
+    assert all(t is not None for t in texts)
+    assert said in " ".join(t for t in texts if t)
+
+
+def test_driver_550_never_gets_a_cuda_13_engine():
+    for name in ("linux-x86_64-l4-driver550", "linux-x86_64-rtx4090-driver550", "linux-x86_64-2x-rtx4090-driver550"):
+        choice, search = choose(name)
+        assert choice is not None and choice.release.cuda.major == 12
+        assert choice.variant.cuda is not None and choice.variant.cuda.major == 12
+        assert "vLLM 0.33.0 passed over: its CUDA 13.0 wheel needs a newer driver" in (search.explain(choice.engine) or "")
+
+
+def test_v100_gets_only_an_engine_build_with_sm70_kernels():
+    for driver, cuda in (("535.183.01", "12.2"), ("580.95.05", "13.0")):
+        choice, _ = choose(box("Tesla V100-SXM2-16GB", "7.0", 17.2, driver, cuda))
+        assert choice is not None
+        assert "sm_70" in choice.release.archs_for("linux-x86_64")
+        assert "sm_70" in choice.variant.archs_for("linux-x86_64")
+
+
+def test_a_busy_gpu_lowers_the_share_to_what_is_free():
+    """Other processes keep their memory: the share never asks for more than is free."""
+    idle, _ = choose(box("NVIDIA H100 80GB HBM3", "9.0", 85.0, "580.95.05", "13.0", used_gb=0.6))
+    busy, _ = choose(box("NVIDIA H100 80GB HBM3", "9.0", 85.0, "580.95.05", "13.0", used_gb=40.0))
+    assert idle is not None and busy is not None
+    assert idle.budget.share == 0.92  # vLLM 0.33.0's default
+    assert busy.budget.share * busy.budget.total_bytes <= busy.budget.free_bytes
+    assert busy.budget.share < idle.budget.share and busy.budget.kv_tokens < idle.budget.kv_tokens
+
+
+def _forced(profile: dict, precision: str) -> EngineChoice | None:
+    search = EngineSearch()
+    host = host_from_dict(profile)
+    return choose_engine(host, MATRIX, MODEL, MATRIX.engines.engines, python=host.python_minor, workload=WORKLOAD,
+                         search=search, forced_precision=precision)
+
+
+def test_a_context_that_does_not_fit_is_lowered_not_refused_above_the_floor():
+    """bf16 on a card that holds the weights but not 25,480 tokens of cache gets the context it holds."""
+    tight = box("NVIDIA H100 80GB HBM3", "9.0", 85.0, "580.95.05", "13.0", used_gb=85.0 - 26.0)
+    choice = _forced(tight, "bf16")
+    assert choice is not None
+    assert MIN_SERVING_CONTEXT <= choice.max_model_len < SERVE.context
+    assert choice.max_model_len % KV_BLOCK_TOKENS == 0
+    assert choice.budget.kv_tokens >= choice.max_model_len
+    assert _forced(box("NVIDIA H100 80GB HBM3", "9.0", 85.0, "580.95.05", "13.0", used_gb=85.0 - 25.5), "bf16") is None
+
+
+def test_the_full_context_in_fp8_comes_before_a_shorter_one_in_bf16():
+    """Open-AutoGLM's clients expect the serving context; 8-bit weights keep it where 16-bit would cut it."""
+    choice, _ = choose(box("NVIDIA H100 80GB HBM3", "9.0", 85.0, "580.95.05", "13.0", used_gb=85.0 - 26.0))
+    assert choice is not None and choice.precision == "fp8" and choice.max_model_len == SERVE.context
+
+
+def test_the_search_prefers_16_bit_over_several_gpus_to_quantizing_on_one():
+    choice, _ = choose(box("NVIDIA A10G", "8.6", 24.1, "535.183.01", "12.2", count=2))
+    assert choice is not None and choice.precision == "bf16" and choice.tensor_parallel_size == 2
+
+
+def test_forced_precision_an_engine_cannot_serve_passes_over_with_a_reason():
+    host = load_host(FIXTURES / "linux-x86_64-h100-80gb-driver580.json")
+    search = EngineSearch()
+    assert choose_engine(host, MATRIX, MODEL, MATRIX.engines.engines, python="3.12", workload=WORKLOAD,
+                         search=search, forced_precision="int8") is None
+    assert "does not serve int8" in (search.explain(MATRIX.engines.engines[0]) or "")
+
+
+# ---------------------------------------------------------------- the memory budget
+
+
+def test_kv_cache_per_token_matches_the_model_arithmetic():
+    a = architecture_of(MODEL)
+    assert kv_bytes_per_token(a, 1) == 40 * 2 * 2 * 128 * 2 == 40 * 1024  # 40 KiB, shared/notes/serving.md
+    assert kv_bytes_per_token(a, 2) == kv_bytes_per_token(a, 1) // 2
+    assert kv_bytes_per_token(a, 4) == kv_bytes_per_token(a, 2)  # 2 KV heads: replicated past two ranks
+
+
+def test_image_tokens_at_the_pixel_cap():
+    """5,000,000 pixels, patch 14, temporal 2, merge 2: at most 3,188 tokens (3,108 measured for 1080x2400)."""
+    a = architecture_of(MODEL)
+    assert image_tokens(a, 5_000_000) == 3188
+    assert image_tokens(a, None) == 0
+
+
+def test_weights_per_gpu_by_precision_and_split():
+    bf16 = weights_per_gpu(MODEL, "bf16", 1)
+    assert bf16 == 2 * MODEL.parameters  # every parameter 16-bit
+    assert weights_per_gpu(MODEL, "fp8", 1) < 0.65 * bf16
+    assert weights_per_gpu(MODEL, "nf4", 1) < weights_per_gpu(MODEL, "fp8", 1)
+    vision = 2 * MODEL.parameters_by_part["vision"]
+    assert weights_per_gpu(MODEL, "bf16", 2) == pytest.approx((bf16 - vision) / 2 + vision, abs=1)
+
+
+def test_budget_adds_up_and_respects_the_share():
+    b = engine_budget(MODEL, precision="bf16", tp=1, total_bytes=85 * GB, free_bytes=84 * GB, default_share=0.92,
+                      workload=WORKLOAD)
+    assert b.share == 0.92
+    assert b.fixed + b.kv_bytes == int(0.92 * 85 * GB)
+    assert b.required(SERVE.context) == b.fixed + SERVE.context * b.kv_per_token
+    assert set(b.breakdown()) == {"weights", "activations", "cuda_graphs", "overhead", "kv_cache"}
+    eager = engine_budget(MODEL, precision="bf16", tp=1, total_bytes=85 * GB, free_bytes=84 * GB, default_share=0.92,
+                          workload=WORKLOAD, eager=True)
+    assert eager.cuda_graphs == 0 and eager.kv_bytes > b.kv_bytes
+
+
+def test_an_engine_that_computes_its_share_takes_the_free_memory():
+    b = engine_budget(MODEL, precision="bf16", tp=1, total_bytes=85 * GB, free_bytes=60 * GB, default_share=None,
+                      workload=WORKLOAD)
+    assert b.share * 85 * GB <= 60 * GB and b.share >= 0.69
+
+
+def test_engine_releases_pin_a_torch_the_matrix_knows():
+    for engine in MATRIX.engines.engines:
+        for release in engine.releases:
+            assert any(t.version == release.torch for t in MATRIX.torch), (engine.name, release.version)
+            assert release.version >= Version("0.5")
