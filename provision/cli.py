@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from provision.display import show_host, show_no_plan, show_plan, show_smoke
 from provision.errors import EXIT_BAD_INPUT, InvalidInput, NoViablePlan, ProvisionError
-from provision.vocab import DEFAULT_CONTEXT, DEVICE_CHOICES, PRECISIONS
+from provision.vocab import DEFAULT_CONTEXT, DEVICE_CHOICES, ENGINE_CHOICES, PRECISIONS
 
 if TYPE_CHECKING:
     from provision.plan.usecase import PlanRequest
@@ -52,7 +52,11 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", type=Path, help="plan for the machine this host profile describes")
     p.add_argument("--model", default=None, help="catalog id or local directory with config.json")
     p.add_argument("--python", help="Python X.Y the environment is built with (default: the host's)")
-    p.add_argument("--context", type=_positive_int, default=DEFAULT_CONTEXT, help="tokens to budget for")
+    p.add_argument("--context", type=_positive_int, default=None,
+                   help=f"tokens to budget for (default: {DEFAULT_CONTEXT}; an engine serves the model's serving context)")
+    p.add_argument("--engine", choices=ENGINE_CHOICES, default="transformers",
+                   help="the serving engine: auto takes vLLM, then SGLang, where the host runs them (default: "
+                        "transformers; plans only: rendering vLLM and SGLang files comes next)")
     p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     p.add_argument("--torch", dest="torch_version", help="pin this torch release")
@@ -152,7 +156,9 @@ def _build_parser() -> argparse.ArgumentParser:
 def _plan_request(args: argparse.Namespace) -> PlanRequest:
     from provision.plan.usecase import PlanRequest
 
-    return PlanRequest(host=args.host, model=args.model, python=args.python, context=args.context,
+    return PlanRequest(host=args.host, model=args.model, python=args.python,
+                       context=DEFAULT_CONTEXT if args.context is None else args.context,
+                       engine=args.engine, serving_context=args.context,
                        precision=args.precision, device=args.device, torch_version=args.torch_version,
                        variant=args.variant, wheelhouse=tuple(args.wheelhouse) if args.wheelhouse else None,
                        index_url=args.index_url, matrix=args.matrix)

@@ -14,8 +14,10 @@ __all__ = [
     "DEVICES",
     "DEVICE_CHOICES",
     "DOCTOR_SCHEMA",
+    "ENGINE_CHOICES",
     "HOST_SCHEMA",
     "LOCK_SCHEMA",
+    "PLAN_PRECISIONS",
     "PLAN_SCHEMA",
     "PRECISIONS",
     "PYPI_INDEX",
@@ -29,6 +31,10 @@ __all__ = [
 
 #: Every precision, best quality first: the order the planner tries them in.
 PRECISIONS = ("bf16", "fp16", "int8", "nf4", "fp32")
+#: What a plan's ``precision`` may be: the above, and fp8, which only a serving engine quantizes to.
+PLAN_PRECISIONS = ("bf16", "fp16", "fp8", "int8", "nf4", "fp32")
+#: The serving engines ``--engine`` chooses from; ``auto`` takes the best one the host runs.
+ENGINE_CHOICES = ("auto", "vllm", "sglang", "transformers")
 #: The precisions bitsandbytes quantizes in flight.
 QUANTIZED = ("int8", "nf4")
 #: Where a model can be placed; ``auto`` lets the planner choose.

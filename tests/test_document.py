@@ -122,7 +122,7 @@ MALFORMED = [
     (_set("torch.index_url", "http://x.org/simple"), "torch.index_url",
      "'http://x.org/simple' is not an https:// index URL (no credentials, query or whitespace)"),
     (_set("device", "tpu"), "device", "'tpu' is not one of cuda, cpu, mps"),
-    (_set("precision", "int3"), "precision", "'int3' is not one of bf16, fp16, int8, nf4, fp32"),
+    (_set("precision", "int3"), "precision", "'int3' is not one of bf16, fp16, fp8, int8, nf4, fp32"),
     (_set("packages", []), "packages", "expected an object, got array"),
     (_set("packages", {}), "packages", "must pin at least one package"),
     (_set("packages.torch", "2.14.1 --pre"), "packages.torch", "'2.14.1 --pre' is not a version"),

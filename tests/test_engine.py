@@ -8,6 +8,7 @@ driver's CUDA is the one NVIDIA's release notes give for that branch.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,8 @@ REFERENCE = [
      "0.19.1", "bf16", 2, "bf16 does not fit one card; tensor parallel over two beats quantizing"),
     ("2x-rtx4090-driver550", "linux-x86_64-2x-rtx4090-driver550", "vllm", "0.19.1", "bf16", 2, "as 2x RTX 3090"),
     ("2x-rtx4060ti-16gb-driver550", box("NVIDIA GeForce RTX 4060 Ti", "8.9", 17.2, "550.120", "12.4", count=2),
-     "vllm", "0.19.1", "fp8", 2, "bf16 over two 16 GB cards overflows; FP8 on one overflows; FP8 over two fits"),
+     "vllm", "0.19.1", "bf16", 2, "bf16 on one 16 GB card overflows; over two (the vision tower whole on each, "
+     "vLLM's 2,048-token profiling step below 70 GiB) it fits: tensor parallel before quantizing"),
 ]
 
 NO_ENGINE = [
@@ -235,3 +237,95 @@ def test_engine_releases_pin_a_torch_the_matrix_knows():
         for release in engine.releases:
             assert any(t.version == release.torch for t in MATRIX.torch), (engine.name, release.version)
             assert release.version >= Version("0.5")
+
+
+# ---------------------------------------------------------------- the engine in the plan
+
+
+OPEN_AUTOGLM_FLAGS = [("--served-model-name", "autoglm-phone-9b"), ("--max-model-len", "25480"),
+                      ("--limit-mm-per-prompt", '{"image":10}'), ("--mm-processor-kwargs", '{"max_pixels":5000000}'),
+                      ("--chat-template-content-format", "string"), ("--mm-encoder-tp-mode", "data"),
+                      ("--mm-processor-cache-type", "shm")]
+
+
+def _engine_plan(profile: dict | str, engine: str = "auto"):
+    from provision.plan.document import Preferences
+    from provision.plan.search import plan
+
+    host = load_host(FIXTURES / f"{profile}.json") if isinstance(profile, str) else host_from_dict(profile)
+    return plan(host, MATRIX, MODEL, Preferences(engine=engine))
+
+
+@pytest.mark.parametrize(("name", "host", "engine", "release", "precision", "tp", "why"), REFERENCE,
+                         ids=[r[0] for r in REFERENCE])
+def test_engine_plans_carry_the_server_and_round_trip(name, host, engine, release, precision, tp, why):
+    from provision.plan.document import Plan
+
+    chosen = _engine_plan(host)
+    assert chosen.serve is not None and chosen.serve.engine == engine and chosen.serve.engine_version == release
+    assert Plan.from_dict(chosen.to_dict()) == chosen
+    assert chosen.reasons[0].decision == "engine"
+    argv = chosen.serve.argv
+    assert argv[:3] == ("vllm", "serve", "zai-org/AutoGLM-Phone-9B")
+    pairs = set(itertools.pairwise(argv))
+    for pair in OPEN_AUTOGLM_FLAGS:
+        assert pair in pairs, pair
+    assert ("--tensor-parallel-size", str(tp)) in pairs
+    assert ("--port", "8000") in pairs
+    assert chosen.packages["vllm"] == release and chosen.packages["torch"] == str(chosen.torch_version)
+    assert (("--quantization", "bitsandbytes") in pairs) == (precision == "nf4")
+    assert (("--quantization", "fp8") in pairs) == (precision == "fp8")
+    if precision == "nf4":
+        assert "bitsandbytes" in chosen.packages
+
+
+def test_auto_falls_back_to_transformers_and_says_why():
+    for host in ("windows-x86_64-rtx4070-driver566", "macos-arm64-m2-32gb", "linux-x86_64-cpu-only-32gb",
+                 "linux-x86_64-rtx3060-12gb-driver550"):
+        chosen = _engine_plan(host)
+        assert chosen.serve is None
+        assert chosen.reasons[0].decision == "engine" and chosen.reasons[0].choice == "transformers"
+        assert "passed over" in chosen.reasons[0].why or "serve on Linux" in chosen.reasons[0].why
+
+
+def test_an_engine_asked_for_that_cannot_run_is_a_no_plan():
+    from provision.errors import NoViablePlan
+
+    with pytest.raises(NoViablePlan, match=r"--engine vllm: vLLM 0\.33\.0 passed over"):
+        _engine_plan("linux-x86_64-gtx1080ti-driver535", engine="vllm")
+
+
+def test_the_default_engine_keeps_the_transformers_plan():
+    chosen = _engine_plan("linux-x86_64-h100-80gb-driver580", engine="transformers")
+    assert chosen.serve is None and "serve" not in chosen.to_dict()
+
+
+def test_sglang_plans_use_its_own_flags():
+    chosen = _engine_plan("linux-x86_64-h100-80gb-driver580", engine="sglang")
+    assert chosen.serve is not None and chosen.serve.engine == "sglang"
+    argv = chosen.serve.argv
+    assert argv[:5] == ("python3", "-m", "sglang.launch_server", "--model-path", "zai-org/AutoGLM-Phone-9B")
+    pairs = set(itertools.pairwise(argv))
+    assert ("--context-length", "25480") in pairs and ("--tp-size", "1") in pairs
+    assert ("--mm-process-config", '{"image":{"max_pixels":5000000}}') in pairs
+    assert "--mm-enable-dp-encoder" in argv
+    share = dict(itertools.pairwise(argv))["--mem-fraction-static"]
+    assert 0 < float(share) < 1  # weights and the KV pool only, as SGLang counts it
+
+
+def test_cli_plan_engine_auto_json_and_render_refusal(tmp_path, capsys):
+    import json
+
+    from provision.cli import main
+
+    host = str(FIXTURES / "linux-x86_64-h100-80gb-driver580.json")
+    assert main(["plan", "--host", host, "--engine", "auto", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["serve"]["engine"] == "vllm" and doc["serve"]["max_model_len"] == 25480
+    assert doc["packages"]["vllm"] == "0.33.0"
+    assert main(["plan", "--host", host, "--engine", "auto", "--context", "16384", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["serve"]["max_model_len"] == 16384
+    out = tmp_path / "out"
+    assert main(["render", "--host", host, "--engine", "auto", "--out", str(out), "--no-resolve"]) == 2
+    assert "rendering a vllm plan is not supported yet" in capsys.readouterr().err
+    assert not out.exists()

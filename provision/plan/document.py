@@ -16,7 +16,8 @@ from packaging.version import Version
 
 from provision.common.fields import Fields
 from provision.common.quoting import check_index_url, check_model_id, check_package_name, check_repo_id, check_version
-from provision.vocab import DEFAULT_CONTEXT, DEVICES, PLAN_SCHEMA, PRECISIONS, is_buildable_variant
+from provision.plan.serve import Serve
+from provision.vocab import DEFAULT_CONTEXT, DEVICES, PLAN_PRECISIONS, PLAN_SCHEMA, is_buildable_variant
 
 __all__ = ["Placement", "Plan", "Preferences", "Reason", "variant_cuda"]
 
@@ -41,6 +42,10 @@ class Preferences:
     #: torch builds installable from the configured wheel sources, as (version, variant) pairs;
     #: variant "" is a plain PyPI build. None means any build on the indexes.
     torch_available: frozenset[tuple[Version, str]] | None = None
+    #: ``auto`` serves with the best engine the host runs (vLLM, then SGLang), else ``transformers serve``.
+    engine: str = "transformers"
+    #: the context an engine serves (--max-model-len); None: the model's serving context from the catalog
+    serving_context: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +94,8 @@ class Plan:
     warnings: tuple[str, ...] = ()
     reasons: tuple[Reason, ...] = ()
     cuda: Version | None = None
+    #: how the model is served by an engine (vLLM, SGLang); None for a transformers plan
+    serve: Serve | None = None
 
     @property
     def precision(self) -> str:
@@ -122,6 +129,7 @@ class Plan:
             "packages": dict(sorted(self.packages.items())),
             "warnings": list(self.warnings),
             "reasons": [r.to_dict() for r in self.reasons],
+            **({"serve": self.serve.to_dict()} if self.serve is not None else {}),
         }
 
     @classmethod
@@ -151,7 +159,7 @@ class Plan:
             check_repo_id(repo, source=source, field=model.where("repo"))
         version = check_version(torch.str("version"), source=source, field=torch.where("version"))
         index_url = check_index_url(torch.str("index_url"), source=source, field=torch.where("index_url"))
-        device, precision = f.choice("device", DEVICES), f.choice("precision", PRECISIONS)
+        device, precision = f.choice("device", DEVICES), f.choice("precision", PLAN_PRECISIONS)
         packages = _read_packages(f)
         parameters = model.int("parameters")
         cuda = _read_cuda(f, variant)
@@ -165,6 +173,7 @@ class Plan:
             model_id=model_id, model_repo=repo, parameters=parameters, python=python,
             torch_version=Version(version), variant=variant, index_url=index_url, cuda=cuda,
             placement=replace(placement, why=why), packages=packages, warnings=warnings, reasons=reasons,
+            serve=Serve.from_dict(f.obj("serve")) if f.has("serve") else None,
         )
 
 

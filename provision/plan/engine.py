@@ -58,6 +58,7 @@ class EngineChoice:
     driver_why: str
     native: bool
     kernel_notes: tuple[str, ...] = ()
+    gpu_ccs: tuple[tuple[int, int], ...] = ()
 
     @property
     def tensor_parallel_size(self) -> int:
@@ -264,7 +265,8 @@ def _place(host: HostProfile, matrix: Matrix, model: ModelSpec, engine: Engine, 
             return EngineChoice(engine=engine, release=release, torch=torch, variant=variant,
                                 transformers=transformers, precision=resolved[0], quantization=resolved[1],
                                 gpus=tuple(g.index for g in gpus), budget=fit[0], max_model_len=fit[1],
-                                driver_why=driver_why, native=native, kernel_notes=notes)
+                                driver_why=driver_why, native=native, kernel_notes=notes,
+                                gpu_ccs=tuple(g.compute_capability for g in gpus))
     if need is None and forced is not None:
         search.reject(engine.name, release, f"it does not serve {forced} on these GPUs")
     if need is not None:

@@ -15,12 +15,13 @@ Sources per term (engines.toml and shared/notes/serving.md carry the links):
 * KV cache: 2 (K, V) x KV heads x head_dim x 2 bytes x layers per token; KV heads split over
   the tensor-parallel ranks and are replicated once the ranks outnumber them (vLLM).
 * profiling peak: the MLP's gate/up output and activation plus the residual stream for the
-  batched tokens of one step, and fp32 logits for every sequence sampled. vLLM's
-  ``max_num_batched_tokens`` default varies with GPU and usage context and is not recorded in
-  engines.toml, so the budget takes 8,192 tokens and 256 sequences, vLLM's server defaults on
-  large GPUs (bounded from above for smaller ones).
-* vision encoder profiling: as many max-size images as fit in one step's token budget, their
-  patches through one vision MLP beside the encoder's residual stream.
+  batched tokens of one step, and fp32 logits for every sequence sampled. vLLM's server default
+  for ``max_num_batched_tokens`` is 2,048 on most GPUs, 8,192 on H100/H200-class cards and 16,384
+  on GPUs of 160 GiB and more (vllm/engine/arg_utils.py in the 0.19-0.33 wheels, read for this
+  toolkit); the budget follows those steps by total memory, with 256 sequences sampled.
+* vision encoder profiling: as many max-size images as fit in one step's token budget (the
+  per-prompt limit does not multiply them), their patches through one vision MLP beside the
+  encoder's residual stream.
 * CUDA graphs: bounded, not derived: 1.25 GiB (logs of 7-9 B models show 0.3-1.2 GiB at the
   default capture sizes); ``--enforce-eager`` drops the term.
 * outside torch: the CUDA context this toolkit measured on H100/H200 (0.75 GB), plus NCCL's
@@ -43,6 +44,7 @@ __all__ = [
     "KV_BLOCK_TOKENS",
     "EngineBudget",
     "Workload",
+    "batched_tokens",
     "engine_budget",
     "image_tokens",
     "kv_bytes_per_token",
@@ -55,7 +57,8 @@ _GIB = 2**30
 _LINEAR_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "nf4": 0.5 + 4 / 64}
 #: The paged KV cache hands out blocks of 16 tokens (vLLM's and SGLang's default block).
 KV_BLOCK_TOKENS = 16
-BATCHED_TOKENS = 8192
+#: vLLM's default tokens per step by GPU size: (at least this many GiB, tokens), largest first.
+BATCHED_TOKENS = ((160, 16384), (70, 8192), (0, 2048))
 MAX_SEQS = 256
 CUDA_GRAPH_BYTES = int(1.25 * _GIB)
 CUDA_CONTEXT_BYTES = 750_000_000
@@ -134,19 +137,24 @@ def weights_per_gpu(model: ModelSpec, precision: str, tp: int) -> int:
     return text + 2 * parts.get("vision", 0)
 
 
-def _text_activations(a: Architecture, tp: int) -> int:
-    mlp = BATCHED_TOKENS * (3 * a.intermediate // tp) * 2
-    residual = BATCHED_TOKENS * 4 * a.hidden * 2
+def batched_tokens(total_bytes: int) -> int:
+    """The tokens one profiling step batches on a GPU of ``total_bytes``."""
+    return next(tokens for gib, tokens in BATCHED_TOKENS if total_bytes >= gib * _GIB)
+
+
+def _text_activations(a: Architecture, tp: int, tokens: int) -> int:
+    mlp = tokens * (3 * a.intermediate // tp) * 2
+    residual = tokens * 4 * a.hidden * 2
     logits = MAX_SEQS * a.vocab * 4 * 2
     return mlp + residual + logits
 
 
-def _encoder_activations(a: Architecture, workload: Workload) -> int:
+def _encoder_activations(a: Architecture, workload: Workload, tokens: int) -> int:
     per_image = image_tokens(a, workload.max_pixels)
     if a.vision is None or per_image == 0 or workload.images_per_prompt == 0:
         return 0
     v = a.vision
-    images = max(1, min(workload.images_per_prompt, max(BATCHED_TOKENS, per_image) // per_image))
+    images = max(1, min(workload.images_per_prompt, max(tokens, per_image) // per_image))
     patches = images * per_image * v["merge"] ** 2
     return patches * (3 * v["intermediate"] + 4 * v["hidden"]) * 2 + images * per_image * a.hidden * 2
 
@@ -163,8 +171,8 @@ def engine_budget(model: ModelSpec, *, precision: str, tp: int, total_bytes: int
     share = math.floor(min(ceiling, default_share if default_share is not None else ceiling) * 1000) / 1000
     budget = EngineBudget(
         total_bytes=total_bytes, free_bytes=free_bytes, share=max(0.0, share),
-        weights=weights_per_gpu(model, precision, tp), activations=_text_activations(a, tp),
-        encoder=_encoder_activations(a, workload), cuda_graphs=0 if eager else CUDA_GRAPH_BYTES,
+        weights=weights_per_gpu(model, precision, tp), activations=_text_activations(a, tp, batched_tokens(total_bytes)),
+        encoder=_encoder_activations(a, workload, batched_tokens(total_bytes)), cuda_graphs=0 if eager else CUDA_GRAPH_BYTES,
         non_torch=CUDA_CONTEXT_BYTES + (NCCL_BYTES if tp > 1 else 0), kv_per_token=kv_bytes_per_token(a, tp),
     )
     return replace(budget, kv_bytes=max(0, int(budget.share * total_bytes) - budget.fixed))

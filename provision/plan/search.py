@@ -22,7 +22,7 @@ from provision.plan.compat import BF16_MIN_CC, cc_text, driver_floor, driver_run
 from provision.plan.document import Placement, Plan, Preferences, Reason
 from provision.plan.rejections import Rejection, Rule, Search
 from provision.plan.remedies import remedies
-from provision.vocab import DEVICE_CHOICES, PRECISIONS, PYPI_INDEX, QUANTIZED
+from provision.vocab import DEVICE_CHOICES, ENGINE_CHOICES, PRECISIONS, PYPI_INDEX, QUANTIZED
 
 if TYPE_CHECKING:
     from provision.data.catalog import ModelSpec
@@ -507,6 +507,8 @@ def _check(prefs: Preferences) -> None:
         raise InvalidInput("--device", "device", f"{prefs.device!r} is not one of {', '.join(DEVICE_CHOICES)}")
     if prefs.context_tokens < 1:
         raise InvalidInput("--context", "context", "must be at least 1 token")
+    if prefs.engine not in ENGINE_CHOICES:
+        raise InvalidInput("--engine", "engine", f"{prefs.engine!r} is not one of {', '.join(ENGINE_CHOICES)}")
 
 
 def _device(host: HostProfile, prefs: Preferences) -> str:
@@ -540,6 +542,12 @@ def plan(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences
     job = _Job(host=host, matrix=matrix, model=model, prefs=prefs, python=prefs.python or host.python_minor,
                search=Search())
     device = _device(host, prefs)
+    passed_over: tuple[str, ...] = ()
+    if prefs.engine != "transformers":
+        served = _engine(job, device)
+        if isinstance(served, Plan):
+            return served
+        passed_over = served
     if device == "cuda" and prefs.precision == "fp32":
         job.search.reject(Rejection(
             rule=Rule.PRECISION, precision="fp32",
@@ -550,7 +558,30 @@ def plan(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences
     if result is None:
         message, changes = remedies(host, matrix, model, prefs, job.search)
         raise NoViablePlan(message, changes)
+    if passed_over:
+        why = "; ".join(passed_over)
+        result = replace(result, reasons=(Reason(decision="engine", choice="transformers", why=why), *result.reasons))
     return result
+
+
+def _engine(job: _Job, device: str) -> Plan | tuple[str, ...]:
+    """A vLLM or SGLang plan when ``--engine`` allows one and its rules hold; else why not.
+
+    :raises NoViablePlan: ``--engine vllm`` or ``sglang`` was asked for and cannot serve here.
+    """
+    from provision.plan.engine_plan import serve_with_engine
+
+    prefs = job.prefs
+    if device != "cuda":
+        why: Plan | tuple[str, ...] = (f"vLLM and SGLang serve on Linux with an NVIDIA GPU; this plan runs on {device}",)
+    else:
+        why = serve_with_engine(job.host, job.matrix, job.model, engine=prefs.engine, python=job.python,
+                                context=prefs.serving_context, precision=prefs.precision)
+    if isinstance(why, tuple) and prefs.engine != "auto":
+        raise NoViablePlan(f"--engine {prefs.engine}: " + "; ".join(why),
+                           ["--engine auto serves with transformers where no engine runs; --engine transformers "
+                            "plans for it directly"])
+    return why
 
 
 def sibling_variants(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences,

@@ -46,6 +46,10 @@ class PlanRequest:
     wheelhouse: tuple[str, ...] | None = None
     index_url: str | None = None
     matrix: Path | None = None
+    #: ``auto`` serves with vLLM or SGLang where their rules hold; ``transformers`` (today's default) never does
+    engine: str = "transformers"
+    #: ``--context`` as given; None lets an engine serve the model's serving context
+    serving_context: int | None = None
 
     def flags(self) -> dict[str, Any]:
         """The options the lock records, sorted by name."""
@@ -117,7 +121,8 @@ def preferences(request: PlanRequest, host: HostProfile, wheelhouses: tuple[Path
     if variant is not None and not is_buildable_variant(variant):
         raise InvalidInput("--variant", "variant", f"{variant!r} is not a variant like 'cu128' or 'cpu'")
     return Preferences(python=python, context_tokens=request.context, precision=request.precision,
-                       device=request.device, torch_version=torch_version, variant=variant, torch_available=available)
+                       device=request.device, torch_version=torch_version, variant=variant, torch_available=available,
+                       engine=request.engine, serving_context=request.serving_context)
 
 
 def plan_command(request: PlanRequest, environ: Mapping[str, str] | None = None) -> Plan:

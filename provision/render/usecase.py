@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from provision.errors import InvalidInput
 from provision.vocab import RENDER_SCHEMA
 
 if TYPE_CHECKING:
@@ -111,6 +112,7 @@ def _plan(request: RenderRequest, index_url: str | None, environ: Mapping[str, s
     options = request.plan
     if request.plan_file is not None:
         read = _read_plan_file(request.plan_file)
+        _renderable(read, str(request.plan_file))
         host, matrix, model = load_inputs(options, read.model_id)
         wheelhouse = find_wheelhouses(options, index_url, environ, probe)
         return _Planned(plan=read, chosen=None, host=host, model_id=model.id, matrix=matrix, variants=(),
@@ -119,8 +121,20 @@ def _plan(request: RenderRequest, index_url: str | None, environ: Mapping[str, s
     wheelhouse = find_wheelhouses(options, index_url, environ, probe)
     prefs = preferences(options, host, wheelhouse)
     chosen = plan(host, matrix, model, prefs)
+    _renderable(chosen, "--engine")
     return _Planned(plan=chosen, chosen=chosen, host=host, model_id=model.id, matrix=matrix,
                     variants=tuple(sibling_variants(host, matrix, model, prefs, chosen)), wheelhouse=wheelhouse)
+
+
+def _renderable(plan: Plan, source: str) -> None:
+    """Today's templates install and serve the transformers path; an engine plan is refused before anything is written.
+
+    :raises InvalidInput: the plan serves with vLLM or SGLang.
+    """
+    if plan.serve is not None:
+        raise InvalidInput(source, "serve.engine", f"rendering a {plan.serve.engine} plan is not supported yet "
+                                                   "(`provision plan --engine auto` shows its server command); "
+                                                   "render with --engine transformers")
 
 
 def _resolve(planned: _Planned, index_url: str | None, environ: Mapping[str, str], probe: IndexProbe) -> Resolution:

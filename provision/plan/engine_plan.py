@@ -1,0 +1,190 @@
+"""An engine choice turned into a plan: pins, the server command, memory and the reasons.
+
+The engine fixes torch exactly (its pin, from PyPI, whose default build carries the CUDA the
+choice was checked against), transformers inside its range, and the server's flags: the ones the
+model's users pass (from the catalog's ``serve`` table, spelled as ``engines.toml`` says per engine)
+and the ones the planner computed (memory share, context, tensor-parallel size, precision).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from packaging.version import Version
+
+from provision.plan.budget import gb
+from provision.plan.document import Placement, Plan, Reason
+from provision.plan.serve import Serve
+from provision.vocab import PYPI_INDEX
+
+if TYPE_CHECKING:
+    from provision.data.catalog import ModelServe, ModelSpec
+    from provision.data.engines import Engine
+    from provision.data.matrix import Matrix
+    from provision.host.profile import HostProfile
+    from provision.plan.engine import EngineChoice, EngineSearch
+
+__all__ = ["SERVE_PORT", "engine_plan", "server_argv"]
+
+#: The port Open-AutoGLM's phone agent calls (``http://localhost:8000/v1``).
+SERVE_PORT = 8000
+_LABELS = {"vllm": "vLLM", "sglang": "SGLang"}
+
+
+def _flag(engine: Engine, name: str) -> str:
+    return engine.flags[name]
+
+
+def _dtype(choice: EngineChoice) -> str:
+    """The 16-bit dtype the engine computes in; quantized plans keep the GPUs' 16-bit type for the rest."""
+    rule = choice.engine.precision
+    precision = choice.precision if choice.precision in ("bf16", "fp16") else (
+        "bf16" if all(cc >= rule.bf16_min_cc for cc in choice.gpu_ccs) else rule.below)
+    return rule.dtypes[precision]
+
+
+def _share(choice: EngineChoice) -> float:
+    """vLLM's fraction covers everything; SGLang's covers weights and the KV pool only."""
+    b = choice.budget
+    if choice.engine.memory.fraction == "computed":
+        return round((b.weights + b.kv_bytes) / b.total_bytes, 3)
+    return b.share
+
+
+def _model_flags(engine: Engine, serve: ModelServe) -> list[str]:
+    """The flags the model's users pass, in the engine's spelling; absent settings and flags are skipped."""
+    out: list[str] = []
+    if engine.name == "vllm":
+        if serve.images_per_prompt:
+            out += [_flag(engine, "limit_mm_per_prompt"), json.dumps({"image": serve.images_per_prompt}, separators=(",", ":"))]
+        if serve.max_pixels:
+            out += [_flag(engine, "mm_processor_kwargs"), json.dumps({"max_pixels": serve.max_pixels}, separators=(",", ":"))]
+        if serve.chat_template_content_format:
+            out += [_flag(engine, "chat_template_content_format"), serve.chat_template_content_format]
+        if serve.mm_processor_cache_type:
+            out += [_flag(engine, "mm_processor_cache_type"), serve.mm_processor_cache_type]
+    else:
+        if serve.max_pixels:
+            config = {"image": {"max_pixels": serve.max_pixels}}
+            out += [_flag(engine, "mm_process_config"), json.dumps(config, separators=(",", ":"))]
+        if serve.sglang_chat_template:
+            out += [_flag(engine, "chat_template"), serve.sglang_chat_template]
+    return out
+
+
+def server_argv(choice: EngineChoice, model: ModelSpec, serve: ModelServe) -> tuple[str, ...]:
+    """The exact server command: entrypoint, model, the planned values, then the model's own flags."""
+    engine = choice.engine
+    source = model.repo or str(model.path)
+    argv = [*engine.entrypoint, *([engine.model_flag, source] if engine.model_flag else [source])]
+    argv += [_flag(engine, "served_model_name"), serve.served_model_name,
+             _flag(engine, "max_model_len"), str(choice.max_model_len),
+             _flag(engine, "memory_fraction"), f"{_share(choice):g}",
+             _flag(engine, "tensor_parallel_size"), str(choice.tensor_parallel_size),
+             _flag(engine, "dtype"), _dtype(choice),
+             _flag(engine, "port"), str(SERVE_PORT)]
+    if choice.quantization is not None:
+        argv += [_flag(engine, "quantization"), choice.quantization.method]
+    if serve.images_per_prompt and serve.mm_encoder_tp_mode == "data":  # as Open-AutoGLM passes it, any TP size
+        argv += engine.tensor_parallel.encoder_data_args
+    return (*argv, *_model_flags(engine, serve))
+
+
+def _packages(matrix: Matrix, choice: EngineChoice) -> dict[str, str]:
+    release = choice.release
+    packages = {choice.engine.package: str(release.version), "torch": str(release.torch),
+                "transformers": str(choice.transformers)}
+    if release.torchvision is not None:
+        packages["torchvision"] = str(release.torchvision)
+    needs = choice.quantization.requires if choice.quantization is not None else None
+    if needs is not None:
+        newest = next((b.version for b in matrix.bitsandbytes if needs.specifier.contains(b.version)), None)
+        if newest is not None:
+            packages[needs.name] = str(newest)
+    return packages
+
+
+def _reasons(host: HostProfile, model: ModelSpec, choice: EngineChoice, search: EngineSearch,
+             python: str) -> tuple[Reason, ...]:
+    release, engine, b = choice.release, choice.engine, choice.budget
+    label = _LABELS.get(engine.name, engine.name)
+    engine_why = f"{label} {release.version}: every rule holds on this host"
+    passed = search.explain(engine)
+    if passed and release.version != engine.releases[0].version:
+        engine_why += f"; {passed}"
+    gpus = ", ".join(f"GPU {i}" for i in choice.gpus)
+    return (
+        Reason(decision="engine", choice=f"{engine.name} {release.version}", why=engine_why),
+        Reason(decision="python", choice=python,
+               why=f"the host's Python is {host.python}; {label} {release.version} needs {release.requires_python}"),
+        Reason(decision="torch", choice=str(release.torch), why=f"{label} {release.version} pins torch=={release.torch}"),
+        Reason(decision="variant", choice=choice.variant.name,
+               why=f"{choice.driver_why}; torch {release.torch}'s PyPI build is {choice.variant.name}; "
+                   f"{label}'s wheel is built for CUDA {release.cuda}; installed from PyPI"),
+        Reason(decision="precision", choice=choice.precision, why=_precision_why(choice)),
+        Reason(decision="device", choice="cuda",
+               why=f"{gb(b.required(choice.max_model_len))} per GPU for {choice.max_model_len:,} tokens fits in "
+                   f"{b.share:g} of {gb(b.total_bytes)} on {gpus} (KV cache for {b.kv_tokens:,} tokens)"),
+        Reason(decision="transformers", choice=str(choice.transformers),
+               why=f"{label} {release.version} needs {release.transformers}; {model.name} needs "
+                   f">= {model.min_transformers}; the newest release in the matrix inside both"),
+    )
+
+
+def _precision_why(choice: EngineChoice) -> str:
+    if choice.precision in ("bf16", "fp16"):
+        if choice.tensor_parallel_size > 1:
+            return f"16-bit split by tensor parallelism over {choice.tensor_parallel_size} GPUs, before quantizing"
+        return "the checkpoint's 16-bit weights fit" + ("" if choice.precision == "bf16" else " (no bf16 below 8.0)")
+    assert choice.quantization is not None
+    return f"16-bit does not fit; {choice.quantization.kind}"
+
+
+def engine_plan(host: HostProfile, matrix: Matrix, model: ModelSpec, choice: EngineChoice, search: EngineSearch,
+                *, python: str) -> Plan:
+    """The plan that serves ``model`` with ``choice``."""
+    assert model.serve is not None
+    b, release = choice.budget, choice.release
+    tp = choice.tensor_parallel_size
+    reasons = _reasons(host, model, choice, search, python)
+    placement = Placement(device="cuda", gpus=choice.gpus, precision=choice.precision,
+                          required_bytes=b.required(choice.max_model_len) * tp,
+                          available_bytes=int(b.share * b.total_bytes) * tp, breakdown=b.breakdown(),
+                          why=next(r.why for r in reasons if r.decision == "device"))
+    warnings = []
+    if not choice.native:
+        warnings.append(f"{_LABELS.get(choice.engine.name)} {release.version} relies on CUDA minor-version "
+                        f"compatibility: {choice.driver_why}")
+    if choice.max_model_len < model.serve.context:
+        warnings.append(f"the context is lowered to {choice.max_model_len:,} tokens (of {model.serve.context:,}): "
+                        "that is what the KV cache holds next to the weights")
+    serve = Serve(engine=choice.engine.name, engine_version=str(release.version), port=SERVE_PORT,
+                  served_model_name=model.serve.served_model_name, max_model_len=choice.max_model_len,
+                  gpu_memory_utilization=_share(choice), tensor_parallel_size=tp,
+                  quantization=choice.quantization.method if choice.quantization else None,
+                  image=release.image, argv=server_argv(choice, model, model.serve), kv_cache_tokens=b.kv_tokens)
+    return Plan(model_id=model.id, model_repo=model.repo, parameters=model.parameters, python=python,
+                torch_version=Version(str(release.torch)), variant=choice.variant.name, index_url=PYPI_INDEX,
+                placement=placement, packages=_packages(matrix, choice), warnings=tuple(warnings),
+                reasons=reasons, cuda=choice.variant.cuda, serve=serve)
+
+
+def serve_with_engine(host: HostProfile, matrix: Matrix, model: ModelSpec, *, engine: str, python: str,
+                      context: int | None, precision: str | None) -> Plan | tuple[str, ...]:
+    """The engine plan ``engine`` (``auto``, ``vllm``, ``sglang``) asks for, or why each engine was passed over."""
+    from provision.plan.engine import EngineSearch, choose_engine
+    from provision.plan.engine_memory import Workload
+
+    engines = [e for e in matrix.engines.engines if engine in ("auto", e.name)]
+    if model.serve is None:
+        return tuple(f"{_LABELS.get(e.name, e.name)} passed over: {model.name} has no serving facts in the catalog "
+                     "(a local model directory)" for e in engines)
+    workload = Workload(max_model_len=context or model.serve.context, images_per_prompt=model.serve.images_per_prompt,
+                        max_pixels=model.serve.max_pixels)
+    search = EngineSearch()
+    choice = choose_engine(host, matrix, model, engines, python=python, workload=workload, search=search,
+                           forced_precision=precision)
+    if choice is None:
+        return tuple(t for t in (search.explain(e) for e in engines) if t)
+    return engine_plan(host, matrix, model, choice, search, python=python)
