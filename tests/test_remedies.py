@@ -283,3 +283,21 @@ def test_stages_are_ordered_like_the_checks() -> None:
     assert Rule.DRIVER.stage < Rule.KERNELS.stage == Rule.TEGRA.stage < Rule.BITSANDBYTES.stage
     assert Rule.BITSANDBYTES.stage < Rule.TRANSFORMERS.stage == Rule.TRANSFORMERS_PYTHON.stage
     assert {r.stage for r in (Rule.PYTHON, Rule.MEMORY, Rule.PRECISION, Rule.VARIANT)} == {Stage.SEARCH}
+
+
+def test_memory_leads_when_older_torch_builds_have_wheels_for_the_python():
+    """A10G, Python 3.10, 65,536 tokens: torch 2.15 lacks 3.10 wheels, but 2.14 has them and memory still
+    fails, so relaxing the Python gives no plan: the message names the memory, not the Python."""
+    from pathlib import Path
+
+    from provision.host.profile import load_host
+
+    host = load_host(Path(__file__).parent / "fixtures" / "hosts" / "linux-x86_64-a10g-driver535.json")
+    model = resolve_model("autoglm-phone-9b", load_catalog(MATRIX.catalog_path))
+    with pytest.raises(NoViablePlan) as err:
+        plan(host, MATRIX, model, Preferences(python="3.10", context_tokens=65536))
+    assert err.value.message.startswith("AutoGLM-Phone-9B needs") and "GB free" in err.value.message
+    assert not any("Python" in r for r in err.value.remedies)
+    with pytest.raises(NoViablePlan) as err:  # a Python no torch release has wheels for still binds
+        plan(host, MATRIX, model, Preferences(python="3.7", context_tokens=65536))
+    assert "Python 3.7" in err.value.message

@@ -40,9 +40,15 @@ def remedies(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefere
     binding = search.binding
     texts = [binding.text] if binding is not None else []
     changes = _binding_changes(binding, host, matrix, model, prefs) if binding is not None else []
+    python = prefs.python or host.python_minor
+    # Newer torch releases without wheels for this Python say nothing when older ones have them and
+    # memory is what failed: relaxing the Python would not give a plan, so it must not lead the message.
+    python_binds = not any(python in r.pythons for r in matrix.torch) or not search.of(Rule.MEMORY)
     for rule in _SEARCH_RULES:
         found = search.of(rule)
         if not found or (binding is not None and rule in _ONLY_WITHOUT_BINDING):
+            continue
+        if rule is Rule.PYTHON and not python_binds:
             continue
         texts.append((found[-1] if rule is Rule.MEMORY else found[0]).text)
         changes += _search_changes(rule, found, host, model, prefs, search)
