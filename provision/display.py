@@ -83,11 +83,7 @@ def show_smoke(report: SmokeReport, console: Any) -> None:
     """A smoke report; a tiny or synthetic run says so in words, never passing for the 9B."""
     from rich.markup import escape
 
-    label = {"tiny": "TINY stand-in model (same architecture, random weights; not the 9B)",
-             "synthetic": "full-size architecture with random weights", "weights": "real weights"}.get(
-        report.source, report.source)
-    console.print(f"[bold green]smoke ok[/]: {escape(report.model)} from {escape(label)}, "
-                  f"{report.precision} on {report.device}")
+    console.print(f"[bold green]smoke ok[/]: {escape(report.label)}, {report.precision} on {report.device}")
     peak, est = report.peak_memory_bytes, report.estimated_memory_bytes
     console.print(f"  load {round(report.load_seconds, 3)} s, peak memory {int(peak or 0) / 1e9:.2f} GB"
                   + (f" (estimate {int(est) / 1e9:.2f} GB)" if est else "")

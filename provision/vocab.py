@@ -19,6 +19,7 @@ __all__ = [
     "LOCK_SCHEMA",
     "PLAN_PRECISIONS",
     "PLAN_SCHEMA",
+    "PLATFORMS",
     "PRECISIONS",
     "PYPI_INDEX",
     "PYTORCH_INDEX",
@@ -55,6 +56,9 @@ DEFAULT_CONTEXT = 4096
 #: A PyTorch index variant name: ``cpu``, ``cu128``, ``rocm6.4``.
 VARIANT_RE = re.compile(r"cpu|cu\d{3}|rocm\d+(\.\d+)*")
 _BUILDABLE_RE = re.compile(r"cpu|cu\d{3}")
+
+#: Wheel platforms, as the matrices name them (Intel Macs: torch 2.2.x is the last with wheels).
+PLATFORMS = ("linux-x86_64", "linux-aarch64", "windows-x86_64", "macos-arm64", "macos-x86_64")
 
 PYTORCH_INDEX = "https://download.pytorch.org/whl/"
 PYPI_INDEX = "https://pypi.org/simple"

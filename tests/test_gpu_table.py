@@ -139,7 +139,7 @@ def test_a_valid_row_loads() -> None:
         (_table(names=["NVIDIA"]), "gpus.toml: gpu[0].names[0]: 'NVIDIA' has no letters or digits"),
         (_table(prefixes=["Tesla"]), "gpus.toml: gpu[0].prefixes[0]: 'Tesla' has no letters or digits"),
         (_table(platforms=["linux-riscv"]), "gpus.toml: gpu[0].platforms[0]: 'linux-riscv' is not one of "
-                                            "linux-x86_64, linux-aarch64, windows-x86_64, macos-arm64"),
+                                            "linux-x86_64, linux-aarch64, windows-x86_64, macos-arm64, macos-x86_64"),
         (_table(source=3), "gpus.toml: gpu[0].source: expected a string, got integer"),
         ({**_table(), "gpu": [_table()["gpu"][0], {**_table()["gpu"][0], "names": ["GeForce X1"]}]},
          "gpus.toml: gpu[1].names[0]: 'GeForce X1' is already listed in gpu[0]"),

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 ENGINE_NAMES = ("vllm", "sglang")
-#: The only platforms either engine publishes CUDA wheels for (names as in matrix.PLATFORMS).
+#: The only platforms either engine publishes CUDA wheels for (names as in vocab.PLATFORMS).
 ENGINE_PLATFORMS = ("linux-x86_64", "linux-aarch64")
 #: Logical flag names every engine must spell, so the renderer never meets a missing one.
 REQUIRED_FLAGS = (

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from provision.common.fields import Fields
 from provision.errors import InvalidInput
+from provision.vocab import PLATFORMS
 
 __all__ = [
     "GpuModel",
@@ -21,7 +22,6 @@ __all__ = [
     "normalize_gpu_name",
 ]
 
-_PLATFORMS = ("linux-x86_64", "linux-aarch64", "windows-x86_64", "macos-arm64")
 _CC_RE = re.compile(r"^(\d{1,2})\.(\d)$")
 _DROP_WORDS = frozenset({"nvidia", "geforce", "tesla"})
 
@@ -97,9 +97,9 @@ def _model_from_fields(g: Fields) -> GpuModel:
     mib = g.int("memory_mib", required=False, minimum=1, maximum=2**30)
     platforms = tuple(g.strs("platforms", required=False))
     for i, platform in enumerate(platforms):
-        if platform not in _PLATFORMS:
+        if platform not in PLATFORMS:
             raise InvalidInput(
-                g.source, f"{g.where('platforms')}[{i}]", f"{platform!r} is not one of {', '.join(_PLATFORMS)}"
+                g.source, f"{g.where('platforms')}[{i}]", f"{platform!r} is not one of {', '.join(PLATFORMS)}"
             )
     if g.has("source"):
         g.str("source")

@@ -24,7 +24,7 @@ from provision.data.engines import Engines, Known, parse_engines
 from provision.data.gpus import GpuTable, gpu_table_from_fields
 from provision.data.images import Images, images_from_fields
 from provision.errors import InvalidInput
-from provision.vocab import PYTORCH_INDEX, VARIANT_RE
+from provision.vocab import PLATFORMS, PYTORCH_INDEX, VARIANT_RE
 
 __all__ = [
     "PLATFORMS",
@@ -38,7 +38,6 @@ __all__ = [
     "load_matrix",
 ]
 
-PLATFORMS = ("linux-x86_64", "linux-aarch64", "windows-x86_64", "macos-arm64", "macos-x86_64")
 #: Every file a ``Matrix`` is read from, in digest order.
 MATRIX_FILES = ("cuda.toml", "torch.toml", "bitsandbytes.toml", "companions.toml", "models.toml", "images.toml",
                 "gpus.toml", "engines.toml")

@@ -29,8 +29,9 @@ from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from provision.common.atomic import write_atomic
-from provision.data.matrix import PLATFORMS, load_matrix, on_pypi
+from provision.data.matrix import load_matrix, on_pypi
 from provision.errors import InvalidInput, ProvisionError
+from provision.vocab import PLATFORMS
 
 if sys.version_info >= (3, 11):
     import tomllib
