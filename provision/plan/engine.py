@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from packaging.version import Version
 
 from provision.data.architecture import architecture_of
+from provision.data.matrix import parse_arch
 from provision.plan.budget import gb
 from provision.plan.compat import driver_runs, has_kernels
 from provision.plan.engine_memory import EngineBudget, Workload, engine_budget
@@ -30,7 +31,10 @@ if TYPE_CHECKING:
     from provision.data.matrix import Matrix, TorchRelease, TorchVariant
     from provision.host.profile import GpuInfo, HostProfile
 
-__all__ = ["MIN_SERVING_CONTEXT", "EngineChoice", "EngineSearch", "choose_engine"]
+__all__ = ["ENGINE_LABELS", "MIN_SERVING_CONTEXT", "EngineChoice", "EngineSearch", "choose_engine"]
+
+#: How the engines' names are written in sentences.
+ENGINE_LABELS = {"vllm": "vLLM", "sglang": "SGLang", "transformers": "transformers serve"}
 
 #: Below this a phone agent cannot work: one screenshot at the pixel cap (about 3,200 visual
 #: tokens), the system prompt and a short history (about 1,500) and the 3,000 tokens Open-AutoGLM
@@ -84,8 +88,7 @@ class EngineSearch:
         seen = self.passed_over.get(engine.name)
         if not seen:
             return None
-        label = engine.package if engine.name != "vllm" else "vLLM"
-        label = "SGLang" if engine.name == "sglang" else label
+        label = ENGINE_LABELS.get(engine.name, engine.name)
         newest = max(seen)
         text = f"{label} {newest} passed over: {seen[newest][1]}"
         closest = max(seen, key=lambda v: (seen[v][0], v))
@@ -159,7 +162,7 @@ def _gpu_rules(host: HostProfile, matrix: Matrix, release: EngineRelease, varian
     archs = release.archs_for(host.platform)
     for gpu in gpus:
         major, minor = gpu.compute_capability
-        if not any(int(a[3:-1]) == major and int(a[-1]) <= minor for a in (x.rstrip("a") for x in archs)):
+        if not any(a_major == major and a_minor <= minor for a_major, a_minor in map(parse_arch, archs)):
             return _Refused(2, f"its CUDA {release.cuda} build has no kernels for {gpu.name} (compute capability "
                                f"{gpu.cc_text}); it has {', '.join(archs)}")
         ok, k_why = has_kernels(gpu, variant, host.platform, can_jit=t_native)

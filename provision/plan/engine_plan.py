@@ -15,6 +15,7 @@ from packaging.version import Version
 
 from provision.plan.budget import gb
 from provision.plan.document import Placement, Plan, Reason
+from provision.plan.engine import ENGINE_LABELS
 from provision.plan.serve import Serve
 from provision.vocab import PYPI_INDEX
 
@@ -29,7 +30,6 @@ __all__ = ["SERVE_PORT", "engine_plan", "server_argv"]
 
 #: The port Open-AutoGLM's phone agent calls (``http://localhost:8000/v1``).
 SERVE_PORT = 8000
-_LABELS = {"vllm": "vLLM", "sglang": "SGLang"}
 
 
 def _flag(engine: Engine, name: str) -> str:
@@ -108,7 +108,7 @@ def _packages(matrix: Matrix, choice: EngineChoice) -> dict[str, str]:
 def _reasons(host: HostProfile, model: ModelSpec, choice: EngineChoice, search: EngineSearch,
              python: str) -> tuple[Reason, ...]:
     release, engine, b = choice.release, choice.engine, choice.budget
-    label = _LABELS.get(engine.name, engine.name)
+    label = ENGINE_LABELS.get(engine.name, engine.name)
     engine_why = f"{label} {release.version}: every rule holds on this host"
     passed = search.explain(engine)
     if passed and release.version != engine.releases[0].version:
@@ -154,7 +154,7 @@ def engine_plan(host: HostProfile, matrix: Matrix, model: ModelSpec, choice: Eng
                           why=next(r.why for r in reasons if r.decision == "device"))
     warnings = []
     if not choice.native:
-        warnings.append(f"{_LABELS.get(choice.engine.name)} {release.version} relies on CUDA minor-version "
+        warnings.append(f"{ENGINE_LABELS.get(choice.engine.name)} {release.version} relies on CUDA minor-version "
                         f"compatibility: {choice.driver_why}")
     if choice.max_model_len < model.serve.context:
         warnings.append(f"the context is lowered to {choice.max_model_len:,} tokens (of {model.serve.context:,}): "
@@ -178,7 +178,7 @@ def serve_with_engine(host: HostProfile, matrix: Matrix, model: ModelSpec, *, en
 
     engines = [e for e in matrix.engines.engines if engine in ("auto", e.name)]
     if model.serve is None:
-        return tuple(f"{_LABELS.get(e.name, e.name)} passed over: {model.name} has no serving facts in the catalog "
+        return tuple(f"{ENGINE_LABELS.get(e.name, e.name)} passed over: {model.name} has no serving facts in the catalog "
                      "(a local model directory)" for e in engines)
     workload = Workload(max_model_len=context or model.serve.context, images_per_prompt=model.serve.images_per_prompt,
                         max_pixels=model.serve.max_pixels)
