@@ -1,4 +1,4 @@
-"""Sessions: ``provision`` (the main job), ``tests``, ``lint``, ``render_matrix``, ``conda``, ``docker``.
+"""Sessions: ``provision`` (the main job), ``tests``, ``lint``, ``render_matrix``, ``conda``, ``docker``, ``engine_args``.
 
 Sessions only compose ``provision`` commands and tool calls; every decision lives in the
 ``provision`` package, where it is tested.
@@ -6,6 +6,7 @@ Sessions only compose ``provision`` commands and tool calls; every decision live
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -187,3 +188,32 @@ def docker(session: nox.Session) -> None:
                 external=True, env={"DOCKER_BUILDKIT": "1"})
     gpus = [] if out.name.endswith("-cpu") else ["--gpus", "all"]
     session.run("docker", "run", "--rm", *gpus, tag, external=True)
+
+
+#: One requirement list per engine release whose argument parser checks the planned server commands.
+ENGINE_ARGS = ROOT / "scripts" / "engine_args"
+
+
+@nox.session
+def engine_args(session: nox.Session) -> None:
+    """Check every reference host's planned vLLM and SGLang command with the engine's own argument parser.
+
+    Builds one venv per ``scripts/engine_args/<engine>-<version>.txt`` under build/engine-args/ (pip
+    ``--no-deps``, a CPU torch; about 2.3 GB each, rebuilt only when its list changes), then runs
+    scripts/check_engine_args.py (arguments after ``--`` go to it).
+    """
+    _install_toolkit(session)
+    venvs = BUILD.parent / "engine-args"
+    torch = _cpu_torch(session)
+    for reqs in sorted(ENGINE_ARGS.glob("*.txt")):
+        venv = venvs / reqs.stem
+        stamp = hashlib.sha256("\n".join([reqs.read_text(encoding="utf-8"), *torch]).encode()).hexdigest()
+        done = venv / "provision-engine-args.sha256"
+        if done.exists() and done.read_text(encoding="utf-8") == stamp:
+            continue
+        shutil.rmtree(venv, ignore_errors=True)
+        session.run("python", "-m", "venv", str(venv))
+        session.run(str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary",
+                    ":all:", "-r", str(reqs), *torch, external=True)
+        done.write_text(stamp, encoding="utf-8")
+    session.run("python", str(ROOT / "scripts" / "check_engine_args.py"), "--venvs", str(venvs), *session.posargs)
