@@ -10,9 +10,9 @@ flag; malformed JSON for --limit-mm-per-prompt or --mm-process-config), or the c
 
     python scripts/check_engine_args.py --venvs build/engine-args [--hosts tests/fixtures/hosts]
 
-Prints one line per host and engine, then a summary. Exit 0 when all is accepted, 1 when an argv is
-rejected, parses to other values, or pins a release with no parser here; 3 when a parser's venv is
-missing or broken.
+Prints one line per host and engine ("no plan" where the planner has none), then a summary. Exit 0
+when all is accepted, 1 when an argv is rejected, parses to other values, or pins a release with no
+parser here; 3 when a parser's venv is missing or broken.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ class Case:
     detail: str = ""
     problems: list[str] = field(default_factory=list)
 
+    def row(self) -> str:
+        return f"{self.label:42s} {self.engine:6s} {self.version:7s} {self.verdict:9s} {self.detail}"
+
 
 def constructed_hosts(fixtures: Path, out: Path) -> list[Path]:
     paths = []
@@ -77,7 +80,7 @@ def plan(host: Path, engine: str) -> tuple[dict[str, Any] | None, str]:
     if proc.returncode == 0:
         serve: dict[str, Any] = json.loads(proc.stdout)["serve"]
         return serve, ""
-    last = next((line.strip() for line in proc.stderr.splitlines() if line.strip()), "")
+    last = next((line.strip() for line in reversed(proc.stderr.splitlines()) if line.strip()), "")
     return None, f"exit {proc.returncode}: {last}"
 
 
@@ -136,19 +139,21 @@ def main() -> int:
     args = parser.parse_args()
     cases: list[Case] = []
     failed: list[str] = []
+    skipped: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         hosts = sorted(args.hosts.glob("*.json")) + constructed_hosts(args.hosts, Path(tmp))
         for host in hosts:
             for engine in ENGINES:
                 serve, why = plan(host, engine)
                 if serve is None:
-                    if not why.startswith("exit 3:"):
+                    if why.startswith("exit 3:"):
+                        skipped.append(f"{host.stem:42s} {engine:6s} -       no plan")
+                    else:
                         failed.append(f"{host.stem} {engine}: the planner failed ({why})")
-                        print(f"{host.stem:42s} {engine:6s} PLAN FAILED {why}")
                     continue
                 cases.append(Case(host.stem, engine, serve["engine_version"], serve["argv"], serve))
     parsers = sorted({(c.engine, c.version) for c in cases})
-    failed += [f"{c.label} {c.engine} {c.version}: no parser for this release (add {REQS.name}/{c.engine}-{c.version}.txt)"
+    failed += [f"{c.label} {c.engine} {c.version}: no parser here (add scripts/{REQS.name}/{c.engine}-{c.version}.txt)"
                for c in cases if not (REQS / f"{c.engine}-{c.version}.txt").exists()]
     broken_env = []
     for engine, version in parsers:
@@ -164,9 +169,9 @@ def main() -> int:
         error = run_checker(python, engine, group + refuse)
         if error:
             broken_env.append(error)
-    for case in sorted(cases, key=lambda c: (c.serve is None, c.label, c.engine)):
-        print(f"{case.label:42s} {case.engine:6s} {case.version:7s} {case.verdict:9s} {case.detail}")
     planned = [c for c in cases if c.serve is not None]
+    for row in [*sorted([c.row() for c in planned] + skipped), *sorted(c.row() for c in cases if c.serve is None)]:
+        print(row)
     print(f"\n{len(planned)} planned commands on {len({c.label for c in planned})} hosts, "
           f"{len(cases) - len(planned)} broken ones; parsers: "
           + ", ".join(f"{e} {v} ({sum(c.version == v and c.engine == e for c in planned)} planned)" for e, v in parsers))
