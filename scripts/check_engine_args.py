@@ -63,8 +63,11 @@ class Case:
 
 
 def constructed_hosts(fixtures: Path, out: Path) -> list[Path]:
+    """The CONSTRUCTED hosts whose fixture is in ``fixtures``, written into ``out``."""
     paths = []
     for name, (base, driver, cuda) in CONSTRUCTED.items():
+        if not (fixtures / base).exists():
+            continue
         host = json.loads((fixtures / base).read_text(encoding="utf-8"))
         host["nvidia"].update(driver_version=driver, cuda_driver_version=cuda)
         path = out / f"{name}.json"
