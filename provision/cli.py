@@ -187,10 +187,18 @@ def _console(stderr: bool) -> Any:
 
 
 def _write_json_file(path: Path, doc: object) -> None:
-    """``-o FILE``: the same document, written whole."""
+    """``-o FILE``: the same document, written whole; a folder or an unwritable place is bad input.
+
+    :raises InvalidInput: ``path`` is a folder, or it cannot be written (naming the OS's reason).
+    """
     from provision.common.atomic import write_atomic
 
-    write_atomic(path, json.dumps(doc, indent=2) + "\n")
+    if path.is_dir():
+        raise InvalidInput("-o", "output", f"{path} is a folder; name the file to write")
+    try:
+        write_atomic(path, json.dumps(doc, indent=2) + "\n")
+    except OSError as exc:
+        raise InvalidInput("-o", "output", f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 # ---------------------------------------------------------------------------

@@ -162,3 +162,30 @@ def test_wheelhouse_auto_probes_the_index_once_per_render(tmp_path: Path, monkey
     doc = json.loads(capsys.readouterr().out)
     assert doc["hashes"] == "none"  # the resolver ran (uv missing) after asking the same probe
     assert "resolver failed: uv is not on PATH" in (out / "requirements.txt").read_text()
+
+
+def test_render_out_naming_a_file_is_bad_input_and_writes_nothing(tmp_path, capsys):
+    target = tmp_path / "out.txt"
+    target.write_text("mine\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(["render", "--host", str(HOSTS / "linux-x86_64-cpu-only-32gb.json"), "--no-resolve",
+                 "--out", str(target)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == f"error: --out: out: {target} is a file; name a folder to render into\n"
+    assert target.read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_detect_output_naming_a_folder_or_an_unwritable_place_is_bad_input(tmp_path, capsys, monkeypatch):
+    import provision.host
+
+    host = provision.host.load_host(HOSTS / "linux-x86_64-cpu-only-32gb.json")
+    monkeypatch.setattr(provision.host, "detect_host", lambda *a, **kw: host)
+    assert main(["detect", "-o", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: -o: output: {tmp_path} is a folder; name the file to write\n"
+    assert list(tmp_path.iterdir()) == []  # no temp file left behind
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    assert main(["detect", "-o", str(blocked / "host.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: -o: output: cannot write {blocked / 'host.json'}: ") and err.count("\n") == 1

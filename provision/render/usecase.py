@@ -172,6 +172,8 @@ def render_command(request: RenderRequest, environ: Mapping[str, str] | None = N
     from provision.render.sources import resolve_index_url
 
     environ = os.environ if environ is None else environ
+    if request.out.exists() and not request.out.is_dir():  # before any planning, nothing written
+        raise InvalidInput("--out", "out", f"{request.out} is a file; name a folder to render into")
     probe = IndexProbe()  # one per command: the wheel folders and the resolver share its answers
     index_url = resolve_index_url(request.plan.index_url, environ)
     _check_runner_labels(request)  # before any planning or resolving
