@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "ARCH_RE",
     "BUILD_SCHEMA",
+    "CC_RE",
     "DEFAULT_CONTEXT",
     "DEVICES",
     "DEVICE_CHOICES",
@@ -22,12 +24,14 @@ __all__ = [
     "PLATFORMS",
     "PRECISIONS",
     "PYPI_INDEX",
+    "PYTHON_MINOR_RE",
     "PYTORCH_INDEX",
     "QUANTIZED",
     "RENDER_SCHEMA",
     "SMOKE_SCHEMA",
     "VARIANT_RE",
     "is_buildable_variant",
+    "parse_arch",
 ]
 
 #: Every precision, best quality first: the order the planner tries them in.
@@ -53,6 +57,12 @@ BUILD_SCHEMA = "provision.build/v1"
 #: Tokens budgeted for when ``--context`` is not given.
 DEFAULT_CONTEXT = 4096
 
+#: A Python minor as plans and matrices write it: ``3.11``.
+PYTHON_MINOR_RE = re.compile(r"3\.\d{1,2}")
+#: A compute capability as the matrices write it: ``8.6``, ``12.0``.
+CC_RE = re.compile(r"\d{1,2}\.\d")
+#: A CUDA architecture a build ships kernels for: ``sm_86``, ``sm_120``, ``sm_90a``.
+ARCH_RE = re.compile(r"sm_(\d{1,2})(\d)a?")
 #: A PyTorch index variant name: ``cpu``, ``cu128``, ``rocm6.4``.
 VARIANT_RE = re.compile(r"cpu|cu\d{3}|rocm\d+(\.\d+)*")
 _BUILDABLE_RE = re.compile(r"cpu|cu\d{3}")
@@ -62,6 +72,17 @@ PLATFORMS = ("linux-x86_64", "linux-aarch64", "windows-x86_64", "macos-arm64", "
 
 PYTORCH_INDEX = "https://download.pytorch.org/whl/"
 PYPI_INDEX = "https://pypi.org/simple"
+
+
+def parse_arch(arch: str) -> tuple[int, int]:
+    """``sm_86`` -> (8, 6); ``sm_120`` -> (12, 0); ``sm_90a`` -> (9, 0).
+
+    :raises ValueError: ``arch`` is not an architecture name.
+    """
+    match = ARCH_RE.fullmatch(arch)
+    if not match:
+        raise ValueError(arch)
+    return int(match.group(1)), int(match.group(2))
 
 
 def is_buildable_variant(name: str) -> bool:

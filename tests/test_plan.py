@@ -20,12 +20,13 @@ import pytest
 from packaging.version import Version
 
 from provision.data.catalog import load_catalog, resolve_model
-from provision.data.matrix import load_matrix, parse_arch
+from provision.data.matrix import load_matrix
 from provision.errors import InvalidInput, NoViablePlan
 from provision.host.profile import GpuInfo, HostProfile, NvidiaInfo, load_host
 from provision.plan.document import Plan, Preferences
 from provision.plan.memory import estimate_memory
 from provision.plan.search import plan
+from provision.vocab import parse_arch
 
 HOSTS = Path(__file__).parent / "fixtures" / "hosts"
 MATRIX = load_matrix()

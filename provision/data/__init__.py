@@ -18,7 +18,6 @@ from provision.data.matrix import (
     TorchRelease,
     TorchVariant,
     load_matrix,
-    parse_arch,
 )
 
 __all__ = [
@@ -33,6 +32,5 @@ __all__ = [
     "TorchVariant",
     "load_catalog",
     "load_matrix",
-    "parse_arch",
     "resolve_model",
 ]

@@ -19,6 +19,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
 from provision.common.fields import Fields, read_toml
+from provision.vocab import ARCH_RE, CC_RE, PYTHON_MINOR_RE, parse_arch
 
 __all__ = [
     "ENGINE_NAMES",
@@ -57,9 +58,6 @@ RELEASE_FIELDS = (
     "gpu_memory_utilization", "image", "image_cuda", "variants",
 )
 
-_CC_RE = re.compile(r"^\d{1,2}\.\d$")
-_ARCH_RE = re.compile(r"^sm_(\d{1,2})(\d)a?$")
-_PY_RE = re.compile(r"^3\.\d{1,2}$")
 _FLAG_RE = re.compile(r"^--[a-z0-9][a-z0-9-]*$")
 _ARG_RE = re.compile(r"^[A-Za-z0-9._:/=-]+$")
 _IMAGE_RE = re.compile(r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -179,7 +177,7 @@ class EngineRelease:
     def min_cc(self, platform: str) -> tuple[int, int] | None:
         """The lowest compute capability the default build has kernels for; None off its platforms."""
         archs = self.archs_for(platform)
-        return min(_arch_cc(a) for a in archs) if archs else None
+        return min(parse_arch(a) for a in archs) if archs else None
 
     def admits_python(self, python: str) -> bool:
         """Installable on CPython ``X.Y``: Requires-Python and, where restricted, a wheel for it."""
@@ -249,17 +247,11 @@ class Known:
 # ------------------------------------------------------------------ small readers
 
 
-def _arch_cc(arch: str) -> tuple[int, int]:
-    match = _ARCH_RE.fullmatch(arch)
-    assert match is not None  # validated at load
-    return int(match.group(1)), int(match.group(2))
-
-
 def _cc(f: Fields, key: str, *, required: bool = True) -> tuple[int, int] | None:
     text = f.str(key, required=required)
     if text is None:
         return None
-    if not _CC_RE.fullmatch(text):
+    if not CC_RE.fullmatch(text):
         raise f.fail(key, f"{text!r} is not a compute capability like '8.0'")
     major, minor = text.split(".")
     return int(major), int(minor)
@@ -413,7 +405,7 @@ def _archs(r: Fields, platforms: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     for platform in table.data:
         if platform not in platforms:
             raise table.fail(platform, f"{platform!r} is not one of this release's platforms ({', '.join(platforms)})")
-        out[platform] = _strs_matching(table, platform, _ARCH_RE, "sm_80")
+        out[platform] = _strs_matching(table, platform, ARCH_RE, "sm_80")
         if not out[platform]:
             raise table.fail(platform, "must list the architectures the build has kernels for")
     missing = [p for p in platforms if p not in out]
@@ -436,7 +428,7 @@ def _variant(v: Fields) -> EngineVariant:
 def _pythons(r: Fields) -> tuple[str, ...] | None:
     if not r.has("pythons"):
         return None
-    items = _strs_matching(r, "pythons", _PY_RE, "3.11")
+    items = _strs_matching(r, "pythons", PYTHON_MINOR_RE, "3.11")
     if not items:
         raise r.fail("pythons", "omit the key when any Python is allowed")
     return items

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from provision.common.fields import Fields
 from provision.common.quoting import check_label, check_version
 from provision.errors import InvalidInput
+from provision.vocab import PYTHON_MINOR_RE
 
 __all__ = ["REQUIRED_ACTIONS", "Action", "CpuImage", "CudaImage", "ImageRef", "Images", "images_from_fields"]
 
@@ -26,7 +27,6 @@ _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _ACTION_RE = re.compile(r"^[A-Za-z0-9-]+/[A-Za-z0-9._-]+$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _CUDA_RE = re.compile(r"^\d{1,2}\.\d$")
-_PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,7 +130,7 @@ def _cpu_images(f: Fields) -> tuple[CpuImage, ...]:
     rows = []
     for row in f.objs("cpu"):
         python = row.str("python")
-        if not _PYTHON_RE.fullmatch(python):
+        if not PYTHON_MINOR_RE.fullmatch(python):
             raise row.fail("python", f"{python!r} is not a Python version like '3.11'")
         rows.append(CpuImage(python=python, image=_image_ref(row)))
     _unique(f, "cpu", [r.python for r in rows])

@@ -24,7 +24,7 @@ from provision.data.engines import Engines, Known, parse_engines
 from provision.data.gpus import GpuTable, gpu_table_from_fields
 from provision.data.images import Images, images_from_fields
 from provision.errors import InvalidInput
-from provision.vocab import PLATFORMS, PYTORCH_INDEX, VARIANT_RE
+from provision.vocab import ARCH_RE, CC_RE, PLATFORMS, PYTHON_MINOR_RE, PYTORCH_INDEX, VARIANT_RE
 
 __all__ = [
     "PLATFORMS",
@@ -41,22 +41,11 @@ __all__ = [
 #: Every file a ``Matrix`` is read from, in digest order.
 MATRIX_FILES = ("cuda.toml", "torch.toml", "bitsandbytes.toml", "companions.toml", "models.toml", "images.toml",
                 "gpus.toml", "engines.toml")
-_ARCH_RE = re.compile(r"^sm_(\d{1,2})(\d)a?$")
-_PY_RE = re.compile(r"^3\.\d{1,2}$")
-_CC_RE = re.compile(r"^\d{1,2}\.\d$")
 
 
 def on_pypi(platform: str, pypi_default: Mapping[str, str], variant: str) -> bool:
     """PyPI carries macOS wheels and each platform's default build, under the plain version."""
     return platform.startswith("macos") or pypi_default.get(platform) == variant
-
-
-def parse_arch(arch: str) -> tuple[int, int]:
-    """``sm_86`` -> (8, 6); ``sm_120`` -> (12, 0); ``sm_90a`` -> (9, 0)."""
-    match = _ARCH_RE.fullmatch(arch)
-    if not match:
-        raise ValueError(arch)
-    return int(match.group(1)), int(match.group(2))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -195,7 +184,7 @@ def _spec(f: Fields, key: str, *, required: bool = True) -> SpecifierSet:
 
 def _cc(f: Fields, key: str) -> tuple[int, int]:
     text = f.str(key)
-    if not _CC_RE.fullmatch(text):
+    if not CC_RE.fullmatch(text):
         raise f.fail(key, f"{text!r} is not a compute capability like '7.5'")
     major, minor = text.split(".")
     return int(major), int(minor)
@@ -214,7 +203,7 @@ def _platforms(f: Fields, key: str) -> tuple[str, ...]:
 def _archs(f: Fields, key: str, *, required: bool = True) -> tuple[str, ...]:
     items = f.strs(key, required=required)
     for i, item in enumerate(items):
-        if not _ARCH_RE.fullmatch(item):
+        if not ARCH_RE.fullmatch(item):
             raise f.item_fail(key, i, f"{item!r} is not an architecture like 'sm_86'")
     return tuple(items)
 
@@ -222,7 +211,7 @@ def _archs(f: Fields, key: str, *, required: bool = True) -> tuple[str, ...]:
 def _pythons(f: Fields, key: str, *, required: bool = True) -> tuple[str, ...]:
     items = f.strs(key, required=required)
     for i, item in enumerate(items):
-        if not _PY_RE.fullmatch(item):
+        if not PYTHON_MINOR_RE.fullmatch(item):
             raise f.item_fail(key, i, f"{item!r} is not a Python version like '3.11'")
     return tuple(items)
 
@@ -239,7 +228,7 @@ def _load_tegra(f: Fields) -> tuple[tuple[int, int], ...]:
         return ()
     out = []
     for i, text in enumerate(tegra.strs("compute_capabilities")):
-        if not _CC_RE.fullmatch(text):
+        if not CC_RE.fullmatch(text):
             raise InvalidInput(f.source, f"tegra.compute_capabilities[{i}]", f"{text!r} is not like '8.7'")
         major, minor = text.split(".")
         out.append((int(major), int(minor)))

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from packaging.version import InvalidVersion, Version
 
-from provision.data import TorchVariant, parse_arch
+from provision.data import TorchVariant
 from provision.doctor.expected import torch_fix
 from provision.host.parse import leading_int
 from provision.plan.compat import driver_runs, has_kernels, supports_bf16
+from provision.vocab import parse_arch
 
 if TYPE_CHECKING:
     from provision.data import BnbRelease, Matrix

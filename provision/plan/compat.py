@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from packaging.version import Version
 
-from provision.data import parse_arch
+from provision.vocab import parse_arch
 
 if TYPE_CHECKING:
     from provision.data import CudaToolkit, Matrix, TorchVariant

@@ -17,11 +17,10 @@ from packaging.version import Version
 from provision.common.fields import Fields
 from provision.common.quoting import check_index_url, check_model_id, check_package_name, check_repo_id, check_version
 from provision.plan.serve import Serve
-from provision.vocab import DEFAULT_CONTEXT, DEVICES, PLAN_PRECISIONS, PLAN_SCHEMA, is_buildable_variant
+from provision.vocab import DEFAULT_CONTEXT, DEVICES, PLAN_PRECISIONS, PLAN_SCHEMA, PYTHON_MINOR_RE, is_buildable_variant
 
 __all__ = ["Placement", "Plan", "Preferences", "Reason", "variant_cuda"]
 
-_PYTHON_RE = re.compile(r"3\.\d{1,2}")
 #: ``max_memory`` keys as accelerate takes them: a GPU index or ``cpu``.
 _MEMORY_KEY_RE = re.compile(r"\d{1,2}|cpu")
 _MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
@@ -148,7 +147,7 @@ class Plan:
             raise f.fail("error", "a no-viable-plan document cannot be rendered")
         model, torch = f.obj("model"), f.obj("torch")
         python = f.str("python")
-        if not _PYTHON_RE.fullmatch(python):
+        if not PYTHON_MINOR_RE.fullmatch(python):
             raise f.fail("python", f"{python!r} is not a Python minor like 3.11")
         variant = torch.str("variant")
         if not is_buildable_variant(variant):

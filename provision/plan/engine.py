@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 from packaging.version import Version
 
 from provision.data.architecture import architecture_of
-from provision.data.matrix import parse_arch
 from provision.plan.budget import gb
 from provision.plan.compat import driver_runs, has_kernels
 from provision.plan.engine_memory import EngineBudget, Workload, engine_budget
+from provision.vocab import parse_arch
 
 if TYPE_CHECKING:
     from provision.data.catalog import ModelSpec

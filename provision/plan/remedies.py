@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from provision.data.matrix import parse_arch
 from provision.plan.budget import gb, ram_needed
 from provision.plan.compat import cc_text
 from provision.plan.memory import estimate_memory
 from provision.plan.rejections import Rejection, Rule, Search
+from provision.vocab import parse_arch
 
 if TYPE_CHECKING:
     from provision.data.catalog import ModelSpec

@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from packaging.version import Version
 
-from provision.data.matrix import parse_arch
 from provision.errors import InvalidInput, NoViablePlan
 from provision.plan.budget import gb, usable_ram
 from provision.plan.compat import BF16_MIN_CC, cc_text, driver_floor, driver_runs, has_kernels, supports_bf16
 from provision.plan.document import Placement, Plan, Preferences, Reason
 from provision.plan.rejections import Rejection, Rule, Search
 from provision.plan.remedies import remedies
-from provision.vocab import DEVICE_CHOICES, ENGINE_CHOICES, PRECISIONS, PYPI_INDEX, QUANTIZED
+from provision.vocab import DEVICE_CHOICES, ENGINE_CHOICES, PRECISIONS, PYPI_INDEX, QUANTIZED, parse_arch
 
 if TYPE_CHECKING:
     from provision.data.catalog import ModelSpec

@@ -9,14 +9,13 @@ the options. ``provision render`` plans through the same steps.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provision.errors import InvalidInput
-from provision.vocab import DEFAULT_CONTEXT, PYTORCH_INDEX, is_buildable_variant
+from provision.vocab import DEFAULT_CONTEXT, PYTHON_MINOR_RE, PYTORCH_INDEX, is_buildable_variant
 
 if TYPE_CHECKING:
     from provision.common.net import IndexProbe
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PlanRequest", "find_wheelhouses", "load_inputs", "plan_command", "preferences"]
 
-_PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
 #: The options a lock records as the render's flags (``None`` ones are left out).
 _FLAG_NAMES = ("context", "device", "model", "precision", "python", "torch_version", "variant")
 
@@ -106,7 +104,7 @@ def preferences(request: PlanRequest, host: HostProfile, wheelhouses: tuple[Path
     from provision.render.sources import torch_builds
 
     python = request.python
-    if python is not None and not _PYTHON_RE.fullmatch(python):
+    if python is not None and not PYTHON_MINOR_RE.fullmatch(python):
         raise InvalidInput("--python", "python", f"{python!r} is not a Python version like '3.11'")
     torch_version = None
     if request.torch_version:
