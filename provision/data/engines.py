@@ -24,6 +24,7 @@ from provision.vocab import ARCH_RE, CC_RE, PYTHON_MINOR_RE, parse_arch
 __all__ = [
     "ENGINE_NAMES",
     "ENGINE_PLATFORMS",
+    "IMAGE_TAG_RE",
     "REQUIRED_FLAGS",
     "Engine",
     "EngineRelease",
@@ -60,7 +61,8 @@ RELEASE_FIELDS = (
 
 _FLAG_RE = re.compile(r"^--[a-z0-9][a-z0-9-]*$")
 _ARG_RE = re.compile(r"^[A-Za-z0-9._:/=-]+$")
-_IMAGE_RE = re.compile(r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+#: An image reference with its tag, ``vllm/vllm-openai:v0.33.0`` (the plan's ``serve.image`` too).
+IMAGE_TAG_RE = re.compile(r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _URL_RE = re.compile(r"^https://[A-Za-z0-9.-]+(?:/[A-Za-z0-9._~%/+-]*)?$")
 _ROUTE_RE = re.compile(r"^/[a-z0-9_/-]*$")
 _GLIBC_RE = re.compile(r"^2\.\d{1,2}$")
@@ -421,7 +423,7 @@ def _variant(v: Fields) -> EngineVariant:
         cuda=cuda,
         install=v.str("install"),
         index_url=_matching(v, "index_url", _URL_RE, "https://host/path", required=False),
-        image=_matching(v, "image", _IMAGE_RE, "repo/name:tag", required=False),
+        image=_matching(v, "image", IMAGE_TAG_RE, "repo/name:tag", required=False),
     )
 
 
@@ -467,7 +469,7 @@ def _release(r: Fields) -> EngineRelease:
         archs=_archs(r, platforms),
         kernel=_requirement(r, "kernel"),
         gpu_memory_utilization=_fraction(r, "gpu_memory_utilization"),
-        image=_matching(r, "image", _IMAGE_RE, "repo/name:tag") or "",
+        image=_matching(r, "image", IMAGE_TAG_RE, "repo/name:tag") or "",
         image_cuda=image_cuda,
         variants=tuple(_variant(v) for v in r.objs("variants", required=False)),
         unverified=_unverified(r),

@@ -62,7 +62,8 @@ class EngineChoice:
     driver_why: str
     native: bool
     kernel_notes: tuple[str, ...] = ()
-    gpu_ccs: tuple[tuple[int, int], ...] = ()
+    #: the 16-bit type the engine computes in (the weights' own for 16-bit plans)
+    compute_precision: str = "bf16"
 
     @property
     def tensor_parallel_size(self) -> int:
@@ -172,12 +173,17 @@ def _gpu_rules(host: HostProfile, matrix: Matrix, release: EngineRelease, varian
     return native and t_native, why, tuple(notes)
 
 
+def _sixteen_bit(engine: Engine, gpus: Sequence[GpuInfo]) -> str:
+    """bf16 where every GPU has it, else the engine's fallback: also the compute type of a quantized plan."""
+    low = any(g.compute_capability < engine.precision.bf16_min_cc for g in gpus)
+    return engine.precision.below if low else "bf16"
+
+
 def _precision(engine: Engine, release: EngineRelease, klass: str,
                gpus: Sequence[GpuInfo]) -> tuple[str, QuantRule | None] | None:
     """The precision a class resolves to on these GPUs, with the quantization rule that gives it."""
     if klass == "16-bit":
-        low = any(g.compute_capability < engine.precision.bf16_min_cc for g in gpus)
-        return (engine.precision.below if low else "bf16"), None
+        return _sixteen_bit(engine, gpus), None
     rules = [engine.quantizations(release, g.compute_capability) for g in gpus]
     common = [q for q in rules[0] if q.precision == klass and all(q.method in {r.method for r in rs} for rs in rules)]
     return (klass, common[0]) if common else None
@@ -193,12 +199,16 @@ def _groups(host: HostProfile, heads: int) -> Iterator[tuple[GpuInfo, ...]]:
             yield tuple(by_free[:size])
 
 
-def _fit(model: ModelSpec, release: EngineRelease, precision: str, gpus: Sequence[GpuInfo], workload: Workload,
-         *, floor: int) -> tuple[EngineBudget, int] | None:
+def _budgets(model: ModelSpec, release: EngineRelease, precision: str, gpus: Sequence[GpuInfo],
+             workload: Workload) -> list[EngineBudget]:
+    """Each placed GPU's budget, in ``gpus`` order."""
+    return [engine_budget(model, precision=precision, tp=len(gpus), total_bytes=g.memory_total_bytes,
+                          free_bytes=g.memory_free_bytes, default_share=release.gpu_memory_utilization,
+                          workload=workload) for g in gpus]
+
+
+def _fit(budgets: Sequence[EngineBudget], workload: Workload, *, floor: int) -> tuple[EngineBudget, int] | None:
     """The tightest GPU's budget and the context it serves (the full one, or down to ``floor``)."""
-    budgets = [engine_budget(model, precision=precision, tp=len(gpus), total_bytes=g.memory_total_bytes,
-                             free_bytes=g.memory_free_bytes, default_share=release.gpu_memory_utilization,
-                             workload=workload) for g in gpus]
     tight = min(budgets, key=lambda b: b.kv_tokens)
     context = min(workload.max_model_len, tight.kv_tokens)
     return (tight, context) if context >= floor else None
@@ -255,21 +265,19 @@ def _place(host: HostProfile, matrix: Matrix, model: ModelSpec, engine: Engine, 
             if isinstance(gpu_ok, _Refused):
                 search.reject(engine.name, release, gpu_ok.why, gpu_ok.stage)
                 continue
-            fit = _fit(model, release, resolved[0], gpus, workload, floor=floor)
+            budgets = _budgets(model, release, resolved[0], gpus, workload)
+            fit = _fit(budgets, workload, floor=floor)
             if fit is None:
-                tight = engine_budget(model, precision=resolved[0], tp=len(gpus), total_bytes=gpus[-1].memory_total_bytes,
-                                      free_bytes=gpus[-1].memory_free_bytes, default_share=release.gpu_memory_utilization,
-                                      workload=workload)
-                if need is None or tight.required(floor) < need[0]:
-                    need = (tight.required(floor), f"{resolved[0]} on {gpus[-1].name}, "
-                                                   f"{gb(gpus[-1].memory_free_bytes)} free")
+                last = budgets[-1].required(floor)  # the roomiest-first order puts the smallest GPU last
+                if need is None or last < need[0]:
+                    need = (last, f"{resolved[0]} on {gpus[-1].name}, {gb(gpus[-1].memory_free_bytes)} free")
                 continue
             native, driver_why, notes = gpu_ok
             return EngineChoice(engine=engine, release=release, torch=torch, variant=variant,
                                 transformers=transformers, precision=resolved[0], quantization=resolved[1],
                                 gpus=tuple(g.index for g in gpus), budget=fit[0], max_model_len=fit[1],
                                 driver_why=driver_why, native=native, kernel_notes=notes,
-                                gpu_ccs=tuple(g.compute_capability for g in gpus))
+                                compute_precision=_sixteen_bit(engine, gpus))
     if need is None and forced is not None:
         search.reject(engine.name, release, f"it does not serve {forced} on these GPUs")
     if need is not None:

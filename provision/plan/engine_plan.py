@@ -36,14 +36,6 @@ def _flag(engine: Engine, name: str) -> str:
     return engine.flags[name]
 
 
-def _dtype(choice: EngineChoice) -> str:
-    """The 16-bit dtype the engine computes in; quantized plans keep the GPUs' 16-bit type for the rest."""
-    rule = choice.engine.precision
-    precision = choice.precision if choice.precision in ("bf16", "fp16") else (
-        "bf16" if all(cc >= rule.bf16_min_cc for cc in choice.gpu_ccs) else rule.below)
-    return rule.dtypes[precision]
-
-
 def _share(choice: EngineChoice) -> float:
     """vLLM's fraction covers everything; SGLang's covers weights and the KV pool only."""
     b = choice.budget
@@ -82,7 +74,7 @@ def server_argv(choice: EngineChoice, model: ModelSpec, serve: ModelServe) -> tu
              _flag(engine, "max_model_len"), str(choice.max_model_len),
              _flag(engine, "memory_fraction"), f"{_share(choice):g}",
              _flag(engine, "tensor_parallel_size"), str(choice.tensor_parallel_size),
-             _flag(engine, "dtype"), _dtype(choice),
+             _flag(engine, "dtype"), engine.precision.dtypes[choice.compute_precision],
              _flag(engine, "port"), str(SERVE_PORT)]
     if choice.quantization is not None:
         argv += [_flag(engine, "quantization"), choice.quantization.method]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from provision.common.fields import Fields
+from provision.data.engines import IMAGE_TAG_RE
 
 __all__ = ["ENGINES", "Serve"]
 
@@ -19,7 +20,6 @@ __all__ = ["ENGINES", "Serve"]
 ENGINES = ("vllm", "sglang", "transformers")
 #: An argv element: flags, numbers, model ids, paths, and the small JSON objects the planner writes.
 _ARG_RE = re.compile(r'[A-Za-z0-9._:/=@+,{}"\[\] -]{1,200}')
-_IMAGE_RE = re.compile(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,7 +57,7 @@ class Serve:
         if not argv:
             raise f.fail("argv", "the server command is empty")
         image = f.str("image", required=False)
-        if image is not None and not _IMAGE_RE.fullmatch(image):
+        if image is not None and not IMAGE_TAG_RE.fullmatch(image):
             raise f.fail("image", f"{image!r} is not an image reference like 'vllm/vllm-openai:v0.33.0'")
         share = f.data.get("gpu_memory_utilization")
         if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1):
