@@ -8,8 +8,9 @@ so ``provision plan``, which reads ``render.sources``, does not import the rende
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from provision.common.lazy import lazy_names
 
 if TYPE_CHECKING:
     from provision.render.files import RenderInputs, render_files, write_rendered
@@ -26,8 +27,4 @@ _HOMES = {
     "render_command": "provision.render.usecase",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
+__getattr__ = lazy_names(__name__, _HOMES)

@@ -8,8 +8,9 @@ nothing here imports torch until a run starts.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from provision.common.lazy import lazy_names
 
 if TYPE_CHECKING:
     from provision.smoke.report import SmokeReport, format_report
@@ -25,8 +26,4 @@ _HOMES = {
     "smoke_command": "provision.smoke.usecase",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
+__getattr__ = lazy_names(__name__, _HOMES)
