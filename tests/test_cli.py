@@ -102,11 +102,35 @@ def test_render_with_a_wheelhouse_plans_only_for_wheels_present(tmp_path: Path) 
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     (wheels / "torch-2.12.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    (wheels / "torchvision-0.27.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
     cpu = HOSTS / "linux-x86_64-cpu-only-32gb.json"
     files = _render(tmp_path / "out", "--host", str(cpu), "--wheelhouse", str(wheels))
     requirements = files["requirements.txt"].decode()
     assert "torch==2.12.0+cpu" in requirements and f"--find-links {wheels}" in requirements
+    assert "torchvision==0.27.0+cpu" in requirements
     assert "download.pytorch.org" not in requirements
+
+
+def test_a_wheelhouse_without_the_cpu_torchvision_takes_pypis_build_that_runs_on_the_cpu(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """glm4v's processor needs torchvision built like torch: a CPU torch alone cannot serve images."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    cpu = str(HOSTS / "linux-x86_64-cpu-only-32gb.json")
+    assert main(["plan", "--host", cpu, "--wheelhouse", str(wheels)]) == 3
+    assert "torchvision 0.28.0 (cpu build)" in capsys.readouterr().err
+    (wheels / "torch-2.14.1-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    (wheels / "torchvision-0.29.1-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    assert main(["plan", "--host", cpu, "--wheelhouse", str(wheels), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["device"] == "cpu" and plan["torch"]["variant"] == "cu130"
+    assert plan["packages"]["torch"] == "2.14.1" and plan["packages"]["torchvision"] == "0.29.1"
+    why = next(r["why"] for r in plan["reasons"] if r["decision"] == "variant")
+    assert "also runs on the CPU" in why
+    (wheels / "torchvision-0.28.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    assert main(["plan", "--host", cpu, "--wheelhouse", str(wheels), "--torch", "2.13.0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["torch"]["variant"] == "cpu"
 
 
 def test_runner_labels_reach_the_workflow_and_are_validated(tmp_path: Path,

@@ -41,6 +41,8 @@ class Preferences:
     #: torch builds installable from the configured wheel sources, as (version, variant) pairs;
     #: variant "" is a plain PyPI build. None means any build on the indexes.
     torch_available: frozenset[tuple[Version, str]] | None = None
+    #: the same for torchvision (a vision model's processor needs the build that matches torch's).
+    torchvision_available: frozenset[tuple[Version, str]] | None = None
     #: ``auto`` serves with the best engine the host runs (vLLM, then SGLang), else ``transformers serve``.
     engine: str = "transformers"
     #: the context an engine serves (--max-model-len); None: the model's serving context from the catalog

@@ -36,6 +36,7 @@ class Rule(Enum):
 
     VARIANT = "variant"  # the --variant build does not exist for this torch and platform
     WHEELHOUSE = "wheelhouse"  # the torch build is not in the configured wheel sources
+    WHEELHOUSE_VISION = "wheelhouse-vision"  # torch is there, the torchvision built like it is not
     PLATFORM = "platform"  # torch has no build of the kind (CUDA/CPU) for the platform
     PYTHON = "python"  # torch has no wheels for the Python
     PRECISION = "precision"  # the precision cannot run on the device

@@ -16,7 +16,7 @@ from provision.plan.budget import gb, ram_needed
 from provision.plan.compat import cc_text
 from provision.plan.memory import estimate_memory
 from provision.plan.rejections import Rejection, Rule, Search
-from provision.vocab import parse_arch
+from provision.vocab import PYTORCH_INDEX, parse_arch
 
 if TYPE_CHECKING:
     from provision.data.catalog import ModelSpec
@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["remedies"]
 
 #: Rules the search applies before trying a build, in the order their remedies are listed.
-_SEARCH_RULES = (Rule.PYTHON, Rule.PLATFORM, Rule.WHEELHOUSE, Rule.PRECISION, Rule.MEMORY, Rule.VARIANT)
+_SEARCH_RULES = (Rule.PYTHON, Rule.PLATFORM, Rule.WHEELHOUSE_VISION, Rule.WHEELHOUSE, Rule.PRECISION, Rule.MEMORY, Rule.VARIANT)
 #: ... of which these say nothing once a build was tried on a placement that fits: that build binds.
-_ONLY_WITHOUT_BINDING = frozenset({Rule.PYTHON, Rule.PLATFORM, Rule.WHEELHOUSE, Rule.VARIANT})
+_ONLY_WITHOUT_BINDING = frozenset({Rule.PYTHON, Rule.PLATFORM, Rule.WHEELHOUSE_VISION, Rule.WHEELHOUSE, Rule.VARIANT})
 #: How many of the newest CUDA families a driver remedy names: the ones current torch builds use.
 _DRIVER_FAMILIES = 2
 
@@ -106,6 +106,9 @@ def _search_changes(rule: Rule, found: list[Rejection], host: HostProfile, model
         known = sorted({p for r in found for p in r.pythons}, key=lambda v: tuple(int(x) for x in v.split(".")))
         return [f"use a Python torch has wheels for ({known[0]} - {known[-1]}); "
                 "--python X.Y plans for another interpreter"]
+    if rule is Rule.WHEELHOUSE_VISION:
+        return [f"add the torchvision wheel built like torch (for a CPU torch: the +cpu build from {PYTORCH_INDEX}cpu) "
+                "to the wheelhouse, or PyPI's torch with its torchvision, or plan without --wheelhouse"]
     if rule is Rule.WHEELHOUSE:
         return ["add a torch wheel for this host to the wheelhouse, or plan without --wheelhouse"]
     if rule is Rule.PRECISION:

@@ -71,9 +71,21 @@ def _companion(matrix: Matrix, name: str, torch: Version, python: str,
 
 def _in_wheelhouse(release: TorchRelease, variant: TorchVariant, platform: str,
                    available: frozenset[tuple[Version, str]]) -> bool:
-    if (release.version, variant.name) in available:
+    return _in_wheelhouse_as(release.version, release, variant, platform, available)
+
+
+def _vision_installable(job: _Job, release: TorchRelease, variant: TorchVariant) -> bool:
+    """A vision model's torchvision, built like ``variant``, is in the wheel sources (or nothing restricts it)."""
+    available = job.prefs.torchvision_available
+    if not job.model.has_vision or available is None or release.torchvision is None:
         return True
-    return release.on_pypi(variant, platform) and (release.version, "") in available
+    return _in_wheelhouse_as(release.torchvision, release, variant, job.host.platform, available)
+
+
+def _in_wheelhouse_as(version: Version, release: TorchRelease, variant: TorchVariant, platform: str,
+                      available: frozenset[tuple[Version, str]]) -> bool:
+    return (version, variant.name) in available or (
+        release.on_pypi(variant, platform) and (version, "") in available)
 
 
 def _release_variants(job: _Job, release: TorchRelease, *, cuda: bool) -> list[TorchVariant]:
@@ -88,11 +100,23 @@ def _release_variants(job: _Job, release: TorchRelease, *, cuda: bool) -> list[T
                                         text=f"torch {torch} has no {prefs.variant} build for {platform}"))
             return []
     if prefs.torch_available is not None:
-        variants = [v for v in variants if _in_wheelhouse(release, v, platform, prefs.torch_available)]
-        if not variants:
+        installable = [v for v in variants if _in_wheelhouse(release, v, platform, prefs.torch_available)]
+        if not cuda and prefs.variant is None:  # PyPI's build is a CUDA build on Linux x86_64: it runs on a CPU too
+            installable += [v for v in release.variants if v.cuda is not None and platform in v.platforms
+                            and release.on_pypi(v, platform) and (torch, "") in prefs.torch_available]
+        if not installable:
             job.search.reject(Rejection(rule=Rule.WHEELHOUSE, torch=torch,
                                         text=f"torch {torch} is not in the configured wheel sources"))
             return []
+        variants = [v for v in installable if _vision_installable(job, release, v)]
+        if not variants:
+            job.search.reject(Rejection(rule=Rule.WHEELHOUSE_VISION, torch=torch,
+                                        text=f"torch {torch}'s torchvision {release.torchvision} "
+                                             f"({'/'.join(v.name for v in installable)} build), which {job.model.name}'s "
+                                             "image processor needs, is not in the configured wheel sources"))
+            return []
+        if not cuda and any(v.cuda is None for v in variants):  # the CPU build itself, when it installs
+            variants = [v for v in variants if v.cuda is None]
     if not variants:
         job.search.reject(Rejection(rule=Rule.PLATFORM, torch=torch,
                                     text=f"torch {torch} has no {'CUDA' if cuda else 'CPU'} build for {platform}"))
@@ -386,6 +410,8 @@ def _pins(job: _Job, build: _Build, transformers: Version, bnb: BnbRelease | Non
             packages[name] = str(version)
     if bnb is not None:
         packages["bitsandbytes"] = str(bnb.version)
+    if job.model.has_vision and release.torchvision is not None:  # glm4v's image processor needs it (transformers 5)
+        packages["torchvision"] = str(release.torchvision) if from_pypi else f"{release.torchvision}+{variant.name}"
     return dict(sorted(packages.items()))
 
 
@@ -426,6 +452,11 @@ def _reasons(job: _Job, build: _Build, placement: Placement, transformers: Versi
     python_why = ("requested with --python" if job.prefs.python else f"the host's Python is {host.python}")
     if variant.cuda is None:
         variant_why = f"CPU build for {host.platform}" + (" (MPS included)" if placement.device == "mps" else "")
+    elif placement.device == "cpu":
+        variant_why = (f"PyPI's torch {release.version} for {host.platform} is this CUDA {variant.cuda} build, which "
+                       f"also runs on the CPU; the CPU build is not in the configured wheel sources"
+                       + (" with the torchvision the image processor needs" if model.has_vision else "")
+                       + " (a few GB of NVIDIA libraries come with it)")
     else:
         variant_why = f"{build.driver_why}; " + "; ".join(kernel_notes)
     variant_why += f"; installed from {'PyPI' if from_pypi else index_url}"

@@ -101,7 +101,7 @@ def preferences(request: PlanRequest, host: HostProfile, wheelhouses: tuple[Path
     from packaging.version import InvalidVersion, Version
 
     from provision.plan.document import Preferences
-    from provision.render.sources import torch_builds
+    from provision.render.sources import torch_builds, wheel_builds
 
     python = request.python
     if python is not None and not PYTHON_MINOR_RE.fullmatch(python):
@@ -112,14 +112,16 @@ def preferences(request: PlanRequest, host: HostProfile, wheelhouses: tuple[Path
             torch_version = Version(request.torch_version)
         except InvalidVersion:
             raise InvalidInput("--torch", "torch", f"{request.torch_version!r} is not a version") from None
-    available = None
+    available = vision = None
     if wheelhouses:
         available = torch_builds(wheelhouses, python=python or host.python_minor, platform=host.platform)
+        vision = wheel_builds(wheelhouses, "torchvision", python=python or host.python_minor, platform=host.platform)
     variant = request.variant
     if variant is not None and not is_buildable_variant(variant):
         raise InvalidInput("--variant", "variant", f"{variant!r} is not a variant like 'cu128' or 'cpu'")
     return Preferences(python=python, context_tokens=request.context, precision=request.precision,
                        device=request.device, torch_version=torch_version, variant=variant, torch_available=available,
+                       torchvision_available=vision,
                        engine=request.engine, serving_context=request.serving_context)
 
 

@@ -24,10 +24,12 @@ __all__ = [
     "INDEX_URL_ENV",
     "WHEELHOUSE_ENV",
     "pip_find_links",
+    "pip_local_index_folders",
     "read_pip_config",
     "resolve_index_url",
     "resolve_wheelhouses",
     "torch_builds",
+    "wheel_builds",
 ]
 
 WHEELHOUSE_ENV = "PROVISION_WHEELHOUSE"
@@ -60,7 +62,8 @@ def resolve_wheelhouses(cli: Iterable[str] | None, environ: Mapping[str, str], *
     if items == ["auto"]:
         if index_reachable is None or index_reachable():
             return ()
-        return pip_find_links(environ, read_pip_config(environ))
+        config = read_pip_config(environ)
+        return tuple(dict.fromkeys((*pip_find_links(environ, config), *pip_local_index_folders(environ, config))))
     out = []
     for item in items:
         path = Path(item.removeprefix("file://")).expanduser()
@@ -122,6 +125,43 @@ def pip_find_links(environ: Mapping[str, str], config_text: str | None) -> tuple
     return tuple(dict.fromkeys(out))
 
 
+#: The projects whose builds must match torch's: the folders holding their wheels join a wheelhouse.
+_TORCH_FAMILY = ("torch", "torchvision")
+_HREF_RE = re.compile(r'href="([^"#]+)')
+
+
+def pip_local_index_folders(environ: Mapping[str, str], config_text: str | None,
+                            projects: Iterable[str] = _TORCH_FAMILY) -> tuple[Path, ...]:
+    """Folders holding the torch-family wheels that pip's local ``file://`` indexes link to.
+
+    A mirror on disk (``index-url``/``extra-index-url = file:///srv/pypi/simple``) is a source pip
+    installs from without a network; its ``<project>/index.html`` pages name the wheel files.
+    """
+    raw: list[str] = []
+    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        raw.extend(environ.get(name, "").split())
+    for line in (config_text or "").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().endswith(("index-url", "extra-index-url")):
+            raw.extend(value.strip().strip("'\"").split())
+    out: list[Path] = []
+    for url in raw:
+        if not url.startswith("file://"):
+            continue
+        root = Path(url.removeprefix("file://"))
+        for project in projects:
+            page = root / project / "index.html"
+            try:
+                text = page.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            for href in _HREF_RE.findall(text):
+                wheel = (page.parent / href.removeprefix("file://")).resolve()
+                if wheel.suffix == ".whl" and wheel.is_file():
+                    out.append(wheel.parent)
+    return tuple(dict.fromkeys(out))
+
+
 def _python_matches(tag: Tag, python: str) -> bool:
     major, minor = python.split(".")
     return tag.interpreter in (f"cp{major}{minor}", f"py{major}", f"py{major}{minor}") and tag.abi != f"cp{major}{minor}t"
@@ -132,15 +172,20 @@ def torch_builds(folders: Iterable[Path], *, python: str, platform: str) -> froz
 
     The variant is the local version label (``2.13.0+cpu`` -> ``cpu``), or "" for a plain PyPI build.
     """
+    return wheel_builds(folders, "torch", python=python, platform=platform)
+
+
+def wheel_builds(folders: Iterable[Path], project: str, *, python: str, platform: str) -> frozenset[tuple[Version, str]]:
+    """(version, local label) of every ``project`` wheel in ``folders`` that installs on ``python``/``platform``."""
     pattern = _PLATFORM_TAGS[platform]
     found = set()
     for folder in folders:
-        for wheel in sorted(folder.glob("torch-*.whl")):
+        for wheel in sorted(folder.glob(f"{project}-*.whl")):
             try:
                 name, version, _build, tags = parse_wheel_filename(wheel.name)
             except InvalidWheelFilename:
                 continue
-            if name != "torch":
+            if name != project:
                 continue
             if any(_python_matches(t, python) and pattern.match(t.platform) for t in tags):
                 found.add((Version(version.public), version.local or ""))
