@@ -1,4 +1,5 @@
-"""Sessions: ``provision`` (the main job), ``tests``, ``lint``, ``render_matrix``, ``conda``, ``docker``, ``engine_args``.
+"""Sessions: ``provision`` (the main job), ``serve``, ``tests``, ``lint``, ``render_matrix``, ``conda``, ``docker``,
+``engine_args``.
 
 Sessions only compose ``provision`` commands and tool calls; every decision lives in the
 ``provision`` package, where it is tested.
@@ -6,9 +7,12 @@ Sessions only compose ``provision`` commands and tool calls; every decision live
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -217,3 +221,93 @@ def engine_args(session: nox.Session) -> None:
                     ":all:", "-r", str(reqs), *torch, external=True)
         done.write_text(stamp, encoding="utf-8")
     session.run("python", str(ROOT / "scripts" / "check_engine_args.py"), "--venvs", str(venvs), *session.posargs)
+
+
+def _free_port() -> int:
+    """A TCP port nothing listens on now (the kernel picks it) for the session's server."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(session: nox.Session, url: str, server: subprocess.Popen[bytes], log: Path, deadline_s: float) -> None:
+    """Poll ``url`` until it answers 200, the server exits, or the deadline passes (then fail with its log)."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    start = time.monotonic()
+    while time.monotonic() - start < deadline_s:
+        if server.poll() is not None:
+            session.error(f"the server exited ({server.returncode}) before it was healthy:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if answer.status == 200:
+                    session.log(f"server healthy after {time.monotonic() - start:.0f} s: {url}")
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(1)
+    session.error(f"the server was not healthy within {deadline_s:.0f} s:\n{_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no server log)"
+
+
+def _stop(server: subprocess.Popen[bytes], grace_s: float = 30) -> None:
+    """Ctrl-C to the server's process group, as a terminal would; SIGKILL if it has not stopped in ``grace_s``."""
+    import signal
+
+    if server.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGINT)
+    try:
+        server.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+@nox.session(python=False if os.environ.get("PROVISION_NOX_SYSTEM") else None)
+def serve(session: nox.Session) -> None:
+    """Build (or reuse) this machine's environment, start its server, prove it with the phone agent's request.
+
+    provision (render + build, the venv reused when unchanged) -> ``provision serve`` on 127.0.0.1 on a free port
+    -> wait for /health -> ``provision smoke --endpoint`` with a small load probe -> ``endpoint.json`` next to the
+    lock -> stop the server, also on failure. Without weights in the Hugging Face cache the server serves the
+    tiny stand-in the build's smoke test made. Arguments go to ``provision render``.
+    """
+    if session.python is not False:
+        session.install("-e", f"{ROOT}[endpoint]")
+    args = list(session.posargs)
+    if not any(a.startswith("--wheelhouse") for a in args):
+        args = ["--wheelhouse", "auto", *args]
+    out = _detect_and_render(session, *args)
+    session.run("provision", "build", str(out))
+    smoke = json.loads((out / "smoke.json").read_text(encoding="utf-8"))
+    port = _free_port()
+    log = out / "serve.log"
+    argv = ["provision", "serve", str(out), "--host", "127.0.0.1", "--port", str(port)]
+    if smoke.get("source") == "tiny":
+        argv.append("--tiny")
+    session.log(" ".join(argv) + f"  (log: {log})")
+    with log.open("wb") as sink:
+        server = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  start_new_session=True)  # its own process group: stopped whole below
+    try:
+        _wait_healthy(session, f"http://127.0.0.1:{port}/health", server, log,
+                      float(os.environ.get("PROVISION_SERVE_DEADLINE", "900")))
+        report = out / "endpoint.json"
+        session.run("provision", "smoke", "--endpoint", f"http://127.0.0.1:{port}/v1", "--concurrency", "2",
+                    "--requests", "4", "-o", str(report))
+        session.log(f"endpoint report: {report}")
+    finally:
+        _stop(server)

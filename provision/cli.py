@@ -123,6 +123,19 @@ def _add_build(sub: _Sub) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _add_serve(sub: _Sub) -> None:
+    p = sub.add_parser("serve", help="run the planned server of a built folder in the foreground (Ctrl-C stops it)")
+    p.add_argument("out", type=Path, nargs="?",
+                   help="a folder written by provision render and built (default: this machine's build/provision/<host>)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, help="port to listen on (default: the plan's, 8000)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model-path", type=Path, help="serve the checkpoint in this folder instead of the plan's repo")
+    src.add_argument("--tiny", action="store_true",
+                     help="serve the tiny stand-in the build's smoke test made (random weights: proves the stack only)")
+    p.add_argument("server_args", nargs=argparse.REMAINDER, help="after --: extra arguments for the server")
+
+
 def _add_matrix(sub: _Sub) -> None:
     p = sub.add_parser("matrix", help="inspect or refresh the compatibility matrices")
     msub = p.add_subparsers(dest="matrix_command", required=True, parser_class=_Parser)
@@ -144,7 +157,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"provision {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_detect, _add_plan, _add_render, _add_smoke, _add_doctor, _add_build, _add_matrix):
+    for add in (_add_detect, _add_plan, _add_render, _add_smoke, _add_doctor, _add_build, _add_serve, _add_matrix):
         add(sub)
     return parser
 
@@ -306,6 +319,35 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Check the folder, say where the phone agent should point, then become its ``serve.sh``."""
+    import os
+
+    from provision.common.run import NotRun, replace_process
+    from provision.serve import ServeRequest, default_serve_dir, prepare_serve
+
+    out = args.out
+    if out is None:
+        from provision.build import source_root
+        from provision.host import detect_host
+
+        out = default_serve_dir(source_root(), detect_host().host_id)
+        if out is None:
+            raise InvalidInput("command line", "out", "name the rendered folder to serve (no checkout to default to)")
+    extra = tuple(args.server_args[1:] if args.server_args[:1] == ["--"] else args.server_args)
+    launch = prepare_serve(ServeRequest(out=out, host=args.host, port=args.port, model_path=args.model_path,
+                                        tiny=args.tiny, extra_args=extra), os.environ)
+    sys.stderr.write(f"serving {launch.served_model_name} ({launch.model_source}) with {launch.engine} "
+                     f"{launch.engine_version} at {launch.base_url}; Ctrl-C stops it\n"
+                     f"phone agent (Open-AutoGLM): {launch.agent_command}\n")
+    sys.stderr.flush()
+    try:
+        replace_process(launch.argv, launch.env)
+    except NotRun as exc:
+        raise ProvisionError(str(exc)) from None
+    return 1  # not reached: the process became the server
+
+
 def _cmd_matrix(args: argparse.Namespace) -> int:
     """``matrix refresh``: torch rows from the PyTorch index, engine pins from PyPI; a diff each, written on --write."""
     if args.only != "engines":
@@ -359,6 +401,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "smoke": _cmd_smoke,
     "doctor": _cmd_doctor,
     "build": _cmd_build,
+    "serve": _cmd_serve,
     "matrix": _cmd_matrix,
 }
 

@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
-__all__ = ["NotRun", "find_program", "run_command", "run_process", "spawn"]
+__all__ = ["NotRun", "find_program", "replace_process", "run_command", "run_process", "spawn"]
 
 
 class NotRun(Exception):
@@ -37,6 +37,19 @@ def find_program(name: str) -> str | None:
 def spawn(argv: Sequence[str], **options: Any) -> subprocess.CompletedProcess[str]:
     """``subprocess.run(argv, check=False, **options)``: the package's only call of it."""
     return subprocess.run(list(argv), check=False, **options)
+
+
+def replace_process(argv: Sequence[str], env: Mapping[str, str]) -> None:
+    """Become ``argv`` (``os.execve``): a foreground server then gets Ctrl-C and SIGTERM itself.
+
+    Returns only by raising: :raises NotRun: the program could not be started.
+    """
+    if not argv:
+        raise ValueError("replace_process needs a program to run")
+    try:
+        os.execve(argv[0], list(argv), dict(env))  # noqa: S606 (an argv list, no shell)
+    except OSError as exc:
+        raise NotRun(f"could not start {argv[0]}: {exc.strerror or exc}") from None
 
 
 def run_process(

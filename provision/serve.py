@@ -1,0 +1,127 @@
+"""``provision serve``: run the planned server of a rendered, built folder in the foreground.
+
+The server command itself lives in the rendered ``serve.sh`` (the same script the Docker image
+and compose run); this module only checks that the folder is ready to serve, chooses what the
+script reads from its environment (host, port, the model's local folder) and says where the
+phone agent should point. The CLI then replaces its own process with ``serve.sh``, so Ctrl-C
+and SIGTERM reach the server directly and it shuts down as it was built to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision.errors import InvalidInput
+
+__all__ = ["ServeLaunch", "ServeRequest", "default_serve_dir", "prepare_serve"]
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeRequest:
+    """What ``provision serve`` was asked: the rendered folder and the overrides for its server."""
+
+    out: Path
+    host: str = "127.0.0.1"
+    port: int | None = None
+    model_path: Path | None = None
+    tiny: bool = False
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeLaunch:
+    """The process to become: ``argv`` with ``env``, serving ``served_model_name`` at ``base_url``."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    base_url: str
+    served_model_name: str
+    engine: str
+    engine_version: str
+    model_source: str
+
+    @property
+    def agent_command(self) -> str:
+        """How the Open-AutoGLM phone agent is pointed at this server (its main.py options)."""
+        return f"python main.py --base-url {self.base_url} --model {self.served_model_name}"
+
+
+def default_serve_dir(root: Path | None, host_id: str) -> Path | None:
+    """The folder ``nox -s provision`` renders and builds for this machine, inside a checkout."""
+    return None if root is None else root / "build" / "provision" / host_id
+
+
+def _check_host(host: str) -> str:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME_RE.fullmatch(host):
+            raise InvalidInput("--host", "host", f"{host!r} is not an IP address or host name") from None
+    return host
+
+
+def _tiny_model(out: Path) -> Path:
+    """The tiny stand-in the build's smoke test loaded (its report names the folder)."""
+    report = out / "smoke.json"
+    hint = f"run `provision build {out}` first: its smoke test builds the tiny model"
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInput(str(report), "(file)", f"no smoke report; {hint}") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(str(report), "(file)", f"unreadable ({exc})") from None
+    path = data.get("model_path") if isinstance(data, dict) else None
+    if not isinstance(path, str) or data.get("source") != "tiny" or not Path(path, "config.json").is_file():
+        raise InvalidInput(str(report), "model_path", f"names no tiny model folder; {hint}")
+    return Path(path)
+
+
+def prepare_serve(request: ServeRequest, environ: Mapping[str, str]) -> ServeLaunch:
+    """Check ``request.out`` is rendered and built, and say how to start its server.
+
+    :raises InvalidInput: no rendered ``serve.sh`` or lock, a plan without a server, no venv,
+        a bad host, port or model folder.
+    """
+    from provision.plan.document import Plan
+    from provision.render.lock import LOCK_NAME, read_lock
+
+    out = request.out
+    script, lock_path = out / "serve.sh", out / LOCK_NAME
+    lock = read_lock(lock_path) if out.is_dir() else None
+    if lock is None or not script.is_file():
+        raise InvalidInput(str(out), "serve.sh", "not a rendered folder (no serve.sh or provision.lock.json); "
+                                                 "render and build it first: nox -s provision")
+    plan = Plan.from_dict(lock.get("plan"), source=str(lock_path), where="plan")
+    if plan.serve is None:
+        raise InvalidInput(str(lock_path), "plan.serve", "this plan has no server; re-render it with this provision")
+    if not (out / "venv" / "bin").is_dir():
+        raise InvalidInput(str(out), "venv", f"not built; run `provision build {out}` first")
+    host = _check_host(request.host)
+    port = plan.serve.port if request.port is None else request.port
+    if not 1 <= port <= 65535:
+        raise InvalidInput("--port", "port", f"{port} is not a TCP port (1-65535)")
+    env = dict(environ)
+    env.update(PROVISION_SERVE_HOST=host, PROVISION_SERVE_PORT=str(port))
+    source = plan.model_repo or plan.model_id
+    model = _tiny_model(out) if request.tiny else request.model_path
+    if model is not None:
+        model = model.resolve()
+        if not (model / "config.json").is_file():
+            raise InvalidInput("--model-path", "model_path", f"{model} holds no config.json")
+        env["PROVISION_MODEL_PATH"] = str(model)
+        source = f"{model} (tiny stand-in: random weights)" if request.tiny else str(model)
+    shown_host = f"[{host}]" if ":" in host else host
+    return ServeLaunch(
+        argv=(str(script.resolve()), *request.extra_args), env=env,
+        base_url=f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown_host}:{port}/v1",  # noqa: S104
+        served_model_name=plan.serve.served_model_name, engine=plan.serve.engine,
+        engine_version=plan.serve.engine_version, model_source=source,
+    )
