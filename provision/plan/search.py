@@ -32,6 +32,8 @@ __all__ = ["plan", "sibling_variants"]
 
 #: The packages pinned beside torch and transformers, when the matrix has a release for the torch and Python.
 _COMPANIONS = ("accelerate", "safetensors", "huggingface-hub", "tokenizers", "pillow")
+#: transformers[serving]'s extras: what `transformers serve`, the server of a transformers plan, imports.
+_SERVING = ("fastapi", "openai", "pydantic", "starlette", "uvicorn")
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,7 +406,7 @@ def _pins(job: _Job, build: _Build, transformers: Version, bnb: BnbRelease | Non
     release, variant = build.release, build.variant
     packages = {"torch": str(release.version) if from_pypi else f"{release.version}+{variant.name}",
                 "transformers": str(transformers)}
-    for name in _COMPANIONS:
+    for name in (*_COMPANIONS, *_SERVING):
         version = _companion(job.matrix, name, release.version, job.python)
         if version is not None:
             packages[name] = str(version)
