@@ -114,8 +114,12 @@ SMOKE_DEPS = [
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite, with torch (CPU) and transformers so the tiny-model loads run for real."""
-    session.install("-e", str(ROOT), *_pyproject_group("test"), *SMOKE_DEPS, *_cpu_torch(session))
+    """The test suite, with torch (CPU) and transformers so the tiny-model loads run for real.
+
+    The ``endpoint`` extra (the openai client) lets the endpoint proof's tests run against their
+    local servers; its live tests against ``transformers serve`` also need ``PROVISION_SERVE_PYTHON``.
+    """
+    session.install("-e", f"{ROOT}[endpoint]", *_pyproject_group("test"), *SMOKE_DEPS, *_cpu_torch(session))
     session.run("pytest", *(session.posargs or ["-q"]))
 
 

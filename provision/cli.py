@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provision.display import show_host, show_no_plan, show_plan, show_smoke
-from provision.errors import EXIT_BAD_INPUT, InvalidInput, NoViablePlan, ProvisionError
+from provision.errors import EXIT_BAD_INPUT, EXIT_FAILED, InvalidInput, NoViablePlan, ProvisionError
 from provision.vocab import DEFAULT_CONTEXT, DEVICE_CHOICES, ENGINE_CHOICES, PRECISIONS
 
 if TYPE_CHECKING:
@@ -94,17 +94,49 @@ def _add_render(sub: _Sub) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text} is out of range (0, 3600]")
+    return value
+
+
+#: Options of the endpoint proof (dest -> flag) and of a local load, which the other mode refuses.
+_ENDPOINT_ONLY = {"served_model_name": "--served-model-name", "endpoint_engine": "--engine",
+                  "concurrency": "--concurrency", "requests": "--requests", "max_tokens": "--max-tokens",
+                  "timeout": "--timeout"}
+_LOCAL_ONLY = {"precision": "--precision", "context": "--context", "new_tokens": "--new-tokens"}
+
+
 def _add_smoke(sub: _Sub) -> None:
-    p = sub.add_parser("smoke", help="load the model in this environment and generate")
+    p = sub.add_parser("smoke", help="load the model in this environment and generate, or prove a running server")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model-path", type=Path)
     src.add_argument("--tiny", action="store_true")
     src.add_argument("--synthetic", action="store_true")
+    src.add_argument("--endpoint", metavar="URL",
+                     help="prove the OpenAI-compatible server at URL (e.g. http://127.0.0.1:8000/v1) with the phone "
+                          "agent's request instead of loading the model here")
     p.add_argument("--model", default=None)
     p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument("--lock", type=Path, help="take model, precision and placement from this provision.lock.json")
+    p.add_argument("--lock", type=Path, help="take model, precision and placement (and the served name and engine, "
+                                             "with --endpoint) from this provision.lock.json")
     p.add_argument("--context", type=_positive_int, default=None)
-    p.add_argument("--new-tokens", type=_positive_int, default=16)
+    p.add_argument("--new-tokens", type=_positive_int, default=None, help="tokens to generate (default: 16)")
+    e = p.add_argument_group("with --endpoint")
+    e.add_argument("--served-model-name", metavar="NAME", help="the name to request (default: the model's, "
+                                                              "autoglm-phone-9b)")
+    e.add_argument("--engine", dest="endpoint_engine", choices=[x for x in ENGINE_CHOICES if x != "auto"],
+                   help="the engine behind URL, where its /v1/models does not say")
+    e.add_argument("--concurrency", type=_positive_int, metavar="N", help="then a load probe, N requests in flight")
+    e.add_argument("--requests", type=_positive_int, metavar="M", help="the load probe's requests (default: 4 x N)")
+    e.add_argument("--max-tokens", type=_positive_int, metavar="N",
+                   help="bound on each answer (default: 64; the agent asks for up to 3000)")
+    e.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                   help="wait at most this long to connect and for each read (default: 120)")
     p.add_argument("-o", "--output", type=Path, help="also write the report to FILE")
     p.add_argument("--json", action="store_true")
 
@@ -272,12 +304,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """What to smoke-test: the lock's plan (model, precision, placement), overridden by options."""
+    """What to smoke-test: the lock's plan (model, precision, placement, how it is served), overridden by options."""
     from provision.plan.document import Plan
     from provision.render.lock import read_lock
 
     settings: dict[str, Any] = {"model": args.model, "precision": args.precision, "device": None, "gpus": (),
-                                "max_memory": None, "device_map": None}
+                                "max_memory": None, "device_map": None, "served_model_name": None, "engine": None}
     if args.lock is not None:
         lock = read_lock(args.lock)
         if lock is None:
@@ -287,22 +319,50 @@ def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
         settings.update(model=settings["model"] or plan.model_id, precision=settings["precision"] or plan.precision,
                         device=placement.device, gpus=placement.gpus, max_memory=placement.max_memory,
                         device_map=placement.device_map)
+        if plan.serve is not None:
+            settings.update(served_model_name=plan.serve.served_model_name, engine=plan.serve.engine)
     return settings
 
 
-def _cmd_smoke(args: argparse.Namespace) -> int:
-    from provision.smoke import smoke_command
+def _check_smoke_mode(args: argparse.Namespace) -> None:
+    """An option of the other mode is bad input, not silently ignored.
 
+    :raises InvalidInput: naming the first such option.
+    """
+    endpoint = args.endpoint is not None
+    for dest, flag in (_LOCAL_ONLY if endpoint else _ENDPOINT_ONLY).items():
+        if getattr(args, dest) is not None:
+            problem = "does not apply to --endpoint (the server decides it)" if endpoint else "needs --endpoint"
+            raise InvalidInput(flag, "options", problem)
+
+
+def _cmd_smoke(args: argparse.Namespace) -> int:
+    from provision.smoke import endpoint_command, smoke_command
+
+    _check_smoke_mode(args)
     settings = _smoke_settings(args)
-    report = smoke_command(model=settings["model"], precision=settings["precision"], device=settings["device"],
-                           gpus=settings["gpus"], max_memory=settings["max_memory"], device_map=settings["device_map"],
-                           model_path=args.model_path, stand_in="tiny" if args.tiny else "synthetic" if args.synthetic
-                           else None, context_tokens=args.context, new_tokens=args.new_tokens)
+    if args.endpoint is not None:
+        report = endpoint_command(
+            args.endpoint, model=settings["model"], served_model_name=args.served_model_name or
+            settings["served_model_name"], engine=args.endpoint_engine or settings["engine"],
+            max_tokens=args.max_tokens, timeout=args.timeout, concurrency=args.concurrency, requests=args.requests,
+            precision=settings["precision"], device=settings["device"],
+        )  # fmt: skip
+    else:
+        report = smoke_command(
+            model=settings["model"], precision=settings["precision"], device=settings["device"], gpus=settings["gpus"],
+            max_memory=settings["max_memory"], device_map=settings["device_map"], model_path=args.model_path,
+            stand_in="tiny" if args.tiny else "synthetic" if args.synthetic else None, context_tokens=args.context,
+            new_tokens=16 if args.new_tokens is None else args.new_tokens,
+        )  # fmt: skip
     doc = report.to_dict()
     if args.output:
         _write_json_file(args.output, doc)
     if args.json:
         _print_json(doc)
+    if not report.ok:  # an endpoint that failed the proof: the report says so, and one line why
+        sys.stderr.write(f"error: {_one_line(f'{report.endpoint}: {report.error}')}\n")
+        return EXIT_FAILED
     show_smoke(report, _console(stderr=args.json))
     return 0
 

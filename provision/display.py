@@ -80,9 +80,18 @@ def show_no_plan(exc: NoViablePlan, console: Any) -> None:
 
 
 def show_smoke(report: SmokeReport, console: Any) -> None:
-    """A smoke report; a tiny or synthetic run says so in words, never passing for the 9B."""
+    """A smoke report; a tiny or synthetic run says so in words, never passing for the 9B.
+
+    An endpoint proof shows the server, the agent's request and the load probe instead.
+    """
     from rich.markup import escape
 
+    from provision.smoke.report import ENDPOINT_SOURCE, endpoint_lines
+
+    if report.source == ENDPOINT_SOURCE:
+        for line in endpoint_lines(report):
+            console.print(escape(line), soft_wrap=True)
+        return
     console.print(f"[bold green]smoke ok[/]: {escape(report.label)}, {report.precision} on {report.device}")
     peak, est = report.peak_memory_bytes, report.estimated_memory_bytes
     console.print(f"  load {round(report.load_seconds, 3)} s, peak memory {int(peak or 0) / 1e9:.2f} GB"

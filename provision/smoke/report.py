@@ -18,8 +18,19 @@ from typing import Any
 from provision.common.fields import Fields
 from provision.vocab import SMOKE_SCHEMA
 
-__all__ = ["SMOKE_SCHEMA", "SmokeReport", "estimate_dict", "format_report", "planner_estimate", "stack_versions"]
+__all__ = [
+    "ENDPOINT_SOURCE",
+    "SMOKE_SCHEMA",
+    "SmokeReport",
+    "endpoint_lines",
+    "estimate_dict",
+    "format_report",
+    "planner_estimate",
+    "stack_versions",
+]
 
+#: The ``source`` of a report that proved a running server rather than a model loaded here.
+ENDPOINT_SOURCE = "endpoint"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +70,15 @@ class SmokeReport:
     processor: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    # An endpoint proof (source "endpoint"): the server, and the agent's request as it answered it.
+    endpoint: str | None = None
+    served_model_name: str | None = None
+    engine: str | None = None
+    ttft_seconds: float | None = None
+    latency_seconds: float | None = None
+    tokens_counted_by: str | None = None  # "usage" (the server's count) or "chunks" (content deltas)
+    load: dict[str, Any] | None = None
+    error: str | None = None
 
     @property
     def label(self) -> str:
@@ -70,7 +90,11 @@ class SmokeReport:
         return self.model
 
     def to_dict(self) -> dict[str, Any]:
-        """The contract's keys first, in its order; detail keys after them, left out when unset."""
+        """The contract's keys first, in its order; detail keys after them, left out when unset.
+
+        An endpoint report carries the contract's endpoint keys right after, ``engine`` and the
+        timings even when null (the server could not be told, or never answered).
+        """
         out: dict[str, Any] = {
             "schema": SMOKE_SCHEMA,
             "ok": self.ok,
@@ -84,7 +108,25 @@ class SmokeReport:
             "tokens_generated": int(self.tokens_generated),
             "tokens_per_second": round(self.tokens_per_second, 3),
         }
+        if self.source == ENDPOINT_SOURCE:
+            out.update({
+                "endpoint": self.endpoint,
+                "served_model_name": self.served_model_name,
+                "engine": self.engine,
+                "ttft_seconds": _rounded(self.ttft_seconds),
+                "latency_seconds": _rounded(self.latency_seconds),
+                "tokens_counted_by": self.tokens_counted_by,
+                "image": self.image,
+            })  # fmt: skip
         extras: dict[str, Any] = {
+            "load": self.load,
+            "error": self.error,
+            "endpoint": self.endpoint,
+            "served_model_name": self.served_model_name,
+            "engine": self.engine,
+            "ttft_seconds": _rounded(self.ttft_seconds),
+            "latency_seconds": _rounded(self.latency_seconds),
+            "tokens_counted_by": self.tokens_counted_by,
             "label": self.label,
             "stand_in_for": self.stand_in_for,
             "model_path": self.model_path,
@@ -105,7 +147,7 @@ class SmokeReport:
             "versions": self.versions or None,
             "warnings": list(self.warnings) or None,
         }
-        out.update({k: v for k, v in extras.items() if v is not None})
+        out.update({k: v for k, v in extras.items() if v is not None and k not in out})
         return out
 
     @classmethod
@@ -117,7 +159,15 @@ class SmokeReport:
         return _report_from_dict(data, source)
 
 
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
+
+
 _SIGNED = 2**62  # deltas (NVML, CUDA free memory) may be negative
+
+
+def _opt_number(f: Fields, key: str) -> float | None:
+    return None if f.data.get(key) is None else _number(f, key)
 
 
 def _number(f: Fields, key: str) -> float:
@@ -161,6 +211,7 @@ def _report_from_dict(data: object, source: str) -> SmokeReport:
     if any(not isinstance(g, int) or isinstance(g, bool) for g in gpus):
         raise f.fail("gpus", "expected GPU indices")
     image = f.obj("image", required=False)
+    load = f.obj("load", required=False)
     return SmokeReport(
         ok=f.bool("ok"), model=f.str("model"), source=f.str("source"), precision=f.str("precision"),
         device=f.str("device"), load_seconds=_number(f, "load_seconds"), peak_memory_bytes=f.int("peak_memory_bytes"),
@@ -177,11 +228,17 @@ def _report_from_dict(data: object, source: str) -> SmokeReport:
         roofline=_mapping(f, "roofline", _number), image=None if image is None else dict(image.data),
         text=_text(f, "text"), processor=f.str("processor", required=False),
         versions=_mapping(f, "versions", _str) or {}, warnings=tuple(f.strs("warnings", required=False)),
+        endpoint=f.str("endpoint", required=False), served_model_name=f.str("served_model_name", required=False),
+        engine=f.str("engine", required=False), ttft_seconds=_opt_number(f, "ttft_seconds"),
+        latency_seconds=_opt_number(f, "latency_seconds"), tokens_counted_by=f.str("tokens_counted_by", required=False),
+        load=None if load is None else dict(load.data), error=_text(f, "error"),
     )  # fmt: skip
 
 
 def format_report(report: SmokeReport) -> str:
     """A few human lines for stderr; the stand-in status leads, so nobody mistakes it."""
+    if report.source == ENDPOINT_SOURCE:
+        return "\n".join(endpoint_lines(report))
     gb = 1e9
     where = report.device + (f" (GPU {', '.join(map(str, report.gpus))})" if report.gpus else "")
     lines = [
@@ -202,6 +259,31 @@ def format_report(report: SmokeReport) -> str:
         lines.append("  note: random weights; this proves the software stack, not the model's answers")
     lines.extend(f"  warning: {w}" for w in report.warnings)
     return "\n".join(lines)
+
+
+def endpoint_lines(report: SmokeReport) -> list[str]:
+    """An endpoint proof in words: the server and name, the agent's request, then the load probe."""
+    engine = report.engine or "engine unknown"
+    lines = [f"endpoint {'ok' if report.ok else 'FAILED'}: {report.endpoint} serves {report.served_model_name!r} ({engine})"]
+    if report.error:
+        lines.append(f"  error: {report.error}")
+    if report.ttft_seconds is not None and report.latency_seconds is not None:
+        size = f"{report.image['width']}x{report.image['height']} " if report.image else ""
+        lines.append(f"  agent request ({size}screenshot): first token {report.ttft_seconds:.3f} s, "
+                     f"{report.tokens_generated} tokens ({report.tokens_counted_by}) at "
+                     f"{report.tokens_per_second:.1f} tok/s, {report.latency_seconds:.3f} s in all")
+    if report.load:
+        load = report.load
+        p50, p95 = load.get("latency_p50_seconds"), load.get("latency_p95_seconds")
+        lines.append(f"  load: {load['requests']} requests, {load['concurrency']} in flight: {load['errors']} errors, "
+                     f"latency p50 {_seconds(p50)} p95 {_seconds(p95)}, {load['requests_per_second']:.2f} req/s, "
+                     f"{load['output_tokens_per_second']:.1f} output tok/s")
+    lines.extend(f"  warning: {w}" for w in report.warnings)
+    return lines
+
+
+def _seconds(value: object) -> str:
+    return f"{value:.3f} s" if isinstance(value, (int, float)) else "n/a"
 
 
 def stack_versions() -> dict[str, str]:

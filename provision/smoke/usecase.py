@@ -3,6 +3,7 @@
 ``--model-path`` (else ``PROVISION_MODEL_PATH``, which ``nox -s provision -- --model-path``
 sets) names real weights; ``--tiny`` and ``--synthetic`` ask for a stand-in; otherwise the
 run looks for weights and falls back to the tiny model (``provision.smoke.source``).
+``--endpoint URL`` proves a running server instead (``endpoint_command``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from provision.errors import InvalidInput
 if TYPE_CHECKING:
     from provision.smoke.report import SmokeReport
 
-__all__ = ["MODEL_PATH_ENV", "model_path_from", "smoke_command"]
+__all__ = ["MODEL_PATH_ENV", "endpoint_command", "model_path_from", "smoke_command"]
 
 MODEL_PATH_ENV = "PROVISION_MODEL_PATH"
 
@@ -64,3 +65,39 @@ def smoke_command(
     return run_smoke(model=spec, model_path=path, source=source, precision=precision, device=device, gpus=gpus,
                      max_memory=max_memory, device_map=device_map, context_tokens=context_tokens,
                      new_tokens=new_tokens)
+
+
+def endpoint_command(
+    url: str,
+    *,
+    model: str | None,
+    served_model_name: str | None = None,
+    engine: str | None = None,
+    max_tokens: int | None = None,
+    timeout: float | None = None,
+    concurrency: int | None = None,
+    requests: int | None = None,
+    precision: str | None = None,
+    device: str | None = None,
+) -> SmokeReport:
+    """Prove the server at ``url`` serves ``model`` (default: the catalog's) under its served name.
+
+    The served name defaults to the catalog's (``autoglm-phone-9b``); a model directory without
+    serving facts is served under its id. The report's ``ok`` says whether the server passed.
+
+    :raises InvalidInput: an unknown model or a bad option (nothing was sent).
+    :raises SmokeError: the openai client or Pillow is missing here.
+    """
+    from provision.data import load_catalog, resolve_model
+    from provision.smoke.endpoint import DEFAULT_MAX_TOKENS, DEFAULT_TIMEOUT, endpoint_settings, prove_endpoint
+
+    catalog = load_catalog()
+    spec = resolve_model(catalog.default.id if model is None else model, catalog)
+    name = served_model_name or (spec.serve.served_model_name if spec.serve is not None else spec.id)
+    settings = endpoint_settings(
+        url, model_id=spec.id, served_model_name=name, engine=engine,
+        max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
+        timeout=DEFAULT_TIMEOUT if timeout is None else timeout, concurrency=concurrency, requests=requests,
+        precision=precision, device=device,
+    )  # fmt: skip
+    return prove_endpoint(settings)
