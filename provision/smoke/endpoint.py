@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -48,6 +49,7 @@ __all__ = [
     "http_error_reason",
     "load_summary",
     "one_line",
+    "parse_models",
     "percentile",
     "phone_screenshot",
     "prove_endpoint",
@@ -336,6 +338,21 @@ def http_error_reason(status: int, body: object, text: str) -> str:
     return one_line(f"HTTP {status}: " + (message if isinstance(message, str) else repr(message)))
 
 
+def parse_models(text: str) -> dict[str, object]:
+    """A ``/v1/models`` body as {id: owned_by} (``owned_by`` None where absent).
+
+    :raises ValueError: not JSON, or not ``{"data": [{"id": ...}, ...]}``; the message says which.
+    """
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise ValueError(f"the answer is not JSON: {one_line(text, 80)!r}") from None
+    data = body.get("data") if isinstance(body, Mapping) else None
+    if not isinstance(data, list) or not all(isinstance(m, Mapping) and isinstance(m.get("id"), str) for m in data):
+        raise ValueError(f"not a model list (expected {{\"data\": [{{\"id\": ...}}]}}): {one_line(text, 80)!r}")
+    return {m["id"]: m.get("owned_by") for m in data}
+
+
 def served_name_problem(listed: Sequence[str], wanted: str) -> str | None:
     """Why ``/v1/models`` does not prove the served name, or None when it lists it."""
     if wanted in listed:
@@ -465,9 +482,19 @@ def _guarded(call: Callable[[], Any], settings: EndpointSettings) -> Any:
 
 
 def _served_models(client: Any, settings: EndpointSettings) -> dict[str, object]:
-    """``/v1/models`` as {id: owned_by}; a missing served name is a failure listing what is there."""
-    page = _guarded(client.models.list, settings)
-    owners = {str(m.id): getattr(m, "owned_by", None) for m in page.data}
+    """``/v1/models`` as {id: owned_by}; a missing served name is a failure listing what is there.
+
+    Read raw and parsed here: the client's own parsing fails obscurely on a body that is not a model list.
+    """
+    try:
+        raw = _guarded(client.models.with_raw_response.list, settings)
+    except _Failed as exc:
+        hint = " (the URL should be the server's base, ending in /v1)" if str(exc).startswith("HTTP 404") else ""
+        raise _Failed(f"GET /models: {exc}{hint}") from None
+    try:
+        owners = parse_models(raw.text)
+    except ValueError as exc:
+        raise _Failed(f"GET /models: {exc}") from None
     problem = served_name_problem(list(owners), settings.served_model_name)
     if problem is not None:
         raise _Failed(problem)
@@ -507,7 +534,7 @@ def _ask(client: Any, settings: EndpointSettings, messages: list[dict[str, Any]]
                     counted_by="usage" if counted is not None else "chunks",
                     prompt_tokens=getattr(usage, "prompt_tokens", None), text=text)
     if not text.strip():
-        return Answer(latency=latency, error=f"empty answer ({answer.tokens} tokens, no text)")
+        return Answer(latency=latency, error="empty answer: the stream carried no text")
     return answer
 
 
