@@ -617,3 +617,20 @@ def test_live_human_output_and_a_wrong_name(served: str, capsys: pytest.CaptureF
     assert rc == 1 and doc is not None and doc["ok"] is False
     assert err == (f"error: {served}: does not serve 'autoglm-phone-9b-multilingual'; /v1/models lists "
                    "'autoglm-phone-9b' (--served-model-name proves another name)\n")
+
+
+def test_a_lock_names_the_model_precision_device_and_engine(
+    local_server: Callable[..., str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    h100 = Path(__file__).parent / "fixtures" / "hosts" / "linux-x86_64-h100-80gb-driver580.json"
+    assert main(["plan", "--host", str(h100), "--engine", "vllm", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    lock = tmp_path / "provision.lock.json"
+    lock.write_text(json.dumps({"schema": "provision.lock/v1", "files": {}, "plan": plan}))
+    url = local_server(chat=_error_500)
+    rc, doc, _ = _run(["--endpoint", url, "--lock", str(lock), "--json"], capsys)
+    assert rc == 1 and doc is not None
+    assert (doc["model"], doc["served_model_name"], doc["engine"]) == (NAME, plan["serve"]["served_model_name"], "vllm")
+    assert (doc["precision"], doc["device"]) == (plan["precision"], plan["device"])
+    rc, doc, _ = _run(["--endpoint", url, "--lock", str(lock), "--engine", "sglang", "--json"], capsys)
+    assert doc is not None and doc["engine"] == "sglang"  # the option wins over the plan
