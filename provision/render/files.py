@@ -16,9 +16,8 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from packaging.version import Version
 
@@ -31,21 +30,14 @@ from provision.common.quoting import (
     check_package_name,
     check_path,
     check_version,
-    docker_exec,
-    ps_quote,
-    sh_quote,
-    yaml_str,
 )
-from provision.common.resources import data_dir
 from provision.data import Images
 from provision.errors import InvalidInput
 from provision.plan.document import Plan, variant_cuda
 from provision.render.lock import LOCK_NAME, build_lock, canonical_json, dump_lock, edited_files, read_lock, sha256_hex
 from provision.render.requirements import Resolution, check_wheelhouse, torch_index_for, unresolved
+from provision.render.templating import render_template as _render
 from provision.vocab import DEFAULT_CONTEXT, is_buildable_variant
-
-if TYPE_CHECKING:
-    import jinja2
 
 __all__ = [
     "FILE_NAMES",
@@ -202,27 +194,6 @@ def _variant_plans(inputs: RenderInputs, plan: Plan) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- templates
-
-
-@cache
-def _environment(template_dir: str) -> jinja2.Environment:
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(template_dir),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,  # noqa: S701 (shell/YAML/Dockerfile text, quoted per language by filters)
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters.update(shquote=sh_quote, psquote=ps_quote, yamlstr=yaml_str, dockerexec=docker_exec)
-    return env
-
-
-def _render(name: str, view: Mapping[str, Any]) -> bytes:
-    text = _environment(str(data_dir("templates"))).get_template(name).render(**view)
-    return text.encode("utf-8")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
