@@ -91,6 +91,9 @@ def _add_render(sub: _Sub) -> None:
                    help="runs-on label for the CI workflow's GPU jobs (repeatable; default: self-hosted linux gpu)")
     p.add_argument("--cpu-runner", action="append", metavar="LABEL",
                    help="runs-on label for the CI workflow's CPU job (repeatable; default: ubuntu-22.04)")
+    p.add_argument("--image", metavar="REF",
+                   help="the serving image compose.yaml tags and k8s/ runs, e.g. ghcr.io/you/autoglm:cu128 "
+                        "(default: provision-MODEL:VARIANT, and a registry.example.com placeholder for k8s/)")
     p.add_argument("--json", action="store_true")
 
 
@@ -214,7 +217,7 @@ def _render_request(args: argparse.Namespace) -> RenderRequest:
 
     return RenderRequest(plan=_plan_request(args), out=args.out, plan_file=args.plan_file, force=args.force,
                          resolve=not args.no_resolve, gpu_runners=tuple(args.gpu_runner or ()),
-                         cpu_runners=tuple(args.cpu_runner or ()))
+                         cpu_runners=tuple(args.cpu_runner or ()), image=args.image)
 
 
 # ---------------------------------------------------------------------------

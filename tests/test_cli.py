@@ -147,6 +147,24 @@ def test_runner_labels_reach_the_workflow_and_are_validated(tmp_path: Path,
     assert not (tmp_path / "b").exists()
 
 
+def test_render_writes_the_deployments_and_image_reaches_them(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """compose.yaml and k8s/ come with every render; --image names the image both use, checked before planning."""
+    files = _render(tmp_path / "a", "--image", "ghcr.io/me/autoglm:cu126")
+    assert {"compose.yaml", "k8s/deployment.yaml", "k8s/service.yaml", "k8s/pvc.yaml"} <= set(files)
+    assert 'image: "ghcr.io/me/autoglm:cu126"' in files["compose.yaml"].decode()
+    assert 'image: "ghcr.io/me/autoglm:cu126"' in files["k8s/deployment.yaml"].decode()
+    lock = json.loads(files["provision.lock.json"])
+    assert lock["inputs"]["deploy_image"] == "ghcr.io/me/autoglm:cu126"
+    assert set(lock["files"]) == set(files) - {"provision.lock.json"}
+    capsys.readouterr()
+    bad = ["render", "--host", str(A10G), "--out", str(tmp_path / "b"), "--no-resolve", "--image", "x:1;id"]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --image: image: ") and err.count("\n") == 1
+    assert not (tmp_path / "b").exists()
+
+
 def test_a_local_model_directory_plans_and_says_where_it_is(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     from provision.data.catalog import load_catalog

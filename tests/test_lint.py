@@ -1,4 +1,4 @@
-"""Rendered files checked by the real tools: hadolint, shellcheck, actionlint, check-jsonschema, YAML schema.
+"""Rendered files checked by the real tools: hadolint, shellcheck, actionlint, check-jsonschema, kubernetes-validate.
 
 The tools come from scripts/install-lint-tools.sh (build/tools/) or PATH; a missing tool skips
 its test with the reason. Rendering is offline: plans are fixture dicts and hashes are given.
@@ -92,6 +92,18 @@ def test_shell_scripts_parse_and_pass_shellcheck(rendered):
 def test_workflow_passes_check_jsonschema(rendered):
     result = run([tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
                   str(rendered / WORKFLOW_PATH)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_passes_the_compose_spec_schema(rendered):
+    result = run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(rendered / "compose.yaml")])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_k8s_manifests_pass_kubernetes_validate_strict(rendered):
+    manifests = sorted(str(p) for p in (rendered / "k8s").glob("*.yaml"))
+    assert len(manifests) == 3
+    result = run([tool("kubernetes-validate"), "--strict", "--quiet", *manifests])
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -12,6 +12,7 @@ import pytest
 from provision.data.matrix import load_matrix
 from provision.errors import InvalidInput
 from provision.plan.document import Plan, variant_cuda
+from provision.render.deploy import node_floor
 from provision.render.files import FILE_NAMES, WORKFLOW_PATH, EditedFiles, RenderInputs, render_files, write_rendered
 from provision.render.lock import LOCK_NAME
 from provision.render.requirements import (
@@ -30,7 +31,8 @@ HOST_GPU = {"schema": "provision.host/v1", "os": "linux", "arch": "x86_64", "pyt
 HOST_CPU = {"schema": "provision.host/v1", "os": "linux", "arch": "x86_64", "python": "3.11.7",
             "ram_bytes": 25769803776, "nvidia": None}
 H1, H2, H3 = "sha256:" + "1" * 64, "sha256:" + "2" * 64, "sha256:" + "3" * 64
-IMAGES = load_matrix().images
+MATRIX = load_matrix()
+IMAGES = MATRIX.images
 
 
 def make_plan(variant: str = "cu128", precision: str = "bf16", torch: str = "2.9.1") -> dict:
@@ -50,13 +52,23 @@ def make_plan(variant: str = "cu128", precision: str = "bf16", torch: str = "2.9
     }
 
 
+def _floor(plan: Plan):
+    """The plan's node floor; None for a build the matrix does not know (the render then names what is wrong)."""
+    try:
+        return node_floor(plan, MATRIX, "x86_64")
+    except InvalidInput:
+        return None
+
+
 def make_inputs(plan: dict | None = None, **kw) -> RenderInputs:
     plan = plan or make_plan()
     variants = tuple(
         {"variant": v, "cuda": None, "index_url": f"https://download.pytorch.org/whl/{v}",
          "packages": {**plan.get("packages", {}), "torch": f"2.9.1+{v}", "torchvision": f"0.24.1+{v}"}}
         for v in ("cpu", "cu126", "cu128", "cu130"))
-    base = {"plan": Plan.from_dict(plan), "host": HOST_CPU if plan["device"] == "cpu" else HOST_GPU,
+    typed = Plan.from_dict(plan)
+    base = {"plan": typed, "host": HOST_CPU if plan["device"] == "cpu" else HOST_GPU,
+            "node_floor": _floor(typed),
             "model": "autoglm-phone-9b",
             "images": IMAGES, "matrix_digest": "a" * 64, "variants": variants, "toolkit_source": "/src/provision",
             "docker_env_dir": "build/provision/test"}

@@ -1,4 +1,4 @@
-"""Render a plan into environment files: requirements, install/setup scripts, conda, Docker, CI, lock.
+"""Render a plan into environment files: requirements, install/setup scripts, conda, Docker, CI, deployments, lock.
 
 ``render_files(RenderInputs) -> {relative path: bytes}`` is pure: the same inputs give
 the same bytes. Every value is validated (``provision.common.quoting``) while the per-file
@@ -34,6 +34,7 @@ from provision.common.quoting import (
 from provision.data import Images
 from provision.errors import InvalidInput
 from provision.plan.document import Plan, variant_cuda
+from provision.render.deploy import DEPLOY_FILES, DeployInputs, NodeFloor, deploy_files
 from provision.render.lock import LOCK_NAME, build_lock, canonical_json, dump_lock, edited_files, read_lock, sha256_hex
 from provision.render.requirements import Resolution, check_wheelhouse, torch_index_for, unresolved
 from provision.render.templating import render_template as _render
@@ -50,7 +51,7 @@ __all__ = [
 WORKFLOW_PATH = ".github/workflows/provision.yml"
 FILE_NAMES = (
     "requirements.txt", "install.sh", "setup-venv.sh", "setup-venv.ps1", "environment.yml",
-    "Dockerfile", WORKFLOW_PATH, LOCK_NAME,
+    "Dockerfile", WORKFLOW_PATH, *DEPLOY_FILES, LOCK_NAME,
 )
 _EXECUTABLE = frozenset({"install.sh", "setup-venv.sh"})
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -79,6 +80,9 @@ class RenderInputs:
     from ``provision.render.requirements.resolve`` (None: pins without hashes).
     ``docker_env_dir``: the output folder relative to the Docker build context (the checkout root).
     ``images``: the base images and CI actions to pin, from the same ``Matrix`` as ``matrix_digest``.
+    ``node_floor``: what a node's GPU needs for the plan (``provision.render.deploy.node_floor``, from the same
+    ``Matrix``); a CUDA plan's deployments cannot be rendered without it. ``deploy_image``: the image name
+    compose.yaml tags and k8s/ runs (None: a local name and a placeholder registry).
     """
 
     plan: Plan
@@ -97,6 +101,8 @@ class RenderInputs:
     docker_env_dir: str = "."
     gpu_runner_labels: tuple[str, ...] = ("self-hosted", "linux", "gpu")
     cpu_runner_labels: tuple[str, ...] = ("ubuntu-22.04",)
+    node_floor: NodeFloor | None = None
+    deploy_image: str | None = None
 
 
 # ---------------------------------------------------------------- view-models
@@ -305,7 +311,7 @@ def _lock(inputs: RenderInputs, checked: _Checked, resolution: Resolution, files
             "context": inputs.context, "flags": dict(inputs.flags), "toolkit_version": inputs.toolkit_version,
             "wheelhouse": list(checked.wheelhouse), "index_url": inputs.index_url,
             "runner_labels": {"gpu": list(inputs.gpu_runner_labels), "cpu": list(inputs.cpu_runner_labels)},
-            "docker_env_dir": checked.env_dir,
+            "docker_env_dir": checked.env_dir, "deploy_image": inputs.deploy_image,
         },
         plan=inputs.plan.to_dict(),
         hashes=resolution.summary(),
@@ -338,6 +344,9 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
     files[WORKFLOW_PATH] = _render("provision.yml.j2", {
         **common, "actions": _actions(images), "matrix": _variant_plans(inputs, plan),
     })
+    files.update(deploy_files(plan, DeployInputs(
+        floor=inputs.node_floor or NodeFloor(), arch=str(inputs.host.get("arch")), env_dir=checked.env_dir,
+        image=inputs.deploy_image, toolkit_version=checked.toolkit_version)))
     files[LOCK_NAME] = _lock(inputs, checked, resolution, files)
     return files
 

@@ -39,6 +39,7 @@ class RenderRequest:
     resolve: bool = True
     gpu_runners: tuple[str, ...] = ()  # empty: RenderInputs' default labels
     cpu_runners: tuple[str, ...] = ()
+    image: str | None = None  # --image: the serving image the deployments name
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,12 +77,15 @@ def docker_context_dir(out: Path, root: Path | None) -> str:
     return os.path.relpath(out, root) if root is not None and out.is_relative_to(root) else "."
 
 
-def _check_runner_labels(request: RenderRequest) -> None:
+def _check_options(request: RenderRequest) -> None:
     from provision.common.quoting import check_label
+    from provision.render.deploy import check_image
 
     for option, labels in (("--gpu-runner", request.gpu_runners), ("--cpu-runner", request.cpu_runners)):
         for label in labels:
             check_label(label, source=option, field="label")
+    if request.image is not None:
+        check_image(request.image)
 
 
 def _read_plan_file(path: Path) -> Plan:
@@ -168,6 +172,7 @@ def render_command(request: RenderRequest, environ: Mapping[str, str] | None = N
     """
     from provision.build import source_root
     from provision.common.net import IndexProbe
+    from provision.render.deploy import node_floor
     from provision.render.files import RenderInputs, render_files, write_rendered
     from provision.render.sources import resolve_index_url
 
@@ -176,7 +181,7 @@ def render_command(request: RenderRequest, environ: Mapping[str, str] | None = N
         raise InvalidInput("--out", "out", f"{request.out} is a file; name a folder to render into")
     probe = IndexProbe()  # one per command: the wheel folders and the resolver share its answers
     index_url = resolve_index_url(request.plan.index_url, environ)
-    _check_runner_labels(request)  # before any planning or resolving
+    _check_options(request)  # before any planning or resolving
     planned = _plan(request, index_url, environ, probe)
     hashes = _resolve(planned, index_url, environ, probe) if request.resolve else None
     root = source_root()
@@ -186,6 +191,7 @@ def render_command(request: RenderRequest, environ: Mapping[str, str] | None = N
         flags=request.plan.flags(), images=planned.matrix.images, matrix_digest=planned.matrix.digest,
         variants=planned.variants, wheelhouse=tuple(str(w) for w in planned.wheelhouse), index_url=index_url, hashes=hashes,
         toolkit_source=str(root) if root else None, docker_env_dir=docker_context_dir(out, root),
+        node_floor=node_floor(planned.plan, planned.matrix, planned.host.arch), deploy_image=request.image,
         **_runner_labels(request),
     )
     files = render_files(inputs)
