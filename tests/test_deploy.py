@@ -20,7 +20,7 @@ import yaml
 
 from provision.data import load_catalog, load_matrix, resolve_model
 from provision.errors import InvalidInput, NoViablePlan
-from provision.host import load_host
+from provision.host import host_from_dict, load_host
 from provision.plan.document import Plan, Preferences
 from provision.plan.search import plan
 from provision.plan.serve import Serve
@@ -63,20 +63,22 @@ def _plan(host_path: Path, engine: str) -> Plan | None:
         return None
     if engine == "sglang" and (chosen.serve is None or chosen.serve.engine != "sglang"):
         return None
-    if engine == "transformers-serve":
+    if engine == "transformers-serve" and chosen.serve is None:
         chosen = replace(chosen, serve=transformers_serve(chosen))
     return chosen
 
 
 def transformers_serve(p: Plan) -> Serve:
-    """The serve object a transformers plan carries once serve-render lands: ``transformers serve`` on 8000."""
-    assert p.serve is None
-    dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(p.precision, "auto")
-    argv = ("transformers", "serve", "autoglm-phone-9b", "--port", "8000", "--dtype", dtype,
-            "--device", "cpu" if p.device != "cuda" else "cuda")
+    """The serve object a transformers plan carries (``transformers serve <served name>`` on 8000), for plans
+    made before the planner writes one; a split over GPUs is accelerate's, so the tensor-parallel size is 1."""
+    quantization = {"int8": "bnb-8bit", "nf4": "bnb-4bit"}.get(p.precision)
+    dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(p.precision)
+    argv = ("transformers", "serve", "autoglm-phone-9b", "--port", "8000",
+            *(("--quantization", quantization) if quantization else ("--dtype", str(dtype))),
+            "--device", "cpu" if p.device == "cpu" else "auto")
     return Serve(engine="transformers", engine_version=p.packages["transformers"], port=8000,
                  served_model_name="autoglm-phone-9b", max_model_len=25480, gpu_memory_utilization=None,
-                 tensor_parallel_size=max(1, len(p.placement.gpus)), quantization=None, image=None, argv=argv)
+                 tensor_parallel_size=1, quantization=quantization, image=None, argv=argv)
 
 
 CASES = [(h, e) for h in HOSTS for e in ENGINES]
@@ -175,6 +177,29 @@ def test_the_tensor_parallel_plan_asks_for_both_gpus(rendered):
     (service,) = _load(folder, COMPOSE_PATH)["services"].values()
     assert service["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["0", "1"]
     assert _container(folder)["resources"]["limits"] == {"nvidia.com/gpu": 2}
+
+
+def test_a_transformers_split_asks_for_both_gpus_without_tensor_parallelism():
+    """accelerate splits the weights over two 16 GB cards: both GPUs reserved, one server process."""
+    gpus = [{"index": i, "name": "NVIDIA GeForce RTX 4060 Ti", "compute_capability": "8.9",
+             "memory_total_bytes": 17_200_000_000, "memory_free_bytes": 16_600_000_000} for i in range(2)]
+    host = host_from_dict({"schema": "provision.host/v1", "os": "linux", "arch": "x86_64", "python": "3.12.3",
+                           "ram_bytes": 128 * 2**30, "nvidia": {"driver_version": "570.133.07",
+                                                                "cuda_driver_version": "12.8", "gpus": gpus}})
+    split = plan(host, MATRIX, MODEL, Preferences(engine="transformers", python="3.12", precision="bf16"))
+    assert split.placement.gpus == (0, 1)
+    split = split if split.serve is not None else replace(split, serve=transformers_serve(split))
+    files = deploy_files(split, DeployInputs(floor=node_floor(split, MATRIX, "x86_64"), arch="x86_64",
+                                             toolkit_version="0.1.0"))
+    (service,) = yaml.safe_load(files[COMPOSE_PATH])["services"].values()
+    assert service["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["0", "1"]
+    (container,) = yaml.safe_load(files[K8S_DEPLOYMENT])["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": 2}
+    terms = [t["matchExpressions"] for t in yaml.safe_load(files[K8S_DEPLOYMENT])["spec"]["template"]["spec"]
+             ["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]]
+    labels = {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", GFD_DRIVER_MAJOR: "570",
+              GFD_COMPUTE_MAJOR: "8", GFD_COMPUTE_MINOR: "9", GFD_MEMORY: str(17_200_000_000 // MIB)}
+    assert _matches(terms, labels)  # each card holds half the model: its memory floor is per GPU
 
 
 def test_the_server_command_shown_is_the_plans_argv(rendered):
