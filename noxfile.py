@@ -310,8 +310,8 @@ def serve(session: nox.Session) -> None:
         _wait_healthy(session, f"http://127.0.0.1:{port}/health", server, log,
                       float(os.environ.get("PROVISION_SERVE_DEADLINE", "900")))
         report = out / "endpoint.json"
-        session.run("provision", "smoke", "--endpoint", f"http://127.0.0.1:{port}/v1", "--concurrency", "2",
-                    "--requests", "4", "-o", str(report))
+        session.run("provision", "smoke", "--endpoint", f"http://127.0.0.1:{port}/v1", "--lock",
+                    str(out / "provision.lock.json"), "--concurrency", "2", "--requests", "4", "-o", str(report))
         session.log(f"endpoint report: {report}")
     finally:
         _stop(server)
