@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from packaging.version import Version
 
 import provision.common.run
 from provision.data.matrix import load_matrix
@@ -23,6 +24,7 @@ from provision.host.detect import (
     detect_host,
     normalize_arch,
     normalize_os,
+    parse_libc,
     parse_meminfo,
     parse_proc_gpu_information,
     parse_proc_version,
@@ -105,6 +107,7 @@ def probes(**overrides: Any) -> Probes:
         "physical_memory": lambda: None,
         "platform": lambda: ("Linux", "x86_64"),
         "python_version": lambda: "3.11.7",
+        "libc": lambda: ("glibc", "2.35"),
         "gpu_table": lambda: TABLE,
     }
     base.update(overrides)
@@ -572,8 +575,43 @@ def test_ram_disk_python_and_provenance(tmp_path: Path) -> None:
     assert host.extra["ram_available_bytes"] == 63000000 * 1024
     assert (host.disk_free_bytes, seen) == (123 * GB, [tmp_path])
     assert str(host.python) == "3.11.7"
-    assert host.extra["detected_by"] == {"ram": "/proc/meminfo", "disk": str(tmp_path), "nvidia": "none",
-                                         "python": "running interpreter"}
+    assert host.glibc == Version("2.35")
+    assert host.extra["detected_by"] == {"ram": "/proc/meminfo", "disk": str(tmp_path), "glibc": "platform.libc_ver",
+                                         "nvidia": "none", "python": "running interpreter"}
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    (("glibc", "2.35"), "2.35"),  # Ubuntu 22.04
+    (("glibc", "2.27"), "2.27"),  # Ubuntu 18.04
+    (("glibc", "2.17"), "2.17"),  # CentOS 7
+    (("glibc", "2.100"), "2.100"),  # compared as a version, not as text
+    (("", ""), None),  # musl (Alpine): libc_ver finds no glibc marker
+    (("libc", "5"), None),  # another C library
+    (("glibc", ""), None),
+    (("glibc", "2.35-garbage"), None),
+])
+def test_parse_libc(answer: tuple[str, str], expected: str | None) -> None:
+    parsed = parse_libc(*answer)
+    assert (str(parsed) if parsed is not None else None) == expected
+
+
+def test_glibc_on_musl_is_unknown_and_not_written() -> None:
+    host = detect_host(probes=probes(libc=lambda: ("", "")), environ={})
+    assert host.glibc is None and host.extra["detected_by"]["glibc"] == "none"
+    assert "glibc" not in host.to_dict()
+
+
+@pytest.mark.parametrize(("system", "machine"), [("Darwin", "arm64"), ("Windows", "AMD64")])
+def test_glibc_is_asked_on_linux_only(system: str, machine: str) -> None:
+    host = detect_host(probes=probes(platform=lambda: (system, machine), libc=never, physical_memory=lambda: 8 * GB),
+                       environ={})
+    assert host.glibc is None and "glibc" not in host.extra["detected_by"]
+
+
+def test_detected_glibc_round_trips_through_the_host_file() -> None:
+    host = detect_host(probes=probes(libc=lambda: ("glibc", "2.27")), environ={})
+    assert host.to_dict()["glibc"] == "2.27"
+    assert host_from_dict(host.to_dict(), "detected") == host
 
 
 def test_ram_falls_back_to_sysconf_and_disk_may_be_unknown() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from packaging.version import Version
 
 import provision.common.fields
 from provision.errors import InvalidInput
@@ -96,9 +97,19 @@ def test_optional_keys_take_their_defaults() -> None:
     assert host.disk_free_bytes is None
     assert host.nvidia is not None and host.nvidia.cuda_driver_version is None
     assert (host.gpus[0].index, host.gpus[0].memory_free_bytes) == (0, 24146608128)
-    null = example(disk_free_bytes=None)
+    assert host.glibc is None  # unknown: not checked
+    null = example(disk_free_bytes=None, glibc=None)
     null["nvidia"]["cuda_driver_version"] = None
     assert host_from_dict(null).disk_free_bytes is None
+    assert host_from_dict(null).glibc is None and "glibc" not in host_from_dict(null).to_dict()
+
+
+def test_glibc_is_read_compared_as_a_version_and_written_back() -> None:
+    data = example(glibc="2.27")
+    host = host_from_dict(data)
+    assert host.glibc == Version("2.27") and host.glibc < Version("2.28") < Version("2.100")
+    assert host.to_dict() == data
+    assert "glibc" not in host.extra
 
 
 def test_no_nvidia() -> None:
@@ -161,6 +172,10 @@ ERRORS: list[tuple[str, Any, str]] = [
     ("ram_bytes", None, "ram_bytes: expected an integer, got null"),
     ("disk_free_bytes", -1, f"disk_free_bytes: -1 is out of range [0, {MAX}]"),
     ("disk_free_bytes", False, "disk_free_bytes: expected an integer, got boolean"),
+    ("glibc", 2.35, "glibc: expected a string, got number"),
+    ("glibc", "2.35\n", "glibc: '2.35\\n' is not a glibc version like '2.35'"),
+    ("glibc", "musl", "glibc: 'musl' is not a glibc version like '2.35'"),
+    ("glibc", "3.1", "glibc: '3.1' is not a glibc version like '2.35'"),
     ("nvidia", _DELETE, "nvidia: required key is missing (use null for a machine without an NVIDIA GPU)"),
     ("nvidia", "yes", "nvidia: expected an object, got string"),
     ("nvidia", [], "nvidia: expected an object, got array"),
@@ -295,7 +310,7 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20,
 )
-KEYS = ["schema", "os", "arch", "python", "ram_bytes", "disk_free_bytes", "nvidia", "nvidia.driver_version",
+KEYS = ["schema", "os", "arch", "python", "ram_bytes", "disk_free_bytes", "glibc", "nvidia", "nvidia.driver_version",
         "nvidia.cuda_driver_version", "nvidia.gpus", "nvidia.gpus[0]", "nvidia.gpus[0].index",
         "nvidia.gpus[0].name", "nvidia.gpus[0].compute_capability", "nvidia.gpus[0].memory_total_bytes",
         "nvidia.gpus[0].memory_free_bytes"]

@@ -85,6 +85,8 @@ HOST_FIELDS = {
     "gpu-name-newline.json": "nvidia.gpus[0].name",
     "gpu-string.json": "nvidia.gpus[0]",
     "gpu-too-many.json": "nvidia.gpus",
+    "glibc-number.json": "glibc",
+    "glibc-unparseable.json": "glibc",
     "gpus-object.json": "nvidia.gpus",
     "memory-absurd.json": "nvidia.gpus[0].memory_total_bytes",
     "memory-zero.json": "nvidia.gpus[0].memory_total_bytes",

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from packaging.version import Version
+
 from provision.common import run as _run
 from provision.data import GpuTable, load_matrix
 from provision.errors import ProvisionError
@@ -47,6 +49,7 @@ from provision.host.parse import (
     cuda_version_from_int,
     normalize_arch,
     normalize_os,
+    parse_libc,
     parse_meminfo,
     parse_proc_gpu_information,
     parse_proc_version,
@@ -67,6 +70,7 @@ __all__ = [
     "import_nvml",
     "normalize_arch",
     "normalize_os",
+    "parse_libc",
     "parse_meminfo",
     "parse_proc_gpu_information",
     "parse_proc_version",
@@ -159,6 +163,8 @@ class Probes:
     physical_memory: Callable[[], int | None] = _physical_memory
     platform: Callable[[], tuple[str, str]] = field(default=lambda: (platform.system(), platform.machine()))
     python_version: Callable[[], str] = field(default=lambda: "{}.{}.{}".format(*sys.version_info[:3]))
+    #: ``(library, version)`` of the C library this interpreter runs on; asked on Linux only.
+    libc: Callable[[], tuple[str, str]] = field(default=lambda: platform.libc_ver())
     #: The GPU table of the matrices in use; asked only when the driver leaves a fact out.
     gpu_table: Callable[[], GpuTable] = _bundled_gpu_table
 
@@ -335,6 +341,15 @@ def _ram(os_name: str, p: Probes, extra: dict[str, Any]) -> int:
     return ram
 
 
+def _glibc(os_name: str, p: Probes, extra: dict[str, Any]) -> Version | None:
+    """glibc's version on Linux (manylinux wheels need a floor of it); None elsewhere, on musl or when unknown."""
+    if os_name != "linux":
+        return None
+    glibc = parse_libc(*p.libc())
+    extra["detected_by"]["glibc"] = "platform.libc_ver" if glibc is not None else "none"
+    return glibc
+
+
 def _nvidia(os_name: str, p: Probes, env: Mapping[str, str], extra: dict[str, Any]) -> NvidiaInfo | None:
     """The NVIDIA section from the first rung of the ladder that answers; ``extra`` says which and why not."""
     reading, failures = read_nvidia(os_name, p)
@@ -359,7 +374,7 @@ def detect_host(
     python: str | None = None,
     disk_path: Path | None = None,
 ) -> HostProfile:
-    """Describe this machine: OS, CPU architecture, Python, RAM, free disk, NVIDIA GPUs.
+    """Describe this machine: OS, CPU architecture, Python, RAM, free disk, glibc, NVIDIA GPUs.
 
     ``python`` overrides the interpreter version the environment is planned for;
     ``disk_path`` is where free space is measured (default: the working directory).
@@ -380,6 +395,7 @@ def detect_host(
     disk = p.disk_free(where)
     if disk is not None:
         detected_by["disk"] = str(where)
+    glibc = _glibc(os_name, p, extra)
     nvidia = _nvidia(os_name, p, env, extra)
     if "CUDA_VISIBLE_DEVICES" in env:
         extra["cuda_visible_devices"] = env["CUDA_VISIBLE_DEVICES"]
@@ -387,5 +403,6 @@ def detect_host(
     version = parse_python_version(python if python is not None else p.python_version())
     detected_by["python"] = "override" if python is not None else "running interpreter"
     return HostProfile(
-        os=os_name, arch=arch, python=version, ram_bytes=ram, disk_free_bytes=disk, nvidia=nvidia, extra=extra
+        os=os_name, arch=arch, python=version, ram_bytes=ram, disk_free_bytes=disk, glibc=glibc, nvidia=nvidia,
+        extra=extra,
     )

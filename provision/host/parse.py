@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from packaging.version import InvalidVersion, Version
 
 from provision.errors import InvalidInput, ProvisionError
-from provision.host.profile import DRIVER_RE, GpuInfo, NvidiaInfo
+from provision.host.profile import DRIVER_RE, GLIBC_RE, GpuInfo, NvidiaInfo
 
 if TYPE_CHECKING:
     from provision.data import GpuTable
@@ -37,6 +37,7 @@ __all__ = [
     "leading_int",
     "normalize_arch",
     "normalize_os",
+    "parse_libc",
     "parse_meminfo",
     "parse_proc_gpu_information",
     "parse_proc_version",
@@ -107,6 +108,17 @@ def parse_meminfo(text: str) -> tuple[int | None, int | None]:
         if m:
             values[m.group(1)] = int(m.group(2)) * 1024
     return values.get("MemTotal"), values.get("MemAvailable")
+
+
+def parse_libc(library: str, version: str) -> Version | None:
+    """The glibc version from ``platform.libc_ver()``'s answer; None for musl, another libc or junk.
+
+    ``libc_ver`` names the library it found (``"glibc"``) and its version (``"2.35"``); on musl
+    and where it finds nothing it answers empty strings.
+    """
+    if library != "glibc" or not GLIBC_RE.fullmatch(version.strip()):
+        return None
+    return Version(version.strip())
 
 
 def parse_python_version(text: str) -> Version:

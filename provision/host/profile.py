@@ -31,10 +31,12 @@ ARCH_NAMES = ("x86_64", "aarch64", "arm64")
 _CC_RE = re.compile(r"^(\d{1,2})\.(\d{1,2})$")
 DRIVER_RE = re.compile(r"^\d{2,4}(\.\d{1,4}){1,3}$")  # what a driver version looks like
 _CUDA_RE = re.compile(r"^\d{1,2}\.\d{1,2}$")
+#: A glibc version as ``gnu_get_libc_version()`` and ``platform.libc_ver()`` give it: ``2.35``.
+GLIBC_RE = re.compile(r"^2\.\d{1,3}$")
 # Bounds that catch typos and unit mix-ups without rejecting real machines.
 _MAX_MEMORY = 2**50  # 1 PiB
 _MAX_GPUS = 64
-_KNOWN_KEYS = frozenset({"schema", "os", "arch", "python", "ram_bytes", "disk_free_bytes", "nvidia"})
+_KNOWN_KEYS = frozenset({"schema", "os", "arch", "python", "ram_bytes", "disk_free_bytes", "glibc", "nvidia"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,13 +80,18 @@ def wheel_platform(os_name: str, arch: str) -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HostProfile:
-    """A machine to plan for. ``nvidia`` is None without an NVIDIA driver."""
+    """A machine to plan for. ``nvidia`` is None without an NVIDIA driver.
+
+    ``glibc`` is the C library's version on Linux (what manylinux wheel tags are checked
+    against); None when unknown (not checked), off Linux, or on a musl system.
+    """
 
     os: str
     arch: str
     python: Version
     ram_bytes: int
     disk_free_bytes: int | None = None
+    glibc: Version | None = None
     nvidia: NvidiaInfo | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -125,6 +132,8 @@ class HostProfile:
         }
         if self.disk_free_bytes is not None:
             out["disk_free_bytes"] = self.disk_free_bytes
+        if self.glibc is not None:
+            out["glibc"] = str(self.glibc)
         if self.nvidia is None:
             out["nvidia"] = None
         else:
@@ -195,6 +204,16 @@ def _nvidia_from_fields(nv: Fields) -> NvidiaInfo:
     return NvidiaInfo(driver_version=driver, cuda_driver_version=cuda, gpus=gpus)
 
 
+def _glibc(f: Fields) -> Version | None:
+    """The optional ``glibc`` (``"2.35"``); absent or null means unknown."""
+    if f.data.get("glibc") is None:
+        return None
+    text = f.str("glibc")
+    if not GLIBC_RE.fullmatch(text):
+        raise f.fail("glibc", f"{text!r} is not a glibc version like '2.35'")
+    return Version(text)
+
+
 def host_from_dict(data: object, source: str = "host") -> HostProfile:
     """Validate a host-profile mapping.
 
@@ -212,13 +231,15 @@ def host_from_dict(data: object, source: str = "host") -> HostProfile:
         raise f.fail("python", f"{python} is not a CPython 3.x version")
     ram = f.int("ram_bytes", minimum=1, maximum=_MAX_MEMORY)
     disk = f.int("disk_free_bytes", required=False, maximum=_MAX_MEMORY)
+    glibc = _glibc(f)
     if "nvidia" not in f.data:
         raise f.fail("nvidia", "required key is missing (use null for a machine without an NVIDIA GPU)")
     nv_fields = f.obj("nvidia", required=False)
     nvidia = _nvidia_from_fields(nv_fields) if nv_fields is not None else None
     extra = {k: v for k, v in f.data.items() if k not in _KNOWN_KEYS}
     return HostProfile(
-        os=os_name, arch=arch, python=python, ram_bytes=ram, disk_free_bytes=disk, nvidia=nvidia, extra=extra
+        os=os_name, arch=arch, python=python, ram_bytes=ram, disk_free_bytes=disk, glibc=glibc, nvidia=nvidia,
+        extra=extra,
     )
 
 
