@@ -329,3 +329,49 @@ def test_cli_plan_engine_auto_json_and_render_refusal(tmp_path, capsys):
     assert main(["render", "--host", host, "--engine", "auto", "--out", str(out), "--no-resolve"]) == 2
     assert "rendering a vllm plan is not supported yet" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- SGLang's exact transformers pins
+
+
+VLLM, SGLANG = MATRIX.engines.engines
+
+
+def _sglang(profile: dict | str) -> tuple[EngineChoice | None, EngineSearch]:
+    host = load_host(FIXTURES / f"{profile}.json") if isinstance(profile, str) else host_from_dict(profile)
+    search = EngineSearch()
+    return choose_engine(host, MATRIX, MODEL, [SGLANG], python=host.python_minor, workload=WORKLOAD,
+                         search=search), search
+
+
+def test_every_sglang_pin_the_model_can_use_is_a_transformers_row():
+    """SGLang pins transformers exactly; without that release in companions.toml the release is passed over."""
+    rows = {c.version for c in MATRIX.companion_versions("transformers")}
+    for release in SGLANG.releases:
+        (clause,) = release.transformers
+        pinned = Version(clause.version)
+        assert clause.operator == "==", release.version
+        assert pinned in rows or pinned < MODEL.min_transformers, (release.version, pinned)
+
+
+@pytest.mark.parametrize(("host", "release", "transformers", "precision"), [
+    # driver 550 runs CUDA 12: SGLang's PyPI builds are CUDA 13.0 from 0.5.11 (0.5.11-0.5.19 have a cu129
+    # lane off PyPI, which the planner does not install), so 0.5.10.post1 (CUDA 12.9), which pins 5.3.0
+    ("linux-x86_64-a100-80gb-driver550", "0.5.10.post1", "5.3.0", "bf16"),
+    # Python 3.10 on driver 580: 0.5.22+ need Python >= 3.11; 0.5.21 pins 5.12.1
+    (box("NVIDIA H100 80GB HBM3", "9.0", 85.0, "580.95.05", "13.0", python="3.10.14"), "0.5.21", "5.12.1", "bf16"),
+    ("linux-x86_64-h100-80gb-driver580", "0.5.23", "5.19.0", "bf16"),
+], ids=["a100-80gb-driver550", "h100-driver580-py3.10", "h100-driver580"])
+def test_sglang_asked_for_gets_its_release_with_the_transformers_it_pins(host, release, transformers, precision):
+    chosen = _engine_plan(host, engine="sglang")
+    assert chosen.serve is not None and chosen.serve.engine_version == release
+    assert chosen.packages["transformers"] == transformers and chosen.packages["sglang"] == release
+    assert chosen.placement.precision == precision
+
+
+def test_driver_550_passes_sglangs_cuda_13_builds_over():
+    chosen, search = _sglang("linux-x86_64-a100-80gb-driver550")
+    assert chosen is not None and str(chosen.release.version) == "0.5.10.post1"
+    refused = search.passed_over["sglang"]
+    for version in ("0.5.11", "0.5.19", "0.5.23"):
+        assert "its CUDA 13.0 wheel needs a newer driver" in refused[Version(version)][1], version
