@@ -9,6 +9,7 @@ driver's CUDA is the one NVIDIA's release notes give for that branch.
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from provision.plan.engine_memory import (
     engine_budget,
     image_tokens,
     kv_bytes_per_token,
+    load_peak_bytes,
     weights_per_gpu,
 )
 
@@ -151,10 +153,10 @@ def test_a_busy_gpu_lowers_the_share_to_what_is_free():
     assert busy.budget.share < idle.budget.share and busy.budget.kv_tokens < idle.budget.kv_tokens
 
 
-def _forced(profile: dict, precision: str) -> EngineChoice | None:
+def _forced(profile: dict, precision: str, engines=MATRIX.engines.engines) -> EngineChoice | None:
     search = EngineSearch()
     host = host_from_dict(profile)
-    return choose_engine(host, MATRIX, MODEL, MATRIX.engines.engines, python=host.python_minor, workload=WORKLOAD,
+    return choose_engine(host, MATRIX, MODEL, engines, python=host.python_minor, workload=WORKLOAD,
                          search=search, forced_precision=precision)
 
 
@@ -314,8 +316,6 @@ def test_sglang_plans_use_its_own_flags():
 
 
 def test_cli_plan_engine_auto_json_and_render_refusal(tmp_path, capsys):
-    import json
-
     from provision.cli import main
 
     host = str(FIXTURES / "linux-x86_64-h100-80gb-driver580.json")
@@ -375,3 +375,41 @@ def test_driver_550_passes_sglangs_cuda_13_builds_over():
     refused = search.passed_over["sglang"]
     for version in ("0.5.11", "0.5.19", "0.5.23"):
         assert "its CUDA 13.0 wheel needs a newer driver" in refused[Version(version)][1], version
+
+
+# ---------------------------------------------------------------- SGLang's precision rules
+
+
+@pytest.mark.parametrize(("host", "release", "kind"), [
+    # cc 8.9: FP8 W8A8; 24 GB cannot hold bf16 plus SGLang's profiling and cache, FP8 can
+    ("linux-x86_64-l4-driver550", "0.5.10.post1", "FP8 W8A8"),
+    (box("NVIDIA L4", "8.9", 24.2, "580.95.05", "13.0"), "0.5.23", "FP8 W8A8"),
+    # cc 8.6: FP8 weight-only through Marlin (SGLang turns it on for 8.0 <= cc < 8.9)
+    ("linux-x86_64-a10g-driver535", "0.5.10.post1", "Marlin"),
+], ids=["l4-driver550", "l4-driver580", "a10g-driver535"])
+def test_sglang_quantizes_to_fp8_where_16_bit_does_not_fit(host, release, kind):
+    choice, _ = _sglang(host)
+    assert choice is not None and choice.precision == "fp8" and str(choice.release.version) == release
+    assert choice.quantization is not None and choice.quantization.method == "fp8" and kind in choice.quantization.kind
+    assert choice.compute_precision == "bf16" and choice.max_model_len == SERVE.context
+    assert _forced(host if isinstance(host, dict) else json.loads((FIXTURES / f"{host}.json").read_text()),
+                   "bf16", [SGLANG]) is None  # 16-bit does not fit: that is why FP8
+    chosen = _engine_plan(host, engine="sglang")
+    pairs = set(itertools.pairwise(chosen.serve.argv))
+    assert ("--quantization", "fp8") in pairs and ("--dtype", "bfloat16") in pairs
+    assert "bitsandbytes" not in chosen.packages
+
+
+def test_sglang_fp8_needs_room_for_the_16_bit_checkpoint_it_loads_first():
+    """SGLang allocates and loads the 16-bit Linear weights whole, then quantizes: a 16 GB card cannot load them."""
+    assert load_peak_bytes(MODEL, 1) > 20 * GB
+    choice, search = _sglang(box("NVIDIA GeForce RTX 4060 Ti", "8.9", 17.2, "580.95.05", "13.0"))
+    assert choice is None
+    assert "fp8 (loaded in 16-bit before it is quantized) on NVIDIA GeForce RTX 4060 Ti" in (search.explain(SGLANG) or "")
+
+
+def test_sglang_has_no_fp8_below_8_0_and_no_in_flight_4_bit():
+    assert not SGLANG.quantizations(SGLANG.releases[0], (7, 5))
+    assert {q.precision for q in SGLANG.quantization} == {"fp8"}
+    assert all(q.loads_16_bit_first for q in SGLANG.quantization)
+    assert SGLANG.quantizations(SGLANG.releases[0], (8, 0))[0].kind.startswith("FP8 weight-only")

@@ -112,6 +112,8 @@ class QuantRule:
     releases: SpecifierSet  # engine releases that have the method; empty = all
     requires: Requirement | None  # a package the engine does not depend on itself
     in_flight: bool
+    #: the whole 16-bit checkpoint is loaded onto the GPU before it is quantized (a load-time peak)
+    loads_16_bit_first: bool = False
     source: str
 
     def applies(self, version: Version, cc: tuple[int, int]) -> bool:
@@ -372,6 +374,7 @@ def _quant_rule(q: Fields) -> QuantRule:
         releases=releases,
         requires=_requirement(q, "requires"),
         in_flight=q.bool("in_flight"),
+        loads_16_bit_first=q.bool("loads_16_bit_first", required=False, default=False),
         source=q.str("source"),
     )
 

@@ -22,7 +22,7 @@ from packaging.version import Version
 from provision.data.architecture import architecture_of
 from provision.plan.budget import gb
 from provision.plan.compat import driver_runs, has_kernels
-from provision.plan.engine_memory import EngineBudget, Workload, engine_budget
+from provision.plan.engine_memory import FREE_MARGIN_BYTES, EngineBudget, Workload, engine_budget, load_peak_bytes
 from provision.vocab import parse_arch
 
 if TYPE_CHECKING:
@@ -207,6 +207,11 @@ def _budgets(model: ModelSpec, release: EngineRelease, precision: str, gpus: Seq
                           workload=workload) for g in gpus]
 
 
+def _load_peak(model: ModelSpec, rule: QuantRule | None, tp: int) -> int:
+    """The bytes a rank holds while loading, where the engine quantizes only after loading 16-bit weights; else 0."""
+    return load_peak_bytes(model, tp) if rule is not None and rule.loads_16_bit_first else 0
+
+
 def _fit(budgets: Sequence[EngineBudget], workload: Workload, *, floor: int) -> tuple[EngineBudget, int] | None:
     """The tightest GPU's budget and the context it serves (the full one, or down to ``floor``)."""
     tight = min(budgets, key=lambda b: b.kv_tokens)
@@ -267,10 +272,13 @@ def _place(host: HostProfile, matrix: Matrix, model: ModelSpec, engine: Engine, 
                 continue
             budgets = _budgets(model, release, resolved[0], gpus, workload)
             fit = _fit(budgets, workload, floor=floor)
-            if fit is None:
-                last = budgets[-1].required(floor)  # the roomiest-first order puts the smallest GPU last
+            peak = _load_peak(model, resolved[1], len(gpus))
+            if fit is None or peak > gpus[-1].memory_free_bytes - FREE_MARGIN_BYTES:
+                # the roomiest-first order puts the smallest GPU last
+                last = max(budgets[-1].required(floor), peak + FREE_MARGIN_BYTES)
                 if need is None or last < need[0]:
-                    need = (last, f"{resolved[0]} on {gpus[-1].name}, {gb(gpus[-1].memory_free_bytes)} free")
+                    loads = " (loaded in 16-bit before it is quantized)" if peak else ""
+                    need = (last, f"{resolved[0]}{loads} on {gpus[-1].name}, {gb(gpus[-1].memory_free_bytes)} free")
                 continue
             native, driver_why, notes = gpu_ok
             return EngineChoice(engine=engine, release=release, torch=torch, variant=variant,

@@ -26,6 +26,10 @@ Sources per term (engines.toml and shared/notes/serving.md carry the links):
   default capture sizes); ``--enforce-eager`` drops the term.
 * outside torch: the CUDA context this toolkit measured on H100/H200 (0.75 GB), plus NCCL's
   buffers with tensor parallelism (bounded at 0.4 GB).
+* load peak of in-flight quantization: an engine that allocates the checkpoint's 16-bit Linear
+  weights, loads them all and only then quantizes layer by layer (SGLang's ``--quantization fp8``,
+  engines.toml ``loads_16_bit_first``) briefly holds the 16-bit weights of its rank next to the
+  CUDA context, before any KV cache exists: that must fit in the free memory too.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ __all__ = [
     "engine_budget",
     "image_tokens",
     "kv_bytes_per_token",
+    "load_peak_bytes",
     "weights_per_gpu",
 ]
 
@@ -135,6 +140,11 @@ def weights_per_gpu(model: ModelSpec, precision: str, tp: int) -> int:
     sixteen = parts.get("embed_tokens", 0) + parts.get("lm_head", 0) + parts.get("final_norm", 0)
     text = math.ceil((decoder * _LINEAR_BYTES[precision] + 2 * sixteen) / tp)
     return text + 2 * parts.get("vision", 0)
+
+
+def load_peak_bytes(model: ModelSpec, tp: int) -> int:
+    """What one rank holds while loading the whole 16-bit checkpoint before quantizing it."""
+    return weights_per_gpu(model, "bf16", tp) + CUDA_CONTEXT_BYTES + (NCCL_BYTES if tp > 1 else 0)
 
 
 def batched_tokens(total_bytes: int) -> int:
