@@ -17,6 +17,7 @@ from packaging.version import Version
 
 from provision.data import load_catalog, load_matrix, resolve_model
 from provision.data.architecture import architecture_of
+from provision.errors import NoViablePlan
 from provision.host import host_from_dict, load_host
 from provision.plan.engine import MIN_SERVING_CONTEXT, EngineChoice, EngineSearch, choose_engine
 from provision.plan.engine_memory import (
@@ -28,6 +29,7 @@ from provision.plan.engine_memory import (
     load_peak_bytes,
     weights_per_gpu,
 )
+from provision.plan.rejections import Rule
 
 MATRIX = load_matrix()
 MODEL = resolve_model("autoglm-phone-9b", load_catalog(MATRIX.catalog_path))
@@ -40,12 +42,13 @@ GB = 10**9
 
 
 def box(gpu: str, cc: str, total_gb: float, driver: str, cuda: str, *, count: int = 1, python: str = "3.12.3",
-        os_name: str = "linux", arch: str = "x86_64", used_gb: float = 0.6) -> dict:
+        os_name: str = "linux", arch: str = "x86_64", used_gb: float = 0.6, glibc: str | None = None) -> dict:
     total = int(total_gb * GB)
     gpus = [{"index": i, "name": gpu, "compute_capability": cc, "memory_total_bytes": total,
              "memory_free_bytes": total - int(used_gb * GB)} for i in range(count)]
-    return {"schema": "provision.host/v1", "os": os_name, "arch": arch, "python": python,
-            "ram_bytes": 128 * 2**30, "nvidia": {"driver_version": driver, "cuda_driver_version": cuda, "gpus": gpus}}
+    return {"schema": "provision.host/v1", "os": os_name, "arch": arch, "python": python, "ram_bytes": 128 * 2**30,
+            **({"glibc": glibc} if glibc else {}),
+            "nvidia": {"driver_version": driver, "cuda_driver_version": cuda, "gpus": gpus}}
 
 
 def choose(profile: dict | str) -> tuple[EngineChoice | None, EngineSearch]:
@@ -94,6 +97,9 @@ NO_ENGINE = [
     ("windows-x86_64-rtx4070-driver566", "no engine wheels for Windows", "Linux"),
     ("macos-arm64-m2-32gb", "no NVIDIA GPU", "NVIDIA GPU"),
     ("linux-x86_64-cpu-only-32gb", "no NVIDIA GPU", "NVIDIA GPU"),
+    ("linux-x86_64-a10g-driver535-glibc2.27", "Ubuntu 18.04's glibc 2.27 is below every engine's floor (vLLM "
+     "2.28-2.35, SGLang 2.28-2.34: the wheels' manylinux tags and torch's manylinux_2_28)",
+     "its wheels need glibc >= 2.28, this host has 2.27"),
 ]
 
 
@@ -374,7 +380,7 @@ def test_driver_550_passes_sglangs_cuda_13_builds_over():
     assert chosen is not None and str(chosen.release.version) == "0.5.10.post1"
     refused = search.passed_over["sglang"]
     for version in ("0.5.11", "0.5.19", "0.5.23"):
-        assert "its CUDA 13.0 wheel needs a newer driver" in refused[Version(version)][1], version
+        assert "its CUDA 13.0 wheel needs a newer driver" in refused[Version(version)].why, version
 
 
 # ---------------------------------------------------------------- SGLang's precision rules
@@ -413,3 +419,64 @@ def test_sglang_has_no_fp8_below_8_0_and_no_in_flight_4_bit():
     assert {q.precision for q in SGLANG.quantization} == {"fp8"}
     assert all(q.loads_16_bit_first for q in SGLANG.quantization)
     assert SGLANG.quantizations(SGLANG.releases[0], (8, 0))[0].kind.startswith("FP8 weight-only")
+
+
+# ---------------------------------------------------------------- glibc: the wheels' manylinux floor
+
+
+UBUNTU_1804 = "linux-x86_64-a10g-driver535-glibc2.27"  # Ubuntu 18.04: glibc 2.27
+RHEL_8 = "linux-x86_64-a100-40gb-driver535-glibc2.28"  # RHEL 8 / Debian 10: glibc 2.28
+
+
+def test_an_old_glibc_passes_every_engine_over_naming_both_versions():
+    choice, search = choose(UBUNTU_1804)
+    assert choice is None
+    assert search.explain(VLLM) == "vLLM 0.33.0 passed over: its wheels need glibc >= 2.28, this host has 2.27"
+    assert search.explain(SGLANG) == "SGLang 0.5.23 passed over: its wheels need glibc >= 2.34, this host has 2.27"
+    assert {r.rule for r in search.rejections} == {Rule.GLIBC}
+    assert {(str(r.glibc), str(r.glibc_floor)) for r in search.of(Rule.GLIBC)} >= {("2.27", "2.28"), ("2.27", "2.35")}
+
+
+@pytest.mark.parametrize("glibc", [None, "2.31", "2.39"])
+def test_glibc_unknown_or_at_the_floor_is_no_obstacle(glibc):
+    """The same A10G on driver 535 gets vLLM 0.19.1 (manylinux_2_31) once glibc is unknown or new enough."""
+    choice, _ = choose(box("NVIDIA A10G", "8.6", 24.1, "535.183.01", "12.2", glibc=glibc))
+    assert choice is not None and (choice.engine.name, str(choice.release.version)) == ("vllm", "0.19.1")
+
+
+def test_auto_on_an_old_glibc_serves_with_transformers_and_says_why():
+    chosen = _engine_plan(UBUNTU_1804)
+    assert chosen.serve is None and chosen.reasons[0].choice == "transformers"
+    assert "vLLM 0.33.0 passed over: its wheels need glibc >= 2.28, this host has 2.27" in chosen.reasons[0].why
+
+
+def test_the_no_plan_remedy_names_the_glibc_that_gives_a_plan():
+    with pytest.raises(NoViablePlan) as err:
+        _engine_plan(UBUNTU_1804, engine="vllm")
+    assert err.value.message == "--engine vllm: vLLM 0.33.0 passed over: its wheels need glibc >= 2.28, this host has 2.27"
+    # 2.28 would admit vLLM 0.33.0's wheels, but driver 535 cannot run them: 0.19.1 (manylinux_2_31) is what runs
+    assert err.value.remedies[0].startswith("use a Linux with glibc >= 2.31 (this host has 2.27): vLLM 0.19.1 runs here")
+    with pytest.raises(NoViablePlan) as err:
+        _engine_plan(UBUNTU_1804, engine="sglang")
+    assert err.value.remedies[0].startswith("use a Linux with glibc >= 2.28 (this host has 2.27): SGLang 0.5.10.post1")
+
+
+def test_no_glibc_remedy_where_a_newer_glibc_would_not_give_a_plan():
+    """A GTX 1080 Ti has no engine kernels: upgrading glibc changes nothing, so it is not offered."""
+    with pytest.raises(NoViablePlan) as err:
+        _engine_plan(box("NVIDIA GeForce GTX 1080 Ti", "6.1", 11.8, "535.183.01", "12.2", glibc="2.27"), engine="vllm")
+    assert not any("glibc" in r for r in err.value.remedies)
+
+
+def test_glibc_2_28_and_driver_535_get_sglang_and_say_why_not_vllm():
+    """vLLM's CUDA 12.9 build (0.19.1) is manylinux_2_31 and its CUDA 13 builds need driver 580; SGLang 0.5.10.post1
+    (CUDA 12.9, manylinux_2_28 with torch 2.9.1) runs: the better engine is passed over with both reasons."""
+    chosen = _engine_plan(RHEL_8)
+    assert chosen.serve is not None and (chosen.serve.engine, chosen.serve.engine_version) == ("sglang", "0.5.10.post1")
+    assert chosen.packages["transformers"] == "5.3.0" and chosen.packages["torch"] == "2.9.1"
+    assert chosen.placement.precision == "bf16"
+    why = chosen.reasons[0].why
+    assert "vLLM 0.33.0 passed over: its CUDA 13.0 wheel needs a newer driver" in why
+    assert "vLLM 0.19.1 (CUDA 12.9): its wheels need glibc >= 2.31, this host has 2.28" in why
+    assert "SGLang 0.5.23 passed over: its wheels need glibc >= 2.34, this host has 2.28" in why
+    assert chosen.serve.argv[:3] == ("python3", "-m", "sglang.launch_server")

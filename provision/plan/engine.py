@@ -23,6 +23,7 @@ from provision.data.architecture import architecture_of
 from provision.plan.budget import gb
 from provision.plan.compat import driver_runs, has_kernels
 from provision.plan.engine_memory import FREE_MARGIN_BYTES, EngineBudget, Workload, engine_budget, load_peak_bytes
+from provision.plan.rejections import Rejection, Rule
 from provision.vocab import parse_arch
 
 if TYPE_CHECKING:
@@ -70,34 +71,68 @@ class EngineChoice:
         return len(self.gpus)
 
 
+@dataclass(frozen=True, slots=True)
+class _Passed:
+    """The first reason a release was passed over, how far it got, and the rule when it is a typed one."""
+
+    stage: int
+    why: str
+    rule: Rule | None = None
+
+
 @dataclass(slots=True)
 class EngineSearch:
     """Why each engine release was passed over (the first reason per release) and how far it got.
 
     ``stage`` orders reasons by how close a release came to a plan: 0 it cannot be installed here
     (platform, Python, glibc, torch build, transformers), 1 the driver cannot run it, 2 it has no
-    kernels for a GPU, 3 it runs but the model does not fit.
+    kernels for a GPU, 3 it runs but the model does not fit. ``rejections`` keeps the typed
+    install-time refusals (rule and values), from which a no-plan remedy is chosen.
     """
 
-    passed_over: dict[str, dict[Version, tuple[int, str]]] = field(default_factory=dict)
+    passed_over: dict[str, dict[Version, _Passed]] = field(default_factory=dict)
+    rejections: list[Rejection] = field(default_factory=list)
 
-    def reject(self, engine: str, release: EngineRelease, why: str, stage: int = 0) -> None:
-        self.passed_over.setdefault(engine, {}).setdefault(release.version, (stage, why))
+    def reject(self, engine: str, release: EngineRelease, why: str | Rejection, stage: int = 0) -> None:
+        seen = self.passed_over.setdefault(engine, {})
+        if release.version in seen:
+            return
+        if isinstance(why, Rejection):
+            seen[release.version] = _Passed(stage, why.text, why.rule)
+            self.rejections.append(why)
+        else:
+            seen[release.version] = _Passed(stage, why)
+
+    def of(self, rule: Rule) -> list[Rejection]:
+        return [r for r in self.rejections if r.rule is rule]
 
     def explain(self, engine: Engine) -> str | None:
-        """One sentence: why the newest release was passed over and, when an older one came closer, why that one."""
+        """One sentence: why the newest release was passed over; when an older one came closer, why that one;
+        and when an older one was refused only for the host's glibc (which an upgrade changes), that too."""
         seen = self.passed_over.get(engine.name)
         if not seen:
             return None
         label = ENGINE_LABELS.get(engine.name, engine.name)
         newest = max(seen)
-        text = f"{label} {newest} passed over: {seen[newest][1]}"
-        closest = max(seen, key=lambda v: (seen[v][0], v))
-        if closest != newest and seen[closest][0] > seen[newest][0]:
-            release = engine.release(closest)
-            cuda = f" (CUDA {release.cuda})" if release is not None else ""
-            text += f"; {label} {closest}{cuda}: {seen[closest][1]}"
+        text = f"{label} {newest} passed over: {seen[newest].why}"
+        named = {newest}
+        closest = max(seen, key=lambda v: (seen[v].stage, v))
+        if closest != newest and seen[closest].stage > seen[newest].stage:
+            text += f"; {self._older(engine, label, closest, seen[closest].why)}"
+            named.add(closest)
+        glibc = [r for r in engine.releases if r.version in seen and seen[r.version].rule is Rule.GLIBC]
+        if glibc and seen[newest].rule is not Rule.GLIBC:
+            # what the smallest glibc upgrade admits: releases are newest first, and min keeps the first
+            least = min(glibc, key=lambda r: r.glibc)
+            if least.version not in named:
+                text += f"; {self._older(engine, label, least.version, seen[least.version].why)}"
         return text
+
+    @staticmethod
+    def _older(engine: Engine, label: str, version: Version, why: str) -> str:
+        release = engine.release(version)
+        cuda = f" (CUDA {release.cuda})" if release is not None else ""
+        return f"{label} {version}{cuda}: {why}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,15 +143,17 @@ class _Refused:
     why: str
 
 
-def _torch_for(matrix: Matrix, release: EngineRelease, platform: str) -> tuple[TorchRelease, TorchVariant] | str:
+def _torch_for(matrix: Matrix, release: EngineRelease, platform: str) -> tuple[TorchRelease, TorchVariant] | Rejection:
     """The torch build the engine's pin installs from PyPI on ``platform``, or why there is none."""
     torch = next((t for t in matrix.torch if t.version == release.torch), None)
     if torch is None:
-        return f"pins torch {release.torch}, which the matrix does not describe"
+        return Rejection(rule=Rule.PLATFORM, torch=release.torch,
+                         text=f"pins torch {release.torch}, which the matrix does not describe")
     default = torch.pypi_default.get(platform)
     variant = torch.variant(default) if default else None
     if variant is None or variant.cuda is None:
-        return f"pins torch {release.torch}, whose PyPI build for {platform} has no CUDA"
+        return Rejection(rule=Rule.PLATFORM, torch=release.torch,
+                         text=f"pins torch {release.torch}, whose PyPI build for {platform} has no CUDA")
     return torch, variant
 
 
@@ -130,22 +167,24 @@ def _transformers_pin(matrix: Matrix, model: ModelSpec, release: EngineRelease, 
 
 
 def _host_rules(host: HostProfile, matrix: Matrix, model: ModelSpec, release: EngineRelease,
-                python: str) -> str | tuple[TorchRelease, TorchVariant, Version]:
+                python: str) -> Rejection | tuple[TorchRelease, TorchVariant, Version]:
     """The rules that hold whatever the placement: wheel, Python, glibc, torch build, transformers."""
     if host.platform not in release.platforms:
-        return f"has no wheel for {host.platform}"
+        return Rejection(rule=Rule.PLATFORM, text=f"has no wheel for {host.platform}")
     if not release.admits_python(python):
-        return f"has no wheel for Python {python} (Requires-Python {release.requires_python})"
-    glibc = getattr(host, "glibc", None)
-    if glibc is not None and glibc < release.glibc:
-        return f"its wheels need glibc >= {release.glibc}; this host has {glibc}"
+        return Rejection(rule=Rule.PYTHON, python=python,
+                         text=f"has no wheel for Python {python} (Requires-Python {release.requires_python})")
+    if host.glibc is not None and host.glibc < release.glibc:
+        return Rejection(rule=Rule.GLIBC, glibc=host.glibc, glibc_floor=release.glibc,
+                         text=f"its wheels need glibc >= {release.glibc}, this host has {host.glibc}")
     torch = _torch_for(matrix, release, host.platform)
-    if isinstance(torch, str):
+    if isinstance(torch, Rejection):
         return torch
     transformers = _transformers_pin(matrix, model, release, python)
     if transformers is None:
-        return (f"no transformers release in the matrix is inside its range {release.transformers} and "
-                f">= {model.min_transformers}, which {model.name} needs")
+        return Rejection(rule=Rule.TRANSFORMERS, torch=release.torch, python=python,
+                         text=f"no transformers release in the matrix is inside its range {release.transformers} "
+                              f"and >= {model.min_transformers}, which {model.name} needs")
     return torch[0], torch[1], transformers
 
 
@@ -245,7 +284,7 @@ def _choose_release(host: HostProfile, matrix: Matrix, model: ModelSpec, engine:
         return None
     for release in engine.releases:
         rules = _host_rules(host, matrix, model, release, python)
-        if isinstance(rules, str):
+        if isinstance(rules, Rejection):
             search.reject(engine.name, release, rules)
             continue
         choice = _place(host, matrix, model, engine, release, rules, workload, search, forced, floor=floor)

@@ -9,13 +9,17 @@ and the ones the planner computed (memory share, context, tensor-parallel size, 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from packaging.version import Version
 
 from provision.plan.budget import gb
 from provision.plan.document import Placement, Plan, Reason
-from provision.plan.engine import ENGINE_LABELS
+from provision.plan.engine import ENGINE_LABELS, EngineSearch, choose_engine
+from provision.plan.engine_memory import Workload
+from provision.plan.rejections import Rule
 from provision.plan.serve import Serve
 from provision.vocab import PYPI_INDEX
 
@@ -24,9 +28,9 @@ if TYPE_CHECKING:
     from provision.data.engines import Engine
     from provision.data.matrix import Matrix
     from provision.host.profile import HostProfile
-    from provision.plan.engine import EngineChoice, EngineSearch
+    from provision.plan.engine import EngineChoice
 
-__all__ = ["SERVE_PORT", "engine_plan", "server_argv"]
+__all__ = ["ENGINE_FALLBACK", "SERVE_PORT", "NoEngine", "engine_plan", "serve_with_engine", "server_argv"]
 
 #: The port Open-AutoGLM's phone agent calls (``http://localhost:8000/v1``).
 SERVE_PORT = 8000
@@ -98,10 +102,13 @@ def _packages(matrix: Matrix, choice: EngineChoice) -> dict[str, str]:
 
 
 def _reasons(host: HostProfile, model: ModelSpec, choice: EngineChoice, search: EngineSearch,
-             python: str) -> tuple[Reason, ...]:
+             python: str, better: Sequence[Engine]) -> tuple[Reason, ...]:
     release, engine, b = choice.release, choice.engine, choice.budget
     label = ENGINE_LABELS.get(engine.name, engine.name)
     engine_why = f"{label} {release.version}: every rule holds on this host"
+    for other in better:  # the engines preferred to this one, each passed over with its reason
+        why = search.explain(other)
+        engine_why += f"; {why}" if why else ""
     passed = search.explain(engine)
     if passed and release.version != engine.releases[0].version:
         engine_why += f"; {passed}"
@@ -134,12 +141,12 @@ def _precision_why(choice: EngineChoice) -> str:
 
 
 def engine_plan(host: HostProfile, matrix: Matrix, model: ModelSpec, choice: EngineChoice, search: EngineSearch,
-                *, python: str) -> Plan:
-    """The plan that serves ``model`` with ``choice``."""
+                *, python: str, better: Sequence[Engine] = ()) -> Plan:
+    """The plan that serves ``model`` with ``choice``; ``better`` are the engines tried before it."""
     assert model.serve is not None
     b, release = choice.budget, choice.release
     tp = choice.tensor_parallel_size
-    reasons = _reasons(host, model, choice, search, python)
+    reasons = _reasons(host, model, choice, search, python, better)
     placement = Placement(device="cuda", gpus=choice.gpus, precision=choice.precision,
                           required_bytes=b.required(choice.max_model_len) * tp,
                           available_bytes=int(b.share * b.total_bytes) * tp, breakdown=b.breakdown(),
@@ -162,21 +169,49 @@ def engine_plan(host: HostProfile, matrix: Matrix, model: ModelSpec, choice: Eng
                 reasons=reasons, cuda=choice.variant.cuda, serve=serve)
 
 
-def serve_with_engine(host: HostProfile, matrix: Matrix, model: ModelSpec, *, engine: str, python: str,
-                      context: int | None, precision: str | None) -> Plan | tuple[str, ...]:
-    """The engine plan ``engine`` (``auto``, ``vllm``, ``sglang``) asks for, or why each engine was passed over."""
-    from provision.plan.engine import EngineSearch, choose_engine
-    from provision.plan.engine_memory import Workload
+@dataclass(frozen=True, slots=True)
+class NoEngine:
+    """Why no engine serves here (a sentence per engine passed over) and what would change that."""
 
+    reasons: tuple[str, ...]
+    remedies: tuple[str, ...] = ()
+
+
+#: What always applies when an asked-for engine cannot serve.
+ENGINE_FALLBACK = "--engine auto serves with transformers where no engine runs; --engine transformers plans for it directly"
+
+
+def _glibc_remedy(host: HostProfile, matrix: Matrix, model: ModelSpec, engines: Sequence[Engine], *, python: str,
+                  workload: Workload, precision: str | None, search: EngineSearch) -> str | None:
+    """The glibc that gets an engine onto this host, when glibc is what stops it: the search rerun without the check."""
+    if host.glibc is None or not search.of(Rule.GLIBC):
+        return None
+    relaxed = choose_engine(replace(host, glibc=None), matrix, model, engines, python=python, workload=workload,
+                            search=EngineSearch(), forced_precision=precision)
+    if relaxed is None:
+        return None  # something else binds too: a newer glibc alone gives no plan
+    label = ENGINE_LABELS.get(relaxed.engine.name, relaxed.engine.name)
+    return (f"use a Linux with glibc >= {relaxed.release.glibc} (this host has {host.glibc}): {label} "
+            f"{relaxed.release.version} runs here then; or serve from the engine's container image, whose own glibc "
+            "is used (only the kernel and the NVIDIA driver come from the host)")
+
+
+def serve_with_engine(host: HostProfile, matrix: Matrix, model: ModelSpec, *, engine: str, python: str,
+                      context: int | None, precision: str | None) -> Plan | NoEngine:
+    """The engine plan ``engine`` (``auto``, ``vllm``, ``sglang``) asks for, or why each engine was passed over."""
     engines = [e for e in matrix.engines.engines if engine in ("auto", e.name)]
     if model.serve is None:
-        return tuple(f"{ENGINE_LABELS.get(e.name, e.name)} passed over: {model.name} has no serving facts in the catalog "
-                     "(a local model directory)" for e in engines)
+        return NoEngine(tuple(f"{ENGINE_LABELS.get(e.name, e.name)} passed over: {model.name} has no serving facts in "
+                              "the catalog (a local model directory)" for e in engines), (ENGINE_FALLBACK,))
     workload = Workload(max_model_len=context or model.serve.context, images_per_prompt=model.serve.images_per_prompt,
                         max_pixels=model.serve.max_pixels)
     search = EngineSearch()
     choice = choose_engine(host, matrix, model, engines, python=python, workload=workload, search=search,
                            forced_precision=precision)
     if choice is None:
-        return tuple(t for t in (search.explain(e) for e in engines) if t)
-    return engine_plan(host, matrix, model, choice, search, python=python)
+        glibc = _glibc_remedy(host, matrix, model, engines, python=python, workload=workload, precision=precision,
+                              search=search)
+        return NoEngine(tuple(t for t in (search.explain(e) for e in engines) if t),
+                        (*([glibc] if glibc else []), ENGINE_FALLBACK))
+    return engine_plan(host, matrix, model, choice, search, python=python,
+                       better=engines[:engines.index(choice.engine)])

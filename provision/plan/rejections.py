@@ -47,6 +47,7 @@ class Rule(Enum):
     BITSANDBYTES = "bitsandbytes"
     TRANSFORMERS = "transformers"  # no transformers release supports the torch on the Python
     TRANSFORMERS_PYTHON = "transformers-python"  # the transformers the model needs wants a newer Python
+    GLIBC = "glibc"  # the wheels' manylinux floor is above the host's glibc
 
     @property
     def stage(self) -> Stage:
@@ -69,7 +70,7 @@ class Rejection:
 
     Only the values that apply are set: ``needed_bytes``/``available_bytes`` for memory, the
     driver and its floor for a driver, compute capability and its floor for kernels and
-    bitsandbytes, the Pythons for Python.
+    bitsandbytes, the Pythons for Python, the host's glibc and the wheels' floor for glibc.
     """
 
     rule: Rule
@@ -91,6 +92,8 @@ class Rejection:
     pythons: tuple[str, ...] = ()
     #: the Pythons the transformers the model needs accepts (a specifier such as ``>=3.10.0``)
     python_floor: str | None = None
+    glibc: Version | None = None
+    glibc_floor: Version | None = None
 
     @property
     def stage(self) -> Stage:

@@ -601,19 +601,20 @@ def _engine(job: _Job, device: str) -> Plan | tuple[str, ...]:
 
     :raises NoViablePlan: ``--engine vllm`` or ``sglang`` was asked for and cannot serve here.
     """
-    from provision.plan.engine_plan import serve_with_engine
+    from provision.plan.engine_plan import ENGINE_FALLBACK, NoEngine, serve_with_engine
 
     prefs = job.prefs
     if device != "cuda":
-        why: Plan | tuple[str, ...] = (f"vLLM and SGLang serve on Linux with an NVIDIA GPU; this plan runs on {device}",)
+        served: Plan | NoEngine = NoEngine(
+            (f"vLLM and SGLang serve on Linux with an NVIDIA GPU; this plan runs on {device}",), (ENGINE_FALLBACK,))
     else:
-        why = serve_with_engine(job.host, job.matrix, job.model, engine=prefs.engine, python=job.python,
-                                context=prefs.serving_context, precision=prefs.precision)
-    if isinstance(why, tuple) and prefs.engine != "auto":
-        raise NoViablePlan(f"--engine {prefs.engine}: " + "; ".join(why),
-                           ["--engine auto serves with transformers where no engine runs; --engine transformers "
-                            "plans for it directly"])
-    return why
+        served = serve_with_engine(job.host, job.matrix, job.model, engine=prefs.engine, python=job.python,
+                                   context=prefs.serving_context, precision=prefs.precision)
+    if isinstance(served, Plan):
+        return served
+    if prefs.engine != "auto":
+        raise NoViablePlan(f"--engine {prefs.engine}: " + "; ".join(served.reasons), list(served.remedies))
+    return served.reasons
 
 
 def sibling_variants(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences,
