@@ -202,6 +202,27 @@ def test_a_transformers_split_asks_for_both_gpus_without_tensor_parallelism():
     assert _matches(terms, labels)  # each card holds half the model: its memory floor is per GPU
 
 
+def test_sglangs_memory_floor_counts_its_fraction_as_weights_and_cache_only():
+    """--mem-fraction-static covers the weights and the KV pool; the profiling peak, graphs and context come on top.
+
+    Dividing the whole need by it (vLLM's rule) would ask for a larger GPU than the 24 GB card it was planned on.
+    """
+    host = load_host(next(h for h in HOSTS if h.stem == "linux-x86_64-rtx3090-driver550"))
+    chosen = plan(host, MATRIX, MODEL, Preferences(engine="sglang"))
+    assert chosen.serve is not None and chosen.serve.engine == "sglang"
+    floor = node_floor(chosen, MATRIX, "x86_64")
+    assert floor.share_covers_weights_and_kv
+    files = deploy_files(chosen, DeployInputs(floor=floor, arch="x86_64", toolkit_version="0.1.0"))
+    spec = yaml.safe_load(files[K8S_DEPLOYMENT])["spec"]["template"]["spec"]
+    (terms,) = [t["matchExpressions"] for t in
+                spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]]
+    memory = int(next(e for e in terms if e["key"] == GFD_MEMORY)["values"][0]) + 1
+    assert chosen.placement.required_bytes / MIB <= memory <= host.gpus[0].memory_total_bytes / MIB
+    breakdown = chosen.placement.breakdown
+    pool = chosen.placement.required_bytes - sum(v for k, v in breakdown.items() if k not in ("weights", "kv_cache"))
+    assert memory * MIB * chosen.serve.gpu_memory_utilization >= pool  # the static share holds weights and cache
+
+
 def test_the_server_command_shown_is_the_plans_argv(rendered):
     for (host, engine), (chosen, _, _, folder) in rendered.items():
         for name in (COMPOSE_PATH, K8S_DEPLOYMENT):

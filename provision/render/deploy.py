@@ -101,13 +101,15 @@ class NodeFloor:
 
     ``driver``: the oldest driver that runs ``cuda`` (the CUDA of the image the Dockerfile builds on);
     ``compute``: the lowest compute capability that has kernels in the build and runs the planned
-    precision; ``why``: one line per floor, for the manifest's comments.
+    precision; ``why``: one line per floor, for the manifest's comments; ``share_covers_weights_and_kv``:
+    the engine's memory fraction is SGLang's kind (weights and the KV pool only), not vLLM's (everything).
     """
 
     driver: Version | None = None
     cuda: Version | None = None
     compute: tuple[int, int] | None = None
     why: tuple[str, ...] = ()
+    share_covers_weights_and_kv: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,6 +217,7 @@ def node_floor(plan: Plan, matrix: Matrix, arch: str) -> NodeFloor:
     platform = _LINUX_PLATFORM.get(arch)
     if platform is None:
         raise InvalidInput("host", "arch", f"{arch!r} has no Linux container platform")
+    engine = matrix.engines.get(plan.serve.engine) if plan.serve is not None else None
     if plan.serve is not None and plan.serve.engine != "transformers":
         cuda, floors = _engine_floors(plan, matrix, platform)
     else:
@@ -225,7 +228,8 @@ def node_floor(plan: Plan, matrix: Matrix, arch: str) -> NodeFloor:
     compute = max((cc for cc, _ in floors), default=None)
     why = (f"driver branch >= {driver.major}: the oldest driver that runs CUDA {cuda} builds (cuda.toml)",
            *(text for _, text in floors))
-    return NodeFloor(driver=driver, cuda=cuda, compute=compute, why=why)
+    return NodeFloor(driver=driver, cuda=cuda, compute=compute, why=why,
+                     share_covers_weights_and_kv=engine is not None and engine.memory.fraction == "computed")
 
 
 # ---------------------------------------------------------------- names and values
@@ -311,11 +315,22 @@ def _server(plan: Plan) -> _Server:
                    argv=tuple(serve.argv), base_image=serve.image)
 
 
-def _memory_floor_mib(plan: Plan) -> tuple[int, str]:
-    """The GPU memory (MiB) a node's GPU needs: the plan's per-GPU need, over the engine's memory fraction."""
+def _memory_floor_mib(plan: Plan, floor: NodeFloor) -> tuple[int, str]:
+    """The GPU memory (MiB) a node's GPU needs: the plan's per-GPU need, over the engine's memory fraction.
+
+    vLLM's fraction covers the whole need. SGLang's covers the weights and the KV pool only, the rest
+    comes on top: the GPU needs the whole need, and a share of it that holds weights and the cache.
+    """
     gpus = len(plan.placement.gpus) or 1
     per_gpu = math.ceil(plan.placement.required_bytes / gpus)
     share = plan.serve.gpu_memory_utilization if plan.serve is not None else None
+    if share and floor.share_covers_weights_and_kv:
+        # an engine plan's breakdown is one GPU's (the tightest), its required_bytes all GPUs'
+        outside = sum(v for k, v in plan.placement.breakdown.items() if k not in ("weights", "kv_cache"))
+        pool = per_gpu - outside  # the weights and the cache of the planned context, per GPU
+        mib = math.ceil(max(per_gpu, pool / share) / _MIB)
+        return mib, (f"GPU memory >= {mib} MiB: {per_gpu / 1e9:.1f} GB per GPU for the plan, of which "
+                     f"{pool / 1e9:.1f} GB (weights and KV cache) is {share:g} of it")
     if share:
         mib = math.ceil(per_gpu / share / _MIB)
         return mib, f"GPU memory >= {mib} MiB: {per_gpu / 1e9:.1f} GB per GPU for the plan is {share:g} of it"
@@ -342,7 +357,7 @@ def _node_terms(plan: Plan, floor: NodeFloor, arch: str) -> tuple[list[list[dict
     if floor.driver is None or floor.compute is None:
         raise InvalidInput("render", "node_floor", "a GPU plan's deployment needs its driver and compute floors "
                                                    "(provision.render.deploy.node_floor)")
-    memory_mib, memory_why = _memory_floor_mib(plan)
+    memory_mib, memory_why = _memory_floor_mib(plan, floor)
     gpu = [{"key": GFD_DRIVER_MAJOR, "operator": "Gt", "values": [str(floor.driver.major - 1)]},
            {"key": GFD_MEMORY, "operator": "Gt", "values": [str(memory_mib - 1)]}]
     terms = [[*base, *cc, *gpu] for cc in _at_least(GFD_COMPUTE_MAJOR, GFD_COMPUTE_MINOR, floor.compute)]
