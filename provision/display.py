@@ -42,20 +42,19 @@ def show_host(host: HostProfile, console: Any) -> None:
 
 def show_plan(plan: Plan, console: Any) -> None:
     """A readable plan: the choice on top, then every reason and warning."""
+    import shlex
+
     from rich.markup import escape
     from rich.table import Table
 
     p = plan.placement
     where = f"GPU {', '.join(map(str, p.gpus))}" if p.gpus else p.device.upper()
     source = plan.model_repo or "local directory"
-    if plan.serve is not None:  # what users deploy comes first
-        import shlex
-
-        s = plan.serve
-        held = f"; KV cache for {s.kv_cache_tokens:,} tokens" if s.kv_cache_tokens else ""
-        console.print(f"[bold]serve:[/] {s.engine} {s.engine_version} as {s.served_model_name!r} on port {s.port}, "
-                      f"{s.max_model_len:,} tokens, tensor parallel {s.tensor_parallel_size}{held}")
-        console.print(escape(shlex.join(s.argv)), soft_wrap=True)
+    s = plan.serve  # what users deploy comes first
+    held = f"; KV cache for {s.kv_cache_tokens:,} tokens" if s.kv_cache_tokens else ""
+    console.print(f"[bold]serve:[/] {s.engine} {s.engine_version} as {escape(repr(s.served_model_name))} on port "
+                  f"{s.port}, {s.max_model_len:,} tokens, tensor parallel {s.tensor_parallel_size}{held}")
+    console.print(escape(shlex.join(s.argv)), soft_wrap=True)
     console.print(f"[bold]{plan.model_id}[/] ({source}): [bold]{p.precision}[/] on {where}, "
                   f"torch {plan.torch_version} {escape('[' + plan.variant + ']')}, Python {plan.python}")
     console.print(f"memory: {p.required_bytes / 1e9:.1f} GB needed of {p.available_bytes / 1e9:.1f} GB "

@@ -143,6 +143,14 @@ MALFORMED = [
      "64 is out of range [0, 63]"),
     (_set("warnings", ["ok", 3]), "warnings[1]", "expected a string, got integer"),
     (_set("reasons", [{"decision": "torch", "choice": "2.14.1"}]), "reasons[0].why", "required key is missing"),
+    (_set("serve", []), "serve", "expected an object, got array"),
+    (_set("serve.engine", "tgi"), "serve.engine", "'tgi' is not one of vllm, sglang, transformers"),
+    (_set("serve.argv", ["transformers", "serve", "autoglm-phone-9b", "--port", "80"]), "serve.argv",
+     "must hold '--port 8000' once (serve.sh replaces that value)"),
+    (_set("serve.argv", ["transformers", "serve", "x;y", "--port", "8000"]), "serve.argv[2]",
+     "'x;y' is not a plain argument"),
+    (_set("serve.model_source", "zai-org/$(x)"), "serve.model_source", "'zai-org/$(x)' is not a plain argument"),
+    (_set("serve.port", 0), "serve.port", "0 is out of range [1, 65535]"),
 ]
 
 
@@ -180,3 +188,30 @@ def test_a_sibling_built_by_replace_round_trips_too() -> None:
     a10g = Plan.from_dict(A10G_DOC)
     cpu = replace(a10g, variant="cpu", cuda=None, placement=replace(a10g.placement, device="cpu", gpus=()))
     assert Plan.from_dict(cpu.to_dict()) == cpu
+
+
+def test_every_plan_serves_and_a_document_without_serve_reads_as_transformers_serve() -> None:
+    """Plans written before ``serve`` existed (the contract's example, older locks) are transformers plans."""
+    for _, planned in PLANS:
+        assert planned.serve.engine == "transformers"  # the default engine
+        assert planned.serve.engine_version == planned.packages["transformers"]
+    doc = copy.deepcopy(A10G_DOC)
+    del doc["serve"]
+    old = Plan.from_dict(doc)
+    assert old.serve.argv == ("transformers", "serve", "autoglm-phone-9b", "--port", "8000", "--dtype", "bfloat16",
+                              "--device", "auto")
+    assert (old.serve.model_source, old.serve.max_model_len) == ("zai-org/AutoGLM-Phone-9B", 4096)
+    doc["precision"] = "fp8"  # only an engine quantizes to fp8: such a plan must say how it is served
+    with pytest.raises(InvalidInput, match=r"^plan: serve: required key is missing"):
+        Plan.from_dict(doc)
+
+
+def test_an_engine_serve_must_name_its_model_where_serve_sh_replaces_it() -> None:
+    doc = copy.deepcopy(A10G_DOC)
+    doc["serve"] = {**doc["serve"], "engine": "vllm", "argv": ["vllm", "serve", "other/Repo", "--port", "8000"]}
+    with pytest.raises(InvalidInput) as exc:
+        Plan.from_dict(doc)
+    assert str(exc.value) == ("plan: serve.argv: must name model_source 'zai-org/AutoGLM-Phone-9B' once "
+                              "(serve.sh replaces it)")
+    doc["serve"]["argv"][2] = "zai-org/AutoGLM-Phone-9B"
+    assert Plan.from_dict(doc).serve.model_index == 2

@@ -291,8 +291,10 @@ def test_auto_falls_back_to_transformers_and_says_why():
     for host in ("windows-x86_64-rtx4070-driver566", "macos-arm64-m2-32gb", "linux-x86_64-cpu-only-32gb",
                  "linux-x86_64-rtx3060-12gb-driver550"):
         chosen = _engine_plan(host)
-        assert chosen.serve is None
-        assert chosen.reasons[0].decision == "engine" and chosen.reasons[0].choice == "transformers"
+        assert chosen.serve.engine == "transformers" and chosen.serve.image is None
+        assert chosen.serve.engine_version == chosen.packages["transformers"]
+        assert chosen.reasons[0].decision == "engine"
+        assert chosen.reasons[0].choice == f"transformers {chosen.packages['transformers']}"
         assert "passed over" in chosen.reasons[0].why or "serve on Linux" in chosen.reasons[0].why
 
 
@@ -303,9 +305,17 @@ def test_an_engine_asked_for_that_cannot_run_is_a_no_plan():
         _engine_plan("linux-x86_64-gtx1080ti-driver535", engine="vllm")
 
 
-def test_the_default_engine_keeps_the_transformers_plan():
+def test_the_default_engine_keeps_the_transformers_plan_and_serves_it_with_transformers_serve():
+    from provision.plan.document import Plan
+
     chosen = _engine_plan("linux-x86_64-h100-80gb-driver580", engine="transformers")
-    assert chosen.serve is None and "serve" not in chosen.to_dict()
+    assert "vllm" not in chosen.packages and chosen.to_dict()["serve"]["engine"] == "transformers"
+    assert chosen.serve.argv == ("transformers", "serve", "autoglm-phone-9b", "--port", "8000",
+                                 "--dtype", "bfloat16", "--device", "auto")
+    assert chosen.serve.model_source == "zai-org/AutoGLM-Phone-9B"
+    assert (chosen.serve.tensor_parallel_size, chosen.serve.gpu_memory_utilization) == (1, None)
+    assert chosen.reasons[0].decision == "engine" and "--engine transformers" in chosen.reasons[0].why
+    assert Plan.from_dict(chosen.to_dict()) == chosen
 
 
 def test_sglang_plans_use_its_own_flags():
@@ -446,7 +456,7 @@ def test_glibc_unknown_or_at_the_floor_is_no_obstacle(glibc):
 
 def test_auto_on_an_old_glibc_serves_with_transformers_and_says_why():
     chosen = _engine_plan(UBUNTU_1804)
-    assert chosen.serve is None and chosen.reasons[0].choice == "transformers"
+    assert chosen.serve.engine == "transformers" and chosen.reasons[0].choice == f"transformers {chosen.serve.engine_version}"
     assert "vLLM 0.33.0 passed over: its wheels need glibc >= 2.28, this host has 2.27" in chosen.reasons[0].why
 
 

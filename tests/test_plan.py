@@ -118,8 +118,29 @@ def test_reference_hosts(name: str, torch: str, variant: str, precision: str, de
     assert got == (torch, variant, precision, device, gpus), why
     assert_valid(p, h)
     decisions = {r.decision for r in p.reasons}
-    assert {"torch", "variant", "precision", "device"} <= decisions
+    assert {"engine", "torch", "variant", "precision", "device"} <= decisions
     assert all(r.why for r in p.reasons)
+    assert_transformers_serve(p)
+
+
+def assert_transformers_serve(p: Plan, context: int = 4096) -> None:
+    """``transformers serve`` pinned to the served name, in the plan's precision and on its device."""
+    s = p.serve
+    flags = dict(zip(s.argv[3::2], s.argv[4::2], strict=True))
+    assert s.argv[:3] == ("transformers", "serve", "autoglm-phone-9b") and s.engine == "transformers"
+    assert s.engine_version == p.packages["transformers"] and s.model_source == p.model_repo
+    assert flags["--port"] == "8000" == str(s.port) and "--host" not in flags  # serve.sh adds the host
+    assert flags["--device"] == ("cpu" if p.device == "cpu" else "auto")
+    quantization = {"int8": "bnb-8bit", "nf4": "bnb-4bit"}.get(p.precision)
+    assert s.quantization == quantization
+    assert flags.get("--quantization") == quantization
+    assert flags.get("--dtype") == {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(p.precision)
+    assert (s.tensor_parallel_size, s.gpu_memory_utilization, s.image, s.max_model_len) == (1, None, None, context)
+
+
+def test_the_transformers_server_serves_the_context_planned_for() -> None:
+    p = plan(host("linux-x86_64-h100-80gb-driver580"), MATRIX, AUTOGLM, Preferences(context_tokens=25480))
+    assert_transformers_serve(p, context=25480)
 
 
 def test_reference_set_covers_the_machines_the_issue_names() -> None:
@@ -414,3 +435,14 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
                 continue
             graph.add(name, *(t for t in targets if t in files and t != name and not name.startswith(f"{t}.")))
     graph.prepare()  # raises CycleError naming the cycle
+
+
+def test_a_local_model_folder_is_served_under_its_id_and_its_path_stays_out_of_the_plan(tmp_path: Path) -> None:
+    folder = tmp_path / "My AutoGLM"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(AUTOGLM.config))
+    local = resolve_model(str(folder), CATALOG)
+    p = plan(host("linux-x86_64-h100-80gb-driver580"), MATRIX, local)
+    assert p.serve.argv[2] == local.id == "my-autoglm" and p.serve.served_model_name == local.id
+    assert p.serve.model_source is None  # serve.sh takes the folder from PROVISION_MODEL_PATH
+    assert str(tmp_path) not in json.dumps(p.to_dict())

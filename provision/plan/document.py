@@ -3,7 +3,9 @@
 ``search`` builds these values. ``Plan.to_dict`` writes the contract's document and ``Plan.from_dict``
 reads one back (a ``render --plan`` file, a lock's ``plan``), validating every field on the way, so
 render, smoke, doctor and the resolver read typed values and never parse the dict themselves.
-``Plan.from_dict(p.to_dict()) == p`` for every plan the planner makes.
+``Plan.from_dict(p.to_dict()) == p`` for every plan the planner makes. Every plan carries ``serve``; a
+document written before plans did (the contract's example, an older lock) reads as the
+``transformers serve`` plan it describes.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from packaging.version import Version
 
 from provision.common.fields import Fields
 from provision.common.quoting import check_index_url, check_model_id, check_package_name, check_repo_id, check_version
-from provision.plan.serve import Serve
+from provision.plan.serve import Serve, transformers_serve
 from provision.vocab import DEFAULT_CONTEXT, DEVICES, PLAN_PRECISIONS, PLAN_SCHEMA, PYTHON_MINOR_RE, is_buildable_variant
 
 __all__ = ["Placement", "Plan", "Preferences", "Reason", "variant_cuda"]
@@ -80,7 +82,7 @@ class Plan:
     """The planner's choice for one host and model.
 
     Each section of the document has its own reader below (``_read_placement``, ...); a new
-    section (the coming ``serve``) joins as one typed field, one reader and one key in ``to_dict``.
+    section joins as one typed field, one reader and one key in ``to_dict``.
     """
 
     model_id: str
@@ -95,8 +97,8 @@ class Plan:
     warnings: tuple[str, ...] = ()
     reasons: tuple[Reason, ...] = ()
     cuda: Version | None = None
-    #: how the model is served by an engine (vLLM, SGLang); None for a transformers plan
-    serve: Serve | None = None
+    #: how the model is served: by vLLM or SGLang, else by ``transformers serve``
+    serve: Serve
 
     @property
     def precision(self) -> str:
@@ -130,7 +132,7 @@ class Plan:
             "packages": dict(sorted(self.packages.items())),
             "warnings": list(self.warnings),
             "reasons": [r.to_dict() for r in self.reasons],
-            **({"serve": self.serve.to_dict()} if self.serve is not None else {}),
+            "serve": self.serve.to_dict(),
         }
 
     @classmethod
@@ -138,7 +140,8 @@ class Plan:
         """Read a ``provision.plan/v1`` document; ``where`` is its path inside ``source`` (``plan`` in a lock).
 
         Every key ``to_dict`` writes is required except ``cuda`` (derived from the variant when absent,
-        as in the contract's example) and ``model.repo`` (null for a local model directory).
+        as in the contract's example), ``model.repo`` (null for a local model directory) and ``serve``
+        (absent: the ``transformers serve`` of the plan, see ``_read_serve``).
 
         :raises InvalidInput: naming ``source`` and the dotted field; a no-viable-plan document is one too.
         """
@@ -174,7 +177,7 @@ class Plan:
             model_id=model_id, model_repo=repo, parameters=parameters, python=python,
             torch_version=Version(version), variant=variant, index_url=index_url, cuda=cuda,
             placement=replace(placement, why=why), packages=packages, warnings=warnings, reasons=reasons,
-            serve=Serve.from_dict(f.obj("serve")) if f.has("serve") else None,
+            serve=_read_serve(f, model_id, repo, packages, placement),
         )
 
 
@@ -191,6 +194,21 @@ def _read_cuda(f: Fields, variant: str) -> Version | None:
     if (cuda is None) != (variant == "cpu") or (cuda is not None and variant != f"cu{cuda.major}{cuda.minor}"):
         raise f.fail("cuda", f"{'null' if cuda is None else cuda} does not match torch.variant {variant!r}")
     return cuda
+
+
+def _read_serve(f: Fields, model_id: str, repo: str | None, packages: dict[str, str], placement: Placement) -> Serve:
+    """``serve``; absent (a document from before plans carried it), the ``transformers serve`` it describes.
+
+    That server is named after the model id (the catalog's served names are its ids) and budgeted for
+    the default context, which such a document does not record.
+    """
+    if f.has("serve"):
+        return Serve.from_dict(f.obj("serve"))
+    version = packages.get("transformers")
+    if version is None or placement.precision == "fp8":
+        raise f.fail("serve", "required key is missing (a plan without one must be a transformers plan)")
+    return transformers_serve(served_model_name=model_id, model_source=repo, transformers_version=version,
+                              precision=placement.precision, device=placement.device, context=DEFAULT_CONTEXT)
 
 
 def _read_packages(f: Fields) -> dict[str, str]:

@@ -20,7 +20,7 @@ from provision.plan.document import Placement, Plan, Reason
 from provision.plan.engine import ENGINE_LABELS, EngineSearch, choose_engine
 from provision.plan.engine_memory import Workload
 from provision.plan.rejections import Rule
-from provision.plan.serve import Serve
+from provision.plan.serve import SERVE_PORT, Serve
 from provision.vocab import PYPI_INDEX
 
 if TYPE_CHECKING:
@@ -31,9 +31,6 @@ if TYPE_CHECKING:
     from provision.plan.engine import EngineChoice
 
 __all__ = ["ENGINE_FALLBACK", "SERVE_PORT", "NoEngine", "engine_plan", "serve_with_engine", "server_argv"]
-
-#: The port Open-AutoGLM's phone agent calls (``http://localhost:8000/v1``).
-SERVE_PORT = 8000
 
 
 def _flag(engine: Engine, name: str) -> str:
@@ -69,10 +66,15 @@ def _model_flags(engine: Engine, serve: ModelServe) -> list[str]:
     return out
 
 
+def _source_of(model: ModelSpec) -> str:
+    """What the server loads: the repo id (engine plans are for catalog models, which have one)."""
+    return model.repo or str(model.path)
+
+
 def server_argv(choice: EngineChoice, model: ModelSpec, serve: ModelServe) -> tuple[str, ...]:
     """The exact server command: entrypoint, model, the planned values, then the model's own flags."""
     engine = choice.engine
-    source = model.repo or str(model.path)
+    source = _source_of(model)
     argv = [*engine.entrypoint, *([engine.model_flag, source] if engine.model_flag else [source])]
     argv += [_flag(engine, "served_model_name"), serve.served_model_name,
              _flag(engine, "max_model_len"), str(choice.max_model_len),
@@ -162,7 +164,8 @@ def engine_plan(host: HostProfile, matrix: Matrix, model: ModelSpec, choice: Eng
                   served_model_name=model.serve.served_model_name, max_model_len=choice.max_model_len,
                   gpu_memory_utilization=_share(choice), tensor_parallel_size=tp,
                   quantization=choice.quantization.method if choice.quantization else None,
-                  image=release.image, argv=server_argv(choice, model, model.serve), kv_cache_tokens=b.kv_tokens)
+                  image=release.image, argv=server_argv(choice, model, model.serve), kv_cache_tokens=b.kv_tokens,
+                  model_source=_source_of(model))
     return Plan(model_id=model.id, model_repo=model.repo, parameters=model.parameters, python=python,
                 torch_version=Version(str(release.torch)), variant=choice.variant.name, index_url=PYPI_INDEX,
                 placement=placement, packages=_packages(matrix, choice), warnings=tuple(warnings),

@@ -21,6 +21,7 @@ from provision.plan.compat import BF16_MIN_CC, cc_text, driver_floor, driver_run
 from provision.plan.document import Placement, Plan, Preferences, Reason
 from provision.plan.rejections import Rejection, Rule, Search
 from provision.plan.remedies import remedies
+from provision.plan.serve import Serve, transformers_serve
 from provision.vocab import DEVICE_CHOICES, ENGINE_CHOICES, PRECISIONS, PYPI_INDEX, QUANTIZED, parse_arch
 
 if TYPE_CHECKING:
@@ -523,8 +524,29 @@ def _assemble(job: _Job, build: _Build, placement: Placement, *, kernel_notes: S
         warnings=tuple(_warnings(job, build, placement, bnb)),
         reasons=tuple(_reasons(job, build, placement, transformers, bnb, kernel_notes=kernel_notes,
                                index_url=index_url, from_pypi=from_pypi)),
-        cuda=variant.cuda,
+        cuda=variant.cuda, serve=_serve(job, placement, transformers),
     )
+
+
+def _serve(job: _Job, placement: Placement, transformers: Version) -> Serve:
+    """``transformers serve`` of this plan, under the catalog's served name (a local folder: its id, and no source)."""
+    model = job.model
+    return transformers_serve(
+        served_model_name=model.serve.served_model_name if model.serve is not None else model.id,
+        model_source=model.repo, transformers_version=str(transformers),
+        precision=placement.precision, device=placement.device, context=job.prefs.context_tokens)
+
+
+def _engine_reason(plan: Plan, passed_over: tuple[str, ...]) -> Reason:
+    """Why ``transformers serve``: asked for, or every engine ``--engine auto`` tried was passed over."""
+    served = f"transformers {plan.serve.engine_version}"
+    if passed_over:
+        return Reason(decision="engine", choice=served, why="; ".join(passed_over))
+    split = (f"; it places the weights over GPUs {', '.join(map(str, plan.placement.gpus))} with accelerate's device map, "
+             "not tensor parallelism" if len(plan.placement.gpus) > 1 else "")
+    return Reason(decision="engine", choice=served,
+                  why="--engine transformers (the default): `transformers serve` (transformers[serving]) runs the "
+                      f"stack the smoke test loads{split}")
 
 
 # ---------------------------------------------------------------------------
@@ -590,10 +612,7 @@ def plan(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences
     if result is None:
         message, changes = remedies(host, matrix, model, prefs, job.search)
         raise NoViablePlan(message, changes)
-    if passed_over:
-        why = "; ".join(passed_over)
-        result = replace(result, reasons=(Reason(decision="engine", choice="transformers", why=why), *result.reasons))
-    return result
+    return replace(result, reasons=(_engine_reason(result, passed_over), *result.reasons))
 
 
 def _engine(job: _Job, device: str) -> Plan | tuple[str, ...]:

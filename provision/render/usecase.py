@@ -135,7 +135,7 @@ def _renderable(plan: Plan, source: str) -> None:
 
     :raises InvalidInput: the plan serves with vLLM or SGLang.
     """
-    if plan.serve is not None:
+    if plan.serve.engine != "transformers":
         raise InvalidInput(source, "serve.engine", f"rendering a {plan.serve.engine} plan is not supported yet "
                                                    "(`provision plan --engine auto` shows its server command); "
                                                    "render with --engine transformers")
