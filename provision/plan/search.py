@@ -638,8 +638,13 @@ def _engine(job: _Job, device: str) -> Plan | tuple[str, ...]:
 
 def sibling_variants(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences,
                      chosen: Plan) -> list[dict[str, Any]]:
-    """Plans for every other variant of the chosen torch that this host can run: the CI matrix rows."""
-    release = next(r for r in matrix.torch if r.version == chosen.torch_version)
+    """Plans for every other variant of the chosen torch that this host can run: the CI matrix rows.
+
+    An engine plan has one row, its own: the engine pins torch, and PyPI carries one build of it.
+    """
+    release = next((r for r in matrix.torch if r.version == chosen.torch_version), None)
+    if release is None or chosen.serve.engine != "transformers":
+        return [_row(chosen)]
     rows = []
     for variant in release.variants:
         if host.platform not in variant.platforms:
@@ -651,11 +656,15 @@ def sibling_variants(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs:
             if device == "cpu" and host.platform == "macos-arm64":
                 device = "mps"
             try:
-                sibling = plan(host, matrix, model, replace(prefs, torch_version=release.version,
+                sibling = plan(host, matrix, model, replace(prefs, torch_version=release.version, engine="transformers",
                                                             variant=variant.name, device=device,
                                                             precision=None if variant.cuda is None else prefs.precision))
             except (NoViablePlan, InvalidInput):
                 continue
-        rows.append({"variant": sibling.variant, "cuda": str(sibling.cuda) if sibling.cuda else None,
-                     "index_url": sibling.index_url, "packages": dict(sibling.packages)})
+        rows.append(_row(sibling))
     return rows
+
+
+def _row(p: Plan) -> dict[str, Any]:
+    return {"variant": p.variant, "cuda": str(p.cuda) if p.cuda else None, "index_url": p.index_url,
+            "packages": dict(p.packages)}

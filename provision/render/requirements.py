@@ -60,6 +60,8 @@ _HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[A-Za-z0-9,._-]*\])?==([^\s;\\]+)")
 _HASH_OPT_RE = re.compile(r"--hash=(sha256:[0-9a-f]{64})")
 
+_GLIBC_RE = re.compile(r"^2\.\d{1,2}$")
+_TORCH_GLIBC = (2, 28)
 # uv's --python-platform names for the host profile's os/arch (torch >= 2.6 wheels are manylinux_2_28).
 _PLATFORMS = {
     ("linux", "x86_64"): "x86_64-manylinux_2_28",
@@ -151,15 +153,24 @@ class ResolveRequest:
         return tuple(n for n, v in sorted(self.packages.items()) if n in TORCH_INDEX_PACKAGES or "+" in v)
 
 
-def python_platform(os_name: str, arch: str) -> str:
+def python_platform(os_name: str, arch: str, glibc: str | None = None) -> str:
     """uv's ``--python-platform`` for a host profile's ``os`` and ``arch``.
 
-    :raises InvalidInput: for a combination no torch wheel exists for.
+    ``glibc`` raises a Linux platform's manylinux floor above torch's 2.28 to what an engine's wheels
+    need (vLLM 0.19.1 ships manylinux_2_31 only: at 2.28 the resolver would find no wheel for it).
+
+    :raises InvalidInput: for a combination no torch wheel exists for, or a glibc not like ``2.31``.
     """
     try:
-        return _PLATFORMS[(os_name, arch)]
+        platform = _PLATFORMS[(os_name, arch)]
     except KeyError:
         raise InvalidInput("host", "os/arch", f"no wheel platform for {os_name}/{arch}") from None
+    if glibc is None or "manylinux" not in platform:
+        return platform
+    if not _GLIBC_RE.fullmatch(glibc):
+        raise InvalidInput("matrix", "glibc", f"{glibc!r} is not a glibc version like 2.28")
+    floor = max(tuple(map(int, glibc.split("."))), _TORCH_GLIBC)
+    return platform.replace("manylinux_2_28", f"manylinux_{floor[0]}_{floor[1]}")
 
 
 def parse_compiled(text: str) -> tuple[PinnedRequirement, ...]:
@@ -399,23 +410,25 @@ def resolve_request(
     serving: bool = True,
     extra_requirements: Sequence[str] = (),
     exclude_newer: str | None = None,
+    glibc: str | None = None,
 ) -> ResolveRequest:
     """The resolution a render of ``plan`` needs, with the same index choice as the render.
 
-    ``serving`` adds ``transformers[serving]`` (fastapi, uvicorn, ...) so the Docker
-    image's ``transformers serve`` runs from the same pinned closure as the venv.
+    ``serving`` adds ``transformers[serving]`` (fastapi, uvicorn, ...) to a plan served by
+    ``transformers serve``, so that server runs from the same pinned closure in the venv and the
+    image; vLLM and SGLang bring their own server. ``glibc``: an engine's manylinux floor.
 
     :raises InvalidInput: a host field, the wheelhouse or the index override is malformed.
     """
     h = Fields(host, "host")
     extras = list(extra_requirements)
-    if serving and "transformers" in plan.packages:
+    if serving and plan.serve.engine == "transformers" and "transformers" in plan.packages:
         extras.append(f"transformers[serving]=={plan.packages['transformers']}")
     finds = check_wheelhouse(wheelhouse)  # before the host fields, as the errors were always ordered
     return ResolveRequest(
         packages=dict(plan.packages),
         python=plan.python,
-        platform=python_platform(h.str("os"), h.str("arch")),
+        platform=python_platform(h.str("os"), h.str("arch"), glibc),
         torch_index=torch_index_for(plan.index_url, wheelhouse=wheelhouse, index_url=index_url),
         find_links=finds,
         extra_requirements=tuple(extras),
