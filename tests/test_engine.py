@@ -331,7 +331,9 @@ def test_sglang_plans_use_its_own_flags():
     assert 0 < float(share) < 1  # weights and the KV pool only, as SGLang counts it
 
 
-def test_cli_plan_engine_auto_json_and_render_refusal(tmp_path, capsys):
+def test_cli_plan_engine_auto_json_and_the_engine_plan_renders(tmp_path, capsys):
+    import yaml
+
     from provision.cli import main
 
     host = str(FIXTURES / "linux-x86_64-h100-80gb-driver580.json")
@@ -342,9 +344,22 @@ def test_cli_plan_engine_auto_json_and_render_refusal(tmp_path, capsys):
     assert main(["plan", "--host", host, "--engine", "auto", "--context", "16384", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["serve"]["max_model_len"] == 16384
     out = tmp_path / "out"
-    assert main(["render", "--host", host, "--engine", "auto", "--out", str(out), "--no-resolve"]) == 2
-    assert "rendering a vllm plan is not supported yet" in capsys.readouterr().err
-    assert not out.exists()
+    assert main(["render", "--host", host, "--engine", "auto", "--out", str(out), "--no-resolve"]) == 0
+    capsys.readouterr()
+    req = (out / "requirements.txt").read_text()
+    pins = sorted(ln for ln in req.splitlines() if ln and not ln.startswith("#"))
+    # the engine and its exact torch, all from PyPI: no PyTorch index line, no transformers[serving]
+    assert pins == ["torch==2.14.0", "torchvision==0.29.0", "transformers==5.20.2", "vllm==0.33.0"]
+    assert "FROM vllm/vllm-openai:v0.33.0 AS engine" in (out / "Dockerfile").read_text()
+    rows = yaml.safe_load((out / ".github/workflows/provision.yml").read_text())["jobs"]["environment"]
+    assert [r["variant"] for r in rows["strategy"]["matrix"]["include"]] == ["cu130"]  # the engine's build only
+    lock = json.loads((out / "provision.lock.json").read_text())
+    assert lock["plan"]["serve"] == doc["serve"] and "serve.sh" in lock["files"]
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(doc))
+    again = tmp_path / "again"
+    assert main(["render", "--host", host, "--plan", str(plan_file), "--out", str(again), "--no-resolve"]) == 0
+    assert (again / "serve.sh").read_bytes() == (out / "serve.sh").read_bytes()
 
 
 # ---------------------------------------------------------------- SGLang's exact transformers pins

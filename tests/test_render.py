@@ -161,7 +161,9 @@ def test_dockerfile_matches_variant_cuda_runs_non_root_and_serves():
         assert "--mount=type=cache" in df and '"/opt/provision-env/install.sh"' in df
         smoke_cmd, serve_cmd = (json.loads(ln[4:]) for ln in df.splitlines() if ln.startswith("CMD "))
         assert smoke_cmd == ["provision", "smoke", "--precision", "bf16"]
-        assert serve_cmd[:3] == ["transformers", "serve", "zai-org/AutoGLM-Phone-9B"]
+        assert serve_cmd == ["bash", "/opt/provision-env/serve.sh"]  # the script the venv runs too
+        assert "COPY build/provision/test/serve.sh /opt/provision-env/serve.sh" in df
+        assert re.search(r"^ENV PROVISION_SERVE_HOST=0\.0\.0\.0$", df, re.M)
         assert not re.search(r"^(ENV|ARG)\b.*(TOKEN|SECRET)", df, re.M)
 
 
@@ -181,8 +183,8 @@ def test_image_labels_carry_the_plan_and_requirements_digests_under_their_publis
 def test_cpu_dockerfile_uses_slim_python_and_int8_serves_quantized():
     df = text(render_files(make_inputs(make_plan("cpu"))), "Dockerfile")
     assert "FROM python:3.11-slim-bookworm AS builder" in df
-    df8 = text(render_files(make_inputs(make_plan("cu128", "int8"))), "Dockerfile")
-    assert '"--quantization", "bnb-8bit"' in df8
+    serve8 = text(render_files(make_inputs(make_plan("cu128", "int8"))), "serve.sh")
+    assert "    --quantization bnb-8bit\n" in serve8
 
 
 def test_a_plan_without_cuda_renders_its_variants_image():
@@ -532,3 +534,47 @@ def test_render_command_checks_runner_labels_before_planning(tmp_path):
         render_command(request, environ={})
     assert (exc.value.source, exc.value.field) == ("--gpu-runner", "label")  # not the missing host file
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- engine plans (vLLM, SGLang)
+
+
+def test_an_engines_wheels_raise_the_manylinux_floor_the_resolver_asks_for():
+    from provision.render.requirements import python_platform
+
+    assert python_platform("linux", "x86_64") == "x86_64-manylinux_2_28"
+    assert python_platform("linux", "x86_64", "2.31") == "x86_64-manylinux_2_31"
+    assert python_platform("linux", "aarch64", "2.17") == "aarch64-manylinux_2_28"  # never below torch's
+    assert python_platform("darwin", "arm64", "2.31") == "aarch64-apple-darwin"
+    with pytest.raises(InvalidInput, match="is not a glibc version"):
+        python_platform("linux", "x86_64", "2.31; x")
+
+
+@pytest.mark.parametrize(("host", "engine", "platform", "serving"), [
+    ("linux-x86_64-a100-80gb-driver550", "auto", "x86_64-manylinux_2_31", False),  # vLLM 0.19.1: manylinux_2_31
+    ("linux-x86_64-h100-80gb-driver580", "sglang", "x86_64-manylinux_2_34", False),
+    ("linux-x86_64-h100-80gb-driver580", "transformers", "x86_64-manylinux_2_28", True),
+])
+def test_render_resolves_an_engine_plan_for_its_wheels_without_transformers_serving(
+        monkeypatch, tmp_path, host, engine, platform, serving):
+    from pathlib import Path
+
+    import provision.render.requirements as requirements
+    from provision.plan.usecase import PlanRequest
+    from provision.render.usecase import RenderRequest, render_command
+
+    asked = []
+
+    def fake_resolve(request, **_kw):
+        asked.append(request)
+        return requirements.unresolved(request.packages, "recorded")
+
+    monkeypatch.setattr(requirements, "resolve", fake_resolve)
+    hosts = Path(__file__).parent / "fixtures" / "hosts"
+    result = render_command(RenderRequest(plan=PlanRequest(host=hosts / f"{host}.json", engine=engine),
+                                          out=tmp_path / "out"), environ={"XDG_CACHE_HOME": str(tmp_path)})
+    (request,) = asked
+    assert request.platform == platform
+    assert any(r.startswith("transformers[serving]==") for r in request.extra_requirements) == serving
+    assert (request.torch_index is None) == (engine != "transformers")  # engines pin PyPI's torch
+    assert result.plan.serve.engine != "transformers" or engine == "transformers"

@@ -1,4 +1,5 @@
-"""Render a plan into environment files: requirements, install/setup scripts, conda, Docker, CI, deployments, lock.
+"""Render a plan into environment files: requirements, install/setup scripts, conda, Docker, CI, serve.sh,
+deployments, lock.
 
 ``render_files(RenderInputs) -> {relative path: bytes}`` is pure: the same inputs give
 the same bytes. Every value is validated (``provision.common.quoting``) while the per-file
@@ -27,18 +28,20 @@ from provision.common.fields import Fields
 from provision.common.quoting import (
     check_index_url,
     check_label,
+    check_model_id,
     check_package_name,
     check_path,
     check_version,
 )
 from provision.data import Images
 from provision.errors import InvalidInput
-from provision.plan.document import Plan, variant_cuda
+from provision.plan.document import Placement, Plan, variant_cuda
+from provision.plan.serve import Serve, transformers_serve
 from provision.render.deploy import DEPLOY_FILES, DeployInputs, NodeFloor, deploy_files
 from provision.render.lock import LOCK_NAME, build_lock, canonical_json, dump_lock, edited_files, read_lock, sha256_hex
 from provision.render.requirements import Resolution, check_wheelhouse, torch_index_for, unresolved
 from provision.render.templating import render_template as _render
-from provision.vocab import DEFAULT_CONTEXT, is_buildable_variant
+from provision.vocab import DEFAULT_CONTEXT, PRECISIONS, is_buildable_variant
 
 __all__ = [
     "FILE_NAMES",
@@ -51,14 +54,16 @@ __all__ = [
 WORKFLOW_PATH = ".github/workflows/provision.yml"
 FILE_NAMES = (
     "requirements.txt", "install.sh", "setup-venv.sh", "setup-venv.ps1", "environment.yml",
-    "Dockerfile", WORKFLOW_PATH, *DEPLOY_FILES, LOCK_NAME,
+    "Dockerfile", WORKFLOW_PATH, "serve.sh", *DEPLOY_FILES, LOCK_NAME,
 )
-_EXECUTABLE = frozenset({"install.sh", "setup-venv.sh"})
+_EXECUTABLE = frozenset({"install.sh", "setup-venv.sh", "serve.sh"})
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9 ._:/+=,()<>-]{0,200}$")
-_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-_QUANT = {"int8": "bnb-8bit", "nf4": "bnb-4bit"}
-_SERVE_PORT = "8000"
+#: An engine's ``--dtype`` value as ``provision smoke --precision`` names it (for an fp8 plan's smoke run).
+_SMOKE_PRECISION = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+#: Where the images keep the Hugging Face cache (the volume) and serve.sh.
+_IMAGE_HOME = "/home/app"
+_IMAGE_SERVE_SH = "/opt/provision-env/serve.sh"
 
 
 class EditedFiles(InvalidInput):
@@ -126,7 +131,11 @@ def _packages(f: Fields, key: str) -> tuple[tuple[str, str], ...]:
 
 
 def _base_image(images: Images, plan: Plan) -> tuple[str, bool]:
-    """(image reference, whether the image already has the plan's Python)."""
+    """(image reference, whether the image already has the plan's Python); an engine plan's is the engine's image."""
+    if plan.serve.engine != "transformers":
+        if plan.serve.image is None:
+            raise InvalidInput("plan", "serve.image", f"a {plan.serve.engine} plan needs the engine's image")
+        return plan.serve.image, True
     if plan.cuda is None:
         image = images.python_image(plan.python)
         if image is None:
@@ -160,23 +169,66 @@ def _one_line(text: str) -> str:
     return " ".join(clean.split())[:300]
 
 
-def _serve_argv(plan: Plan) -> list[str]:
-    """``transformers serve`` for the plan (see the Dockerfile template for why this engine)."""
-    argv = ["transformers", "serve"]
-    if plan.model_repo is not None:
-        argv.append(plan.model_repo)
-    argv += ["--host", "0.0.0.0", "--port", _SERVE_PORT]  # noqa: S104 (a server in a container)
-    if plan.precision in _QUANT:
-        argv += ["--quantization", _QUANT[plan.precision]]
-    else:
-        argv += ["--dtype", _DTYPES[plan.precision]]
-    argv += ["--device", "cpu" if plan.device == "cpu" else "auto"]
-    return argv
+def _is_engine(plan: Plan) -> bool:
+    """A vLLM or SGLang plan: the engine's own build of torch, its official image, one CI row."""
+    return plan.serve.engine != "transformers"
+
+
+def _smoke_precision(plan: Plan) -> str:
+    """What ``provision smoke`` loads: the plan's precision, or for an engine's fp8 the 16-bit type it computes in.
+
+    The smoke test loads the model in process through transformers, which has no online fp8; it
+    proves the environment's torch and transformers load the model, and the served proof is the server's.
+    """
+    if plan.precision in PRECISIONS:
+        return plan.precision
+    argv = plan.serve.argv
+    dtype = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--dtype"), "bfloat16")
+    return _SMOKE_PRECISION.get(dtype, "bf16")
+
+
+def _serve_lines(serve: Serve) -> list[list[dict[str, str | None]]]:
+    """``serve.argv`` for serve.sh, a flag and its value to a line: each word as text to quote, or the
+    variable that replaces it (``port``, ``model``)."""
+    slots = {serve.port_index: "port"}
+    if serve.model_index is not None:
+        slots[serve.model_index] = "model"
+    lines: list[list[dict[str, str | None]]] = []
+    for i, word in enumerate(serve.argv):
+        item = {"var": slots.get(i), "text": word}
+        follows_flag = i > 0 and serve.argv[i - 1].startswith("--") and not word.startswith("--")
+        if follows_flag and len(lines[-1]) == 1:
+            lines[-1].append(item)
+        else:
+            lines.append([item])
+    return lines
+
+
+def _serve_sh(common: Mapping[str, Any], plan: Plan) -> bytes:
+    """serve.sh: the plan's server command, run with the host, port and model the environment gives."""
+    serve = plan.serve
+    name = check_model_id(serve.served_model_name, source="plan", field="serve.served_model_name")
+    return _render("serve.sh.j2", {
+        **common, "engine": serve.engine, "engine_version": serve.engine_version, "served_model_name": name,
+        "port": serve.port, "model_source": serve.model_source, "lines": _serve_lines(serve),
+    })
+
+
+def _sibling_serve(plan: Plan, packages: Mapping[str, str], placement: Placement) -> Serve:
+    """A transformers plan's server on another variant's build (the CPU row serves with ``--device cpu``)."""
+    s = plan.serve
+    return transformers_serve(served_model_name=s.served_model_name, model_source=s.model_source,
+                              transformers_version=packages.get("transformers", s.engine_version),
+                              precision=placement.precision, device=placement.device, context=s.max_model_len)
 
 
 def _variant_plans(inputs: RenderInputs, plan: Plan) -> list[dict[str, Any]]:
-    """One CI matrix entry per sibling variant: its runner, and the plan with that variant's build, as JSON."""
-    rows = inputs.variants or ({"variant": plan.variant, "index_url": plan.index_url, "packages": plan.packages},)
+    """One CI matrix entry per sibling variant: its runner, and the plan with that variant's build, as JSON.
+
+    An engine plan has one row, its own: the engine pins torch to one build.
+    """
+    own = {"variant": plan.variant, "index_url": plan.index_url, "packages": plan.packages}
+    rows = (own,) if _is_engine(plan) else (inputs.variants or (own,))
     out = []
     for i, row in enumerate(rows):
         f = Fields(row, "variants", f"[{i}]")
@@ -189,7 +241,8 @@ def _variant_plans(inputs: RenderInputs, plan: Plan) -> list[dict[str, Any]]:
                                 source="variants", field=f.where("packages"))
         placement = replace(plan.placement, device="cpu", gpus=()) if variant == "cpu" else plan.placement
         sub = replace(plan, torch_version=Version(version), variant=variant, cuda=variant_cuda(variant),
-                      index_url=index_url, packages=packages, placement=placement)
+                      index_url=index_url, packages=packages, placement=placement,
+                      serve=plan.serve if _is_engine(plan) else _sibling_serve(plan, packages, placement))
         labels = inputs.cpu_runner_labels if variant == "cpu" else inputs.gpu_runner_labels
         out.append({
             "variant": variant,
@@ -242,6 +295,7 @@ def _common_view(plan: Plan, checked: _Checked, resolution: Resolution) -> dict[
         "toolkit_version": checked.toolkit_version,
         "model_id": plan.model_id, "repo": plan.model_repo, "python": plan.python, "variant": plan.variant,
         "cuda": _cuda(plan), "torch": str(plan.torch_version), "precision": plan.precision, "device": plan.device,
+        "engine": plan.serve.engine, "port": plan.serve.port,
         "torch_index": checked.torch_index, "wheelhouse": list(checked.wheelhouse),
         "hash_status": resolution.status,
         "unhashed": [f"{r.name}=={r.version}" for r in resolution.requirements if not r.hashes],
@@ -275,6 +329,13 @@ def _image_labels(inputs: RenderInputs, plan: Plan, resolution: Resolution, tool
     nvidia = inputs.host.get("nvidia") if isinstance(inputs.host, Mapping) else None
     host_driver = nvidia.get("driver_version") if isinstance(nvidia, Mapping) else None
     torch, cuda = str(plan.torch_version), _cuda(plan)
+    driver = check_version(host_driver, source="host", field="nvidia.driver_version") if host_driver else None
+    if _is_engine(plan):  # the official image brings its own CUDA runtime
+        runtime = f"the CUDA runtime of {plan.serve.image}" + (f", planned for host driver {driver}" if driver else "")
+    elif cuda:
+        runtime = f"CUDA {cuda} runtime" + (f", planned for host driver {driver}" if driver else "")
+    else:
+        runtime = "cpu"
     return {
         "org.opencontainers.image.title": f"provision {plan.model_id}",
         "org.opencontainers.image.description": f"{plan.model_id} {plan.precision} on torch {torch} {plan.variant}",
@@ -287,20 +348,32 @@ def _image_labels(inputs: RenderInputs, plan: Plan, resolution: Resolution, tool
         "io.provision.plan-sha256": sha256_hex(canonical_json(plan.to_dict())),
         "io.provision.requirements-sha256": sha256_hex(requirements),
         "io.provision.hashes": resolution.status,
-        "io.provision.driver": (f"CUDA {cuda} runtime, planned for host driver "
-                                f"{check_version(host_driver, source='host', field='nvidia.driver_version')}"
-                                if cuda and host_driver else ("CUDA " + cuda if cuda else "cpu")),
+        "io.provision.driver": runtime,
+        "io.provision.engine": f"{plan.serve.engine} {plan.serve.engine_version}",
     }
+
+
+def _health_probe(port: int) -> list[str]:
+    """The HEALTHCHECK command: GET /health (vLLM, SGLang and transformers serve all answer it) on serve.sh's port."""
+    return ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % "
+            f"os.environ.get('PROVISION_SERVE_PORT', '{port}'), timeout=4)"]
 
 
 def _dockerfile(common: Mapping[str, Any], plan: Plan, images: Images, checked: _Checked,
                 labels: Mapping[str, str]) -> bytes:
-    return _render("Dockerfile.j2", {
-        **common, "base_image": checked.base_image, "has_python": checked.has_python, "uv_image": images.uv.ref,
-        "env_dir": checked.env_dir, "serve_argv": _serve_argv(plan), "port": _SERVE_PORT,
-        "smoke_argv": ["provision", "smoke", "--precision", plan.precision],
+    """The transformers plan's builder/runtime image, or an engine plan's image on the engine's own."""
+    serve = plan.serve
+    view = {
+        **common, "base_image": checked.base_image, "env_dir": checked.env_dir, "port": serve.port,
+        "engine": serve.engine, "engine_version": serve.engine_version, "home": _IMAGE_HOME,
+        "serve_sh": _IMAGE_SERVE_SH, "serve_cmd": ["bash", _IMAGE_SERVE_SH], "health_cmd": _health_probe(serve.port),
+        "smoke_argv": ["provision", "smoke", "--precision", _smoke_precision(plan)],
         "labels": [(k, _label_value(v)) for k, v in sorted(labels.items())],
-    })
+        "gpu_flags": "--gpus all " if plan.device == "cuda" else "",
+    }
+    if _is_engine(plan):
+        return _render("Dockerfile.engine.j2", {**view, "ipc": "--ipc=host "})
+    return _render("Dockerfile.j2", {**view, "has_python": checked.has_python, "uv_image": images.uv.ref})
 
 
 def _lock(inputs: RenderInputs, checked: _Checked, resolution: Resolution, files: Mapping[str, bytes]) -> bytes:
@@ -339,10 +412,12 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
     files["setup-venv.sh"] = _render("setup-venv.sh.j2", {**common, "toolkit_source": checked.toolkit_source})
     files["setup-venv.ps1"] = _render("setup-venv.ps1.j2", {**common, "toolkit_source": checked.toolkit_source})
     files["environment.yml"] = _environment_yml(common, plan, images, resolution)
+    files["serve.sh"] = _serve_sh(common, plan)
     labels = _image_labels(inputs, plan, resolution, checked.toolkit_version, files["requirements.txt"])
     files["Dockerfile"] = _dockerfile(common, plan, images, checked, labels)
     files[WORKFLOW_PATH] = _render("provision.yml.j2", {
         **common, "actions": _actions(images), "matrix": _variant_plans(inputs, plan),
+        "smoke_precision": None if plan.precision in PRECISIONS else _smoke_precision(plan),
     })
     files.update(deploy_files(plan, DeployInputs(
         floor=inputs.node_floor or NodeFloor(), arch=str(inputs.host.get("arch")), env_dir=checked.env_dir,

@@ -116,7 +116,6 @@ def _plan(request: RenderRequest, index_url: str | None, environ: Mapping[str, s
     options = request.plan
     if request.plan_file is not None:
         read = _read_plan_file(request.plan_file)
-        _renderable(read, str(request.plan_file))
         host, matrix, model = load_inputs(options, read.model_id)
         wheelhouse = find_wheelhouses(options, index_url, environ, probe)
         return _Planned(plan=read, chosen=None, host=host, model_id=model.id, matrix=matrix, variants=(),
@@ -125,27 +124,23 @@ def _plan(request: RenderRequest, index_url: str | None, environ: Mapping[str, s
     wheelhouse = find_wheelhouses(options, index_url, environ, probe)
     prefs = preferences(options, host, wheelhouse)
     chosen = plan(host, matrix, model, prefs)
-    _renderable(chosen, "--engine")
     return _Planned(plan=chosen, chosen=chosen, host=host, model_id=model.id, matrix=matrix,
                     variants=tuple(sibling_variants(host, matrix, model, prefs, chosen)), wheelhouse=wheelhouse)
 
 
-def _renderable(plan: Plan, source: str) -> None:
-    """Today's templates install and serve the transformers path; an engine plan is refused before anything is written.
-
-    :raises InvalidInput: the plan serves with vLLM or SGLang.
-    """
-    if plan.serve.engine != "transformers":
-        raise InvalidInput(source, "serve.engine", f"rendering a {plan.serve.engine} plan is not supported yet "
-                                                   "(`provision plan --engine auto` shows its server command); "
-                                                   "render with --engine transformers")
+def _engine_glibc(planned: _Planned) -> str | None:
+    """The manylinux floor of an engine plan's wheels (vLLM 0.19.1's is 2.31), from the matrix; None otherwise."""
+    serve = planned.plan.serve
+    engine = planned.matrix.engines.get(serve.engine)
+    release = engine.release(serve.engine_version) if engine is not None else None
+    return str(release.glibc) if release is not None else None
 
 
 def _resolve(planned: _Planned, index_url: str | None, environ: Mapping[str, str], probe: IndexProbe) -> Resolution:
     from provision.render.requirements import resolve, resolve_request
 
     request = resolve_request(planned.plan, planned.host.to_dict(), wheelhouse=[str(w) for w in planned.wheelhouse],
-                              index_url=index_url)
+                              index_url=index_url, glibc=_engine_glibc(planned))
     return resolve(request, cache_dir=resolve_cache_dir(environ), probe=probe)
 
 
