@@ -196,7 +196,7 @@ def _serve_lines(serve: Serve) -> list[list[dict[str, str | None]]]:
     lines: list[list[dict[str, str | None]]] = []
     for i, word in enumerate(serve.argv):
         item = {"var": slots.get(i), "text": word}
-        follows_flag = i > 0 and serve.argv[i - 1].startswith("--") and not word.startswith("--")
+        follows_flag = i > 0 and serve.argv[i - 1].startswith("-") and not word.startswith("-")
         if follows_flag and len(lines[-1]) == 1:
             lines[-1].append(item)
         else:
