@@ -299,7 +299,10 @@ def serve(session: nox.Session) -> None:
     smoke = json.loads((out / "smoke.json").read_text(encoding="utf-8"))
     port = _free_port()
     log = out / "serve.log"
-    argv = ["provision", "serve", str(out), "--host", "127.0.0.1", "--port", str(port)]
+    program = shutil.which("provision", path=None if session.python is False else session.bin)
+    if program is None:
+        session.error("provision is not on the session's PATH")
+    argv = [program, "serve", str(out), "--host", "127.0.0.1", "--port", str(port)]
     if smoke.get("source") == "tiny":
         argv.append("--tiny")
     session.log(" ".join(argv) + f"  (log: {log})")

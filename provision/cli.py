@@ -168,7 +168,7 @@ def _add_serve(sub: _Sub) -> None:
     src.add_argument("--model-path", type=Path, help="serve the checkpoint in this folder instead of the plan's repo")
     src.add_argument("--tiny", action="store_true",
                      help="serve the tiny stand-in the build's smoke test made (random weights: proves the stack only)")
-    p.add_argument("server_args", nargs=argparse.REMAINDER, help="after --: extra arguments for the server")
+    p.epilog = "Arguments after -- go to the server itself (e.g. provision serve -- --log-level info)."
 
 
 def _add_matrix(sub: _Sub) -> None:
@@ -397,7 +397,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         out = default_serve_dir(source_root(), detect_host().host_id)
         if out is None:
             raise InvalidInput("command line", "out", "name the rendered folder to serve (no checkout to default to)")
-    extra = tuple(args.server_args[1:] if args.server_args[:1] == ["--"] else args.server_args)
+    extra = tuple(args.passthrough)
     launch = prepare_serve(ServeRequest(out=out, host=args.host, port=args.port, model_path=args.model_path,
                                         tiny=args.tiny, extra_args=extra), os.environ)
     sys.stderr.write(f"serving {launch.served_model_name} ({launch.model_source}) with {launch.engine} "
@@ -478,7 +478,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the only place that turns errors into exit codes."""
     args: argparse.Namespace | None = None
     try:
-        args = _build_parser().parse_args(argv)
+        words = list(sys.argv[1:] if argv is None else argv)
+        passthrough: list[str] = []
+        if "--" in words:  # only `serve` hands what follows to another program
+            cut = words.index("--")
+            words, passthrough = words[:cut], words[cut + 1:]
+        args = _build_parser().parse_args(words)
+        if passthrough and args.command != "serve":
+            raise InvalidInput("command line", "--", f"provision {args.command} takes no arguments after --")
+        args.passthrough = passthrough
         return _COMMANDS[args.command](args)
     except NoViablePlan as exc:
         if getattr(args, "json", False):
