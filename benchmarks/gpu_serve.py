@@ -1,7 +1,8 @@
 """The served path on a GPU: ``transformers serve`` of the full-size architecture, proven and loaded.
 
     python benchmarks/gpu_serve.py --out DIR [--modes eager,cb] [--single-tokens 256] [--probe-tokens 128]
-                                   [--probes 1:8,4:16,8:16] [--workdir /tmp/gpu-serve] [--deadline 560]
+                                   [--probes 1:8,4:16,8:16] [--cb-probes 8:16]
+                                   [--workdir /tmp/gpu-serve] [--deadline 560] [--keep]
     python benchmarks/gpu_serve.py --out DIR --tiny --device cpu     # a dry run: the tiny stand-in on the CPU
     python benchmarks/gpu_serve.py --report DIR/gpu-serve.json       # the Markdown tables of a run
 
@@ -58,6 +59,8 @@ SPEC_BANDWIDTH = {"NVIDIA H200": 4.8e12, "NVIDIA H100 80GB HBM3": 3.35e12}
 PACKAGES = ("torch", "transformers", "torchvision", "accelerate", "tokenizers", "huggingface_hub", "safetensors",
             "fastapi", "starlette", "uvicorn", "pydantic", "openai", "pillow", "nvidia-ml-py")
 _SAMPLE_S = 0.25
+#: The stand-in tokenizer's byte tokens (ids 0-255, provision.smoke.tiny): the only head rows left non-zero.
+BYTE_TOKENS = 256
 
 
 # ----------------------------------------------------------------------------- child: build, versions, bandwidth
@@ -93,6 +96,8 @@ def _child_prep(args: argparse.Namespace) -> int:
             path = build_synthetic(spec.config, model_id=spec.id, root=work, init_device=args.device)
         size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
         doc["model"] = {"path": str(path), "bytes": size, "write_seconds": round(time.perf_counter() - start, 1)}
+        if not args.tiny:
+            doc["model"]["lm_head"] = byte_rows_only(path, BYTE_TOKENS)
         record.write_text(json.dumps(doc["model"]))
         doc["model"]["reused"] = False
     versions = {}
@@ -110,6 +115,37 @@ def _child_prep(args: argparse.Namespace) -> int:
     doc["environment"] = env
     Path(args.json_out).write_text(json.dumps(doc))
     return 0
+
+
+# ----------------------------------------------------------------------------- the stand-in's head
+
+
+def byte_rows_only(folder: Path, keep: int) -> dict[str, Any]:
+    """Zero every ``lm_head`` row from ``keep`` on, in place in its safetensors shard.
+
+    The synthetic checkpoint has the real 151,552-token head but the stand-in's byte-level tokenizer knows only
+    ids 0-287; greedy decoding of random weights picks ids past it, which decode to nothing, and the endpoint
+    proof fails on an empty answer. With only the byte rows non-zero the argmax is a byte, so every answer is
+    text and never the end-of-text id. The shapes, and so every byte read and every FLOP, stay the same.
+    """
+    for shard in sorted(folder.glob("*.safetensors")):
+        with shard.open("r+b") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+            names = [n for n in header if n.endswith("lm_head.weight")]
+            if not names:
+                continue
+            meta = header[names[0]]
+            rows, cols = meta["shape"]
+            width = {"BF16": 2, "F16": 2, "F32": 4}[meta["dtype"]]
+            begin, end = (8 + length + int(v) for v in meta["data_offsets"])
+            fh.seek(begin + keep * cols * width)
+            todo = end - fh.tell()
+            chunk = bytes(1 << 24)
+            while todo > 0:
+                todo -= fh.write(chunk[: min(todo, len(chunk))])
+        return {"tensor": names[0], "shard": shard.name, "rows": rows, "rows_kept": keep}
+    raise SystemExit(f"no lm_head.weight in {folder}")
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -434,7 +470,8 @@ class Run:
     def _steps(self, mode: str, rec: dict[str, Any], port: int, moved: dict[str, int], bandwidths: dict[str, float]) -> None:
         args = self.args
         plan: list[tuple[str, int, tuple[int, int] | None]] = [("warmup", 4, None), ("single", args.single_tokens, None)]
-        plan += [(f"c{c}", args.probe_tokens, (c, r)) for c, r in parse_probes(args.probes)]
+        probes = args.cb_probes if mode == "cb" and args.cb_probes is not None else args.probes
+        plan += [(f"c{c}", args.probe_tokens, (c, r)) for c, r in parse_probes(probes)]
         per_token = ttft = None
         for name, max_tokens, probe in plan:
             left = self.left() - 40  # time to stop the server and write
@@ -548,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--single-tokens", type=int, default=256)
     p.add_argument("--probe-tokens", type=int, default=128)
     p.add_argument("--probes", default="1:8,4:16,8:16", help="concurrency:requests, comma-separated")
+    p.add_argument("--cb-probes", default=None, help="the probes of the cb mode (default: --probes)")
     p.add_argument("--deadline", type=float, default=560.0, help="seconds for the whole run")
     p.add_argument("--start-timeout", type=float, default=300.0)
     p.add_argument("--serve-python", default=sys.executable)
