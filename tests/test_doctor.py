@@ -487,3 +487,17 @@ def test_fix_commands_are_shell_safe(matrix: Any, autoglm: Any) -> None:
         if f.fix and f.fix.startswith("pip install"):
             words = shlex.split(f.fix)
             assert all(not set(w) & set(";|&$`\n") for w in words), f.fix
+
+
+def test_a_locked_package_outside_the_watched_list_is_read_not_reported_missing() -> None:
+    """A transformers plan pins fastapi, uvicorn, ...; the drift check must see what is installed."""
+    from importlib.metadata import version
+
+    from provision.doctor.facts import WATCHED, with_versions_of
+
+    facts = gather_facts(import_torch=False)
+    assert "packaging" not in WATCHED and "packaging" not in facts.packages
+    topped = with_versions_of(facts, ["packaging", "Not_Installed-anywhere"])
+    assert topped.packages["packaging"] == version("packaging")
+    assert "not-installed-anywhere" not in topped.packages
+    assert with_versions_of(topped, ["packaging"]) is topped  # nothing left to read

@@ -10,7 +10,7 @@ import contextlib
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,7 @@ __all__ = [
     "gather_facts",
     "hub_cache_dir",
     "scan_model_cache",
+    "with_versions_of",
 ]
 
 #: Packages whose installed version the doctor reports (and the lock pins).
@@ -134,6 +135,14 @@ def _installed(name: str) -> str | None:
 
 def _installed_versions(names: Sequence[str]) -> dict[str, str]:
     return {canonicalize_name(n): v for n in names if (v := _installed(n)) is not None}
+
+
+def with_versions_of(facts: Facts, names: Iterable[str]) -> Facts:
+    """``facts`` with the installed versions of ``names`` too (a lock pins more than ``WATCHED``)."""
+    from dataclasses import replace
+
+    extra = [n for n in names if canonicalize_name(n) not in facts.packages]
+    return replace(facts, packages={**facts.packages, **_installed_versions(extra)}) if extra else facts
 
 
 def _error_text(exc: BaseException) -> str:

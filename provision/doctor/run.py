@@ -24,7 +24,7 @@ from provision.doctor.checks import (
     check_torch_cuda_build,
 )
 from provision.doctor.expected import Expected
-from provision.doctor.facts import CacheScan, Facts, find_lock, gather_facts, scan_model_cache
+from provision.doctor.facts import CacheScan, Facts, find_lock, gather_facts, scan_model_cache, with_versions_of
 from provision.doctor.install_checks import (
     check_accelerate,
     check_disk,
@@ -102,10 +102,13 @@ def run_doctor(*, model_id: str | None = None, lock_path: Path | None = None, fa
     if matrix is None:
         matrix = load_matrix()
     catalog = load_catalog(matrix.catalog_path)
+    gathered = facts is None
     if facts is None:
         facts = gather_facts()
     if lock_path is None and search_lock:
         expected, lock_path = _found_lock(facts)
+    if gathered and expected is not None:  # every package the lock pins, not only the watched ones
+        facts = with_versions_of(facts, expected.packages)
     model = resolve_model(model_id or (expected.model_id if expected else catalog.default.id), catalog)
     plan_note = None
     if expected is None:
