@@ -495,7 +495,8 @@ def test_a_locked_package_outside_the_watched_list_is_read_not_reported_missing(
 
     from provision.doctor.facts import WATCHED, with_versions_of
 
-    facts = gather_facts(import_torch=False)
+    host = load_host(Path(__file__).parent / "fixtures" / "hosts" / "linux-x86_64-cpu-only-32gb.json")
+    facts = gather_facts(host, environ={}, import_torch=False)
     assert "packaging" not in WATCHED and "packaging" not in facts.packages
     topped = with_versions_of(facts, ["packaging", "Not_Installed-anywhere"])
     assert topped.packages["packaging"] == version("packaging")
