@@ -78,6 +78,34 @@ def _detect_and_render(session: nox.Session, *render_args: str) -> Path:
     return out
 
 
+def _split_model_path(args: list[str]) -> tuple[list[str], Path | None]:
+    """``--model-path DIR`` (or ``--model-path=DIR``) out of the session's arguments, the folder resolved.
+
+    :raises ValueError: the option has no value, or its value is not a folder (the session's one-line error).
+    """
+    rest: list[str] = []
+    path: str | None = None
+    items = iter(args)
+    for arg in items:
+        if arg == "--model-path":
+            value = next(items, None)
+            if value is None or value.startswith("-"):
+                raise ValueError("--model-path needs a folder: nox -s provision -- --model-path /models/AutoGLM-Phone-9B")
+            path = value
+        elif arg.startswith("--model-path="):
+            path = arg.partition("=")[2]
+            if not path:
+                raise ValueError("--model-path needs a folder: nox -s provision -- --model-path /models/AutoGLM-Phone-9B")
+        else:
+            rest.append(arg)
+    if path is None:
+        return rest, None
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise ValueError(f"--model-path {path}: no such directory")
+    return rest, folder
+
+
 @nox.session(python=False if os.environ.get("PROVISION_NOX_SYSTEM") else None)
 def provision(session: nox.Session) -> None:
     """Detect this machine, plan, render, build the environment and prove it with the smoke test.
@@ -87,12 +115,11 @@ def provision(session: nox.Session) -> None:
     """
     if session.python is not False:
         _install_toolkit(session)
-    args = list(session.posargs)
-    smoke_env = {}
-    if "--model-path" in args:
-        i = args.index("--model-path")
-        smoke_env["PROVISION_MODEL_PATH"] = str(Path(args[i + 1]).resolve())
-        del args[i : i + 2]
+    try:
+        args, model_path = _split_model_path(list(session.posargs))
+    except ValueError as exc:
+        session.error(str(exc))
+    smoke_env = {} if model_path is None else {"PROVISION_MODEL_PATH": str(model_path)}
     if not any(a.startswith("--wheelhouse") for a in args):
         args = ["--wheelhouse", "auto", *args]
     out = _detect_and_render(session, *args)

@@ -20,11 +20,11 @@ from typing import Any
 
 from provision.common import run as _run
 from provision.common.atomic import write_atomic
-from provision.errors import BuildError, InvalidInput, SmokeError
+from provision.errors import BuildError, InvalidInput, SmokeError, write_failure
 from provision.smoke.report import SmokeReport
 from provision.vocab import BUILD_SCHEMA
 
-__all__ = ["BuildResult", "build_environment", "env_digest", "source_root", "venv_python"]
+__all__ = ["BuildResult", "build_environment", "check_rendered", "env_digest", "source_root", "venv_python"]
 
 STAMP = ".provision-lock.sha256"
 #: The toolkit source the venv's copy of provision was installed from (a checkout changes often).
@@ -50,6 +50,21 @@ class BuildResult:
 #: The rendered files that decide what gets installed. The lock also records volatile host
 #: facts (free memory, free disk), so it is not what decides reuse.
 ENV_FILES = ("requirements.txt", "install.sh", "setup-venv.sh")
+
+
+def check_rendered(out: Path) -> None:
+    """``out`` must be a folder ``provision render`` wrote: what ``provision build`` and ``serve`` are given.
+
+    :raises InvalidInput: ``out`` is missing, a file, or a folder without the rendered install files.
+    """
+    if not out.exists():
+        raise InvalidInput(str(out), "(folder)", "no such folder; render one first: provision render --out DIR")
+    if not out.is_dir():
+        raise InvalidInput(str(out), "(folder)", "is a file, not a folder; name the folder provision render wrote")
+    missing = [name for name in ENV_FILES if not (out / name).is_file()]
+    if missing:
+        raise InvalidInput(str(out), "(folder)", f"not a rendered folder (no {', '.join(missing)}); "
+                                                 f"run provision render --out {out} first")
 
 
 def env_digest(out: Path) -> str:
@@ -157,6 +172,15 @@ def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] 
     """
     start = time.perf_counter()
     out = out.resolve()
+    check_rendered(out)
+    try:
+        return _build(out, start, smoke=smoke, environ=environ, toolkit_source=toolkit_source, echo=echo)
+    except OSError as exc:  # the folder is read-only, or the disk filled: nothing past the failed step ran
+        raise write_failure(str(out), "(folder)", exc) from None
+
+
+def _build(out: Path, start: float, *, smoke: bool, environ: dict[str, str] | None, toolkit_source: Path | None,
+           echo: Callable[[str], object] | None) -> BuildResult:
     digest = env_digest(out)
     venv = out / "venv"
     env = dict(environ if environ is not None else os.environ)

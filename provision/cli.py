@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provision.display import show_host, show_no_plan, show_plan, show_smoke
-from provision.errors import EXIT_BAD_INPUT, EXIT_FAILED, InvalidInput, NoViablePlan, ProvisionError
+from provision.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    InvalidInput,
+    NoViablePlan,
+    ProvisionError,
+    write_failure,
+)
 from provision.vocab import DEFAULT_CONTEXT, DEVICE_CHOICES, ENGINE_CHOICES, PRECISIONS
 
 if TYPE_CHECKING:
@@ -238,6 +245,7 @@ def _write_json_file(path: Path, doc: object) -> None:
     """``-o FILE``: the same document, written whole; a folder or an unwritable place is bad input.
 
     :raises InvalidInput: ``path`` is a folder, or it cannot be written (naming the OS's reason).
+    :raises ProvisionError: the disk is full (exit 1).
     """
     from provision.common.atomic import write_atomic
 
@@ -246,7 +254,7 @@ def _write_json_file(path: Path, doc: object) -> None:
     try:
         write_atomic(path, json.dumps(doc, indent=2) + "\n")
     except OSError as exc:
-        raise InvalidInput("-o", "output", f"cannot write {path}: {exc.strerror or exc}") from None
+        raise write_failure("-o", "output", exc, where=str(path)) from None
 
 
 # ---------------------------------------------------------------------------
@@ -429,7 +437,10 @@ def _refresh_torch(args: argparse.Namespace) -> None:
         return
     sys.stdout.write(refresh.result.diff)
     if args.write:
-        apply_refresh(refresh)  # only once the refreshed matrix validates
+        try:
+            apply_refresh(refresh)  # only once the refreshed matrix validates
+        except OSError as exc:
+            raise write_failure(str(refresh.path), "(file)", exc) from None
         sys.stderr.write(f"wrote {refresh.path}\n")
     else:
         sys.stderr.write("dry run: pass --write to apply this change\n")
@@ -451,7 +462,10 @@ def _refresh_engines(args: argparse.Namespace) -> None:
         return
     sys.stdout.write(refresh.result.diff)
     if args.write:
-        apply_engine_refresh(refresh)  # only once the refreshed file validates against the matrix
+        try:
+            apply_engine_refresh(refresh)  # only once the refreshed file validates against the matrix
+        except OSError as exc:
+            raise write_failure(str(refresh.path), "(file)", exc) from None
         sys.stderr.write(f"wrote {refresh.path}\n")
     else:
         sys.stderr.write("dry run: pass --write to apply this change\n")
@@ -504,3 +518,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except SystemExit as exc:  # argparse --help / --version
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_BAD_INPUT
+    except OSError as exc:  # a read or write no step expected to fail: a full disk, a permission, a device gone
+        _debug_traceback()
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        sys.stderr.write(f"error: {_one_line(f'{where}{exc.strerror or exc}')}\n")
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: one line, and the traceback only when asked for
+        debug = _debug_traceback()
+        hint = "" if debug else f" (rerun with {DEBUG_ENV}=1 for the traceback)"
+        sys.stderr.write(f"error: internal: {type(exc).__name__}: {_one_line(str(exc))}{hint}\n")
+        return EXIT_FAILED
+
+
+#: Set (to anything but empty or 0) to see the traceback behind an ``error: internal:`` line.
+DEBUG_ENV = "PROVISION_DEBUG"
+
+
+def _debug_traceback() -> bool:
+    """Print the traceback being handled when ``PROVISION_DEBUG`` asks for it; True if it did."""
+    import os
+
+    if os.environ.get(DEBUG_ENV, "") in ("", "0"):
+        return False
+    import traceback
+
+    traceback.print_exc(file=sys.stderr)
+    return True

@@ -7,6 +7,8 @@ only place that turns them into a line on stderr and an exit status
 
 from __future__ import annotations
 
+import errno
+
 from provision.vocab import PLAN_SCHEMA
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "NoViablePlan",
     "ProvisionError",
     "SmokeError",
+    "write_failure",
 ]
 
 EXIT_FAILED = 1
@@ -73,3 +76,22 @@ class BuildError(ProvisionError):
 
 class SmokeError(ProvisionError):
     """Loading or generating with the model failed inside the built environment."""
+
+
+#: Write failures that say the machine is out of room (or its disk failed), not that the path was wrong.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def write_failure(source: str, field: str, exc: OSError, *, where: str | None = None) -> ProvisionError:
+    """The one-line error for a write that failed, naming the path that could not be written.
+
+    A full disk (or quota, or an I/O error) is the machine's problem: exit 1. Anything else
+    (permissions, a read-only filesystem, a file where a folder must be) is the path the user
+    chose: the contract's bad input, exit 2. ``where`` (the file the user named) wins over the path
+    ``exc`` names, which may be a folder on the way to it.
+    """
+    path = where if where is not None else exc.filename
+    what = f"cannot write {path}: {exc.strerror or exc}" if path is not None else f"cannot write: {exc.strerror or exc}"
+    if exc.errno in _NO_ROOM:
+        return ProvisionError(f"{source}: {what}")
+    return InvalidInput(source, field, what)

@@ -1,8 +1,13 @@
-"""Shared test setup: the ``gpu`` marker and a guard against touching a real NVIDIA driver."""
+"""Shared test setup: the ``gpu`` marker, a guard against touching a real NVIDIA driver, read-only folders."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +42,56 @@ def _no_real_nvidia(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(provision.common.run, "find_program", guarded_find)
     monkeypatch.setattr(provision.host.detect, "import_nvml", guarded_nvml)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+_CAP_V3 = 0x20080522
+_CAP_DAC_OVERRIDE = 1
+
+
+@contextlib.contextmanager
+def _without_dac_override() -> Iterator[None]:
+    """As root, drop CAP_DAC_OVERRIDE from this thread's effective set, so folder modes bind root too.
+
+    The capability stays permitted and comes back afterwards; a program this thread execs gets it again.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = _CapHeader(_CAP_V3, 0), (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        pytest.skip("cannot read this process's capabilities: a read-only folder does not bind root here")
+    saved = data[0].effective
+    data[0].effective &= ~(1 << _CAP_DAC_OVERRIDE)
+    if libc.capset(ctypes.byref(header), data) != 0:
+        pytest.skip("cannot drop CAP_DAC_OVERRIDE: a read-only folder does not bind root here")
+    try:
+        yield
+    finally:
+        data[0].effective = saved
+        libc.capset(ctypes.byref(header), data)
+
+
+@pytest.fixture
+def read_only() -> Iterator[Callable[[Path], Path]]:
+    """``read_only(folder)`` makes ``folder`` unwritable for the rest of the test, for root too.
+
+    Folders are writable again at teardown, so tmp_path can be cleaned.
+    """
+    made: list[Path] = []
+
+    def make(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o555)
+        made.append(folder)
+        return folder
+
+    with _without_dac_override() if os.geteuid() == 0 else contextlib.nullcontext():
+        yield make
+    for folder in made:
+        folder.chmod(0o755)

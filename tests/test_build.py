@@ -161,7 +161,7 @@ def test_killed_after_completion_keeps_the_new_venv(tmp_path: Path, env: dict[st
 
 
 def test_unrendered_folder_is_bad_input(tmp_path: Path, env: dict[str, str]) -> None:
-    with pytest.raises(InvalidInput, match="run provision render first"):
+    with pytest.raises(InvalidInput, match=r"not a rendered folder \(no requirements.txt, install.sh, setup-venv.sh\)"):
         build_environment(tmp_path, smoke=False, environ=env)
 
 

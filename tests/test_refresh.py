@@ -323,3 +323,22 @@ def test_plan_refresh_defaults_to_every_variant_in_the_matrix(tmp_path):
     asked: list[str] = []
     refresh = plan_refresh(root, fetch=lambda v: asked.append(v) or "<html></html>")
     assert refresh.variants == tuple(asked) == tuple(sorted(set(asked))) and "cu128" in asked and "cpu" in asked
+
+
+def test_the_cli_advice_names_only_options_matrix_refresh_accepts(monkeypatch, capsys):
+    """An unreachable index: the advice must be something ``provision matrix refresh`` can be given."""
+    import re
+
+    from provision.cli import main
+
+    def offline(url, timeout):
+        raise requests.ConnectionError("no route to host")
+
+    monkeypatch.setattr(requests, "get", offline)
+    assert main(["matrix", "refresh", "--only", "torch"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the PyTorch wheel index" in err
+    assert main(["matrix", "refresh", "--help"]) == 0
+    accepted = set(re.findall(r"--[a-z][a-z-]*", capsys.readouterr().out))
+    advised = set(re.findall(r"--[a-z][a-z-]*", err))
+    assert advised and advised <= accepted, advised - accepted

@@ -428,3 +428,18 @@ def test_cli_does_not_write_a_new_release_a_person_must_complete(matrix_copy, ca
     err = capsys.readouterr().err
     assert "not written" in err and "engine[0].release[0].cuda: required key is missing" in err
     assert (matrix_copy / "engines.toml").read_text() == before
+
+
+def test_cli_write_into_a_read_only_matrix_folder_is_one_line(matrix_copy, capsys, read_only):
+    data = covered_only(real_data())
+    write(matrix_copy, data)
+    data["engine"][0]["release"][0]["torch"] = "2.13.0"
+    stale = write(matrix_copy, data).read_text()
+    read_only(matrix_copy)
+    assert main(["matrix", "refresh", "--only", "engines", "--matrix", str(matrix_copy), "--write"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    err = lines[-1]
+    assert not any("Traceback" in line for line in lines)
+    path = matrix_copy / "engines.toml"
+    assert err == f"error: {path}: (file): cannot write {path}: Permission denied"
+    assert (matrix_copy / "engines.toml").read_text() == stale

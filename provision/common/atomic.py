@@ -44,11 +44,23 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, mode: int =
 
     The parent folder is created when missing; ``mode`` is set exactly (not through the umask).
 
-    :raises OSError: the write failed; the previous file, if any, is untouched.
+    :raises OSError: the write failed (``filename`` names ``path`` where the OS named nothing);
+        the previous file, if any, is untouched.
     """
     path = Path(path)
+    try:
+        _write_atomic(path, data.encode("utf-8") if isinstance(data, str) else data, mode)
+    except OSError as exc:
+        # A full disk surfaces at write or fsync, which name no file; a folder that cannot be
+        # written names the temporary file. Either way, the file that could not be written is ``path``.
+        named = str(exc.filename) if exc.filename is not None else ""
+        if exc.errno is not None and (not named or Path(named).name.startswith(f".{path.name}.")):
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+
+
+def _write_atomic(path: Path, payload: bytes, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:

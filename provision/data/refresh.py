@@ -424,7 +424,7 @@ def fetch_index(
     except requests.RequestException as exc:
         raise ProvisionError(
             f"cannot reach the PyTorch wheel index {url}: {exc.__class__.__name__}: {exc}; "
-            "check the network or pass another --index-url"
+            "check the network (HTTPS_PROXY is honoured), or refresh the engine pins alone with --only engines"
         ) from exc
     if response.status_code != 200:
         raise ProvisionError(f"the PyTorch wheel index {url} answered HTTP {response.status_code}")

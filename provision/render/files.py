@@ -5,7 +5,7 @@ deployments, lock.
 the same bytes. Every value is validated (``provision.common.quoting``) while the per-file
 view-models are built; templates only place values through a quoting filter for their
 language. ``write_rendered`` writes a render: it stages every file in a temporary
-folder next to the output, refuses to overwrite files edited since the last render
+folder inside the output (beside it when the output is new), refuses to overwrite files edited since the last render
 (their sha256 differs from the old lock) unless forced, then moves files into place.
 """
 
@@ -433,11 +433,30 @@ def _mode(name: str) -> int:
     return 0o755 if name in _EXECUTABLE else 0o644
 
 
+def _stage_folder(out_dir: Path) -> Path:
+    """A new temporary folder on ``out_dir``'s filesystem: inside it when it exists, else beside it.
+
+    An existing output (a mounted ``/out`` whose parent is not the user's) needs nothing from its
+    parent; a new one is staged beside it, so it appears whole with one rename.
+
+    :raises OSError: that folder cannot be written; ``filename`` names it.
+    """
+    where = out_dir if out_dir.is_dir() else out_dir.parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.render-", dir=where))
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(where)) from None
+    stage.chmod(0o755)
+    return stage
+
+
 def write_rendered(out_dir: Path, files: Mapping[str, bytes], *, force: bool = False) -> list[str]:
     """Write ``files`` under ``out_dir`` all-or-nothing; return the names that changed.
 
     Every file is first written (fsynced, by ``provision.common.atomic``) into a temp folder
-    beside ``out_dir`` (same filesystem), then moved over its target with ``os.replace``.
+    inside ``out_dir`` (beside it when it is new; same filesystem), then moved over its target
+    with ``os.replace``.
     A file whose bytes differ from the sha256 the previous lock recorded was edited by
     someone: refuse unless ``force``.
 
@@ -452,13 +471,14 @@ def write_rendered(out_dir: Path, files: Mapping[str, bytes], *, force: bool = F
             edited = [n for n in files if (out_dir / n).exists()]
         if edited:
             raise EditedFiles(out_dir, edited)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.render-", dir=out_dir.parent))
-    stage.chmod(0o755)
+    stage = _stage_folder(out_dir)
     changed = []
     try:
         for name in sorted(files):
-            write_atomic(stage / name, files[name], mode=_mode(name))
+            try:
+                write_atomic(stage / name, files[name], mode=_mode(name))
+            except OSError as exc:  # named as the file it was to become, not the stage's copy
+                raise OSError(exc.errno, exc.strerror, str(out_dir / name)) from exc
         if not out_dir.exists():
             replace_durably(stage, out_dir)  # a fresh folder appears whole
             return sorted(files)

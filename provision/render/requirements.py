@@ -15,6 +15,7 @@ results by the sha256 of their inputs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -380,7 +381,8 @@ def resolve(
         except CompileFailed as exc2:
             return unresolved(request.packages, f"resolver failed: {exc2}")
     if result.status == "complete" and cache_file is not None:
-        write_atomic(cache_file, json.dumps(result.to_dict(), sort_keys=True, indent=1))
+        with contextlib.suppress(OSError):  # a cache that cannot be written is only slower next time
+            write_atomic(cache_file, json.dumps(result.to_dict(), sort_keys=True, indent=1))
     return result
 
 

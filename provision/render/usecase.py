@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from provision.errors import InvalidInput
+from provision.errors import InvalidInput, write_failure
 from provision.vocab import RENDER_SCHEMA
 
 if TYPE_CHECKING:
@@ -190,6 +190,9 @@ def render_command(request: RenderRequest, environ: Mapping[str, str] | None = N
         **_runner_labels(request),
     )
     files = render_files(inputs)
-    changed = write_rendered(out, files, force=request.force)
+    try:
+        changed = write_rendered(out, files, force=request.force)
+    except OSError as exc:  # read-only, not ours, or full: the error names the path
+        raise write_failure("--out", "out", exc) from None
     return RenderResult(out=out, files=files, changed=tuple(changed), hashes=hashes, plan=planned.plan,
                         planned=planned.chosen)
