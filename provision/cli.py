@@ -178,6 +178,13 @@ def _add_serve(sub: _Sub) -> None:
     p.epilog = "Arguments after -- go to the server itself (e.g. provision serve -- --log-level info)."
 
 
+def _add_models(sub: _Sub) -> None:
+    p = sub.add_parser("models", help="list the models --model takes by id (a Hugging Face repo id or a local "
+                                      "directory with config.json also works)")
+    p.add_argument("--matrix", type=Path, help="read the catalog from this matrices folder (default: the bundled one)")
+    p.add_argument("--json", action="store_true", help="print the list as one JSON document on stdout")
+
+
 def _add_matrix(sub: _Sub) -> None:
     p = sub.add_parser("matrix", help="inspect or refresh the compatibility matrices")
     msub = p.add_subparsers(dest="matrix_command", required=True, parser_class=_Parser)
@@ -199,7 +206,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"provision {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_detect, _add_plan, _add_render, _add_smoke, _add_doctor, _add_build, _add_serve, _add_matrix):
+    for add in (_add_detect, _add_plan, _add_render, _add_smoke, _add_doctor, _add_build, _add_serve, _add_models,
+                _add_matrix):
         add(sub)
     return parser
 
@@ -419,6 +427,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 1  # not reached: the process became the server
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from provision.data import load_catalog, load_matrix
+    from provision.data.catalog import catalog_document
+    from provision.display import show_models
+
+    doc = catalog_document(load_catalog(load_matrix(args.matrix).catalog_path if args.matrix else None))
+    if args.json:
+        _print_json(doc)
+    else:
+        show_models(doc, _console(stderr=False))
+    return 0
+
+
 def _cmd_matrix(args: argparse.Namespace) -> int:
     """``matrix refresh``: torch rows from the PyTorch index, engine pins from PyPI; a diff each, written on --write."""
     if args.only != "engines":
@@ -479,6 +500,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "doctor": _cmd_doctor,
     "build": _cmd_build,
     "serve": _cmd_serve,
+    "models": _cmd_models,
     "matrix": _cmd_matrix,
 }
 

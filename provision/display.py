@@ -18,7 +18,16 @@ if TYPE_CHECKING:
     from provision.render.usecase import RenderResult
     from provision.smoke.report import SmokeReport
 
-__all__ = ["show_build", "show_findings", "show_host", "show_no_plan", "show_plan", "show_render", "show_smoke"]
+__all__ = [
+    "show_build",
+    "show_findings",
+    "show_host",
+    "show_models",
+    "show_no_plan",
+    "show_plan",
+    "show_render",
+    "show_smoke",
+]
 
 
 def show_host(host: HostProfile, console: Any) -> None:
@@ -38,6 +47,20 @@ def show_host(host: HostProfile, console: Any) -> None:
         table.add_row(str(g.index), g.name, g.cc_text, f"{g.memory_total_bytes / 1e9:.1f} GB",
                       f"{g.memory_free_bytes / 1e9:.1f} GB")
     console.print(table)
+
+
+def show_models(doc: dict[str, Any], console: Any) -> None:
+    """The catalog, two lines a model: ids and repo ids are what users copy, so nothing wraps or cuts them."""
+    from rich.markup import escape
+
+    for m in doc["models"]:
+        default = " (default)" if m["default"] else ""
+        console.print(f"[bold]{escape(m['id'])}[/]{default}  {escape(m['repo'] or '-')}", soft_wrap=True)
+        facts = [f"{m['parameters'] / 1e9:.2f} B parameters", "vision" if m["vision"] else "text only"]
+        if m["served_model_name"]:
+            facts.append(f"served as {m['served_model_name']}, context {m['serving_context']:,} tokens")
+        console.print("    " + escape(", ".join(facts)), soft_wrap=True)
+    console.print("--model takes an id, a repo id (any case) or a directory holding config.json.", soft_wrap=True)
 
 
 def show_plan(plan: Plan, console: Any) -> None:

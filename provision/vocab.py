@@ -19,6 +19,7 @@ __all__ = [
     "ENGINE_CHOICES",
     "HOST_SCHEMA",
     "LOCK_SCHEMA",
+    "MODELS_SCHEMA",
     "PLAN_PRECISIONS",
     "PLAN_SCHEMA",
     "PLATFORMS",
@@ -53,6 +54,7 @@ SMOKE_SCHEMA = "provision.smoke/v1"
 DOCTOR_SCHEMA = "provision.doctor/v1"
 RENDER_SCHEMA = "provision.render/v1"
 BUILD_SCHEMA = "provision.build/v1"
+MODELS_SCHEMA = "provision.models/v1"
 
 #: Tokens budgeted for when ``--context`` is not given.
 DEFAULT_CONTEXT = 4096

@@ -320,3 +320,34 @@ def test_data_dir_prefers_the_installed_layout(tmp_path, monkeypatch):
         data_dir("matrices")
     with pytest.raises(ValueError):
         data_dir("../etc")
+
+
+@pytest.mark.parametrize("name", ["zai-org/AutoGLM-Phone-9B", "ZAI-ORG/autoglm-phone-9b", "AutoGLM-Phone-9B",
+                                  "autoglm-phone-9b", "AUTOGLM-PHONE-9B", " autoglm-phone-9b "])
+def test_resolve_by_hugging_face_repo_id_in_any_case(name):
+    catalog = load_catalog()
+    assert resolve_model(name, catalog, exists=lambda p: False) is catalog.get("autoglm-phone-9b")
+
+
+def test_resolve_a_path_that_is_not_there_says_no_such_directory(tmp_path):
+    catalog = load_catalog()
+    for path in ("/nonexistent/dir", "./models/autoglm", "~/nowhere/x", str(tmp_path / "gone")):
+        with pytest.raises(InvalidInput) as err:
+            resolve_model(path, catalog)
+        assert err.value.problem == f"{path}: no such directory", path
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(InvalidInput, match=r"is a file; a model directory holds config\.json"):
+        resolve_model(str(tmp_path / "config.json"), catalog)
+
+
+@pytest.mark.parametrize(("typed", "meant"), [
+    ("autoglm-phone-9", "did you mean autoglm-phone-9b or autoglm-phone-9b-multilingual?"),
+    ("autoglm-phone9b", "did you mean autoglm-phone-9b"),
+    ("zai-org/AutoGLM-Phone-9", "did you mean autoglm-phone-9b"),
+    ("glm-4-9b", "did you mean glm-4-9b-0414 or glm-4-9b-chat-hf?"),
+])
+def test_near_misses_get_did_you_mean(typed, meant):
+    with pytest.raises(InvalidInput) as err:
+        resolve_model(typed, load_catalog(), exists=lambda p: False)
+    assert err.value.problem.startswith(f"{typed!r} is not a known model; {meant}")
+    assert "`provision models` lists them" in err.value.problem

@@ -231,3 +231,38 @@ def test_detect_output_naming_a_folder_or_an_unwritable_place_is_bad_input(tmp_p
     assert main(["detect", "-o", str(blocked / "host.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: -o: output: cannot write {blocked / 'host.json'}: ") and err.count("\n") == 1
+
+
+def test_models_lists_the_catalog_as_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from provision.data import load_catalog
+
+    assert main(["models", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == "provision.models/v1"
+    catalog = load_catalog()
+    assert [m["id"] for m in doc["models"]] == list(catalog.ids)
+    first = doc["models"][0]
+    assert first == {"id": "autoglm-phone-9b", "name": "AutoGLM-Phone-9B", "repo": "zai-org/AutoGLM-Phone-9B",
+                     "parameters": 10292777472, "default": True, "vision": True, "min_transformers": "5.0.0",
+                     "served_model_name": "autoglm-phone-9b", "serving_context": 25480}
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    for m in doc["models"]:  # whole, on one line each: what a user copies into --model
+        assert any(line.split() and line.split()[0] == m["id"] and m["repo"] in line.split() for line in text.splitlines())
+
+
+def test_models_by_repo_id_plan_the_same_as_by_catalog_id(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--host", str(A10G), "--json"]) == 0
+    by_id = json.loads(capsys.readouterr().out)
+    for name in ("zai-org/AutoGLM-Phone-9B", "AutoGLM-Phone-9B"):
+        assert main(["plan", "--host", str(A10G), "--model", name, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == by_id
+
+
+def test_an_unknown_torch_release_blames_torch_not_the_host(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--host", str(A10G), "--torch", "9.9.9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --torch: torch: 9.9.9 is not a torch release in the matrix") and err.count("\n") == 1
+    assert "host profile" not in err
+    assert main(["plan", "--host", str(A10G), "--torch", "2.9.2"]) == 2
+    assert "did you mean 2.9.1" in capsys.readouterr().err

@@ -372,8 +372,7 @@ HOSTILE_IDS = [
     "autoglm-phone-9b\nRUN touch /tmp/pwned",
     "autoglm-phone-9b' && touch /tmp/pwned && '",
     'autoglm-phone-9b" && touch /tmp/pwned && "',
-    "AUTOGLM-PHONE-9B",
-]
+]  # "AUTOGLM-PHONE-9B" is not here: ids match in any case and resolve to the catalog's own spelling
 
 
 @pytest.mark.parametrize("model", HOSTILE_IDS)

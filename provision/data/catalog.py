@@ -19,7 +19,7 @@ from provision.common.fields import Fields, read_json_file, read_toml_file
 from provision.common.resources import data_dir
 from provision.data.architecture import parameters_by_part, parse_architecture
 from provision.errors import InvalidInput
-from provision.vocab import QUANTIZED
+from provision.vocab import MODELS_SCHEMA, QUANTIZED
 
 __all__ = [
     "AUTO_CLASSES",
@@ -29,6 +29,7 @@ __all__ = [
     "Catalog",
     "ModelServe",
     "ModelSpec",
+    "catalog_document",
     "default_catalog_path",
     "load_catalog",
     "resolve_model",
@@ -128,6 +129,40 @@ class Catalog:
 
     def get(self, model_id: str) -> ModelSpec | None:
         return next((m for m in self.models if m.id == model_id), None)
+
+    def _names(self) -> dict[str, ModelSpec]:
+        """Every spelling that names a model, lowercased: its id, its repo id and the repo's name."""
+        names: dict[str, ModelSpec] = {}
+        for m in self.models:
+            names.setdefault(m.id.lower(), m)
+            if m.repo is not None:
+                names.setdefault(m.repo.lower(), m)
+                names.setdefault(m.repo.rpartition("/")[2].lower(), m)
+        return names
+
+    def find(self, name: str) -> ModelSpec | None:
+        """The model ``name`` names, whatever its case: an id, a Hugging Face repo id, or the repo's name alone."""
+        return self._names().get(name.strip().lower())
+
+    def near(self, name: str, limit: int = 3) -> tuple[str, ...]:
+        """The ids of the models whose spellings are closest to ``name`` (difflib), best first."""
+        import difflib
+
+        names = self._names()
+        close = difflib.get_close_matches(name.strip().lower(), list(names), n=limit * 3, cutoff=0.6)
+        return tuple(dict.fromkeys(names[c].id for c in close))[:limit]
+
+
+def catalog_document(catalog: Catalog) -> dict[str, Any]:
+    """The ``provision.models/v1`` document ``provision models --json`` prints: every model ``--model`` takes."""
+    rows = []
+    for m in catalog.models:
+        serve = m.serve
+        rows.append({"id": m.id, "name": m.name, "repo": m.repo, "parameters": m.parameters, "default": m.default,
+                     "vision": m.has_vision, "min_transformers": str(m.min_transformers),
+                     "served_model_name": serve.served_model_name if serve else None,
+                     "serving_context": serve.context if serve else None})
+    return {"schema": MODELS_SCHEMA, "models": rows}
 
 
 def default_catalog_path() -> Path:
@@ -273,23 +308,34 @@ def resolve_model(
     exists: Callable[[Path], bool] = Path.is_dir,
     read_config: Callable[[Path], Any] = read_json_file,
 ) -> ModelSpec:
-    """A catalog id, or a local directory holding a transformers ``config.json``.
+    """A catalog id, a Hugging Face repo id of a catalog model, or a local directory holding ``config.json``.
 
-    An id wins over a same-named directory; a value that is neither is exit 2 listing the ids.
+    Ids and repo ids match whatever their case (``zai-org/AutoGLM-Phone-9B``, ``AutoGLM-Phone-9B`` and
+    ``autoglm-phone-9b`` are one model). A catalog match wins over a same-named directory. A path that
+    is not a directory says so; anything else is exit 2 with the nearest ids.
 
-    :raises InvalidInput: unknown id, a directory without a usable config.json.
+    :raises InvalidInput: unknown id or repo, a missing directory, a directory without a usable config.json.
     """
-    spec = catalog.get(id_or_dir)
+    spec = catalog.get(id_or_dir) or catalog.find(id_or_dir)
     if spec is not None:
         return spec
     directory = Path(id_or_dir).expanduser()
     if id_or_dir.strip() and exists(directory):
         return _local_spec(directory, read_config)
-    raise InvalidInput(
-        "--model", "model",
-        f"{id_or_dir!r} is not a known model; known ids: {', '.join(catalog.ids)} "
-        "(or a directory holding config.json)",
-    )
+    if id_or_dir.strip() and directory.exists():
+        raise InvalidInput("--model", "model", f"{id_or_dir}: is a file; a model directory holds config.json")
+    if _looks_like_path(id_or_dir):
+        raise InvalidInput("--model", "model", f"{id_or_dir}: no such directory")
+    near = catalog.near(id_or_dir)
+    hint = f"did you mean {' or '.join(near)}?" if near else f"known ids: {', '.join(catalog.ids)}."
+    raise InvalidInput("--model", "model", f"{id_or_dir!r} is not a known model; {hint} `provision models` lists "
+                                           "them; a local model is a directory holding config.json")
+
+
+def _looks_like_path(text: str) -> bool:
+    """A local path rather than an id or ``owner/name``: absolute, ``./``, ``../``, ``~``, or deeper than one slash."""
+    return (text.startswith(("/", "./", "../", "~", "\\")) or Path(text).is_absolute() or text.count("/") > 1
+            or "\\" in text or text in (".", ".."))
 
 
 def _local_spec(directory: Path, read_config: Callable[[Path], Any]) -> ModelSpec:

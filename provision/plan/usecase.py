@@ -67,7 +67,30 @@ def load_inputs(request: PlanRequest, model_id: str | None = None) -> tuple[Host
     if model_id is None:
         model_id = catalog.default.id if request.model is None else request.model
     model = resolve_model(model_id, catalog)
+    _check_torch(request.torch_version, matrix)
     return _host(request.host, matrix), matrix, model
+
+
+def _check_torch(text: str | None, matrix: Matrix) -> None:
+    """``--torch`` must name a release the matrix has: otherwise no host could ever get a plan.
+
+    :raises InvalidInput: naming the releases there are (a malformed version is ``preferences``' to refuse).
+    """
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        wanted = Version(text) if text else None
+    except InvalidVersion:
+        return
+    releases = [str(r.version) for r in matrix.torch]
+    if wanted is None or any(r.version == wanted for r in matrix.torch):
+        return
+    import difflib
+
+    near = difflib.get_close_matches(str(wanted), releases, n=2, cutoff=0.8)
+    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+    raise InvalidInput("--torch", "torch", f"{text} is not a torch release in the matrix (matrices/torch.toml has "
+                                           f"{releases[-1]} to {releases[0]}){hint}")
 
 
 def _host(path: Path | None, matrix: Matrix) -> HostProfile:
