@@ -32,8 +32,24 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it says it already or has none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings
+                or isinstance(default, list)):
+            return text
+        return f"{text} (default: {default})"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad option is the contract's one-line exit-2 error."""
+    """argparse, but a bad option is the contract's one-line exit-2 error, and help shows defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise InvalidInput("command line", "options", message)
@@ -56,44 +72,62 @@ _Sub = Any  # argparse's private _SubParsersAction
 
 
 def _add_plan_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", type=Path, help="plan for the machine this host profile describes")
-    p.add_argument("--model", default=None, help="catalog id or local directory with config.json")
+    p.add_argument("--host", type=Path, metavar="FILE",
+                   help="plan for the machine this host profile (provision detect -o FILE) describes "
+                        "(default: this machine)")
+    p.add_argument("--model", default=None, metavar="ID_OR_DIR",
+                   help="catalog id (provision models), Hugging Face repo id in any case, or a local directory "
+                        "with config.json (default: autoglm-phone-9b)")
     p.add_argument("--python", help="Python X.Y the environment is built with (default: the host's)")
     p.add_argument("--context", type=_positive_int, default=None,
                    help=f"tokens to budget for (default: {DEFAULT_CONTEXT}; an engine serves the model's serving context)")
     p.add_argument("--engine", choices=ENGINE_CHOICES, default="transformers",
                    help="the serving engine: auto takes vLLM, then SGLang, where the host runs them (default: "
                         "transformers; plans only: rendering vLLM and SGLang files comes next)")
-    p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    p.add_argument("--torch", dest="torch_version", help="pin this torch release")
-    p.add_argument("--variant", help="pin this PyTorch index variant (cpu, cu126, cu128, ...)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="force this precision; a no-plan (exit 3) if it cannot run or fit (default: the best that "
+                        "fits: bf16, fp16, int8, then nf4 on a GPU)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                   help="where the model runs; auto takes the GPUs where it fits, else the CPU")
+    p.add_argument("--torch", dest="torch_version", metavar="VERSION",
+                   help="pin this torch release from matrices/torch.toml (default: the newest that fits the host)")
+    p.add_argument("--variant", help="pin this PyTorch index variant: cpu, cu126, cu128, ... (default: the newest "
+                                     "the driver runs)")
     p.add_argument("--wheelhouse", action="append", metavar="DIR",
                    help="take torch from wheels in DIR (repeatable; env PROVISION_WHEELHOUSE); 'auto' uses "
-                        "pip's find-links folders when the PyTorch index is unreachable")
-    p.add_argument("--index-url", help="mirror of the PyTorch index to install torch from (env PROVISION_INDEX_URL)")
-    p.add_argument("--matrix", type=Path, help="read the matrices from this folder instead of the bundled ones")
+                        "pip's find-links folders when the PyTorch index is unreachable (default: the index)")
+    p.add_argument("--index-url", metavar="URL", help="mirror of the PyTorch index to install torch from (env "
+                                                      "PROVISION_INDEX_URL; default: download.pytorch.org, or PyPI "
+                                                      "where it carries the build)")
+    p.add_argument("--matrix", type=Path, metavar="DIR",
+                   help="read the matrices from this folder (default: the bundled matrices/)")
 
 
 def _add_detect(sub: _Sub) -> None:
     p = sub.add_parser("detect", help="describe this machine as a host profile")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("-o", "--output", type=Path, help="also write the profile to FILE")
+    p.add_argument("--json", action="store_true", help="print the profile as JSON on stdout instead of a table")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE",
+                   help="also write the profile to FILE, for plan --host FILE (default: not written)")
 
 
 def _add_plan(sub: _Sub) -> None:
     p = sub.add_parser("plan", help="choose torch, CUDA variant, precision and placement")
     _add_plan_options(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout (human text goes to stderr)")
 
 
 def _add_render(sub: _Sub) -> None:
     p = sub.add_parser("render", help="write the environment files for a plan")
     _add_plan_options(p)
-    p.add_argument("--plan", dest="plan_file", type=Path, help="render this plan JSON instead of planning")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--plan", dest="plan_file", type=Path, metavar="FILE",
+                   help="render this plan JSON (provision plan --json) instead of planning (default: plan now)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="the folder to write the files into (created if missing; staged inside it, so only DIR "
+                        "itself must be writable)")
     p.add_argument("--force", action="store_true", help="overwrite files edited since the last render")
-    p.add_argument("--no-resolve", action="store_true", help="do not run a resolver for hashes")
+    p.add_argument("--no-resolve", action="store_true",
+                   help="pin versions without running uv for hashes (default: resolve hashes where the index "
+                        "answers)")
     p.add_argument("--gpu-runner", action="append", metavar="LABEL",
                    help="runs-on label for the CI workflow's GPU jobs (repeatable; default: self-hosted linux gpu)")
     p.add_argument("--cpu-runner", action="append", metavar="LABEL",
@@ -101,7 +135,7 @@ def _add_render(sub: _Sub) -> None:
     p.add_argument("--image", metavar="REF",
                    help="the serving image compose.yaml tags and k8s/ runs, e.g. ghcr.io/you/autoglm:cu128 "
                         "(default: provision-MODEL:VARIANT, and a registry.example.com placeholder for k8s/)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print what was written as one JSON document on stdout")
 
 
 def _seconds(text: str) -> float:
@@ -124,45 +158,64 @@ _LOCAL_ONLY = {"precision": "--precision", "context": "--context", "new_tokens":
 def _add_smoke(sub: _Sub) -> None:
     p = sub.add_parser("smoke", help="load the model in this environment and generate, or prove a running server")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model-path", type=Path)
-    src.add_argument("--tiny", action="store_true")
-    src.add_argument("--synthetic", action="store_true")
+    src.add_argument("--model-path", type=Path, metavar="DIR",
+                     help="load the checkpoint in DIR (env PROVISION_MODEL_PATH; default: the model's snapshot in "
+                          "the Hugging Face cache, else the tiny stand-in)")
+    src.add_argument("--tiny", action="store_true",
+                     help="load a small model of the same architecture with random weights, built here in seconds "
+                          "and cached: proves the software stack, not the model")
+    src.add_argument("--synthetic", action="store_true",
+                     help="build the full-size architecture with random weights (about 20 GB for AutoGLM-Phone-9B, "
+                          "written to TMPDIR) and load it: proves memory and speed without a download; checks RAM, "
+                          "GPU memory and disk first")
     src.add_argument("--endpoint", metavar="URL",
                      help="prove the OpenAI-compatible server at URL (e.g. http://127.0.0.1:8000/v1) with the phone "
-                          "agent's request instead of loading the model here")
-    p.add_argument("--model", default=None)
-    p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument("--lock", type=Path, help="take model, precision and placement (and the served name and engine, "
-                                             "with --endpoint) from this provision.lock.json")
-    p.add_argument("--context", type=_positive_int, default=None)
+                          "agent's request (default: load the model here instead)")
+    p.add_argument("--model", default=None, metavar="ID_OR_DIR",
+                   help="catalog id, Hugging Face repo id or directory (default: the lock's, else autoglm-phone-9b)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="load in this precision (default: the lock's, else bf16 on a GPU with bf16, fp16 on an "
+                        "older one, fp32 on the CPU)")
+    p.add_argument("--lock", type=Path, metavar="FILE",
+                   help="take model, precision and placement (and the served name and engine, with --endpoint) from "
+                        "this provision.lock.json (default: the options and the catalog decide)")
+    p.add_argument("--context", type=_positive_int, default=None, metavar="TOKENS",
+                   help="make the prompt this long minus --new-tokens, to measure memory at that context (default: "
+                        "a short prompt)")
     p.add_argument("--new-tokens", type=_positive_int, default=None, help="tokens to generate (default: 16)")
     e = p.add_argument_group("with --endpoint")
     e.add_argument("--served-model-name", metavar="NAME", help="the name to request (default: the model's, "
                                                               "autoglm-phone-9b)")
     e.add_argument("--engine", dest="endpoint_engine", choices=[x for x in ENGINE_CHOICES if x != "auto"],
-                   help="the engine behind URL, where its /v1/models does not say")
-    e.add_argument("--concurrency", type=_positive_int, metavar="N", help="then a load probe, N requests in flight")
+                   help="the engine behind URL, where its /v1/models does not say (default: the lock's, else "
+                        "what /v1/models says)")
+    e.add_argument("--concurrency", type=_positive_int, metavar="N",
+                   help="then a load probe, N requests in flight (default: no load probe)")
     e.add_argument("--requests", type=_positive_int, metavar="M", help="the load probe's requests (default: 4 x N)")
     e.add_argument("--max-tokens", type=_positive_int, metavar="N",
                    help="bound on each answer (default: 64; the agent asks for up to 3000)")
     e.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                    help="wait at most this long to connect and for each read (default: 120)")
-    p.add_argument("-o", "--output", type=Path, help="also write the report to FILE")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="also write the report to FILE (default: "
+                                                                     "not written)")
+    p.add_argument("--json", action="store_true", help="print the smoke report as one JSON document on stdout")
 
 
 def _add_doctor(sub: _Sub) -> None:
     p = sub.add_parser("doctor", help="diagnose this environment against the machine and the model")
-    p.add_argument("--model", default=None)
-    p.add_argument("--lock", type=Path)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--model", default=None, metavar="ID_OR_DIR",
+                   help="the model to check the environment for (default: the lock's, else autoglm-phone-9b)")
+    p.add_argument("--lock", type=Path, metavar="FILE",
+                   help="the provision.lock.json to check for drift (default: the one beside this venv, else "
+                        "build/provision/<host>/)")
+    p.add_argument("--json", action="store_true", help="print the findings as one JSON document on stdout")
 
 
 def _add_build(sub: _Sub) -> None:
     p = sub.add_parser("build", help="build the venv for a rendered folder and run the smoke test in it")
     p.add_argument("out", type=Path, help="a folder written by provision render")
-    p.add_argument("--no-smoke", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-smoke", action="store_true", help="build (or reuse) the venv but skip the smoke test")
+    p.add_argument("--json", action="store_true", help="print the build (and its smoke report) as JSON on stdout")
 
 
 def _add_serve(sub: _Sub) -> None:
@@ -172,7 +225,8 @@ def _add_serve(sub: _Sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, help="port to listen on (default: the plan's, 8000)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model-path", type=Path, help="serve the checkpoint in this folder instead of the plan's repo")
+    src.add_argument("--model-path", type=Path, help="serve the checkpoint in this folder (default: the plan's repo, from the "
+                                                                     "Hugging Face cache)")
     src.add_argument("--tiny", action="store_true",
                      help="serve the tiny stand-in the build's smoke test made (random weights: proves the stack only)")
     p.epilog = "Arguments after -- go to the server itself (e.g. provision serve -- --log-level info)."
@@ -189,7 +243,8 @@ def _add_matrix(sub: _Sub) -> None:
     p = sub.add_parser("matrix", help="inspect or refresh the compatibility matrices")
     msub = p.add_subparsers(dest="matrix_command", required=True, parser_class=_Parser)
     r = msub.add_parser("refresh", help="rebuild torch rows from the PyTorch wheel index and engine pins from PyPI")
-    r.add_argument("--matrix", type=Path)
+    r.add_argument("--matrix", type=Path, metavar="DIR",
+                   help="refresh the matrices in this folder (default: the bundled matrices/)")
     r.add_argument("--write", action="store_true", help="write the change (default: show the diff only)")
     r.add_argument("--variant", action="append", help="variants to fetch (default: those in the matrix)")
     r.add_argument("--only", choices=("torch", "engines"), help="refresh one file (default: both)")

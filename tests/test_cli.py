@@ -266,3 +266,41 @@ def test_an_unknown_torch_release_blames_torch_not_the_host(capsys: pytest.Captu
     assert "host profile" not in err
     assert main(["plan", "--host", str(A10G), "--torch", "2.9.2"]) == 2
     assert "did you mean 2.9.1" in capsys.readouterr().err
+
+
+def _options(parser, name="provision"):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, subparser in action.choices.items():
+                yield from _options(subparser, f"{name} {sub}")
+        elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            yield name, parser, action
+
+
+def test_every_option_has_help_and_shows_its_default() -> None:
+    import argparse
+
+    from provision.cli import _build_parser
+
+    missing, no_default = [], []
+    for name, parser, action in _options(_build_parser()):
+        flag = f"{name} {'/'.join(action.option_strings) or action.dest}"
+        shown = parser._get_formatter()._get_help_string(action)
+        if not shown:
+            missing.append(flag)
+        elif (action.option_strings and not action.required and "default" not in shown
+              and not isinstance(action, argparse._StoreTrueAction)):
+            no_default.append(flag)
+    assert missing == [] and no_default == []
+
+
+def test_stand_in_options_say_what_they_do(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["smoke", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--tiny load a small model of the same architecture with random weights" in text
+    assert "--synthetic build the full-size architecture with random weights" in text
+    assert "checks RAM, GPU memory and disk first" in text
+    assert main(["plan", "--help"]) == 0
+    assert "(default: auto)" in capsys.readouterr().out  # --device, filled in by the formatter
