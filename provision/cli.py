@@ -566,7 +566,26 @@ def _one_line(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; the only place that turns errors into exit codes."""
+    """Run one command; the only place that turns errors into exit codes, and warnings into ``warning:`` lines."""
+    import warnings
+
+    from provision.common.fields import UnknownKeyWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UnknownKeyWarning)
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
+            if issubclass(category, UnknownKeyWarning):
+                sys.stderr.write(f"warning: {_one_line(str(message))}\n")
+            else:
+                shown(message, category, *rest, **kw)
+
+        warnings.showwarning = show
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args: argparse.Namespace | None = None
     try:
         words = list(sys.argv[1:] if argv is None else argv)

@@ -215,3 +215,23 @@ def test_an_engine_serve_must_name_its_model_where_serve_sh_replaces_it() -> Non
                               "(serve.sh replaces it)")
     doc["serve"]["argv"][2] = "zai-org/AutoGLM-Phone-9B"
     assert Plan.from_dict(doc).serve.model_index == 2
+
+
+def test_unknown_plan_keys_warn_with_the_nearest_known_one_and_are_ignored() -> None:
+    from provision.common.fields import UnknownKeyWarning
+
+    doc = copy.deepcopy(A10G_DOC)
+    chosen = Plan.from_dict(A10G_DOC)
+    doc["precison"] = "nf4"
+    doc["memory"]["required"] = 1
+    doc["reasons"][0]["reason"] = "x"
+    doc["torch"]["index"] = "https://example.org"
+    with pytest.warns(UnknownKeyWarning) as caught:
+        read = Plan.from_dict(doc, source="lock.json", where="plan")
+    assert read == chosen
+    assert sorted(str(w.message) for w in caught) == [
+        "lock.json: plan.memory.required: unknown key, ignored; did you mean required_bytes?",
+        "lock.json: plan.precison: unknown key, ignored; did you mean precision?",
+        "lock.json: plan.reasons[0].reason: unknown key, ignored",
+        "lock.json: plan.torch.index: unknown key, ignored; did you mean index_url?",
+    ]

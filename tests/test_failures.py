@@ -195,3 +195,18 @@ def test_json_stays_one_document_when_a_command_fails(capsys):
     captured = capsys.readouterr()
     assert captured.out == "" and one_line(captured.err)
     json.dumps(captured.err)  # the line is printable text
+
+
+# ----------------------------------------------------------------------------- unknown keys
+
+
+def test_a_misspelled_host_key_is_a_warning_line_and_the_plan_still_comes(tmp_path, capsys):
+    data = json.loads((HOSTS / "linux-x86_64-a10g-driver535.json").read_text())
+    data["nvidia"]["gpus"][0]["memory_fre_bytes"] = data["nvidia"]["gpus"][0].pop("memory_free_bytes")
+    host = tmp_path / "host.json"
+    host.write_text(json.dumps(data))
+    assert main(["plan", "--host", str(host), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["schema"] == "provision.plan/v1"
+    assert captured.err == (f"warning: {host}: nvidia.gpus[0].memory_fre_bytes: unknown key, ignored; "
+                            "did you mean memory_free_bytes?\n")

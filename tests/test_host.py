@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from packaging.version import Version
 
 import provision.common.fields
+from provision.common.fields import UnknownKeyWarning
 from provision.errors import InvalidInput
 from provision.host.profile import GpuInfo, HostProfile, host_from_dict, load_host
 
@@ -120,11 +121,33 @@ def test_no_nvidia() -> None:
 
 def test_unknown_keys_are_kept_and_written_back() -> None:
     data = example(detected_by={"nvidia": "nvml"}, comment="lab box 3")
-    host = host_from_dict(data)
+    with pytest.warns(UnknownKeyWarning) as caught:
+        host = host_from_dict(data)
+    assert [str(w.message) for w in caught] == ["host: comment: unknown key, ignored"]  # detected_by is detect's own
     assert host.extra == {"detected_by": {"nvidia": "nvml"}, "comment": "lab box 3"}
     assert host.to_dict() == data
 
 
+def test_misspelled_keys_warn_with_the_nearest_known_one() -> None:
+    data = example(ram_byte=1, disk_free=2)
+    data["nvidia"]["cuda_version"] = "12.2"
+    data["nvidia"]["gpus"][0]["memory_fre_bytes"] = 5
+    with pytest.warns(UnknownKeyWarning) as caught:
+        host = host_from_dict(data, "host.json")
+    assert sorted(str(w.message) for w in caught) == [
+        "host.json: disk_free: unknown key, ignored; did you mean disk_free_bytes?",
+        "host.json: nvidia.cuda_version: unknown key, ignored; did you mean cuda_driver_version?",
+        "host.json: nvidia.gpus[0].memory_fre_bytes: unknown key, ignored; did you mean memory_free_bytes?",
+        "host.json: ram_byte: unknown key, ignored; did you mean ram_bytes?",
+    ]
+    assert host == host_from_dict(example())  # ignored: the facts are the example's
+
+
+def test_a_detected_profile_loads_without_warnings() -> None:
+    load_host(Path(__file__).parent / "fixtures" / "hosts" / "h100-detected.json")  # warnings are errors here
+
+
+@pytest.mark.filterwarnings("ignore::provision.common.fields.UnknownKeyWarning")
 def test_profiles_compare_by_facts_not_extras() -> None:
     assert host_from_dict(example(note="a")) == host_from_dict(example(note="b"))
     assert host_from_dict(example()) != host_from_dict(example(python="3.12.1"))
@@ -332,6 +355,7 @@ def test_arbitrary_json_only_raises_invalid_input(data: Any) -> None:
     _loads_or_refuses(data)
 
 
+@pytest.mark.filterwarnings("ignore::provision.common.fields.UnknownKeyWarning")
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(KEYS), JSON)
 def test_one_corrupted_field_only_raises_invalid_input(key: str, value: Any) -> None:

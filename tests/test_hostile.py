@@ -416,6 +416,7 @@ def leaf_paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 HOST_PATHS = leaf_paths(VALID_HOST)
 
 
+@pytest.mark.filterwarnings("ignore::provision.common.fields.UnknownKeyWarning")
 @FAST
 @given(edits=st.lists(st.tuples(st.sampled_from(HOST_PATHS), json_value | st.just("__delete__")),
                       min_size=1, max_size=3))

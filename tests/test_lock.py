@@ -150,3 +150,15 @@ def test_an_unreadable_file_is_bad_input_naming_it(tmp_path: Path, monkeypatch: 
     with pytest.raises(InvalidInput) as exc:
         edited_files(out, make_lock())
     assert exc.value.source == str(out / "install.sh") and exc.value.problem == "cannot read: Permission denied"
+
+
+def test_read_lock_warns_about_unknown_keys_with_the_nearest_known_one(tmp_path: Path) -> None:
+    from provision.common.fields import UnknownKeyWarning
+
+    lock = make_lock()
+    lock["plan_sha"] = lock.pop("plan_sha256")
+    path = tmp_path / LOCK_NAME
+    path.write_text(json.dumps(lock), encoding="utf-8")
+    with pytest.warns(UnknownKeyWarning) as caught:
+        assert read_lock(path) == lock  # ignored, not refused
+    assert [str(w.message) for w in caught] == [f"{path}: plan_sha: unknown key, ignored; did you mean plan_sha256?"]

@@ -8,9 +8,11 @@ dotted path of the field, e.g. ``host.json: nvidia.gpus[1].memory_total_bytes: .
 from __future__ import annotations
 
 import builtins
+import difflib
 import json
 import sys
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -18,7 +20,7 @@ from packaging.version import InvalidVersion, Version
 
 from provision.errors import InvalidInput
 
-__all__ = ["MAX_INPUT_BYTES", "Fields", "read_json_file", "read_toml_file"]
+__all__ = ["MAX_INPUT_BYTES", "Fields", "UnknownKeyWarning", "read_json_file", "read_toml_file"]
 
 #: Inputs larger than this are refused before parsing (a host profile is < 10 kB).
 MAX_INPUT_BYTES = 8 * 1024 * 1024
@@ -118,6 +120,19 @@ def _type_name(value: object) -> str:
     )
 
 
+class UnknownKeyWarning(UserWarning):
+    """A document has a key its reader does not know: ignored, as the contract says, but said.
+
+    ``str()`` is ``<source>: <field>: unknown key, ignored[; did you mean <key>?]``; the CLI prints it
+    on stderr as a ``warning:`` line.
+    """
+
+    def __init__(self, source: str, field: str, nearest: str | None) -> None:
+        self.source, self.field, self.nearest = source, field, nearest
+        hint = f"; did you mean {nearest}?" if nearest else ""
+        super().__init__(f"{source}: {field}: unknown key, ignored{hint}")
+
+
 class Fields:
     """A mapping read at a known place: ``Fields(data, "host.json", "nvidia")``.
 
@@ -146,6 +161,14 @@ class Fields:
     def item_fail(self, key: str, index: int, problem: str) -> InvalidInput:
         """The error for item ``index`` of the list under ``key``: ``path.key[index]``."""
         return InvalidInput(self.source, f"{self.where(key)}[{index}]", problem)
+
+    def warn_unknown(self, known: Collection[str]) -> None:
+        """Warn (``UnknownKeyWarning``) about every key not in ``known``, naming the nearest known one."""
+        for key in self.data:
+            if key not in known:
+                near = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+                warnings.warn(UnknownKeyWarning(self.source, self.where(str(key)), near[0] if near else None),
+                              stacklevel=2)
 
     def has(self, key: str) -> bool:
         return key in self.data and self.data[key] is not None

@@ -37,6 +37,10 @@ GLIBC_RE = re.compile(r"^2\.\d{1,3}$")
 _MAX_MEMORY = 2**50  # 1 PiB
 _MAX_GPUS = 64
 _KNOWN_KEYS = frozenset({"schema", "os", "arch", "python", "ram_bytes", "disk_free_bytes", "glibc", "nvidia"})
+#: What ``provision detect`` adds beside them: how each fact was found (kept, never read).
+_DETECTION_KEYS = frozenset({"detected_by", "ram_available_bytes", "gpus", "notes", "probe_failures"})
+_NVIDIA_KEYS = frozenset({"driver_version", "cuda_driver_version", "gpus"})
+_GPU_KEYS = frozenset({"index", "name", "compute_capability", "memory_total_bytes", "memory_free_bytes"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,6 +171,7 @@ def parse_compute_capability(text: str, fields: Fields, key: str) -> tuple[int, 
 
 
 def _gpu_from_fields(g: Fields, position: int) -> GpuInfo:
+    g.warn_unknown(_GPU_KEYS)
     index = g.int("index", required=False, default=position, maximum=_MAX_GPUS - 1)
     name = g.str("name")
     if len(name) > 128 or not name.isprintable():
@@ -183,6 +188,7 @@ def _gpu_from_fields(g: Fields, position: int) -> GpuInfo:
 
 
 def _nvidia_from_fields(nv: Fields) -> NvidiaInfo:
+    nv.warn_unknown(_NVIDIA_KEYS)
     driver = nv.str("driver_version")
     if not DRIVER_RE.fullmatch(driver):
         raise nv.fail("driver_version", f"{driver!r} is not a driver version like '535.183.01'")
@@ -217,12 +223,15 @@ def _glibc(f: Fields) -> Version | None:
 def host_from_dict(data: object, source: str = "host") -> HostProfile:
     """Validate a host-profile mapping.
 
+    Unknown keys are kept (``extra``) and warned about (``UnknownKeyWarning``), with the nearest known key.
+
     :raises InvalidInput: on a wrong type, missing key, unknown schema or bad version.
     """
     f = Fields(data, source)
     schema = f.str("schema")
     if schema != HOST_SCHEMA:
         raise f.fail("schema", f"unsupported schema {schema!r}; expected {HOST_SCHEMA!r}")
+    f.warn_unknown(_KNOWN_KEYS | _DETECTION_KEYS)
     os_name = f.choice("os", OS_NAMES)
     arch = f.choice("arch", ARCH_NAMES)
     python = f.version("python")

@@ -151,6 +151,7 @@ class Plan:
         if "error" in f.data:
             raise f.fail("error", "a no-viable-plan document cannot be rendered")
         model, torch = f.obj("model"), f.obj("torch")
+        _warn_unknown_keys(f)
         python = f.str("python")
         if not PYTHON_MINOR_RE.fullmatch(python):
             raise f.fail("python", f"{python!r} is not a Python minor like 3.11")
@@ -179,6 +180,30 @@ class Plan:
             placement=replace(placement, why=why), packages=packages, warnings=warnings, reasons=reasons,
             serve=_read_serve(f, model_id, repo, packages, placement),
         )
+
+
+#: The keys ``Plan.to_dict`` writes, per object: anything else is ignored, with a warning naming the nearest.
+_PLAN_KEYS = {"": frozenset({"schema", "model", "python", "torch", "cuda", "device", "gpus", "precision", "memory",
+                             "packages", "warnings", "reasons", "serve"}),
+              "model": frozenset({"id", "repo", "parameters"}),
+              "torch": frozenset({"version", "variant", "index_url"}),
+              "memory": frozenset({"required_bytes", "available_bytes", "breakdown", "max_memory", "device_map"})}
+_REASON_KEYS = frozenset({"decision", "choice", "why"})
+
+
+def _warn_unknown_keys(f: Fields) -> None:
+    """``UnknownKeyWarning`` for each key of the plan (and its fixed-shape objects) that it does not define."""
+    import dataclasses
+
+    for name, known in _PLAN_KEYS.items():
+        part = f if not name else f.obj(name, required=False)
+        if part is not None:
+            part.warn_unknown(known)
+    for reason in f.objs("reasons", required=False):
+        reason.warn_unknown(_REASON_KEYS)
+    serve = f.obj("serve", required=False)
+    if serve is not None:
+        serve.warn_unknown({field.name for field in dataclasses.fields(Serve)})
 
 
 def variant_cuda(variant: str) -> Version | None:

@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 LOCK_NAME = "provision.lock.json"
+#: The keys ``build_lock`` writes; others are ignored, with a warning.
+_LOCK_KEYS = frozenset({"schema", "inputs", "plan", "plan_sha256", "hashes", "files"})
 
 
 def sha256_hex(data: bytes) -> str:
@@ -64,7 +66,7 @@ def dump_lock(lock: Mapping[str, Any]) -> bytes:
 
 
 def read_lock(path: Path) -> dict[str, Any] | None:
-    """The lock at ``path``, or None when there is none.
+    """The lock at ``path``, or None when there is none; unknown top-level keys are warned about.
 
     :raises InvalidInput: the file exists but is not a lock this toolkit wrote.
     """
@@ -74,6 +76,7 @@ def read_lock(path: Path) -> dict[str, Any] | None:
     f = Fields(data, str(path))
     if f.str("schema") != LOCK_SCHEMA:
         raise f.fail("schema", f"expected {LOCK_SCHEMA!r}")
+    f.warn_unknown(_LOCK_KEYS)
     files = f.obj("files")
     assert files is not None
     for name, digest in files.data.items():
