@@ -20,6 +20,7 @@ from typing import Any
 
 from provision.common import run as _run
 from provision.common.atomic import write_atomic
+from provision.common.progress import step
 from provision.errors import BuildError, InvalidInput, SmokeError, write_failure
 from provision.smoke.report import SmokeReport
 from provision.vocab import BUILD_SCHEMA
@@ -132,7 +133,7 @@ def _reusable(venv: Path, digest: str) -> bool:
 def _run_setup(out: Path, target: Path, env: dict[str, str]) -> None:
     script = out / "setup-venv.sh"  # present: env_digest has read it
     log = out / "build.log"
-    with log.open("w", encoding="utf-8") as fh:
+    with log.open("w", encoding="utf-8") as fh, step(f"installing the environment into {target} (log: {log})"):
         try:
             proc = _run.run_process(["bash", str(script), str(target)], cwd=out, env=env, log=fh)
         except _run.NotRun as exc:
@@ -228,7 +229,8 @@ def run_smoke_in(venv: Path, out: Path, env: dict[str, str], echo: Callable[[str
     argv = [str(venv_python(venv)), "-m", "provision", "smoke", "--lock", str(out / "provision.lock.json"),
             "--json", "-o", str(report_path)]
     try:
-        proc = _run.run_process(argv, env=env)
+        with step(f"running the smoke test in {venv}"):
+            proc = _run.run_process(argv, env=env)
     except _run.NotRun as exc:
         raise SmokeError(f"the smoke test did not run in {venv}: {exc}") from None
     echo(proc.stderr)

@@ -8,9 +8,10 @@ document to stdout; human text goes to stderr when JSON is requested.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -582,7 +583,41 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shown(message, category, *rest, **kw)
 
         warnings.showwarning = show
-        return _main(argv)
+        from provision.common.progress import reporting
+
+        with reporting(_StatusLines()):
+            return _main(argv)
+
+
+class _StatusLines:
+    """Shows each long step on stderr: a live spinner with the elapsed time on a terminal, else a line
+    when it starts; a line with its time when it ends. A step inside another is shown as lines only."""
+
+    def __init__(self) -> None:
+        self._console: Any = None
+        self._live = False
+
+    @contextlib.contextmanager
+    def __call__(self, text: str) -> Iterator[None]:
+        import time
+
+        from rich.markup import escape
+
+        if self._console is None:
+            self._console = _console(stderr=True)
+        console = self._console
+        start = time.perf_counter()
+        if console.is_terminal and not self._live:
+            self._live = True
+            try:
+                with console.status(escape(text) + " ..."):
+                    yield
+            finally:
+                self._live = False
+        else:
+            console.print(escape(text) + " ...", soft_wrap=True)
+            yield
+        console.print(f"{escape(text)}: done in {time.perf_counter() - start:.1f} s", soft_wrap=True)
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -67,6 +67,12 @@ def leftovers(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if p.name in ("venv.partial", "venv.old"))
 
 
+def without_progress(err: str) -> str:
+    """stderr without the CLI's status lines for long steps (``... ...`` when one starts, ``...: done in`` at its end)."""
+    return "".join(line for line in err.splitlines(keepends=True)
+                   if not line.rstrip("\n").endswith(" ...") and ": done in " not in line)
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
@@ -172,7 +178,7 @@ def test_build_command_reports_the_failure(tmp_path: Path, capsys: pytest.Captur
     venv = old_venv(out)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     rc = main(["build", str(out), "--no-smoke"])
-    err = capsys.readouterr().err
+    err = without_progress(capsys.readouterr().err)
     assert rc == 1
     assert err.startswith("error: setup-venv.sh failed (exit 1)") and "Traceback" not in err
     assert (venv / "marker").read_text() == "old\n"
@@ -222,7 +228,10 @@ def test_build_command_json_carries_the_smoke_report(tmp_path: Path, capsys: pyt
     captured = capsys.readouterr()
     doc = json.loads(captured.out)
     assert doc["schema"] == BUILD_SCHEMA and doc["smoke"] == REPORT.to_dict()
-    assert captured.err == "loading the tiny model\n"  # library code printed nothing of its own
+    progress = [line for line in captured.err.splitlines() if line.endswith(" ...") or ": done in " in line]
+    assert [line.split(" into ")[0].split(" in /")[0] for line in progress[::2]] == [
+        "installing the environment", "running the smoke test"]  # the long steps, shown by the CLI
+    assert without_progress(captured.err) == "loading the tiny model\n"  # library code printed nothing of its own
     assert main(["build", str(out)]) == 0  # reused now; the person sees where the report is
     err = capsys.readouterr().err.replace("\n", "")  # rich wraps long paths
     assert "environment reused: " in err and f"smoke report: {out / 'smoke.json'}" in err

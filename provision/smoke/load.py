@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from provision.common.progress import step
 from provision.errors import SmokeError
 from provision.vocab import QUANTIZED
 
@@ -134,9 +135,12 @@ def load_model(
     with contextlib.suppress(Exception):
         cls._model_mapping[type(transformers.AutoConfig.from_pretrained(path, local_files_only=True))]
     start = time.perf_counter()
+    where = kwargs.get("device_map")
+    shown = where.get("", where) if isinstance(where, dict) and len(where) == 1 else "the planned GPUs"
     try:
-        loaded = cls.from_pretrained(path, **kwargs)
-        sync()
+        with step(f"loading {path} in {precision} onto {shown}"):
+            loaded = cls.from_pretrained(path, **kwargs)
+            sync()
     except torch.cuda.OutOfMemoryError as exc:
         raise SmokeError(
             f"out of GPU memory loading {model_id} in {precision}: {exc}; "

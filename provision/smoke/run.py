@@ -22,14 +22,17 @@ imported inside functions, so this module imports without them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provision.errors import InvalidInput, ProvisionError, SmokeError
+from provision.smoke.fit import check_room
 from provision.smoke.inputs import MIN_PROMPT_TOKENS, Processors, image_inputs, load_processors, snippet, text_inputs
 from provision.smoke.load import bf16_capable, from_pretrained_kwargs, load_model, require_bitsandbytes
 from provision.smoke.measure import (
@@ -98,10 +101,17 @@ def run_smoke(
         raise SmokeError("device cuda requested but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
 
     spec = model if model is not None else default_spec(model_path)
+    fits = functools.partial(check_room, precision=precision, device=device, gpus=used, context=context_tokens,
+                             skip=spec.skip_modules(precision))
+    if source == "synthetic" and model_path is None:  # before minutes of building: RAM, GPU memory, disk
+        fits(spec.config, what=f"the synthetic {spec.id}", synthetic_parameters=spec.parameters,
+             disk_root=synthetic_root or Path(tempfile.gettempdir()))
     chosen = choose_source(
         spec, model_path=model_path, source=source, hf_cache_dir=hf_cache_dir, tiny_root=tiny_root,
         synthetic_root=synthetic_root, init_device="cuda" if device == "cuda" else "cpu",
     )  # fmt: skip
+    if chosen.kind == "weights":  # before from_pretrained fills the memory
+        fits(json.loads((chosen.path / "config.json").read_text(encoding="utf-8")), what=f"{spec.id} from {chosen.path}")
     try:
         return _run_loaded(
             spec, chosen, precision=precision, device=device, gpus=used, max_memory=max_memory,

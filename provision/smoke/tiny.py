@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provision.common.progress import step
 from provision.errors import InvalidInput, SmokeError
 
 __all__ = [
@@ -363,7 +364,8 @@ def build_tiny(
     except OSError as exc:
         raise SmokeError(f"cannot create the tiny-model cache under {root}: {exc}") from exc
     try:
-        _write_folder(tmp, cfg, model_id=model_id, key=key)
+        with step(f"building the tiny stand-in for {model_id} (random weights) in {final}"):
+            _write_folder(tmp, cfg, model_id=model_id, key=key)
         try:
             tmp.rename(final)
         except OSError:
@@ -443,9 +445,11 @@ def build_synthetic(
     dest = Path(tempfile.mkdtemp(prefix=f"provision-synthetic-{model_id}-", dir=root))
     try:
         torch.manual_seed(0)
-        with torch.device(init_device):
+        with step(f"building the synthetic {model_id}: {count / 1e9:.2f} B random bf16 weights on {init_device}"), \
+                torch.device(init_device):
             model = cls.from_config(config, dtype=torch.bfloat16)
-        model.save_pretrained(dest, safe_serialization=True, max_shard_size=max_shard_size)
+        with step(f"writing its checkpoint ({need / 1e9:.1f} GB) to {dest}"):
+            model.save_pretrained(dest, safe_serialization=True, max_shard_size=max_shard_size)
         del model
         if init_device == "cuda":
             torch.cuda.empty_cache()
