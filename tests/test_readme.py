@@ -31,6 +31,9 @@ NOT_RUN = {
         "installs torch and transformers into a venv from the network (nox -s provision builds and proves one)",
     "provision serve build/example-cpu --tiny":
         "needs the built venv and serves in the foreground until stopped (nox -s serve runs it)",
+    "provision serve": "serves this machine's built environment in the foreground until stopped (nox -s serve runs it)",
+    "provision serve --host 0.0.0.0": "serves in the foreground until stopped, on every address (nox -s serve runs it)",
+    "provision serve --tiny": "needs the build's tiny stand-in and serves until stopped (nox -s serve runs it)",
     "provision smoke --endpoint http://127.0.0.1:8000/v1 --concurrency 4":
         "needs a running server (nox -s serve proves one; tests/test_endpoint.py proves real local servers)",
     "provision matrix refresh --only engines": "reads the engines' wheels from PyPI over the network",
