@@ -210,3 +210,10 @@ def test_a_misspelled_host_key_is_a_warning_line_and_the_plan_still_comes(tmp_pa
     assert json.loads(captured.out)["schema"] == "provision.plan/v1"
     assert captured.err == (f"warning: {host}: nvidia.gpus[0].memory_fre_bytes: unknown key, ignored; "
                             "did you mean memory_free_bytes?\n")
+
+
+def test_smoke_model_path_that_is_not_there_says_no_such_directory(tmp_path, capsys):
+    assert main(["smoke", "--model-path", str(tmp_path / "gone")]) == 2
+    assert one_line(capsys.readouterr().err) == f"error: --model-path: {tmp_path / 'gone'}: no such directory"
+    assert main(["smoke", "--model-path", str(tmp_path)]) == 2
+    assert one_line(capsys.readouterr().err) == f"error: --model-path: {tmp_path}: no config.json in this directory"

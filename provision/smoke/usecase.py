@@ -26,9 +26,12 @@ MODEL_PATH_ENV = "PROVISION_MODEL_PATH"
 def model_path_from(option: Path | None, environ: Mapping[str, str]) -> Path | None:
     """``--model-path``, else ``PROVISION_MODEL_PATH``; it must hold a ``config.json``.
 
-    :raises InvalidInput: the folder has no ``config.json``.
+    :raises InvalidInput: no such folder, or it has no ``config.json``.
     """
     path = option or (Path(environ[MODEL_PATH_ENV]) if environ.get(MODEL_PATH_ENV) else None)
+    if path is not None and not path.is_dir():
+        raise InvalidInput("--model-path", str(path), "is a file, not a directory" if path.exists() else
+                           "no such directory")
     if path is not None and not (path / "config.json").is_file():
         raise InvalidInput("--model-path", str(path), "no config.json in this directory")
     return path
