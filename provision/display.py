@@ -148,10 +148,17 @@ def show_findings(report: DoctorReport, console: Any) -> None:
 
     from provision.doctor.report import MARKS, shown_fix
 
-    table = Table("status", "check", "finding", "fix", show_lines=True)
+    table = Table("status", "check", "finding", show_lines=True)
+    table.columns[2].overflow = "fold"  # a path or version is wrapped whole, never cut with an ellipsis
+    fixes = []
     for f in report.findings:
         fix = shown_fix(f)
-        table.add_row(f"[{_STYLE[f.status]}]{MARKS[f.status]}[/]", escape(f.check), escape(f.message),
-                      escape(fix) if fix else "")
+        table.add_row(f"[{_STYLE[f.status]}]{MARKS[f.status]}[/]", escape(f.check), escape(f.message))
+        if fix:
+            fixes.append((f, fix))
     console.print(table)
+    for f, fix in fixes:  # commands to copy: outside the table, one per line, never wrapped or cut
+        console.print(f"[{_STYLE[f.status]}]fix {escape(f.check)}:[/]")
+        for line in fix.splitlines():
+            console.print(f"  {escape(line)}", soft_wrap=True, highlight=False)
     console.print(f"{'[green]healthy[/]' if report.ok else '[bold red]problems found[/]'}: {report.tally()}")

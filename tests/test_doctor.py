@@ -28,6 +28,7 @@ from provision.doctor.checks import (
 from provision.doctor.expected import Expected
 from provision.doctor.facts import CacheScan, Facts, find_lock, gather_facts, hub_cache_dir, scan_model_cache
 from provision.doctor.install_checks import check_disk, check_lock_drift, check_model_cache
+from provision.doctor.report import shown_fix
 from provision.errors import InvalidInput
 from provision.host.profile import load_host
 from provision.plan.document import Plan, Preferences
@@ -462,6 +463,13 @@ def test_report_schema_and_printers(matrix: Any) -> None:
     show_findings(typed, console)
     shown = console.export_text()
     assert "torch.cuda_build" in shown and "problems found" in shown
+    narrow = Console(record=True, width=80)  # a terminal's width cuts no command a user must copy
+    show_findings(typed, narrow)
+    lines = narrow.export_text().splitlines()
+    fixes = [fix for f in findings if (fix := shown_fix(f))]
+    assert fixes and all(any(line.strip() == command.strip() for line in lines)
+                         for fix in fixes for command in fix.splitlines())
+    assert "…" not in narrow.export_text()
     assert DoctorReport(findings=(Finding(check="x", status="warn", message="m"),)).ok is True
     with pytest.raises(ValueError):
         Finding(check="x", status="bad", message="m")
