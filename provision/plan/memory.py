@@ -29,6 +29,13 @@ Then the full-size AutoGLM-Phone-9B architecture on the same H100 at 156 to 2457
 (docs/gpu-results.md; fitted to runs 1-2, run 3 predicted before it was measured): weights
 within 0.6%, the text prefill workspace within 0.04 GB of torch's peak, ``total`` 0.07-0.61 GB
 above nvidia-smi's view of the process in all 26 cases.
+Refit (issue 13) on the H200 fit set, docs/gpu-workload-fit.md (bf16/nf4/int8 at 8,192 and
+65,536 tokens of text, one and three 1080x2400 screenshots): the allocator slack's text share
+now falls past a knee (``FRAGMENTATION_LONG``), images add their own fragmentation
+(``IMAGE_FRAGMENTATION``) and keep their pixels and embeddings allocated (``_images_held``).
+``total`` is 0.17-0.88 GB above nvidia-smi in those 12 cases and 0.07-0.69 GB above it in the
+26 H100 cases (``python benchmarks/estimate_vs_measured.py``). The held-out set, predicted before
+it was measured: docs/gpu-workload-heldout.md.
 """
 
 from __future__ import annotations
@@ -55,7 +62,9 @@ __all__ = [
 
 #: CUDA context + loaded kernels (cuBLAS, sdpa), outside torch's allocator. Measured on an
 #: H100 with torch 2.11.0+cu130: nvidia-smi grew 0.651 GB at the first CUDA tensor and
-#: 0.727 GB (minus reserved) once a bf16 matmul, a Linear and sdpa had run.
+#: 0.727 GB (minus reserved) once a bf16 matmul, a Linear and sdpa had run. On the H200
+#: (docs/gpu-workload-fit.md) nvidia-smi minus torch's reserved peak was 0.721-0.724 GB in bf16
+#: and nf4 at every length, with and without images.
 CUDA_CONTEXT_BYTES = 750_000_000
 #: cuBLAS + cublasLt workspaces, allocated through torch's allocator (measured 32 MiB + ~1 MiB).
 CUDA_WORKSPACE_BYTES = 40 * 2**20
@@ -67,13 +76,37 @@ CUDA_WORKSPACE_BYTES = 40 * 2**20
 #: nvidia-smi's view and within 1.5 GB of the allocated peak in every run-1 case (156 and 4096 tokens), each
 #: fraction near the middle of the range that does so (bf16 1.3-3.5%, nf4 1.8-7.7%, int8 4.3-5.5%).
 ALLOCATOR_SLACK = {"bf16": 0.024, "fp16": 0.024, "fp32": 0.024, "nf4": 0.05, "int8": 0.049}
-#: ... unless the prefill is long: the caching allocator then keeps blocks of the prefill's
-#: 16-bit activations reserved that it cannot reuse. Measured on the same H100 at 8192 and 16384
-#: tokens, reserved minus allocated peak was 0.44-0.53 of that workspace (1.0-1.3 GB at 16384).
-#: The slack is the larger of the two terms.
+#: ... unless the prefill is long or holds images: the caching allocator then keeps blocks it
+#: cannot reuse reserved (``torch.cuda.max_memory_reserved() - max_memory_allocated()``, "R-A"
+#: below). The slack is the larger of the weights term and ``_fragmentation``: the text part,
+#: plus the image part when the prompt holds images.
+#:
+#: Text part: ``FRAGMENTATION`` of the decoder's 16-bit prefill workspace (``_Prefill.text_plain``)
+#: up to ``FRAGMENTATION_KNEE``, then ``FRAGMENTATION_LONG`` of the rest. R-A over that workspace
+#: was 0.44-0.62 at 8,192-24,576 tokens (H100, docs/gpu-results.md; H200 at 8,192:
+#: 0.29-0.49, docs/gpu-workload-fit.md), and at 12,288 tokens nf4 and int8 needed 0.56; 24,576
+#: tokens is a 3.5 GB workspace for AutoGLM-Phone-9B. Past it the share falls: at 65,536 tokens
+#: (H200, 9.33 GB workspace) R-A was 2.98 GB in bf16 (0.32) but 4.32 in nf4 (0.46) and 4.03
+#: in int8 (0.43): the quantized paths' dequantized weights and int8/int32 copies interleave
+#: with the activations. The long shares put the total 0.77 (bf16), 0.54 (nf4) and 0.88 GB
+#: (int8) above nvidia-smi there; the former single 0.6 put it 1.3-2.6 GB above.
 FRAGMENTATION = 0.6
+FRAGMENTATION_KNEE = 3_500_000_000
+FRAGMENTATION_LONG = {"bf16": 0.28, "fp16": 0.28, "fp32": 0.28, "nf4": 0.47, "int8": 0.47}
+#: Image part: the vision tower's pass leaves blocks sized by its patches in the cache, which
+#: the decoder's differently sized tensors reuse only in part. H200 fit set, 1080x2400
+#: screenshots (12,432 patches each) with 1,000 text tokens: R-A was 0.55 / 0.96 / 0.65 GB
+#: (bf16 / nf4 / int8) with one screenshot and 1.37 / 1.54 / 1.67 with three, against
+#: 0.29 / 0.18 / 0.34 and 0.57 / 0.50 / 0.34 for text prompts of 4,096 and 8,192 tokens.
+#: Beyond the text part (0.35 / 0.88 GB at those contexts) this needed 0.14-0.59 GB with one
+#: image and 0.46-0.63 with three; a fixed 0.70 GB plus 8 kB per patch (0.80 / 1.00 GB) covers
+#: both with 0.21 GB or more to spare. Whether the two parts add up with a long text history
+#: as well was not in the fit set (see docs/gpu-workload-heldout.md).
+IMAGE_FRAGMENTATION = 700_000_000
+IMAGE_FRAGMENTATION_PER_PATCH = 8_000
 #: Memory outside torch's allocator beyond the CUDA context: bitsandbytes' LLM.int8 path held
-#: 0.05-0.07 GB more there than bf16/nf4 (nvidia-smi minus reserved: 0.80 vs 0.73 GB).
+#: 0.05-0.07 GB more there than bf16/nf4 (nvidia-smi minus reserved: 0.80 vs 0.73 GB; on the
+#: H200 0.789-0.791 GB).
 CONTEXT_EXTRA = {"int8": 50_000_000}
 #: Off CUDA: a Python process with torch + transformers + tokenizer (not measured, a round figure)
 #: plus 2% allocator fragmentation.
@@ -192,18 +225,48 @@ def _int8_workspace(quantized: Sequence[Module], vectors: int) -> int:
     return vectors * max(4 * m.rows + m.weight // m.rows for m in quantized)
 
 
+@dataclass(frozen=True, slots=True)
+class _Prefill:
+    """What one prefill over some units needs beside the weights and the KV cache."""
+
+    peak: int  # torch's allocated peak above weights + KV cache
+    text_plain: int  # the decoder's 16-bit workspace (what the allocator fragments; see FRAGMENTATION)
+    patches: int  # vision patches encoded on this device (0: no image, or the tower lives elsewhere)
+
+
+def _images_held(a: Architecture, image_tokens: int, cb: int) -> int:
+    """Bytes an image prompt keeps alive through the whole prefill: the processor's fp32
+    ``pixel_values`` (in_channels x temporal x patch^2 values per patch, merge^2 patches per
+    visual token) and the merger's output, the visual tokens' embeddings in the compute dtype.
+    Fit set (docs/gpu-workload-fit.md): with three 1080x2400 screenshots (9,324 visual tokens)
+    torch's peak minus weights, KV cache and the text term was 0.258 GB in bf16 and nf4; this
+    gives 0.252 GB (0.046 / 0.10 measured vs 0.084 GB for one screenshot)."""
+    v = a.vision
+    if v is None:
+        return 0
+    per_patch = v["in_channels"] * v["temporal_patch"] * v["patch"] ** 2 * 4
+    return image_tokens * (v["merge"] ** 2 * per_patch + v["out_hidden"] * cb)
+
+
 def _activations(
     a: Architecture, units: Sequence[Unit], o: _Opts, tokens: int, batch: int, image_tokens: int
-) -> tuple[int, int]:
-    """Peak transient bytes of one prefill over ``units`` (layers run one at a time), and the
-    16-bit part of it (what the caching allocator fragments; see ``FRAGMENTATION``).
+) -> _Prefill:
+    """Peak transient bytes of one prefill over ``units`` (layers run one at a time), the
+    decoder's 16-bit part of it, and the vision patches encoded here.
 
     A decoder layer holds its input and residuals (``hidden``) while one phase runs: attention,
     the MLP's activation (gate_up output, act(gate), product), or under nf4 one Linear's output
     next to its weight dequantized to 16-bit. LLM.int8 adds the int32 accumulator and the int8
     copy of the input of its largest Linear. Checked against an H100 at 1024-24576 tokens
-    (docs/gpu-results.md): within 0.04 GB of ``max_memory_allocated`` minus weights and KV cache
-    for text prompts in every precision.
+    (docs/gpu-results.md) and an H200 at 8192 and 65536 (docs/gpu-workload-fit.md): within
+    0.04 GB of ``max_memory_allocated`` minus weights and KV cache for text prompts in every
+    precision.
+
+    With images the vision tower runs first, over every patch of every image (one pass), then
+    the decoder over the whole context; the device that holds the tower also holds the pixels and
+    the visual embeddings through both (``_images_held``). The vision block's phases mirror the
+    decoder's; under int8 its Linears' LLM.int8 workspace is over patches, the merger's over
+    visual tokens.
     """
     cb = 4 if o.precision == "fp32" else 2
     t = tokens * batch
@@ -222,28 +285,41 @@ def _activations(
         peak = hidden + max(phases)
         if prefill and o.precision == "int8" and quantized:
             peak += _int8_workspace(quantized, t)
+    patches = 0
     if image_tokens and a.vision and any(u.part == "vision" for u in units):
         v = a.vision
-        patches = image_tokens * batch * v["merge"] ** 2
+        visual = image_tokens * batch
+        patches = visual * v["merge"] ** 2
         block = 3 * patches * v["hidden"] * cb + max(
             patches * 4 * v["hidden"] * cb + 2 * patches * v["hidden"] * 4,  # qkv + out, fp32 rotary q/k
             3 * patches * v["out_hidden"] * cb,  # gate, up, product
         )
-        merger = image_tokens * batch * (2 * v["out_hidden"] + 3 * v["intermediate"]) * cb
+        merger = visual * (2 * v["out_hidden"] + 3 * v["intermediate"]) * cb
         quantized = [m for u in units if u.part == "vision" for m in u.modules if _is_quantized(m, o)]
-        extra = 0
+        in_blocks = [m for m in quantized if ".blocks." in m.name]
+        in_merger = [m for m in quantized if ".blocks." not in m.name]
         if quantized and o.precision == "nf4":
-            extra = max(m.weight for m in quantized) * cb
+            block += max(m.weight for m in in_blocks) * cb if in_blocks else 0
+            merger += max(m.weight for m in in_merger) * cb if in_merger else 0
         elif quantized:
-            extra = _int8_workspace(quantized, patches)
-        plain = max(plain, block, merger)
-        peak = max(peak, max(block, merger) + extra)
+            block += _int8_workspace(in_blocks, patches) if in_blocks else 0
+            merger += _int8_workspace(in_merger, visual) if in_merger else 0
+        held = _images_held(a, visual, cb)
+        peak = max(peak, block, merger) + held
     if any(u.part == "lm_head" for u in units):
         logits = batch * a.vocab * (cb + 3 * 4)  # last-position logits, fp32 copy, scores, probs
         peak, plain = peak + logits, plain + logits
     if o.device == "cuda":
         peak += CUDA_WORKSPACE_BYTES
-    return peak, plain
+    return _Prefill(peak=peak, text_plain=plain, patches=patches)
+
+
+def _fragmentation(pre: _Prefill, precision: str) -> int:
+    """What the caching allocator keeps reserved beyond the allocated peak after a long or image prefill."""
+    text = FRAGMENTATION * min(pre.text_plain, FRAGMENTATION_KNEE) + FRAGMENTATION_LONG[precision] * max(
+        0, pre.text_plain - FRAGMENTATION_KNEE)
+    image = IMAGE_FRAGMENTATION + IMAGE_FRAGMENTATION_PER_PATCH * pre.patches if pre.patches else 0
+    return int(text + image)
 
 
 def _estimate_units(
@@ -257,9 +333,10 @@ def _estimate_units(
     cb = 4 if o.precision == "fp32" else 2
     layers = sum(u.decoder_layers for u in units)
     kv = tokens * batch * layers * a.kv_bytes_per_token_layer * cb
-    activations, plain = _activations(a, units, o, tokens, batch, image_tokens)
+    pre = _activations(a, units, o, tokens, batch, image_tokens)
+    activations = pre.peak
     if o.device == "cuda":
-        slack = max(int(weights * ALLOCATOR_SLACK[o.precision]), int(plain * FRAGMENTATION))
+        slack = max(int(weights * ALLOCATOR_SLACK[o.precision]), _fragmentation(pre, o.precision))
         overhead = {"cuda_context": CUDA_CONTEXT_BYTES + CONTEXT_EXTRA.get(o.precision, 0), "allocator_slack": slack}
     else:
         overhead = {"runtime": CPU_RUNTIME_BYTES, "allocator_slack": int(weights * CPU_SLACK)}
