@@ -66,6 +66,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{value} is out of range [0, 1000]")
+    return value
+
+
+def _pixels(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of pixels") from None
+    if not 12_544 <= value <= 1_000_000_000:
+        raise argparse.ArgumentTypeError(f"{value} is out of range [12544, 1000000000]")
+    return value
+
+
 # ---------------------------------------------------------------------------
 # The parser: one function per command
 
@@ -82,6 +102,12 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--python", help="Python X.Y the environment is built with (default: the host's)")
     p.add_argument("--context", type=_positive_int, default=None,
                    help=f"tokens to budget for (default: {DEFAULT_CONTEXT}; an engine serves the model's serving context)")
+    p.add_argument("--images", type=_count, metavar="N",
+                   help="phone screenshots per request the memory budget holds, within --context (default: the "
+                        "model's catalog entry, one for AutoGLM; 0 budgets text only)")
+    p.add_argument("--max-pixels", type=_pixels, metavar="P",
+                   help="the image processor's pixel cap a screenshot is budgeted under (default: the catalog's, "
+                        "5000000 for AutoGLM: 3,108 visual tokens per 1080x2400 screenshot)")
     p.add_argument("--engine", choices=ENGINE_CHOICES, default="transformers",
                    help="the serving engine: auto takes vLLM, then SGLang, where the host runs them (default: "
                         "transformers; plans only: rendering vLLM and SGLang files comes next)")
@@ -277,7 +303,8 @@ def _plan_request(args: argparse.Namespace) -> PlanRequest:
 
     return PlanRequest(host=args.host, model=args.model, python=args.python,
                        context=DEFAULT_CONTEXT if args.context is None else args.context,
-                       engine=args.engine, serving_context=args.context,
+                       engine=args.engine, serving_context=args.context, images=args.images,
+                       max_pixels=args.max_pixels,
                        precision=args.precision, device=args.device, torch_version=args.torch_version,
                        variant=args.variant, wheelhouse=tuple(args.wheelhouse) if args.wheelhouse else None,
                        index_url=args.index_url, matrix=args.matrix)

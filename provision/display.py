@@ -80,7 +80,9 @@ def show_plan(plan: Plan, console: Any) -> None:
     console.print(escape(shlex.join(s.argv)), soft_wrap=True)
     console.print(f"[bold]{plan.model_id}[/] ({source}): [bold]{p.precision}[/] on {where}, "
                   f"torch {plan.torch_version} {escape('[' + plan.variant + ']')}, Python {plan.python}")
-    console.print(f"memory: {p.required_bytes / 1e9:.1f} GB needed of {p.available_bytes / 1e9:.1f} GB "
+    workload = next((r.choice for r in plan.reasons if r.decision == "workload"), None)
+    budgeted = f" for {escape(workload)}" if workload else ""
+    console.print(f"memory: {p.required_bytes / 1e9:.1f} GB needed of {p.available_bytes / 1e9:.1f} GB{budgeted} "
                   f"({', '.join(f'{k} {v / 1e9:.2f}' for k, v in p.breakdown.items())})")
     table = Table("decision", "choice", "why", show_lines=False)
     for r in plan.reasons:

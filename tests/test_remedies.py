@@ -26,6 +26,7 @@ from provision.plan.memory import estimate_memory
 from provision.plan.rejections import Rejection, Rule, Search, Stage
 from provision.plan.remedies import remedies
 from provision.plan.search import plan
+from provision.plan.workload import workload_for
 
 MATRIX = load_matrix()
 AUTOGLM = resolve_model("autoglm-phone-9b", load_catalog())
@@ -34,6 +35,10 @@ NEWEST_BNB = MATRIX.bitsandbytes[0]
 KERNELS = ("use a GPU whose architecture current torch builds include (compute capability >= 7.5 for CUDA 13 "
            "builds), or --device cpu")  # torch.toml: torch 2.15.0's CUDA 13 builds start at sm_75 on x86_64
 PRECISION = "choose another --precision, or leave it out"
+#: The catalog's workload at the default context: one 5 MP phone screenshot, budgeted in every estimate.
+SCREEN = workload_for(AUTOGLM, context_tokens=4096).image_tokens
+#: A GPU the model fits on in bf16 with that screenshot, for the tests of other rules.
+ROOMY = ("NVIDIA A100-SXM4-40GB", "8.0", 39.0)
 
 
 def box(*gpus: tuple[str, str, float], driver: str = "570.133.07", cuda: str | None = "12.8", os: str = "linux",
@@ -75,8 +80,10 @@ def no_plan(monkeypatch: pytest.MonkeyPatch) -> NoPlan:
 
 def _gpu_memory_remedies(host: HostProfile, smallest: tuple[str, str] = ("nf4", "cuda")) -> list[str]:
     """What every GPU box that ran out of room is told, sized by the estimator (tests/test_memory.py)."""
-    need = estimate_memory(AUTOGLM.config, precision=smallest[0], context_tokens=4096, device="cuda").total
-    cpu = estimate_memory(AUTOGLM.config, precision="bf16", context_tokens=4096, device="cpu").total
+    need = estimate_memory(AUTOGLM.config, precision=smallest[0], context_tokens=4096, device="cuda",
+                           image_tokens=SCREEN).total
+    cpu = estimate_memory(AUTOGLM.config, precision="bf16", context_tokens=4096, device="cpu",
+                          image_tokens=SCREEN).total
     return ["free GPU memory used by other processes",
             f"use a GPU with at least {gb(need)} free ({smallest[0]}), or add a second GPU to split over",
             "lower --context (now 4096)",
@@ -168,7 +175,7 @@ def test_bitsandbytes_with_precision(no_plan: NoPlan) -> None:
 
 def test_transformers(no_plan: NoPlan) -> None:
     needs_newer = replace(AUTOGLM, min_transformers=Version("5.24.0"))
-    exc, search = no_plan(box(("NVIDIA A10G", "8.6", 23.0)), model=needs_newer, torch_version=Version("2.4.0"),
+    exc, search = no_plan(box(ROOMY), model=needs_newer, torch_version=Version("2.4.0"),
                           python="3.11")
     assert search.binding is not None and (search.binding.rule, search.binding.stage) == (
         Rule.TRANSFORMERS, Stage.COMPANIONS)
@@ -177,7 +184,7 @@ def test_transformers(no_plan: NoPlan) -> None:
 
 
 def test_python_for_transformers(no_plan: NoPlan) -> None:
-    exc, search = no_plan(box(("NVIDIA A10G", "8.6", 23.0)), python="3.8")
+    exc, search = no_plan(box(ROOMY), python="3.8")
     assert search.binding is not None and search.binding.rule is Rule.TRANSFORMERS_PYTHON
     assert (search.binding.python, search.binding.python_floor) == ("3.8", ">=3.10.0")  # companions.toml
     assert exc.message == "transformers >= 5.0.0 needs Python >=3.10.0, not Python 3.8"
@@ -188,7 +195,7 @@ def test_python_for_transformers(no_plan: NoPlan) -> None:
 
 
 def test_python_without_torch_wheels(no_plan: NoPlan) -> None:
-    exc, search = no_plan(box(("NVIDIA A10G", "8.6", 23.0)), python="3.16")
+    exc, search = no_plan(box(ROOMY), python="3.16")
     assert search.binding is None
     rejected = search.of(Rule.PYTHON)
     assert {r.torch for r in rejected} == {r.version for r in MATRIX.torch}
@@ -222,7 +229,8 @@ def test_memory_on_a_gpu(no_plan: NoPlan) -> None:
     h = box(("NVIDIA GeForce RTX 3070", "8.6", 8.2), ram_gb=32)
     exc, search = no_plan(h)
     nf4 = search.of(Rule.MEMORY)[-1]  # every precision was tried; the last, smallest, is the message
-    need = estimate_memory(AUTOGLM.config, precision="nf4", context_tokens=4096, device="cuda").total
+    need = estimate_memory(AUTOGLM.config, precision="nf4", context_tokens=4096, device="cuda",
+                           image_tokens=SCREEN).total
     assert (nf4.precision, nf4.needed_bytes, nf4.available_bytes) == ("nf4", need, h.gpus[0].memory_free_bytes)
     assert exc.message == f"AutoGLM-Phone-9B needs {gb(need)} in nf4; GPU 0 (NVIDIA GeForce RTX 3070) has 8.2 GB free"
     assert exc.remedies == tuple(_gpu_memory_remedies(h))
@@ -239,7 +247,8 @@ def test_memory_split_over_gpus_names_the_split(no_plan: NoPlan) -> None:
 def test_memory_on_the_cpu(no_plan: NoPlan, forced: str | None) -> None:
     exc, search = no_plan(cpu_box(16), precision=forced)
     [ram] = search.of(Rule.MEMORY)
-    need = estimate_memory(AUTOGLM.config, precision="bf16", context_tokens=4096, device="cpu").total
+    need = estimate_memory(AUTOGLM.config, precision="bf16", context_tokens=4096, device="cpu",
+                          image_tokens=SCREEN).total
     assert (ram.needed_bytes, ram.available_bytes) == (need, 14_500_000_000)  # 16 GB less the 1.5 GB reserve
     assert exc.message == f"AutoGLM-Phone-9B needs {gb(need)} of RAM in bf16; 14.5 GB of 16.0 GB RAM is usable"
     assert exc.remedies == (*(["drop --precision to let the planner pick one that fits"] if forced else []),
@@ -247,7 +256,7 @@ def test_memory_on_the_cpu(no_plan: NoPlan, forced: str | None) -> None:
 
 
 def test_variant(no_plan: NoPlan) -> None:
-    exc, search = no_plan(box(("NVIDIA A10G", "8.6", 23.0)), variant="cu999")
+    exc, search = no_plan(box(ROOMY), variant="cu999")
     assert {r.variant for r in search.of(Rule.VARIANT)} == {"cu999"}
     assert exc.message == f"torch {MATRIX.torch[0].version} has no cu999 build for linux-x86_64"
     assert exc.remedies == ("choose a variant this torch release ships for the platform, or leave --variant out",)

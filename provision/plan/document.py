@@ -49,6 +49,9 @@ class Preferences:
     engine: str = "transformers"
     #: the context an engine serves (--max-model-len); None: the model's serving context from the catalog
     serving_context: int | None = None
+    #: screenshots per request and their pixel cap for the memory budget; None: the catalog's (``ModelSpec.serve``)
+    images: int | None = None
+    max_pixels: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,6 +16,7 @@ from provision.plan.budget import gb, ram_needed
 from provision.plan.compat import cc_text
 from provision.plan.memory import estimate_memory
 from provision.plan.rejections import Rejection, Rule, Search
+from provision.plan.workload import workload_for
 from provision.vocab import PYTORCH_INDEX, parse_arch
 
 if TYPE_CHECKING:
@@ -131,7 +132,10 @@ def _memory_changes(host: HostProfile, model: ModelSpec, prefs: Preferences, sea
         need, precision = search.min_gpu_need
         changes.append(f"use a GPU with at least {gb(need)} free ({precision}), or add a second GPU to split over")
     changes.append(f"lower --context (now {prefs.context_tokens})")
-    cpu = estimate_memory(model.config, precision="bf16", context_tokens=prefs.context_tokens, device="cpu")
+    images = workload_for(model, context_tokens=prefs.context_tokens, images=prefs.images,
+                          max_pixels=prefs.max_pixels).image_tokens
+    cpu = estimate_memory(model.config, precision="bf16", context_tokens=prefs.context_tokens, device="cpu",
+                          image_tokens=images)
     changes.append(f"run on CPU with --device cpu (needs {gb(ram_needed(cpu.total))} of RAM "
                    f"in bf16; this host has {gb(host.ram_bytes)})")
     return changes

@@ -22,6 +22,7 @@ from provision.plan.document import Placement, Plan, Preferences, Reason
 from provision.plan.rejections import Rejection, Rule, Search
 from provision.plan.remedies import remedies
 from provision.plan.serve import Serve, transformers_serve
+from provision.plan.workload import PHONE_SCREEN, Workload, workload_for
 from provision.vocab import DEVICE_CHOICES, ENGINE_CHOICES, PRECISIONS, PYPI_INDEX, QUANTIZED, parse_arch
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class _Job:
     prefs: Preferences
     python: str
     search: Search
+    workload: Workload
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +175,8 @@ def _single_gpu_placements(job: _Job, precision: str, by_free: Sequence[GpuInfo]
     """The model on each GPU it fits on alone, roomiest first (``by_free`` order)."""
     from provision.plan.memory import estimate_memory
 
-    est = estimate_memory(job.model.config, precision=precision, context_tokens=job.prefs.context_tokens, device="cuda")
+    est = estimate_memory(job.model.config, precision=precision, context_tokens=job.prefs.context_tokens, device="cuda",
+                          image_tokens=job.workload.image_tokens)
     job.search.need(est.total, precision)
     out = [Placement(device="cuda", gpus=(gpu.index,), precision=precision, required_bytes=est.total,
                      available_bytes=gpu.memory_free_bytes, breakdown=est.breakdown,
@@ -194,7 +197,7 @@ def _split_placement(job: _Job, precision: str, by_free: Sequence[GpuInfo]) -> P
 
     free = {g.index: g.memory_free_bytes for g in by_free}
     split = split_across_gpus(job.model.config, precision=precision, context_tokens=job.prefs.context_tokens,
-                              free_bytes=free)
+                              free_bytes=free, image_tokens=job.workload.image_tokens)
     if not split.fits:
         total_free = sum(free.values())
         job.search.reject(Rejection(
@@ -359,7 +362,8 @@ def _plan_cpu(job: _Job, device: str) -> Plan | None:
             rule=Rule.PRECISION, precision=precision,
             text=f"{precision} needs bitsandbytes on an NVIDIA GPU; this plan runs on {device}"))
         return None
-    est = estimate_memory(model.config, precision=precision, context_tokens=job.prefs.context_tokens, device="cpu")
+    est = estimate_memory(model.config, precision=precision, context_tokens=job.prefs.context_tokens, device="cpu",
+                          image_tokens=job.workload.image_tokens)
     if est.total > available:
         job.search.reject(Rejection(
             rule=Rule.MEMORY, precision=precision, needed_bytes=est.total, available_bytes=available,
@@ -470,6 +474,7 @@ def _reasons(job: _Job, build: _Build, placement: Placement, transformers: Versi
         Reason(decision="variant", choice=variant.name, why=variant_why),
         Reason(decision="precision", choice=placement.precision, why=_precision_why(placement, job.prefs, host)),
         Reason(decision="device", choice=placement.device, why=placement.why),
+        Reason(decision="workload", choice=job.workload.describe(), why=_workload_why(job)),
         Reason(decision="transformers", choice=str(transformers),
                why=f"{model.name} needs transformers >= {model.min_transformers}; newest pinned release "
                    f"supporting torch {release.version}"),
@@ -479,6 +484,22 @@ def _reasons(job: _Job, build: _Build, placement: Placement, transformers: Versi
                               why=f"newest release with a CUDA {variant.cuda} library for torch {release.version} "
                                   f"on {host.platform}"))
     return reasons
+
+
+def _workload_why(job: _Job) -> str:
+    """Where the budgeted request comes from: the catalog's serving facts, or the options."""
+    wl, prefs = job.workload, job.prefs
+    if not wl.images:
+        if prefs.images == 0:
+            return "--images 0: text only"
+        if wl.tokens_per_image:
+            return (f"text only: a screenshot is {wl.tokens_per_image:,} visual tokens, more than --context "
+                    f"{wl.context_tokens:,} leaves room for")
+        return "a text-only model" if not job.model.has_vision else "no images per request in the catalog"
+    said = [flag for flag, value in (("--images", prefs.images), ("--max-pixels", prefs.max_pixels)) if value is not None]
+    source = f"{' and '.join(said)} as given" if said else "the catalog's images per request and max_pixels"
+    return (f"{source}; the memory estimate budgets the vision pass and the visual tokens of a "
+            f"{PHONE_SCREEN[0]}x{PHONE_SCREEN[1]} phone screenshot per image")
 
 
 def _warnings(job: _Job, build: _Build, placement: Placement, bnb: BnbRelease | None) -> list[str]:
@@ -594,7 +615,8 @@ def plan(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences
     prefs = prefs or Preferences()
     _check(prefs)
     job = _Job(host=host, matrix=matrix, model=model, prefs=prefs, python=prefs.python or host.python_minor,
-               search=Search())
+               search=Search(), workload=workload_for(model, context_tokens=prefs.context_tokens, images=prefs.images,
+                                                      max_pixels=prefs.max_pixels))
     device = _device(host, prefs)
     passed_over: tuple[str, ...] = ()
     if prefs.engine != "transformers":

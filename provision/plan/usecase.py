@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["PlanRequest", "find_wheelhouses", "load_inputs", "plan_command", "preferences"]
 
 #: The options a lock records as the render's flags (``None`` ones are left out).
-_FLAG_NAMES = ("context", "device", "model", "precision", "python", "torch_version", "variant")
+_FLAG_NAMES = ("context", "device", "images", "max_pixels", "model", "precision", "python", "torch_version", "variant")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +48,9 @@ class PlanRequest:
     engine: str = "transformers"
     #: ``--context`` as given; None lets an engine serve the model's serving context
     serving_context: int | None = None
+    #: ``--images`` / ``--max-pixels``: the request the memory budget holds; None: the catalog's
+    images: int | None = None
+    max_pixels: int | None = None
 
     def flags(self) -> dict[str, Any]:
         """The options the lock records, sorted by name."""
@@ -145,7 +148,8 @@ def preferences(request: PlanRequest, host: HostProfile, wheelhouses: tuple[Path
     return Preferences(python=python, context_tokens=request.context, precision=request.precision,
                        device=request.device, torch_version=torch_version, variant=variant, torch_available=available,
                        torchvision_available=vision,
-                       engine=request.engine, serving_context=request.serving_context)
+                       engine=request.engine, serving_context=request.serving_context, images=request.images,
+                       max_pixels=request.max_pixels)
 
 
 def plan_command(request: PlanRequest, environ: Mapping[str, str] | None = None) -> Plan:
