@@ -17,8 +17,10 @@
    Before each case the allocator's cache is emptied and its peaks reset; while the case's peak is still held
    (the caching allocator keeps what it reserved) nvidia-smi's per-process figure is read, and a thread polls
    NVML's per-process figure during the whole case. Out-of-memory is caught and recorded per case.
-3. Writes ``gpu-workload-fit.json`` under ``--out`` (one object per case, plus the environment) after every case,
-   so a timeout keeps what was done; deletes the random checkpoint at the end.
+3. Writes ``gpu-workload-fit.json`` (``gpu-workload-heldout.json`` with ``--allow-held-out``) under ``--out``
+   (one object per case, plus the environment) after every precision, and each child's own record to
+   ``parts/PRECISION.json`` after every case, so a timeout keeps what was done; deletes the random checkpoint
+   at the end.
 
 ``--report`` puts ``provision.plan.memory.estimate_memory`` next to every measured case (text:
 context = prompt + generated; screenshots: ``image_tokens`` = the visual tokens) and writes a Markdown table.
@@ -243,12 +245,21 @@ def _check_wrapped(ids: list[int], image_id: int, start_id: int, end_id: int, im
         raise RuntimeError(f"visual tokens: {len(runs)} runs for {images} images, {len(bad)} not wrapped")
 
 
+def _screen_cases(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(images, text tokens) of every screenshot case: ``--screen-cases N:TEXT,...``, else each of
+    ``--screens`` with ``--screen-text``."""
+    if args.screen_cases:
+        return [(int(n), int(t)) for n, t in (item.split(":") for item in args.screen_cases.split(",") if item)]
+    return [(int(v), args.screen_text) for v in args.screens.split(",") if v]
+
+
 def _case_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     width, height = (int(v) for v in args.screen_size.lower().split("x"))
     cases: list[dict[str, Any]] = []
-    for n in (int(v) for v in args.screens.split(",") if v):
-        cases.append({"case": f"screens-{n}x{width}x{height}", "kind": "screens", "images": n,
-                      "screen_size": [width, height], "text_tokens_target": args.screen_text})  # fmt: skip
+    for n, text in _screen_cases(args):
+        name = f"screens-{n}x{width}x{height}" + ("" if text == 1000 else f"-text{text}")
+        cases.append({"case": name, "kind": "screens", "images": n,
+                      "screen_size": [width, height], "text_tokens_target": text})  # fmt: skip
     for c in (int(v) for v in args.text.split(",") if v):
         cases.append({"case": f"text-{c}", "kind": "text", "context_target": c})
     return cases
@@ -513,7 +524,7 @@ def _parent(args: argparse.Namespace) -> int:
                                                   "screens": [list(s) for s in sorted(HELD_OUT_SCREENS)]}},
         "cases": [], "failures": [],
     }  # fmt: skip
-    dest = out / "gpu-workload-fit.json"
+    dest = out / ("gpu-workload-heldout.json" if args.allow_held_out else "gpu-workload-fit.json")
 
     def write() -> None:
         dest.write_text(json.dumps(doc, indent=2) + "\n")
@@ -544,10 +555,12 @@ def _parent(args: argparse.Namespace) -> int:
                 doc["failures"].append({"precision": precision, "step": "not started: deadline reached"})
                 write()
                 continue
-            part = scratch / f"{precision}.json"
+            part = out / "parts" / f"{precision}.json"  # the child rewrites it after every case: kept on a timeout
+            part.parent.mkdir(exist_ok=True)
             argv = [*me, "--child-run", *common, "--model-path", synthetic["path"], "--precision", precision,
                     "--json-out", str(part), "--text", args.text, "--screens", args.screens,
                     "--screen-size", args.screen_size, "--screen-text", str(args.screen_text),
+                    "--screen-cases", args.screen_cases or "",
                     "--new-tokens", str(args.new_tokens)]  # fmt: skip
             try:
                 rc = subprocess.run(argv, env=env, check=False, timeout=left - 15).returncode
@@ -584,6 +597,70 @@ def estimate_for(case: dict[str, Any]) -> Any:
     context = case.get("context_tokens") or case["prompt_tokens"]
     return estimate_memory(spec, precision=case["precision"], context_tokens=context,
                            image_tokens=case.get("visual_tokens") or 0)  # fmt: skip
+
+
+def predict(args: argparse.Namespace) -> dict[str, Any]:
+    """What the estimator says for every case ``args`` would measure, before it is measured.
+
+    Token counts follow from the case plan alone: a text case's context is its target; a
+    screenshot case holds ``--screen-text`` text tokens, the visual tokens ``visual_tokens`` gives
+    for ``--screen-size`` under the serving cap, and the generated tokens. The claim checked
+    afterwards: nvidia-smi's per-process figure lies in [total - 1.5 GB, total].
+    """
+    from provision.data import load_catalog, resolve_model
+    from provision.plan.memory import estimate_memory
+    from provision.plan.workload import visual_tokens
+
+    spec = resolve_model(args.model, load_catalog())
+    width, height = (int(v) for v in args.screen_size.lower().split("x"))
+    per_image = visual_tokens(spec, width=width, height=height, max_pixels=IMAGE_SIZE["longest_edge"])
+    rows = []
+    for precision in args.precisions.split(","):
+        for case in _case_plan(args):
+            if case["kind"] == "text":
+                context, visual = case["context_target"], 0
+            else:
+                visual = case["images"] * per_image
+                context = case["text_tokens_target"] + visual + args.new_tokens
+            est = estimate_memory(spec, precision=precision, context_tokens=context, image_tokens=visual)
+            rows.append({"precision": precision, "case": case["case"], "context_tokens": context,
+                         "visual_tokens": visual, "weights": est.weights, "kv_cache": est.kv_cache,
+                         "activations": est.activations, "peak_allocated": est.peak_allocated,
+                         "allocator_slack": est.overhead_parts["allocator_slack"],
+                         "cuda_context": est.overhead_parts["cuda_context"], "total": est.total,
+                         "claim_nvidia_smi_bytes": [est.total - int(1.5 * GB), est.total]})  # fmt: skip
+    return {"schema": "provision.gpu-workload-prediction/v1", "model": spec.id, "new_tokens": args.new_tokens,
+            "screen_size": [width, height], "visual_tokens_per_image": per_image, "image_size": IMAGE_SIZE,
+            "predictions": rows}  # fmt: skip
+
+
+def compare(predicted: Path, measured: Path) -> str:
+    """Predicted next to measured, per case: the Markdown table of the held-out report."""
+    pred = {(r["precision"], r["case"]): r for r in json.loads(predicted.read_text())["predictions"]}
+    doc = json.loads(measured.read_text())
+    lines = [
+        "| precision | case | context (visual) | nvidia-smi GB | predicted total GB | total - nvidia-smi | within "
+        "[0, 1.5] | weights meas. / pred. GB | prefill meas. / pred. GB | R-A meas. / slack pred. GB |",
+        "|" + "---|" * 10,
+    ]
+    for c in doc["cases"]:
+        p = pred.get((c["precision"], c["case"]))
+        if p is None or c.get("status") != "ok":
+            lines.append(f"| {c['precision']} | {c['case']} | - | - | - | - | {c.get('status')} | - | - | - |")
+            continue
+        smi, alloc, res = c["nvidia_smi_process_bytes"], c["max_memory_allocated"], c["max_memory_reserved"]
+        weights = doc["loads"][c["precision"]]["weights_allocated"]
+        used = max(smi, alloc)
+        above = p["total"] - used
+        ok = "yes" if 0 <= above <= 1.5 * GB else "**NO**"
+        same = c["context_tokens"] == p["context_tokens"] and c["visual_tokens"] == p["visual_tokens"]
+        ctx = f"{c['context_tokens']} ({c['visual_tokens']})" + ("" if same else f" [predicted {p['context_tokens']}]")
+        lines.append(
+            f"| {c['precision']} | {c['case']} | {ctx} | {_g(smi)} | {_g(p['total'])} | {_g(above, '+.3f')} | {ok} "
+            f"| {_g(weights)} / {_g(p['weights'])} | {_g(alloc - weights - p['kv_cache'])} / {_g(p['activations'])} "
+            f"| {_g(res - alloc)} / {_g(p['allocator_slack'])} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _g(v: float | None, spec: str = ".3f") -> str:
@@ -623,6 +700,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--screens", default="1,3", help="screenshot cases: images per prompt")
     p.add_argument("--screen-size", default="1080x2400", help="WIDTHxHEIGHT of each generated screenshot")
     p.add_argument("--screen-text", type=int, default=1000, help="non-visual tokens beside the screenshots")
+    p.add_argument("--screen-cases", default="", help="IMAGES:TEXT,... screenshot cases (instead of --screens and "
+                                                      "--screen-text), e.g. 1:1000,3:1000,1:22368")
     p.add_argument("--new-tokens", type=int, default=4)
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "gpu-workload"))
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
@@ -630,13 +709,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse", help="measure this model folder instead of writing a synthetic one (kept)")
     p.add_argument("--allow-held-out", action="store_true", help="measure the held-out cases (later session only)")
     p.add_argument("--report", help="a gpu-workload-fit.json: print (or --md write) the table against the estimator")
-    p.add_argument("--md", help="with --report: write the table here")
+    p.add_argument("--md", help="with --report or --compare: write the table here")
+    p.add_argument("--predict", metavar="FILE", help="write the estimator's predictions for the cases to FILE (no GPU)")
+    p.add_argument("--compare", nargs=2, metavar=("PREDICTED", "MEASURED"),
+                   help="predicted vs measured: the held-out table")
     p.add_argument("--child-build", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child-run", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model-path", help=argparse.SUPPRESS)
     p.add_argument("--precision", help=argparse.SUPPRESS)
     p.add_argument("--json-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.predict:
+        Path(args.predict).write_text(json.dumps(predict(args), indent=2) + "\n")
+        return 0
+    if args.compare:
+        table = compare(Path(args.compare[0]), Path(args.compare[1]))
+        if args.md:
+            Path(args.md).write_text(table)
+        print(table)
+        return 0
     if args.report:
         table = report(Path(args.report))
         if args.md:
