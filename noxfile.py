@@ -7,9 +7,7 @@ Sessions only compose ``provision`` commands and tool calls; every decision live
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -122,10 +120,13 @@ def provision(session: nox.Session) -> None:
     smoke_env = {} if model_path is None else {"PROVISION_MODEL_PATH": str(model_path)}
     if not any(a.startswith("--wheelhouse") for a in args):
         args = ["--wheelhouse", "auto", *args]
-    out = _detect_and_render(session, *args)
-    session.run("provision", "build", str(out), env=smoke_env)
+    from provision.common.interrupt import interrupt_on_signals
+
+    with interrupt_on_signals():  # SIGTERM stops the build as Ctrl-C does (nox interrupts, then ends, its child)
+        out = _detect_and_render(session, *args)
+        session.run("provision", "build", str(out), env=smoke_env)
     session.log(f"environment files: {out}")
-    session.log(f"activate with: source {out / 'venv' / 'bin' / 'activate'}")
+    session.log(f"activate with: source {out / 'venv' / 'bin' / 'activate'}")  # venv names a finished build only
 
 
 #: What the tiny-model tests load besides a CPU torch (see _cpu_torch).
@@ -291,22 +292,6 @@ def _tail(log: Path, lines: int = 30) -> str:
         return "(no server log)"
 
 
-def _stop(server: subprocess.Popen[bytes], grace_s: float = 30) -> None:
-    """Ctrl-C to the server's process group, as a terminal would; SIGKILL if it has not stopped in ``grace_s``."""
-    import signal
-
-    if server.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGINT)
-    try:
-        server.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-
-
 @nox.session(python=False if os.environ.get("PROVISION_NOX_SYSTEM") else None)
 def serve(session: nox.Session) -> None:
     """Build (or reuse) this machine's environment, start its server, prove it with the phone agent's request.
@@ -315,33 +300,42 @@ def serve(session: nox.Session) -> None:
     -> wait for /health -> ``provision smoke --endpoint`` with a small load probe -> ``endpoint.json`` next to the
     lock -> stop the server, also on failure. Without weights in the Hugging Face cache the server serves the
     tiny stand-in the build's smoke test made. Arguments go to ``provision render``.
+
+    Ctrl-C or SIGTERM at any point stops the server's whole process group (it runs in its own, so a
+    terminal's Ctrl-C does not reach it directly) and leaves no ``endpoint.json``: the old one is removed
+    before the server starts and the new one is written whole, only by a finished proof.
     """
     if session.python is not False:
         session.install("-e", f"{ROOT}[endpoint]")
+    from provision.build import current_smoke_report
+    from provision.common.interrupt import interrupt_on_signals
+    from provision.common.run import process_group
+    from provision.errors import InvalidInput
+
     args = list(session.posargs)
     if not any(a.startswith("--wheelhouse") for a in args):
         args = ["--wheelhouse", "auto", *args]
-    out = _detect_and_render(session, *args)
-    session.run("provision", "build", str(out))
-    smoke = json.loads((out / "smoke.json").read_text(encoding="utf-8"))
-    port = _free_port()
-    log = out / "serve.log"
-    program = shutil.which("provision", path=None if session.python is False else session.bin)
-    if program is None:
-        session.error("provision is not on the session's PATH")
-    argv = [program, "serve", str(out), "--host", "127.0.0.1", "--port", str(port)]
-    if smoke.get("source") == "tiny":
-        argv.append("--tiny")
-    session.log(" ".join(argv) + f"  (log: {log})")
-    with log.open("wb") as sink:
-        server = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  start_new_session=True)  # its own process group: stopped whole below
-    try:
-        _wait_healthy(session, f"http://127.0.0.1:{port}/health", server, log,
-                      float(os.environ.get("PROVISION_SERVE_DEADLINE", "900")))
+    with interrupt_on_signals():
+        out = _detect_and_render(session, *args)
+        session.run("provision", "build", str(out))
+        try:
+            smoke = current_smoke_report(out)
+        except InvalidInput as exc:
+            session.error(str(exc))
+        port = _free_port()
+        log = out / "serve.log"
+        program = shutil.which("provision", path=None if session.python is False else session.bin)
+        if program is None:
+            session.error("provision is not on the session's PATH")
+        argv = [program, "serve", str(out), "--host", "127.0.0.1", "--port", str(port)]
+        if smoke.source == "tiny":
+            argv.append("--tiny")
         report = out / "endpoint.json"
-        session.run("provision", "smoke", "--endpoint", f"http://127.0.0.1:{port}/v1", "--lock",
-                    str(out / "provision.lock.json"), "--concurrency", "2", "--requests", "4", "-o", str(report))
-        session.log(f"endpoint report: {report}")
-    finally:
-        _stop(server)
+        report.unlink(missing_ok=True)  # only this run's finished proof may stand here
+        session.log(" ".join(argv) + f"  (log: {log})")
+        with log.open("wb") as sink, process_group(argv, stdout=sink, grace_s=30) as server:
+            _wait_healthy(session, f"http://127.0.0.1:{port}/health", server, log,
+                          float(os.environ.get("PROVISION_SERVE_DEADLINE", "900")))
+            session.run("provision", "smoke", "--endpoint", f"http://127.0.0.1:{port}/v1", "--lock",
+                        str(out / "provision.lock.json"), "--concurrency", "2", "--requests", "4", "-o", str(report))
+            session.log(f"endpoint report: {report}")

@@ -1,33 +1,58 @@
 """Build the virtual environment a render describes, and prove it with the smoke test.
 
 The venv is built by the rendered ``setup-venv.sh`` itself (the same install step the
-Dockerfile runs), into a fresh folder that replaces the old one only once it is complete:
-a failed or interrupted build leaves the previous environment working. A venv whose
-recorded lock digest matches the current lock is reused as is.
+Dockerfile runs) into a folder of its own, ``venv-<digest>-<random>``, and ``venv`` is a
+symbolic link to the current one. A finished build is stamped, then swapped in by replacing
+that link in one ``rename`` (atomic on POSIX), then the previous folder is removed. So at
+every instant, even after SIGKILL of the whole process group, ``venv`` names a complete
+environment (or nothing, before the first build); whatever an interrupted build left beside
+it is removed when the next build starts. A venv whose stamp matches the install files is
+reused as is. Two builds of one folder never run at once (a lock file, released by the
+kernel however its holder ends).
+
+The smoke report, ``smoke.json``, belongs to the render it tested: it records the sha256 of
+the lock, is written whole and only after the test passed, and ``current_smoke_report``
+refuses one whose lock has changed since, so a report from another render is never shown
+as this one's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from provision.common import run as _run
-from provision.common.atomic import write_atomic
+from provision.common.atomic import replace_durably, write_atomic
 from provision.common.progress import step
 from provision.errors import BuildError, InvalidInput, SmokeError, write_failure
 from provision.smoke.report import SmokeReport
 from provision.vocab import BUILD_SCHEMA
 
-__all__ = ["BuildResult", "build_environment", "check_rendered", "env_digest", "source_root", "venv_python"]
+__all__ = ["BuildResult", "build_environment", "check_rendered", "current_smoke_report", "env_digest", "lock_digest",
+           "source_root", "venv_python"]
 
 STAMP = ".provision-lock.sha256"
+#: The link a build swaps; the folders it names, and the link's temporary twin during a swap.
+VENV = "venv"
+_VENV_DIR = re.compile(r"venv-[0-9a-f]{12}-[A-Za-z0-9_]{8}")
+_SWAP = ".venv.swap"
+#: Where the venv of the layout before links waited during a swap (recovered at the next start).
+_LEGACY_OLD = "venv.old"
+#: Held (``flock``) for the length of a build: the kernel releases it however the build ends.
+BUILD_LOCK = ".provision-build.lock"
+SMOKE_REPORT = "smoke.json"
 #: The toolkit source the venv's copy of provision was installed from (a checkout changes often).
 TOOLKIT_STAMP = ".provision-toolkit.sha256"
 _TOOLKIT_PARTS = ("pyproject.toml", "provision", "templates", "matrices")
@@ -149,15 +174,106 @@ def _run_setup(out: Path, target: Path, env: dict[str, str]) -> None:
                          f"Last lines of {log}:\n" + text + ("\n" + hint if hint else ""))
 
 
-def _recover(venv: Path, old: Path) -> None:
-    """After a build that was killed outright: keep a complete venv, else bring the previous one back."""
-    if not old.exists():
-        return
-    if (venv / STAMP).is_file():
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    shutil.rmtree(venv, ignore_errors=True)
-    old.rename(venv)
+def lock_digest(out: Path) -> str | None:
+    """sha256 of the rendered lock's bytes: what a smoke report names as the render it tested; None without one."""
+    try:
+        return hashlib.sha256((out / "provision.lock.json").read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def current_smoke_report(out: Path) -> SmokeReport:
+    """The smoke report in ``out`` if it tested the render that is there now.
+
+    :raises InvalidInput: there is none, it cannot be read, it failed, or it tested another
+        render (its ``lock_sha256`` is not the lock's, or it has none).
+    """
+    path = out / SMOKE_REPORT
+    hint = f"run `provision build {out}` first: its smoke test writes it"
+    try:
+        report = SmokeReport.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+    except FileNotFoundError:
+        raise InvalidInput(str(path), "(file)", f"no smoke report; {hint}") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(str(path), "(file)", f"unreadable ({exc}); {hint}") from None
+    if report.lock_sha256 is None or report.lock_sha256 != lock_digest(out):
+        raise InvalidInput(str(path), "lock_sha256", f"tested another render (not this provision.lock.json); {hint}")
+    if not report.ok:
+        raise InvalidInput(str(path), "ok", f"the smoke test failed; {hint}")
+    return report
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold ``out``'s build lock for the block; another build of ``out`` running now is a failure.
+
+    :raises BuildError: another build holds it.
+    :raises OSError: the lock file cannot be created (a read-only folder).
+    """
+    fd = os.open(out / BUILD_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if sys.platform != "win32":
+            import fcntl
+
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BuildError(f"another provision build of {out} is running; wait for it to finish") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _target(out: Path) -> Path | None:
+    """The folder ``out/venv`` links to (a venv of the layout before links is its own target); None if none."""
+    venv = out / VENV
+    if venv.is_symlink():
+        return out / venv.readlink().name
+    return venv if venv.is_dir() else None
+
+
+def _recover(out: Path) -> None:
+    """Finish or undo what an interrupted build left, keeping the environment ``venv`` names.
+
+    A legacy ``venv.old`` (set aside by a swap out of the layout before links) comes back unless
+    the swap got as far as the link; the swap's temporary link and every ``venv-*`` folder that
+    ``venv`` does not name (half-built, or a previous one whose removal was cut short) go.
+    """
+    venv, old = out / VENV, out / _LEGACY_OLD
+    if old.exists():
+        if venv.is_symlink() or (venv / STAMP).is_file():
+            shutil.rmtree(old, ignore_errors=True)
+        else:  # a folder-layout build cut short: its half-built venv in place, the good one aside
+            if venv.exists():
+                shutil.rmtree(venv, ignore_errors=True)
+            old.rename(venv)
+    (out / _SWAP).unlink(missing_ok=True)
+    current = _target(out)
+    for entry in out.iterdir():
+        if _VENV_DIR.fullmatch(entry.name) and entry != current and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _swap_in(out: Path, staging: Path) -> None:
+    """Make ``out/venv`` name ``staging`` in one rename, then remove the folder it named before."""
+    venv, swap = out / VENV, out / _SWAP
+    previous = _target(out)
+    swap.unlink(missing_ok=True)
+    swap.symlink_to(staging.name, target_is_directory=True)  # relative: the folder can move
+    if previous is not None and previous == venv:  # the layout before links: its folder steps aside first
+        previous = out / _LEGACY_OLD
+        venv.rename(previous)  # until the next rename, no venv: _recover brings this one back
+    replace_durably(swap, venv)
+    if previous is not None and previous != staging:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def _stale_smoke(out: Path) -> None:
+    """Remove a smoke report that tested another render (readers refuse it anyway)."""
+    try:
+        current_smoke_report(out)
+    except InvalidInput:
+        (out / SMOKE_REPORT).unlink(missing_ok=True)
 
 
 def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] | None = None,
@@ -168,14 +284,15 @@ def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] 
     gets a fresh copy of the toolkit (only) when that source changed. ``echo``: where the smoke
     test's own stderr goes (the CLI passes its stderr; library code prints nothing itself).
 
-    :raises BuildError: the install failed; the old venv (if any) is kept.
+    :raises BuildError: the install failed, or another build of ``out`` is running; the old venv (if any) is kept.
     :raises SmokeError: the environment built but the model did not load or generate.
     """
     start = time.perf_counter()
     out = out.resolve()
     check_rendered(out)
     try:
-        return _build(out, start, smoke=smoke, environ=environ, toolkit_source=toolkit_source, echo=echo)
+        with _exclusive(out):
+            return _build(out, start, smoke=smoke, environ=environ, toolkit_source=toolkit_source, echo=echo)
     except OSError as exc:  # the folder is read-only, or the disk filled: nothing past the failed step ran
         raise write_failure(str(out), "(folder)", exc) from None
 
@@ -183,30 +300,29 @@ def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] 
 def _build(out: Path, start: float, *, smoke: bool, environ: dict[str, str] | None, toolkit_source: Path | None,
            echo: Callable[[str], object] | None) -> BuildResult:
     digest = env_digest(out)
-    venv = out / "venv"
+    venv = out / VENV
     env = dict(environ if environ is not None else os.environ)
     root = toolkit_source
     if root is not None:
         env.setdefault("PROVISION_SOURCE", str(root))
-    old = out / "venv.old"
-    _recover(venv, old)
+    _recover(out)
+    _stale_smoke(out)
     reused = _reusable(venv, digest)
     if not reused:
-        # Built in place (a venv's scripts and activate files name its own path, so a venv built
-        # elsewhere and renamed would point at the wrong folder); the previous one waits aside.
-        if venv.exists():
-            venv.rename(old)
+        # Built in a folder of its own, which keeps its name (a venv's scripts and activate files
+        # name its path); only the link moves.
+        staging = Path(tempfile.mkdtemp(prefix=f"venv-{digest[:12]}-", dir=out))
         try:
-            _run_setup(out, venv, env)
-            write_atomic(venv / STAMP, digest + "\n")  # written last: marks it complete
+            staging.chmod(0o755)
+            _run_setup(out, staging, env)
+            if root is not None:
+                write_atomic(staging / TOOLKIT_STAMP, toolkit_digest(root) + "\n")
+            write_atomic(staging / STAMP, digest + "\n")  # written last: marks it complete
+            _swap_in(out, staging)
         except BaseException:
-            shutil.rmtree(venv, ignore_errors=True)
-            if old.exists():
-                old.rename(venv)
+            with contextlib.suppress(OSError):  # what a kill skips here, the next build's _recover does
+                _recover(out)  # the half-built folder goes; venv still names the previous one
             raise
-        shutil.rmtree(old, ignore_errors=True)
-        if root is not None:
-            write_atomic(venv / TOOLKIT_STAMP, toolkit_digest(root) + "\n")
     elif root is not None:
         _refresh_toolkit(venv, root, env)
     report = run_smoke_in(venv, out, env, echo or _discard) if smoke else None
@@ -218,25 +334,34 @@ def _discard(_text: str) -> None:
 
 
 def run_smoke_in(venv: Path, out: Path, env: dict[str, str], echo: Callable[[str], object]) -> SmokeReport:
-    """Run ``provision smoke`` with the venv's own Python, against the rendered lock.
+    """Run ``provision smoke`` with the venv's own Python, against the rendered lock, and keep its report.
 
     ``echo`` gets the smoke test's own progress and errors (its stderr) as they matter to a
-    person, before any failure is raised.
+    person, before any failure is raised. The report is written to ``out/smoke.json`` whole,
+    naming the lock it tested, only once the test passed; a failed test removes the previous
+    report, which no longer describes this folder.
 
     :raises SmokeError: the smoke test failed or printed no report.
     """
-    report_path = out / "smoke.json"
-    argv = [str(venv_python(venv)), "-m", "provision", "smoke", "--lock", str(out / "provision.lock.json"),
-            "--json", "-o", str(report_path)]
+    report_path = out / SMOKE_REPORT
+    tested = lock_digest(out)
+    argv = [str(venv_python(venv)), "-m", "provision", "smoke", "--lock", str(out / "provision.lock.json"), "--json"]
     try:
-        with step(f"running the smoke test in {venv}"):
-            proc = _run.run_process(argv, env=env)
-    except _run.NotRun as exc:
-        raise SmokeError(f"the smoke test did not run in {venv}: {exc}") from None
-    echo(proc.stderr)
-    if proc.returncode != 0:
-        raise SmokeError(f"the smoke test failed in {venv} (exit {proc.returncode}); see the output above")
-    try:
-        return SmokeReport.from_dict(json.loads(proc.stdout), source="provision smoke --json")
-    except (json.JSONDecodeError, InvalidInput):
-        raise SmokeError(f"the smoke test printed no JSON report: {proc.stdout[:200]!r}") from None
+        try:
+            with step(f"running the smoke test in {venv}"):
+                proc = _run.run_process(argv, env=env)
+        except _run.NotRun as exc:
+            raise SmokeError(f"the smoke test did not run in {venv}: {exc}") from None
+        echo(proc.stderr)
+        if proc.returncode != 0:
+            raise SmokeError(f"the smoke test failed in {venv} (exit {proc.returncode}); see the output above")
+        try:
+            report = SmokeReport.from_dict(json.loads(proc.stdout), source="provision smoke --json")
+        except (json.JSONDecodeError, InvalidInput):
+            raise SmokeError(f"the smoke test printed no JSON report: {proc.stdout[:200]!r}") from None
+    except SmokeError:
+        report_path.unlink(missing_ok=True)
+        raise
+    report = dataclasses.replace(report, lock_sha256=tested)
+    write_atomic(report_path, json.dumps(report.to_dict(), indent=2) + "\n")
+    return report

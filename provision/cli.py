@@ -438,11 +438,24 @@ def _check_smoke_mode(args: argparse.Namespace) -> None:
             raise InvalidInput(flag, "options", problem)
 
 
+def _lock_sha256(lock: Path | None) -> str | None:
+    """The digest a report records of the lock it tested (``_smoke_settings`` has read the file)."""
+    if lock is None:
+        return None
+    from provision.render.lock import sha256_hex
+
+    try:
+        return sha256_hex(lock.read_bytes())
+    except OSError as exc:
+        raise InvalidInput(str(lock), "(file)", f"unreadable ({exc.strerror or exc})") from None
+
+
 def _cmd_smoke(args: argparse.Namespace) -> int:
     from provision.smoke import endpoint_command, smoke_command
 
     _check_smoke_mode(args)
     settings = _smoke_settings(args)
+    tested = _lock_sha256(args.lock)
     if args.endpoint is not None:
         report = endpoint_command(
             args.endpoint, model=settings["model"], served_model_name=args.served_model_name or
@@ -457,6 +470,10 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
             stand_in="tiny" if args.tiny else "synthetic" if args.synthetic else None, context_tokens=args.context,
             new_tokens=16 if args.new_tokens is None else args.new_tokens,
         )  # fmt: skip
+    if tested is not None:
+        import dataclasses
+
+        report = dataclasses.replace(report, lock_sha256=tested)
     doc = report.to_dict()
     if args.output:
         _write_json_file(args.output, doc)
@@ -610,9 +627,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shown(message, category, *rest, **kw)
 
         warnings.showwarning = show
+        from provision.common.interrupt import interrupt_on_signals
         from provision.common.progress import reporting
 
-        with reporting(_StatusLines()):
+        with reporting(_StatusLines()), interrupt_on_signals():  # SIGTERM unwinds like Ctrl-C: cleanup runs
             return _main(argv)
 
 
@@ -671,9 +689,11 @@ def _main(argv: Sequence[str] | None) -> int:
     except ProvisionError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP (provision.common.interrupt)
+        from provision.common.interrupt import exit_status
+
         sys.stderr.write("interrupted\n")
-        return 130
+        return exit_status(exc)
     except SystemExit as exc:  # argparse --help / --version
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_BAD_INPUT
     except OSError as exc:  # a read or write no step expected to fail: a full disk, a permission, a device gone

@@ -10,7 +10,6 @@ and SIGTERM reach the server directly and it shuts down as it was built to.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,18 +68,17 @@ def _check_host(host: str) -> str:
 
 
 def _tiny_model(out: Path) -> Path:
-    """The tiny stand-in the build's smoke test loaded (its report names the folder)."""
-    report = out / "smoke.json"
-    hint = f"run `provision build {out}` first: its smoke test builds the tiny model"
-    try:
-        data = json.loads(report.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInput(str(report), "(file)", f"no smoke report; {hint}") from None
-    except (OSError, ValueError) as exc:
-        raise InvalidInput(str(report), "(file)", f"unreadable ({exc})") from None
-    path = data.get("model_path") if isinstance(data, dict) else None
-    if not isinstance(path, str) or data.get("source") != "tiny" or not Path(path, "config.json").is_file():
-        raise InvalidInput(str(report), "model_path", f"names no tiny model folder; {hint}")
+    """The tiny stand-in the build's smoke test loaded, named by this render's own smoke report.
+
+    :raises InvalidInput: no report of this render (none, or one that tested another lock), or one that names no tiny model.
+    """
+    from provision.build import SMOKE_REPORT, current_smoke_report
+
+    report = current_smoke_report(out)
+    path = report.model_path
+    if path is None or report.source != "tiny" or not Path(path, "config.json").is_file():
+        raise InvalidInput(str(out / SMOKE_REPORT), "model_path", f"names no tiny model folder; run `provision "
+                                                                  f"build {out}` first: its smoke test builds the tiny model")
     return Path(path)
 
 

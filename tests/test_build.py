@@ -1,12 +1,15 @@
 """Crash safety: a failed or interrupted build keeps the previous venv; renders never clobber edits.
 
 ``build_environment`` runs a fake rendered folder whose setup-venv.sh only makes a folder
-(no pip, no network); the render tests go through the real CLI.
+(no pip, no network); the render tests go through the real CLI. The states a kill can leave
+are built here by hand; tests/test_interrupts.py signals real builds at those moments.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ import pytest
 import provision.build
 import provision.cli
 import provision.common.run
-from provision.build import STAMP, build_environment, env_digest
+from provision.build import BUILD_LOCK, STAMP, build_environment, current_smoke_report, env_digest, lock_digest
 from provision.cli import main
 from provision.errors import BuildError, InvalidInput, SmokeError
 from provision.smoke.report import SmokeReport
@@ -48,14 +51,28 @@ def rendered(out: Path, *, marker: str = "new", tail: str = "") -> Path:
     return out
 
 
-def old_venv(out: Path) -> Path:
-    """A working previous environment, built from other files (its stamp does not match)."""
-    venv = out / "venv"
+def venv_dir(out: Path, name: str = "venv-000000000000-previous", *, marker: str = "old",
+             stamp: str = "0" * 64) -> Path:
+    """A venv folder as a build leaves it (``stamp`` None: one cut short before it was stamped)."""
+    venv = out / name
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").write_text("#!/bin/sh\n")
-    (venv / "marker").write_text("old\n")
-    (venv / STAMP).write_text("0" * 64 + "\n")
+    (venv / "marker").write_text(f"{marker}\n")
+    if stamp is not None:
+        (venv / STAMP).write_text(stamp + "\n")
     return venv
+
+
+def old_venv(out: Path) -> Path:
+    """A working previous environment, built from other files (its stamp does not match): ``venv`` links to it."""
+    target = venv_dir(out)
+    (out / "venv").symlink_to(target.name)
+    return target
+
+
+def legacy_venv(out: Path) -> Path:
+    """A previous environment in the layout before links: ``venv`` is the folder itself."""
+    return venv_dir(out, "venv")
 
 
 def runs(out: Path) -> int:
@@ -64,7 +81,16 @@ def runs(out: Path) -> int:
 
 
 def leftovers(out: Path) -> list[str]:
-    return sorted(p.name for p in out.iterdir() if p.name in ("venv.partial", "venv.old"))
+    """What a build may leave beside ``venv`` and the folder it names: none of it should survive a build."""
+    link = out / "venv"
+    current = os.readlink(link) if link.is_symlink() else "venv"
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(("venv", ".venv"))
+                  and p.name not in ("venv", current))
+
+
+def current(out: Path) -> str:
+    """The marker of the environment ``venv`` names now."""
+    return (out / "venv" / "marker").read_text().strip()
 
 
 def without_progress(err: str) -> str:
@@ -80,13 +106,29 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 def test_success_swaps_in_the_new_venv(tmp_path: Path, env: dict[str, str]) -> None:
     out = rendered(tmp_path / "out")
-    old_venv(out)
+    previous = old_venv(out)
     result = build_environment(out, smoke=False, environ=env)
     assert result.reused is False and result.venv == out.resolve() / "venv"
-    assert (out / "venv" / "marker").read_text() == "new\n"
+    assert current(out) == "new" and (out / "venv").is_symlink()
+    target = os.readlink(out / "venv")
+    assert target.startswith(f"venv-{env_digest(out)[:12]}-") and "/" not in target  # relative: the folder can move
     assert (out / "venv" / STAMP).read_text().strip() == env_digest(out)
-    assert leftovers(out) == []
+    assert not previous.exists() and leftovers(out) == []
     assert runs(out) == 1
+
+
+def test_the_venv_keeps_the_path_it_was_built_at(tmp_path: Path, env: dict[str, str]) -> None:
+    """Its scripts and activate name that path, so the folder is never renamed: only the link moves."""
+    out = rendered(tmp_path / "out", tail='echo "$1" > "$1/built-at"')
+    build_environment(out, smoke=False, environ=env)
+    assert Path((out / "venv" / "built-at").read_text().strip()) == (out / "venv").resolve()
+
+
+def test_a_build_of_the_layout_before_links_replaces_its_folder(tmp_path: Path, env: dict[str, str]) -> None:
+    out = rendered(tmp_path / "out")
+    legacy_venv(out)
+    build_environment(out, smoke=False, environ=env)
+    assert current(out) == "new" and (out / "venv").is_symlink() and leftovers(out) == []
 
 
 def test_matching_digest_reuses_without_running_setup(tmp_path: Path, env: dict[str, str]) -> None:
@@ -96,7 +138,7 @@ def test_matching_digest_reuses_without_running_setup(tmp_path: Path, env: dict[
     assert again.reused is True and runs(out) == 1
     (out / "requirements.txt").write_text("torch==2.14.1+cu128\n")  # a new render: rebuild
     third = build_environment(out, smoke=False, environ=env)
-    assert third.reused is False and runs(out) == 2
+    assert third.reused is False and runs(out) == 2 and leftovers(out) == []
 
 
 def test_failed_build_keeps_the_old_venv_and_names_the_fix(tmp_path: Path, env: dict[str, str]) -> None:
@@ -110,7 +152,7 @@ def test_failed_build_keeps_the_old_venv_and_names_the_fix(tmp_path: Path, env: 
     assert "No matching distribution found for torch==2.14.1+cu126" in message
     assert "--wheelhouse" in message  # the offline fix
     assert {p.relative_to(venv): p.read_bytes() for p in venv.rglob("*") if p.is_file()} == before
-    assert leftovers(out) == []
+    assert (out / "venv").resolve() == venv and leftovers(out) == []
     assert runs(out) == 1
 
 
@@ -118,7 +160,7 @@ def test_failed_first_build_leaves_nothing(tmp_path: Path, env: dict[str, str]) 
     out = rendered(tmp_path / "out", tail="exit 3")
     with pytest.raises(BuildError, match=r"exit 3"):
         build_environment(out, smoke=False, environ=env)
-    assert not (out / "venv").exists() and leftovers(out) == []
+    assert not (out / "venv").exists() and not (out / "venv").is_symlink() and leftovers(out) == []
 
 
 def test_interrupted_build_keeps_the_old_venv(tmp_path: Path, env: dict[str, str],
@@ -128,42 +170,66 @@ def test_interrupted_build_keeps_the_old_venv(tmp_path: Path, env: dict[str, str
     real_spawn = provision.common.run.spawn
 
     def interrupted(argv: list[str], **kwargs: Any) -> Any:
-        real_spawn(argv, **kwargs)  # the setup got as far as writing the new venv in place ...
-        assert (out / "venv" / "marker").read_text() == "new\n"
-        assert (out / "venv.old" / "marker").read_text() == "old\n"  # ... with the old one aside
+        real_spawn(argv, **kwargs)  # the setup got as far as writing the new venv in its own folder ...
+        assert [current(out), *leftovers(out)] == ["old", Path(argv[-1]).name]  # ... venv still the old one
         raise KeyboardInterrupt  # ... when Ctrl-C arrived
 
     monkeypatch.setattr(provision.common.run, "spawn", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_environment(out, smoke=False, environ=env)
-    assert (venv / "marker").read_text() == "old\n"
+    assert (out / "venv").resolve() == venv and current(out) == "old"
     assert leftovers(out) == []
 
 
-def test_killed_build_brings_the_previous_venv_back(tmp_path: Path, env: dict[str, str]) -> None:
-    """SIGKILL mid-build leaves an unstamped venv and the old one aside; the next build recovers."""
+@pytest.mark.parametrize("state", ["half-built", "stamped, not swapped in", "swap link", "previous not removed"])
+def test_what_a_killed_build_leaves_is_cleaned_and_the_venv_kept(tmp_path: Path, env: dict[str, str],
+                                                                 state: str) -> None:
+    """SIGKILL can stop a build between any two steps; ``venv`` names the previous build until the swap."""
     out = rendered(tmp_path / "out")
     good = old_venv(out)
     (good / STAMP).write_text(env_digest(out) + "\n")  # the previous build matches the current files
-    good.rename(out / "venv.old")
-    (out / "venv" / "bin").mkdir(parents=True)  # the half-written new one, never stamped
-    (out / "venv" / "junk").write_text("half\n")
+    if state == "half-built":
+        venv_dir(out, f"venv-{env_digest(out)[:12]}-abcd1234", marker="half", stamp=None)
+    elif state == "stamped, not swapped in":
+        venv_dir(out, f"venv-{env_digest(out)[:12]}-abcd1234", marker="new", stamp=env_digest(out))
+    elif state == "swap link":
+        (out / ".venv.swap").symlink_to("venv-000000000000-missing0")
+    else:  # the link moved to the new build, the old folder's removal was cut short
+        (out / "venv").unlink()
+        (out / "venv").symlink_to(venv_dir(out, "venv-111111111111-newbuild", marker="new",
+                                           stamp=env_digest(out)).name)
+        (good / "bin" / "python").unlink()
+    assert leftovers(out) != []
     result = build_environment(out, smoke=False, environ=env)
-    assert result.reused is True and runs(out) == 0
-    assert (out / "venv" / "marker").read_text() == "old\n" and not (out / "venv" / "junk").exists()
-    assert leftovers(out) == []
+    assert result.reused is True and runs(out) == 0 and leftovers(out) == []
+    assert current(out) == ("new" if state == "previous not removed" else "old")
 
 
-def test_killed_after_completion_keeps_the_new_venv(tmp_path: Path, env: dict[str, str]) -> None:
+@pytest.mark.parametrize("venv_state", ["half-built", "missing", "complete"])
+def test_a_killed_build_of_the_layout_before_links_is_recovered(tmp_path: Path, env: dict[str, str],
+                                                                venv_state: str) -> None:
+    """The earlier layout moved the old venv to venv.old during a build; the next build sorts out what is left."""
     out = rendered(tmp_path / "out")
-    old_venv(out).rename(out / "venv.old")
-    new = out / "venv"
-    (new / "bin").mkdir(parents=True)
-    (new / "bin" / "python").write_text("#!/bin/sh\n")
-    (new / "marker").write_text("new\n")
-    (new / STAMP).write_text(env_digest(out) + "\n")  # stamped: it was complete
+    aside = venv_dir(out, "venv.old", stamp=env_digest(out))
+    if venv_state == "half-built":
+        (out / "venv" / "bin").mkdir(parents=True)  # never stamped
+    elif venv_state == "complete":
+        venv_dir(out, "venv", marker="new", stamp=env_digest(out))
     result = build_environment(out, smoke=False, environ=env)
-    assert result.reused is True and (new / "marker").read_text() == "new\n" and leftovers(out) == []
+    assert result.reused is True and runs(out) == 0 and leftovers(out) == []
+    assert current(out) == ("new" if venv_state == "complete" else "old") and not aside.exists()
+
+
+def test_two_builds_of_one_folder_do_not_run_at_once(tmp_path: Path, env: dict[str, str]) -> None:
+    out = rendered(tmp_path / "out")
+    previous = old_venv(out)
+    with (out / BUILD_LOCK).open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a build running now (the kernel frees it however that one ends)
+        with pytest.raises(BuildError, match=r"another provision build of .* is running"):
+            build_environment(out, smoke=False, environ=env)
+    assert runs(out) == 0 and (out / "venv").resolve() == previous
+    build_environment(out, smoke=False, environ=env)  # released: the next one runs
+    assert current(out) == "new"
 
 
 def test_unrendered_folder_is_bad_input(tmp_path: Path, env: dict[str, str]) -> None:
@@ -218,6 +284,30 @@ def test_a_smoke_test_without_a_report_fails_after_showing_its_output(tmp_path: 
     with pytest.raises(SmokeError, match="printed no JSON report"):
         build_environment(out, environ=env, echo=echoed.append)
     assert echoed == ["loading the tiny model\n"]
+
+
+def test_the_smoke_report_names_the_render_it_tested(tmp_path: Path, env: dict[str, str]) -> None:
+    out = rendered(tmp_path / "out", tail=with_smoke(json.dumps(REPORT.to_dict())))
+    (out / "provision.lock.json").write_text('{"render": "A"}\n')
+    result = build_environment(out, environ=env)
+    assert result.smoke is not None and result.smoke.lock_sha256 == lock_digest(out)
+    assert json.loads((out / "smoke.json").read_text())["lock_sha256"] == lock_digest(out)
+    assert current_smoke_report(out) == result.smoke
+    (out / "provision.lock.json").write_text('{"render": "B"}\n')  # another render (say, another model)
+    with pytest.raises(InvalidInput, match=r"smoke.json: lock_sha256: tested another render"):
+        current_smoke_report(out)
+    build_environment(out, smoke=False, environ=env)
+    assert not (out / "smoke.json").exists()  # a build does not leave another render's report standing
+
+
+def test_a_failed_smoke_test_removes_the_previous_report(tmp_path: Path, env: dict[str, str]) -> None:
+    out = rendered(tmp_path / "out", tail=with_smoke(json.dumps(REPORT.to_dict())))
+    build_environment(out, environ=env)
+    assert (out / "smoke.json").exists()
+    rendered(out, marker="broken", tail=with_smoke("not json"))  # a rebuild whose smoke test fails
+    with pytest.raises(SmokeError):
+        build_environment(out, environ=env)
+    assert not (out / "smoke.json").exists()
 
 
 def test_build_command_json_carries_the_smoke_report(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from provision.build import lock_digest
 from provision.cli import main
 from provision.plan.document import Plan
 from provision.plan.usecase import PlanRequest
 from provision.render.usecase import RenderRequest, render_command
+from provision.smoke.report import SmokeReport
 
 HOSTS = Path(__file__).parent / "fixtures" / "hosts"
 CPU = HOSTS / "linux-x86_64-cpu-only-32gb.json"
@@ -45,8 +47,16 @@ def built(tmp_path: Path) -> tuple[Path, Plan]:
     tiny = tmp_path / "tiny model"
     tiny.mkdir()
     (tiny / "config.json").write_text("{}", encoding="utf-8")
-    (out / "smoke.json").write_text(json.dumps({"source": "tiny", "model_path": str(tiny)}), encoding="utf-8")
+    write_report(out, source="tiny", model_path=str(tiny))
     return out, plan
+
+
+def write_report(out: Path, *, source: str, model_path: str, lock_sha256: str | None = "") -> None:
+    """A smoke report as the build writes it: of the render in ``out`` unless ``lock_sha256`` says otherwise."""
+    report = SmokeReport(model="autoglm-phone-9b", source=source, precision="bf16", device="cpu", load_seconds=0.1,
+                         peak_memory_bytes=1, estimated_memory_bytes=None, tokens_generated=1, tokens_per_second=1.0,
+                         model_path=model_path, lock_sha256=lock_digest(out) if lock_sha256 == "" else lock_sha256)
+    (out / "smoke.json").write_text(json.dumps(report.to_dict()), encoding="utf-8")
 
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
@@ -97,9 +107,16 @@ def test_a_folder_that_is_not_rendered_or_not_built_is_refused(built: tuple[Path
 
 def test_tiny_needs_the_builds_smoke_report(built: tuple[Path, Plan], capsys: pytest.CaptureFixture[str]) -> None:
     out, _ = built
-    (out / "smoke.json").write_text(json.dumps({"source": "weights", "model_path": "/models/x"}), encoding="utf-8")
+    tiny = json.loads((out / "smoke.json").read_text(encoding="utf-8"))["model_path"]
+    write_report(out, source="weights", model_path="/models/x")
     assert main(["serve", str(out), "--tiny"]) == 2
     assert "names no tiny model folder" in capsys.readouterr().err
+    for stale in ("0" * 64, None):  # a report of another render (say, another model), or one that names none
+        write_report(out, source="tiny", model_path=tiny, lock_sha256=stale)
+        assert main(["serve", str(out), "--tiny"]) == 2
+        assert capsys.readouterr().err == (f"error: {out / 'smoke.json'}: lock_sha256: tested another render (not "
+                                           f"this provision.lock.json); run `provision build {out}` first: its smoke "
+                                           "test writes it\n")
     (out / "smoke.json").unlink()
     assert main(["serve", str(out), "--tiny"]) == 2
     assert "no smoke report; run `provision build" in capsys.readouterr().err

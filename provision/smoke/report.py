@@ -79,6 +79,8 @@ class SmokeReport:
     tokens_counted_by: str | None = None  # "usage" (the server's count) or "chunks" (content deltas)
     load: dict[str, Any] | None = None
     error: str | None = None
+    #: sha256 of the ``provision.lock.json`` the test ran against (``--lock``): the render this report belongs to.
+    lock_sha256: str | None = None
 
     @property
     def label(self) -> str:
@@ -146,6 +148,7 @@ class SmokeReport:
             "processor": self.processor,
             "versions": self.versions or None,
             "warnings": list(self.warnings) or None,
+            "lock_sha256": self.lock_sha256,
         }
         out.update({k: v for k, v in extras.items() if v is not None and k not in out})
         return out
@@ -232,6 +235,7 @@ def _report_from_dict(data: object, source: str) -> SmokeReport:
         engine=f.str("engine", required=False), ttft_seconds=_opt_number(f, "ttft_seconds"),
         latency_seconds=_opt_number(f, "latency_seconds"), tokens_counted_by=f.str("tokens_counted_by", required=False),
         load=None if load is None else dict(load.data), error=_text(f, "error"),
+        lock_sha256=f.str("lock_sha256", required=False),
     )  # fmt: skip
 
 
