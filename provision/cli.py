@@ -24,7 +24,14 @@ from provision.errors import (
     ProvisionError,
     write_failure,
 )
-from provision.vocab import DEFAULT_CONTEXT, DEVICE_CHOICES, ENGINE_CHOICES, PRECISIONS
+from provision.vocab import (
+    DEFAULT_CONTEXT,
+    DEFAULT_ENGINE,
+    DEVICE_CHOICES,
+    ENGINE_CHOICES,
+    MIN_SERVING_CONTEXT,
+    PRECISIONS,
+)
 
 if TYPE_CHECKING:
     from provision.plan.usecase import PlanRequest
@@ -101,25 +108,29 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
                         "with config.json (default: autoglm-phone-9b)")
     p.add_argument("--python", help="Python X.Y the environment is built with (default: the host's)")
     p.add_argument("--context", type=_positive_int, default=None,
-                   help=f"tokens to budget for (default: {DEFAULT_CONTEXT}; an engine serves the model's serving context)")
+                   help="the longest request to budget for, in tokens; a given value is planned exactly (default: "
+                        "the model's serving context from the catalog, 25480 for autoglm-phone-9b, lowered with a "
+                        f"warning to what fits, not below {MIN_SERVING_CONTEXT}; {DEFAULT_CONTEXT} for a local model "
+                        "directory)")
     p.add_argument("--images", type=_count, metavar="N",
                    help="phone screenshots per request the memory budget holds, within --context (default: the "
                         "model's catalog entry, one for AutoGLM; 0 budgets text only)")
     p.add_argument("--max-pixels", type=_pixels, metavar="P",
                    help="the image processor's pixel cap a screenshot is budgeted under (default: the catalog's, "
                         "5000000 for AutoGLM: 3,108 visual tokens per 1080x2400 screenshot)")
-    p.add_argument("--engine", choices=ENGINE_CHOICES, default="transformers",
-                   help="the serving engine: auto takes vLLM, then SGLang, where the host runs them (default: "
-                        "transformers; plans only: rendering vLLM and SGLang files comes next)")
+    p.add_argument("--engine", choices=ENGINE_CHOICES, default=DEFAULT_ENGINE,
+                   help="the serving engine (default: auto: vLLM, else SGLang, where the host runs them, else "
+                        "transformers serve)")
     p.add_argument("--precision", choices=PRECISIONS,
                    help="force this precision; a no-plan (exit 3) if it cannot run or fit (default: the best that "
                         "fits: bf16, fp16, int8, then nf4 on a GPU)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="where the model runs; auto takes the GPUs where it fits, else the CPU")
     p.add_argument("--torch", dest="torch_version", metavar="VERSION",
-                   help="pin this torch release from matrices/torch.toml (default: the newest that fits the host)")
-    p.add_argument("--variant", help="pin this PyTorch index variant: cpu, cu126, cu128, ... (default: the newest "
-                                     "the driver runs)")
+                   help="pin this torch release from matrices/torch.toml; an engine that pins another is passed "
+                        "over (default: the engine's pin, else the newest that fits the host)")
+    p.add_argument("--variant", help="pin this PyTorch index variant: cpu, cu126, cu128, ... (default: the engine's "
+                                     "PyPI build, else the newest the driver runs)")
     p.add_argument("--wheelhouse", action="append", metavar="DIR",
                    help="take torch from wheels in DIR (repeatable; env PROVISION_WHEELHOUSE); 'auto' uses "
                         "pip's find-links folders when the PyTorch index is unreachable (default: the index)")
@@ -301,10 +312,8 @@ def _build_parser() -> argparse.ArgumentParser:
 def _plan_request(args: argparse.Namespace) -> PlanRequest:
     from provision.plan.usecase import PlanRequest
 
-    return PlanRequest(host=args.host, model=args.model, python=args.python,
-                       context=DEFAULT_CONTEXT if args.context is None else args.context,
-                       engine=args.engine, serving_context=args.context, images=args.images,
-                       max_pixels=args.max_pixels,
+    return PlanRequest(host=args.host, model=args.model, python=args.python, context=args.context,
+                       engine=args.engine, images=args.images, max_pixels=args.max_pixels,
                        precision=args.precision, device=args.device, torch_version=args.torch_version,
                        variant=args.variant, wheelhouse=tuple(args.wheelhouse) if args.wheelhouse else None,
                        index_url=args.index_url, matrix=args.matrix)

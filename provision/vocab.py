@@ -13,12 +13,14 @@ __all__ = [
     "BUILD_SCHEMA",
     "CC_RE",
     "DEFAULT_CONTEXT",
+    "DEFAULT_ENGINE",
     "DEVICES",
     "DEVICE_CHOICES",
     "DOCTOR_SCHEMA",
     "ENGINE_CHOICES",
     "HOST_SCHEMA",
     "LOCK_SCHEMA",
+    "MIN_SERVING_CONTEXT",
     "MODELS_SCHEMA",
     "PLAN_PRECISIONS",
     "PLAN_SCHEMA",
@@ -56,8 +58,17 @@ RENDER_SCHEMA = "provision.render/v1"
 BUILD_SCHEMA = "provision.build/v1"
 MODELS_SCHEMA = "provision.models/v1"
 
-#: Tokens budgeted for when ``--context`` is not given.
+#: Tokens budgeted for a model whose serving context the catalog does not give (a local model
+#: directory); a catalog model's default is its serving context (``ModelServe.context``). Plans
+#: written before they carried ``serve`` were budgeted for this too.
 DEFAULT_CONTEXT = 4096
+#: The least context a default plan lowers to when the serving context does not fit. Below this a
+#: phone agent cannot work: one screenshot at the pixel cap (about 3,200 visual tokens), the system
+#: prompt and a short history (about 1,500) and the 3,000 tokens Open-AutoGLM allows an answer. A
+#: host that holds only less is refused, not served a context that fails.
+MIN_SERVING_CONTEXT = 8192
+#: ``--engine``'s default: the best engine the host runs, else ``transformers serve``.
+DEFAULT_ENGINE = "auto"
 
 #: A Python minor as plans and matrices write it: ``3.11``.
 PYTHON_MINOR_RE = re.compile(r"3\.\d{1,2}")

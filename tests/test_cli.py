@@ -20,8 +20,16 @@ def test_plan_json_is_exactly_one_document(capsys: pytest.CaptureFixture[str]) -
     assert main(["plan", "--host", str(A10G), "--json"]) == 0
     out = capsys.readouterr().out
     doc = json.loads(out)  # one document, nothing else on stdout
-    assert doc["schema"] == "provision.plan/v1" and doc["precision"] == "bf16"
-    assert doc["torch"]["variant"] == "cu126"
+    # the defaults (--engine auto, the serving context): driver 535 runs vLLM 0.19.1's CUDA 12.9 wheel, whose torch
+    # 2.10.0 is PyPI's cu128 build; bf16 overflows 0.9 x 24 GB, cc 8.6 has FP8 weight-only
+    assert doc["schema"] == "provision.plan/v1" and doc["precision"] == "fp8"
+    assert doc["torch"]["variant"] == "cu128"
+    assert (doc["serve"]["engine"], doc["serve"]["engine_version"], doc["serve"]["max_model_len"]) == (
+        "vllm", "0.19.1", 25480)
+    assert main(["plan", "--host", str(A10G), "--engine", "transformers", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["serve"]["engine"], doc["torch"]["variant"], doc["serve"]["max_model_len"]) == (
+        "transformers", "cu126", 25480)
 
 
 def test_no_plan_is_exit_3_with_the_no_plan_document(capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,7 +51,7 @@ def test_human_plan_shows_every_reason(capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     for decision in ("python", "torch", "variant", "precision", "device", "transformers"):
         assert decision in out
-    assert "[cu126]" in out  # rich markup must not eat the variant
+    assert "[cu128]" in out  # rich markup must not eat the variant
 
 
 def test_plan_imports_neither_torch_nor_transformers() -> None:
@@ -86,13 +94,16 @@ def test_render_twice_is_byte_identical_and_the_lock_records_inputs(tmp_path: Pa
     second = _render(tmp_path / "b")
     assert first == second
     lock = json.loads(first["provision.lock.json"])
-    assert lock["plan"]["torch"]["variant"] == "cu126"
+    assert lock["plan"]["torch"]["variant"] == "cu128" and lock["plan"]["serve"]["engine"] == "vllm"
     assert lock["inputs"]["model"] == "autoglm-phone-9b" and len(lock["inputs"]["matrix_digest"]) == 64
+    # the options as given (the default engine; no --context) and the context the plan serves
+    assert lock["inputs"]["flags"] == {"device": "auto", "engine": "auto"} and lock["inputs"]["context"] == 25480
     assert set(lock["files"]) == set(first) - {"provision.lock.json"}
 
 
 def test_render_ci_matrix_lists_the_sibling_variants(tmp_path: Path) -> None:
-    files = _render(tmp_path / "h100", "--host", str(HOSTS / "linux-x86_64-h100-80gb-driver580.json"))
+    files = _render(tmp_path / "h100", "--host", str(HOSTS / "linux-x86_64-h100-80gb-driver580.json"),
+                    "--engine", "transformers")  # an engine plan has one row: the engine's own torch build
     workflow = files[".github/workflows/provision.yml"].decode()
     for variant in ("cu130", "cu132", "cpu"):  # torch 2.15.0's builds for linux-x86_64
         assert f'variant: "{variant}"' in workflow
@@ -304,3 +315,27 @@ def test_stand_in_options_say_what_they_do(capsys: pytest.CaptureFixture[str]) -
     assert "checks RAM, GPU memory and disk first" in text
     assert main(["plan", "--help"]) == 0
     assert "(default: auto)" in capsys.readouterr().out  # --device, filled in by the formatter
+
+
+def test_the_cpu_machines_get_a_plan_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    """`nox -s provision`'s default host: a 2-core, 25 GB CPU machine (its own `provision detect`), and 32 GB."""
+    small = str(HOSTS / "linux-x86_64-cpu-only-25gb-detected.json")
+    assert main(["plan", "--host", small, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    context = doc["serve"]["max_model_len"]
+    assert doc["serve"]["engine"] == "transformers" and doc["device"] == "cpu" and 8192 <= context < 25480
+    assert doc["warnings"][0].startswith(f"context lowered to {context:,} tokens: 25,480 needs ")
+    assert main(["plan", "--host", small]) == 0
+    assert f"context lowered to {context:,} tokens" in capsys.readouterr().out
+    assert main(["plan", "--host", str(HOSTS / "linux-x86_64-cpu-only-32gb.json"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["serve"]["max_model_len"] == 25480 and not any("context" in w for w in doc["warnings"])
+    assert main(["plan", "--host", small, "--context", "25480", "--json"]) == 3  # asked for: not lowered
+    assert json.loads(capsys.readouterr().out)["error"] == "no-viable-plan"
+
+
+def test_help_states_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: auto: vLLM, else SGLang, where the host runs them, else transformers serve)" in text
+    assert "(default: the model's serving context from the catalog, 25480 for autoglm-phone-9b" in text

@@ -283,8 +283,8 @@ FLOORS = [
      "vLLM 0.19.1 has sm_70 kernels; fp16 compute; in-flight bitsandbytes 4-bit from 7.0"),
     ("linux-x86_64-v100-16gb-driver535", "auto", 525, (7, 0), "the same plan as the T4: the V100 (7.0) runs it"),
     ("linux-x86_64-h100-80gb-driver580", "sglang", 580, (8, 0), "SGLang 0.5.23 is CUDA 13; bf16"),
-    ("linux-x86_64-t4-driver470", "transformers", 450, (7, 5),
-     "torch cu118 (R450 family floor); bitsandbytes int8 from 7.5"),
+    ("linux-x86_64-t4-driver470", "transformers", 450, (6, 0),
+     "torch cu118 (R450 family floor); at 25,480 tokens int8 overflows 15.5 GB, bitsandbytes nf4 from 6.0"),
 ]
 
 

@@ -74,7 +74,8 @@ def facts_for(h: Any, *, torch: dict[str, Any] | None = None, packages: dict[str
 
 
 def planned(h: Any, matrix: Any, model: Any, **prefs: Any) -> Expected:
-    p = plan(h, matrix, model, Preferences(python=h.python_minor, **prefs))
+    """What ``provision doctor`` plans without a lock: the in-process stack (``--engine transformers``)."""
+    p = plan(h, matrix, model, Preferences(python=h.python_minor, **{"engine": "transformers", **prefs}))
     return Expected.from_plan(p, "planned for this host")
 
 
@@ -120,7 +121,7 @@ def test_cpu_torch_on_a10g_fails_with_the_planned_cuda_build(matrix: Any, autogl
     h = host("linux-x86_64-a10g-driver535")
     facts = facts_for(h, torch=dict(CPU_TORCH), packages={**GOOD_PACKAGES, "torch": "2.9.1+cpu"})
     findings = by_check(run_doctor(facts=facts, matrix=matrix, search_lock=False))
-    want = plan(h, matrix, autoglm, Preferences(python="3.11"))
+    want = plan(h, matrix, autoglm, Preferences(python="3.11", engine="transformers"))
     assert want.variant.startswith("cu")  # the planner's CUDA variant for this driver
     expected_fix = f"pip install --index-url {want.index_url} torch=={want.packages['torch']}"
     build = findings["torch.cuda_build"]
@@ -138,7 +139,7 @@ def test_transformers_4_for_autoglm_fails_with_the_planned_pin(matrix: Any, auto
     facts = facts_for(h, packages={**GOOD_PACKAGES, "transformers": "4.57.1"})
     findings = by_check(run_doctor(facts=facts, matrix=matrix, search_lock=False))
     tf = findings["transformers"]
-    pin = plan(h, matrix, autoglm, Preferences(python="3.11")).packages["transformers"]
+    pin = plan(h, matrix, autoglm, Preferences(python="3.11", engine="transformers")).packages["transformers"]
     assert pin.startswith("5.")
     assert tf.status == "fail"
     assert "4.57.1" in tf.message and ">= 5.0.0" in tf.message and "cannot read its config" in tf.message
@@ -256,7 +257,8 @@ def test_torch_not_installed(matrix: Any) -> None:
 def test_bf16(matrix: Any, autoglm: Any) -> None:
     t4 = host("linux-x86_64-t4-driver535")
     assert check_bf16(facts_for(t4), None).status == "warn"
-    locked_bf16 = replace(planned(host("linux-x86_64-a10g-driver535"), matrix, autoglm), gpus=(0,))
+    # 4,096 tokens: bf16 on the A10G (at its serving context of 25,480 tokens it plans int8)
+    locked_bf16 = replace(planned(host("linux-x86_64-a10g-driver535"), matrix, autoglm, context_tokens=4096), gpus=(0,))
     f = check_bf16(facts_for(t4), locked_bf16)
     assert locked_bf16.precision == "bf16" and f.status == "fail" and "7.5" in f.message
     assert check_bf16(facts_for(host("linux-x86_64-a10g-driver535")), None).status == "ok"
@@ -379,7 +381,7 @@ def write_lock(path: Path, plan_doc: dict[str, Any]) -> Path:
 
 def test_lock_drift_compares_exact_versions(tmp_path: Path, matrix: Any, autoglm: Any) -> None:
     h = host("linux-x86_64-a10g-driver535")
-    plan_doc = plan(h, matrix, autoglm, Preferences(python="3.11")).to_dict()
+    plan_doc = plan(h, matrix, autoglm, Preferences(python="3.11", engine="transformers")).to_dict()
     lock = write_lock(tmp_path / "out" / "provision.lock.json", plan_doc)
     pins = dict(plan_doc["packages"])
     ok = by_check(run_doctor(lock_path=lock, facts=facts_for(h, packages=pins), matrix=matrix))["lock.drift"]
@@ -398,7 +400,7 @@ def test_lock_drift_compares_exact_versions(tmp_path: Path, matrix: Any, autoglm
 
 def test_lock_for_another_python(tmp_path: Path, matrix: Any, autoglm: Any) -> None:
     h = host("linux-x86_64-a10g-driver535")
-    plan_doc = plan(h, matrix, autoglm, Preferences(python="3.12")).to_dict()
+    plan_doc = plan(h, matrix, autoglm, Preferences(python="3.12", engine="transformers")).to_dict()
     lock = write_lock(tmp_path / "provision.lock.json", plan_doc)
     facts = facts_for(h, packages=dict(plan_doc["packages"]))
     f = check_lock_drift(facts, Expected.from_plan(Plan.from_dict(plan_doc), str(lock)), lock)
@@ -415,7 +417,7 @@ def test_lock_for_another_python(tmp_path: Path, matrix: Any, autoglm: Any) -> N
     (lambda p: p.update(gpus=[True]), "plan.gpus[0]"),
 ])
 def test_hostile_lock_is_bad_input(tmp_path: Path, matrix: Any, autoglm: Any, mutate: Any, field: str) -> None:
-    plan_doc = plan(host("linux-x86_64-a10g-driver535"), matrix, autoglm).to_dict()
+    plan_doc = plan(host("linux-x86_64-a10g-driver535"), matrix, autoglm, Preferences(engine="transformers")).to_dict()
     mutate(plan_doc)
     lock = write_lock(tmp_path / "provision.lock.json", plan_doc)
     with pytest.raises(InvalidInput) as exc:
@@ -431,7 +433,7 @@ def test_missing_lock_is_bad_input(tmp_path: Path, matrix: Any) -> None:
 
 def test_find_lock(tmp_path: Path, matrix: Any, autoglm: Any) -> None:
     h = host("linux-x86_64-a10g-driver535")
-    plan_doc = plan(h, matrix, autoglm).to_dict()
+    plan_doc = plan(h, matrix, autoglm, Preferences(engine="transformers")).to_dict()
     assert find_lock(h, cwd=tmp_path, prefix=tmp_path / "nowhere" / "venv") is None
     other = write_lock(tmp_path / "build" / "provision" / "other-host" / "provision.lock.json", plan_doc)
     assert find_lock(h, cwd=tmp_path, prefix=tmp_path / "x" / "venv") == other

@@ -58,7 +58,7 @@ def facts(h: HostProfile, torch: dict[str, Any] | None = None, environ: dict[str
 
 
 def expected(h: HostProfile = A10G, **changes: Any) -> Expected:
-    planned = plan(h, MATRIX, AUTOGLM, Preferences(python=h.python_minor))
+    planned = plan(h, MATRIX, AUTOGLM, Preferences(python=h.python_minor, engine="transformers"))  # as doctor plans
     return replace(Expected.from_plan(planned, "planned for this host"), **changes)
 
 

@@ -20,7 +20,7 @@ from provision.data.catalog import load_catalog, resolve_model
 from provision.data.matrix import load_matrix
 from provision.errors import InvalidInput, NoViablePlan
 from provision.host.profile import GpuInfo, HostProfile, NvidiaInfo, load_host
-from provision.plan.document import Plan, variant_cuda
+from provision.plan.document import Plan, Preferences, variant_cuda
 from provision.plan.search import plan
 
 HOSTS = sorted((Path(__file__).parent / "fixtures" / "hosts").glob("*.json"))
@@ -38,20 +38,26 @@ def _two_gpus() -> HostProfile:
 
 
 def _plans() -> list[tuple[str, Plan]]:
-    """The planner's plan for every reference host and catalog model that has one, plus a split."""
+    """The planner's plan for every reference host and catalog model that has one, with the default engine
+    (vLLM or SGLang where one runs) and with ``transformers serve``, plus a split."""
     out = []
     for path in HOSTS:
         for model in CATALOG.models:
-            try:
-                out.append((f"{path.stem}/{model.id}", plan(load_host(path), MATRIX, resolve_model(model.id, CATALOG))))
-            except NoViablePlan:
-                continue
-    out.append(("two-gpu-split/autoglm-phone-9b", plan(_two_gpus(), MATRIX, AUTOGLM)))
+            for engine in ("auto", "transformers"):
+                try:
+                    out.append((f"{path.stem}/{model.id}/{engine}", plan(
+                        load_host(path), MATRIX, resolve_model(model.id, CATALOG), Preferences(engine=engine))))
+                except NoViablePlan:
+                    continue
+    split = plan(_two_gpus(), MATRIX, AUTOGLM, Preferences(engine="transformers", context_tokens=4096))
+    out.append(("two-gpu-split/autoglm-phone-9b/transformers", split))
     return out
 
 
 PLANS = _plans()
-A10G_DOC = next(p for name, p in PLANS if name == "linux-x86_64-a10g-driver535/autoglm-phone-9b").to_dict()
+#: A transformers plan to mutate: bf16 on one A10G at 4,096 tokens (--context 4096).
+A10G_DOC = plan(load_host(HOSTS[0].parent / "linux-x86_64-a10g-driver535.json"), MATRIX, AUTOGLM,
+                Preferences(engine="transformers", context_tokens=4096)).to_dict()
 
 
 @pytest.mark.parametrize(("name", "planned"), PLANS, ids=[name for name, _ in PLANS])
@@ -66,7 +72,7 @@ def test_from_dict_inverts_to_dict(name: str, planned: Plan) -> None:
 def test_the_reference_set_includes_cpu_mps_quantized_and_split_plans() -> None:
     kinds = {(p.device, p.precision, len(p.placement.gpus)) for _, p in PLANS}
     assert {("cpu", "bf16", 0), ("mps", "bf16", 0), ("cuda", "nf4", 1), ("cuda", "int8", 1), ("cuda", "bf16", 2)} <= kinds
-    split = dict(PLANS)["two-gpu-split/autoglm-phone-9b"]
+    split = dict(PLANS)["two-gpu-split/autoglm-phone-9b/transformers"]
     assert split.placement.max_memory and split.placement.device_map
 
 
@@ -192,9 +198,12 @@ def test_a_sibling_built_by_replace_round_trips_too() -> None:
 
 def test_every_plan_serves_and_a_document_without_serve_reads_as_transformers_serve() -> None:
     """Plans written before ``serve`` existed (the contract's example, older locks) are transformers plans."""
-    for _, planned in PLANS:
-        assert planned.serve.engine == "transformers"  # the default engine
-        assert planned.serve.engine_version == planned.packages["transformers"]
+    for name, planned in PLANS:
+        if planned.serve.engine == "transformers":
+            assert planned.serve.engine_version == planned.packages["transformers"]
+        else:  # the default engine serves with vLLM or SGLang where one runs
+            assert name.endswith("/auto") and planned.serve.engine_version == planned.packages[planned.serve.engine]
+    assert {p.serve.engine for _, p in PLANS} == {"vllm", "sglang", "transformers"}
     doc = copy.deepcopy(A10G_DOC)
     del doc["serve"]
     old = Plan.from_dict(doc)

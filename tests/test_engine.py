@@ -305,7 +305,7 @@ def test_an_engine_asked_for_that_cannot_run_is_a_no_plan():
         _engine_plan("linux-x86_64-gtx1080ti-driver535", engine="vllm")
 
 
-def test_the_default_engine_keeps_the_transformers_plan_and_serves_it_with_transformers_serve():
+def test_engine_transformers_keeps_the_transformers_plan_and_serves_it_with_transformers_serve():
     from provision.plan.document import Plan
 
     chosen = _engine_plan("linux-x86_64-h100-80gb-driver580", engine="transformers")
@@ -505,3 +505,117 @@ def test_glibc_2_28_and_driver_535_get_sglang_and_say_why_not_vllm():
     assert "vLLM 0.19.1 (CUDA 12.9): its wheels need glibc >= 2.31, this host has 2.28" in why
     assert "SGLang 0.5.23 passed over: its wheels need glibc >= 2.34, this host has 2.28" in why
     assert chosen.serve.argv[:3] == ("python3", "-m", "sglang.launch_server")
+
+
+# ---------------------------------------------------------------- the defaults: `provision plan` with no options
+
+
+def _default_plan(profile: dict | str):
+    from provision.plan.document import Preferences
+    from provision.plan.search import plan
+
+    assert Preferences().engine == "auto" and Preferences().context_tokens is None
+    host = load_host(FIXTURES / f"{profile}.json") if isinstance(profile, str) else host_from_dict(profile)
+    return host, plan(host, MATRIX, MODEL)
+
+
+def _every_host() -> list[dict | str]:
+    return [*sorted(p.stem for p in FIXTURES.glob("*.json")), *(r[1] for r in REFERENCE if isinstance(r[1], dict))]
+
+
+def _default_plans():
+    out = []
+    for profile in _every_host():
+        try:
+            out.append(_default_plan(profile))
+        except NoViablePlan:
+            continue
+    return out
+
+
+def test_an_h100_on_driver_580_plans_vllm_on_cuda_13_by_default():
+    _, chosen = _default_plan("linux-x86_64-h100-80gb-driver580")
+    vllm = MATRIX.engines.get("vllm")
+    release = vllm.release(chosen.serve.engine_version)
+    assert (chosen.serve.engine, chosen.serve.engine_version) == ("vllm", "0.33.0")
+    assert release.cuda.major == 13 and chosen.cuda is not None and chosen.cuda.major == 13  # a CUDA 13 build
+    assert chosen.packages["torch"] == str(release.torch) == str(chosen.torch_version)  # exactly the engine's pin
+    transformers = Version(chosen.packages["transformers"])
+    assert release.transformers.contains(transformers) and transformers >= MODEL.min_transformers
+    assert chosen.precision == "bf16" and chosen.serve.tensor_parallel_size == 1 == len(chosen.placement.gpus)
+    assert chosen.serve.max_model_len == 25480 and not chosen.warnings
+    pairs = set(itertools.pairwise(chosen.serve.argv))
+    for pair in [*OPEN_AUTOGLM_FLAGS, ("--port", "8000"), ("--tensor-parallel-size", "1"), ("--dtype", "bfloat16")]:
+        assert pair in pairs, pair
+    # Open-AutoGLM's `--allowed-local-media-path /` is left out on purpose (matrices/models.toml): the agent sends
+    # the screenshot as a data: URL, and "/" would let any client read any file the server can
+    assert "--allowed-local-media-path" not in chosen.serve.argv
+
+
+def test_driver_550_never_gets_a_cuda_13_engine_build_by_default():
+    seen = 0
+    for host, chosen in _default_plans():
+        if host.nvidia is None or Version(host.nvidia.driver_version) >= Version("580") or chosen.serve.engine == \
+                "transformers":
+            continue
+        release = MATRIX.engines.get(chosen.serve.engine).release(chosen.serve.engine_version)
+        assert release.cuda.major == 12 and chosen.cuda is not None and chosen.cuda.major == 12, host
+        seen += 1
+    assert seen >= 8  # L4, RTX 4090, A10G, T4, V100 on 535, 2x RTX 3090/4090/4060 Ti, RTX 5090 on 570...
+
+
+def test_a_v100_never_gets_an_engine_build_without_sm70_kernels_by_default():
+    for profile in ("linux-x86_64-v100-16gb-driver535", "linux-x86_64-v100-16gb-driver580",
+                    box("Tesla V100-SXM2-32GB", "7.0", 34.1, "580.95.05", "13.0")):
+        host, chosen = _default_plan(profile)
+        assert chosen.serve.engine == "vllm", profile  # vLLM 0.19.1: the last with sm_70 kernels
+        release = MATRIX.engines.get("vllm").release(chosen.serve.engine_version)
+        variant = next(t for t in MATRIX.torch if t.version == chosen.torch_version).variant(chosen.variant)
+        assert "sm_70" in release.archs_for(host.platform) and "sm_70" in variant.archs_for(host.platform)
+        assert release.cuda.major == 12
+
+
+def test_windows_and_macos_get_transformers_serve_by_default():
+    for profile in ("windows-x86_64-rtx4070-driver566", "macos-arm64-m2-32gb"):
+        _, chosen = _default_plan(profile)
+        assert chosen.serve.engine == "transformers" and chosen.serve.argv[:2] == ("transformers", "serve")
+        assert "vllm" not in chosen.packages and "sglang" not in chosen.packages
+        assert "passed over" in chosen.reasons[0].why or "serve on Linux" in chosen.reasons[0].why
+
+
+def test_an_explicit_context_is_served_exactly_or_not_at_all():
+    """The default lowers the context to what fits (down to 8,192); an asked-for one is the user's: never lowered."""
+    from provision.plan.document import Preferences
+    from provision.plan.search import plan
+
+    tight = host_from_dict(box("NVIDIA H100 80GB HBM3", "9.0", 85.0, "580.95.05", "13.0", used_gb=85.0 - 26.0))
+    lowered = plan(tight, MATRIX, MODEL, Preferences(engine="vllm", precision="bf16"))
+    context = lowered.serve.max_model_len
+    assert MIN_SERVING_CONTEXT <= context < SERVE.context
+    assert ("--max-model-len", str(context)) in set(itertools.pairwise(lowered.serve.argv))
+    assert lowered.warnings[-1].startswith(f"context lowered to {context:,} tokens: 25,480 needs ")
+    assert lowered.placement.required_bytes < lowered.placement.available_bytes
+    assert plan(tight, MATRIX, MODEL, Preferences(engine="vllm", precision="bf16",
+                                                  context_tokens=context)).serve.max_model_len == context
+    with pytest.raises(NoViablePlan, match=r"at 25,480 tokens needs"):
+        plan(tight, MATRIX, MODEL, Preferences(engine="vllm", precision="bf16", context_tokens=25480))
+
+
+def test_torch_options_an_engine_cannot_meet_pass_it_over_instead_of_being_ignored():
+    """An engine pins torch exactly: --torch, --variant or a wheelhouse it does not match pass it over, with why."""
+    from provision.plan.document import Preferences
+    from provision.plan.search import plan
+
+    h100 = load_host(FIXTURES / "linux-x86_64-h100-80gb-driver580.json")
+    pinned = plan(h100, MATRIX, MODEL, Preferences(torch_version=Version("2.13.0")))
+    assert pinned.serve.engine == "vllm" and pinned.torch_version == Version("2.13.0")  # a release pinning 2.13.0
+    assert "it pins torch 2.14.0, and --torch asks for 2.13.0" in pinned.reasons[0].why
+    other = plan(h100, MATRIX, MODEL, Preferences(torch_version=Version("2.15.0")))
+    assert other.serve.engine == "transformers" and other.torch_version == Version("2.15.0")
+    cu126 = plan(h100, MATRIX, MODEL, Preferences(variant="cu126"))
+    assert cu126.serve.engine == "transformers" and cu126.variant == "cu126"
+    assert "--variant asks for cu126" in cu126.reasons[0].why
+    wheels = plan(h100, MATRIX, MODEL, Preferences(torch_available=frozenset({(Version("2.14.0"), "")})))
+    assert wheels.serve.engine == "vllm" and wheels.packages["torch"] == "2.14.0"
+    none = plan(h100, MATRIX, MODEL, Preferences(torch_available=frozenset({(Version("2.14.1"), "cu126")})))
+    assert none.serve.engine == "transformers" and "not in the configured wheel sources" in none.reasons[0].why

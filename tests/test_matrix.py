@@ -167,8 +167,10 @@ def test_the_digest_covers_every_file(tmp_path: Path, name: str) -> None:
 
 
 def _render(tmp_path: Path, *argv: str) -> dict[str, str]:
+    """A transformers render (its Dockerfile builds on nvidia/cuda with uv; an engine's on the engine's image)."""
     out = tmp_path / "out"
-    assert main(["render", "--host", str(A10G), "--out", str(out), "--no-resolve", *argv]) == 0
+    assert main(["render", "--host", str(A10G), "--out", str(out), "--no-resolve", "--engine", "transformers",
+                 *argv]) == 0
     return {str(p.relative_to(out)): p.read_text() for p in out.rglob("*") if p.is_file()}
 
 
@@ -205,7 +207,7 @@ def test_detection_takes_the_gpu_table_from_the_matrix_root(capsys: pytest.Captu
     monkeypatch.setattr(provision.host, "detect_host", detect_host)
     assert main(["plan", "--matrix", str(root), "--json"]) == 0
     assert asked == [((8, 6), 23028 * 1024 * 1024)]
-    assert json.loads(capsys.readouterr().out)["torch"]["variant"] == "cu126"
+    assert json.loads(capsys.readouterr().out)["torch"]["variant"] == "cu128"  # vLLM 0.19.1's torch 2.10.0
 
 
 def test_the_bundled_gpu_table_is_detections_default() -> None:

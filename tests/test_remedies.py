@@ -20,7 +20,7 @@ from provision.data.catalog import load_catalog, resolve_model
 from provision.data.matrix import Matrix, load_matrix
 from provision.errors import NoViablePlan
 from provision.host.profile import GpuInfo, HostProfile, NvidiaInfo
-from provision.plan.budget import gb, ram_needed
+from provision.plan.budget import ContextGoal, gb, ram_needed
 from provision.plan.document import Preferences
 from provision.plan.memory import estimate_memory
 from provision.plan.rejections import Rejection, Rule, Search, Stage
@@ -56,6 +56,9 @@ def cpu_box(ram_gb: float = 64, *, os: str = "linux", arch: str = "x86_64") -> H
 
 
 NoPlan = Callable[..., tuple[NoViablePlan, Search]]
+#: The in-process stack's search at 4,096 tokens, explicitly (never lowered): the sizes below are worked out
+#: for it. The default context's no-plan is in tests/test_plan.py, the engines' in tests/test_engine.py.
+IN_PROCESS: dict[str, Any] = {"engine": "transformers", "context_tokens": 4096}
 
 
 @pytest.fixture
@@ -63,16 +66,17 @@ def no_plan(monkeypatch: pytest.MonkeyPatch) -> NoPlan:
     """Plan and expect no plan; return the error and the Search the planner handed to ``remedies``."""
     seen: list[Search] = []
 
-    def spy(host: HostProfile, matrix: Matrix, model: Any, prefs: Preferences, search: Search) -> tuple[str, list[str]]:
+    def spy(host: HostProfile, matrix: Matrix, model: Any, prefs: Preferences, search: Search,
+            goal: ContextGoal) -> tuple[str, list[str]]:
         seen.append(search)
-        return remedies(host, matrix, model, prefs, search)
+        return remedies(host, matrix, model, prefs, search, goal)
 
     monkeypatch.setattr(provision.plan.search, "remedies", spy)
 
     def run(host: HostProfile, *, matrix: Matrix = MATRIX, model: Any = AUTOGLM, **prefs: Any) -> tuple[
             NoViablePlan, Search]:
         with pytest.raises(NoViablePlan) as info:
-            plan(host, matrix, model, Preferences(**prefs))
+            plan(host, matrix, model, Preferences(**{**IN_PROCESS, **prefs}))
         return info.value, seen[-1]
 
     return run
@@ -86,7 +90,7 @@ def _gpu_memory_remedies(host: HostProfile, smallest: tuple[str, str] = ("nf4", 
                           image_tokens=SCREEN).total
     return ["free GPU memory used by other processes",
             f"use a GPU with at least {gb(need)} free ({smallest[0]}), or add a second GPU to split over",
-            "lower --context (now 4096)",
+            "lower --context (now 4,096)",
             f"run on CPU with --device cpu (needs {gb(ram_needed(cpu))} of RAM in bf16; this host has "
             f"{gb(host.ram_bytes)})"]
 
@@ -232,7 +236,8 @@ def test_memory_on_a_gpu(no_plan: NoPlan) -> None:
     need = estimate_memory(AUTOGLM.config, precision="nf4", context_tokens=4096, device="cuda",
                            image_tokens=SCREEN).total
     assert (nf4.precision, nf4.needed_bytes, nf4.available_bytes) == ("nf4", need, h.gpus[0].memory_free_bytes)
-    assert exc.message == f"AutoGLM-Phone-9B needs {gb(need)} in nf4; GPU 0 (NVIDIA GeForce RTX 3070) has 8.2 GB free"
+    assert exc.message == (f"AutoGLM-Phone-9B needs {gb(need)} in nf4 for 4,096 tokens; GPU 0 (NVIDIA GeForce RTX 3070) "
+                           "has 8.2 GB free")
     assert exc.remedies == tuple(_gpu_memory_remedies(h))
 
 
@@ -240,7 +245,7 @@ def test_memory_split_over_gpus_names_the_split(no_plan: NoPlan) -> None:
     exc, search = no_plan(box(("NVIDIA GeForce RTX 3050", "8.6", 3.0), ("NVIDIA GeForce RTX 3050", "8.6", 3.0)))
     split = search.of(Rule.MEMORY)[-1]
     assert split.available_bytes == 6_000_000_000 and split.needed_bytes is None
-    assert exc.message == "AutoGLM-Phone-9B in nf4 does not fit split over 2 GPUs (6.0 GB free together)"
+    assert exc.message == "AutoGLM-Phone-9B in nf4 for 4,096 tokens does not fit split over 2 GPUs (6.0 GB free together)"
 
 
 @pytest.mark.parametrize("forced", [None, "bf16"])
@@ -250,9 +255,9 @@ def test_memory_on_the_cpu(no_plan: NoPlan, forced: str | None) -> None:
     need = estimate_memory(AUTOGLM.config, precision="bf16", context_tokens=4096, device="cpu",
                           image_tokens=SCREEN).total
     assert (ram.needed_bytes, ram.available_bytes) == (need, 14_500_000_000)  # 16 GB less the 1.5 GB reserve
-    assert exc.message == f"AutoGLM-Phone-9B needs {gb(need)} of RAM in bf16; 14.5 GB of 16.0 GB RAM is usable"
+    assert exc.message == f"AutoGLM-Phone-9B needs {gb(need)} of RAM in bf16 for 4,096 tokens; 14.5 GB of 16.0 GB RAM is usable"
     assert exc.remedies == (*(["drop --precision to let the planner pick one that fits"] if forced else []),
-                            "lower --context (now 4096)", "use a machine with more RAM, or one with an NVIDIA GPU")
+                            "lower --context (now 4,096)", "use a machine with more RAM, or one with an NVIDIA GPU")
 
 
 def test_variant(no_plan: NoPlan) -> None:
@@ -304,9 +309,9 @@ def test_memory_leads_when_older_torch_builds_have_wheels_for_the_python():
     host = load_host(Path(__file__).parent / "fixtures" / "hosts" / "linux-x86_64-a10g-driver535.json")
     model = resolve_model("autoglm-phone-9b", load_catalog(MATRIX.catalog_path))
     with pytest.raises(NoViablePlan) as err:
-        plan(host, MATRIX, model, Preferences(python="3.10", context_tokens=65536))
+        plan(host, MATRIX, model, Preferences(engine="transformers", python="3.10", context_tokens=65536))
     assert err.value.message.startswith("AutoGLM-Phone-9B needs") and "GB free" in err.value.message
     assert not any("Python" in r for r in err.value.remedies)
     with pytest.raises(NoViablePlan) as err:  # a Python no torch release has wheels for still binds
-        plan(host, MATRIX, model, Preferences(python="3.7", context_tokens=65536))
+        plan(host, MATRIX, model, Preferences(engine="transformers", python="3.7", context_tokens=65536))
     assert "Python 3.7" in err.value.message

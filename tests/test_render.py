@@ -507,7 +507,9 @@ def test_render_command_returns_what_it_wrote(tmp_path):
     from provision.vocab import RENDER_SCHEMA
 
     a10g = Path(__file__).parent / "fixtures" / "hosts" / "linux-x86_64-a10g-driver535.json"
-    request = RenderRequest(plan=PlanRequest(host=a10g, precision="fp16"), out=tmp_path / "out", resolve=False,
+    # fp16 at the serving context does not fit the A10G even at 8,192 tokens; at 4,096 it does
+    request = RenderRequest(plan=PlanRequest(host=a10g, precision="fp16", context=4096), out=tmp_path / "out",
+                            resolve=False,
                             cpu_runners=("my-runner",))
     result = render_command(request, environ={})
     assert result.planned is not None and result.planned.placement.precision == "fp16"
@@ -518,7 +520,7 @@ def test_render_command_returns_what_it_wrote(tmp_path):
     assert list(doc) == ["schema", "out", "files", "changed", "hashes", "plan"] and doc["schema"] == RENDER_SCHEMA
     assert doc["plan"] == result.planned.to_dict()
     lock = json.loads(result.files[LOCK_NAME])
-    assert lock["inputs"]["flags"] == {"context": 4096, "device": "auto", "precision": "fp16"}
+    assert lock["inputs"]["flags"] == {"context": 4096, "device": "auto", "engine": "auto", "precision": "fp16"}
     assert lock["inputs"]["runner_labels"]["cpu"] == ["my-runner"]
     again = render_command(request, environ={})
     assert again.changed == () and again.files == result.files

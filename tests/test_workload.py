@@ -87,7 +87,8 @@ def test_bad_workloads_are_bad_input():
 
 
 def _plan(capsys, *args: str) -> dict:
-    assert main(["plan", "--host", str(A100), "--json", *args]) == 0
+    """The transformers path's plan: its memory budget is the one the workload sizes (an engine profiles its own)."""
+    assert main(["plan", "--host", str(A100), "--engine", "transformers", "--json", *args]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -115,13 +116,14 @@ def test_images_and_max_pixels_override_the_catalog(capsys):
 
 
 def test_the_human_plan_says_what_memory_was_budgeted_for(capsys):
-    assert main(["plan", "--host", str(A100), "--context", "25480"]) == 0
+    assert main(["plan", "--host", str(A100), "--engine", "transformers"]) == 0  # the default context: 25,480
     out = " ".join(capsys.readouterr().out.split())
     assert "for 25,480 tokens incl. one 5.0 MP screenshot (3,108 visual tokens)" in out
 
 
 @pytest.mark.parametrize(("args", "where"), [
-    (["--images", "2"], "error: --images: images: 2 screenshot(s)"),  # 6,216 visual tokens in the default 4,096
+    (["--context", "4096", "--images", "2"], "error: --images: images: 2 screenshot(s)"),  # 6,216 visual tokens
+    (["--images", "9"], "error: --images: images: 9 screenshot(s)"),  # 27,972 in the default 25,480
     (["--images", "-1"], "error: command line: options: "),
     (["--max-pixels", "100"], "error: command line: options: "),
     (["--model", "glm-4-9b-chat-hf", "--images", "1"], "error: --images: images: GLM-4-9B"),
@@ -136,5 +138,5 @@ def test_the_lock_records_the_workload_options():
     from provision.plan.usecase import PlanRequest
 
     assert PlanRequest(images=2, max_pixels=2_000_000).flags() == {
-        "context": 4096, "device": "auto", "images": 2, "max_pixels": 2_000_000}
+        "device": "auto", "engine": "auto", "images": 2, "max_pixels": 2_000_000}
     assert "images" not in PlanRequest().flags()

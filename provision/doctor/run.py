@@ -122,12 +122,17 @@ def run_doctor(*, model_id: str | None = None, lock_path: Path | None = None, fa
 
 
 def _plan_here(facts: Facts, matrix: Matrix, model: ModelSpec) -> tuple[Expected | None, Finding | None]:
-    """What the planner would install here; when it cannot plan, that becomes a warning, not an error."""
+    """What the planner would install here; when it cannot plan, that becomes a warning, not an error.
+
+    Without a lock the checks judge the in-process stack (torch, transformers, accelerate,
+    bitsandbytes) that ``provision smoke`` loads, so the plan is ``--engine transformers``'s; an engine
+    environment is judged against its lock, which names the engine's own pins.
+    """
     from provision.plan.document import Preferences
     from provision.plan.search import plan
 
     try:
-        planned = plan(facts.host, matrix, model, Preferences(python=facts.python_minor))
+        planned = plan(facts.host, matrix, model, Preferences(python=facts.python_minor, engine="transformers"))
     except NoViablePlan as exc:
         return None, Finding(check="plan", status="warn", message=f"no viable plan for this host: {exc.message}",
                              evidence={"remedies": list(exc.remedies)})

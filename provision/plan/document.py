@@ -19,7 +19,15 @@ from packaging.version import Version
 from provision.common.fields import Fields
 from provision.common.quoting import check_index_url, check_model_id, check_package_name, check_repo_id, check_version
 from provision.plan.serve import Serve, transformers_serve
-from provision.vocab import DEFAULT_CONTEXT, DEVICES, PLAN_PRECISIONS, PLAN_SCHEMA, PYTHON_MINOR_RE, is_buildable_variant
+from provision.vocab import (
+    DEFAULT_CONTEXT,
+    DEFAULT_ENGINE,
+    DEVICES,
+    PLAN_PRECISIONS,
+    PLAN_SCHEMA,
+    PYTHON_MINOR_RE,
+    is_buildable_variant,
+)
 
 __all__ = ["Placement", "Plan", "Preferences", "Reason", "variant_cuda"]
 
@@ -34,7 +42,9 @@ class Preferences:
     """What the user asked for. ``None`` means "choose for me"."""
 
     python: str | None = None
-    context_tokens: int = DEFAULT_CONTEXT
+    #: ``--context``, planned exactly (a no-plan where it does not fit); None: the model's serving context
+    #: from the catalog, lowered to what fits down to ``MIN_SERVING_CONTEXT`` (see ``budget.ContextGoal``)
+    context_tokens: int | None = None
     precision: str | None = None
     device: str = "auto"
     torch_version: Version | None = None
@@ -46,9 +56,7 @@ class Preferences:
     #: the same for torchvision (a vision model's processor needs the build that matches torch's).
     torchvision_available: frozenset[tuple[Version, str]] | None = None
     #: ``auto`` serves with the best engine the host runs (vLLM, then SGLang), else ``transformers serve``.
-    engine: str = "transformers"
-    #: the context an engine serves (--max-model-len); None: the model's serving context from the catalog
-    serving_context: int | None = None
+    engine: str = DEFAULT_ENGINE
     #: screenshots per request and their pixel cap for the memory budget; None: the catalog's (``ModelSpec.serve``)
     images: int | None = None
     max_pixels: int | None = None
@@ -228,7 +236,7 @@ def _read_serve(f: Fields, model_id: str, repo: str | None, packages: dict[str, 
     """``serve``; absent (a document from before plans carried it), the ``transformers serve`` it describes.
 
     That server is named after the model id (the catalog's served names are its ids) and budgeted for
-    the default context, which such a document does not record.
+    ``DEFAULT_CONTEXT``, the default when such documents were written (they do not record it).
     """
     if f.has("serve"):
         return Serve.from_dict(f.obj("serve"))

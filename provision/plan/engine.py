@@ -24,23 +24,20 @@ from provision.plan.budget import gb
 from provision.plan.compat import driver_runs, has_kernels
 from provision.plan.engine_memory import FREE_MARGIN_BYTES, EngineBudget, Workload, engine_budget, load_peak_bytes
 from provision.plan.rejections import Rejection, Rule
-from provision.vocab import parse_arch
+from provision.vocab import MIN_SERVING_CONTEXT, parse_arch
 
 if TYPE_CHECKING:
+    from provision.data.architecture import Architecture
     from provision.data.catalog import ModelSpec
     from provision.data.engines import Engine, EngineRelease, QuantRule
     from provision.data.matrix import Matrix, TorchRelease, TorchVariant
     from provision.host.profile import GpuInfo, HostProfile
 
-__all__ = ["ENGINE_LABELS", "MIN_SERVING_CONTEXT", "EngineChoice", "EngineSearch", "choose_engine"]
+__all__ = ["ENGINE_LABELS", "MIN_SERVING_CONTEXT", "EngineChoice", "EngineSearch", "TorchLimits", "choose_engine"]
 
 #: How the engines' names are written in sentences.
 ENGINE_LABELS = {"vllm": "vLLM", "sglang": "SGLang", "transformers": "transformers serve"}
 
-#: Below this a phone agent cannot work: one screenshot at the pixel cap (about 3,200 visual
-#: tokens), the system prompt and a short history (about 1,500) and the 3,000 tokens Open-AutoGLM
-#: allows an answer. A host that holds only less is refused, not served a context that fails.
-MIN_SERVING_CONTEXT = 8192
 _TP_SIZES = (2, 4, 8)
 #: Precision classes in the order they are tried: 16-bit resolves to bf16 or fp16 per GPU.
 _CLASSES = ("16-bit", "fp8", "nf4")
@@ -69,6 +66,29 @@ class EngineChoice:
     @property
     def tensor_parallel_size(self) -> int:
         return len(self.gpus)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TorchLimits:
+    """The torch the user allowed: ``--torch``, ``--variant``, the builds in the wheel sources (None: any).
+
+    An engine pins torch exactly and installs PyPI's build of it, so a limit it does not meet passes
+    the release over rather than being ignored.
+    """
+
+    version: Version | None = None
+    variant: str | None = None
+    available: frozenset[tuple[Version, str]] | None = None
+
+    def refuse(self, torch: Version, variant: str) -> str | None:
+        """Why torch ``torch`` (PyPI's ``variant`` build) is outside the limits; None when inside."""
+        if self.version is not None and torch != self.version:
+            return f"it pins torch {torch}, and --torch asks for {self.version}"
+        if self.variant is not None and variant != self.variant:
+            return f"it installs torch {torch} as PyPI's {variant} build, and --variant asks for {self.variant}"
+        if self.available is not None and not {(torch, ""), (torch, variant)} & self.available:
+            return f"it pins torch {torch}, which is not in the configured wheel sources"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,12 +258,12 @@ def _groups(host: HostProfile, heads: int) -> Iterator[tuple[GpuInfo, ...]]:
             yield tuple(by_free[:size])
 
 
-def _budgets(model: ModelSpec, release: EngineRelease, precision: str, gpus: Sequence[GpuInfo],
+def _budgets(model: ModelSpec, arch: Architecture, release: EngineRelease, precision: str, gpus: Sequence[GpuInfo],
              workload: Workload) -> list[EngineBudget]:
     """Each placed GPU's budget, in ``gpus`` order."""
     return [engine_budget(model, precision=precision, tp=len(gpus), total_bytes=g.memory_total_bytes,
                           free_bytes=g.memory_free_bytes, default_share=release.gpu_memory_utilization,
-                          workload=workload) for g in gpus]
+                          workload=workload, arch=arch) for g in gpus]
 
 
 def _load_peak(model: ModelSpec, rule: QuantRule | None, tp: int) -> int:
@@ -259,24 +279,28 @@ def _fit(budgets: Sequence[EngineBudget], workload: Workload, *, floor: int) -> 
 
 
 def choose_engine(host: HostProfile, matrix: Matrix, model: ModelSpec, engines: Sequence[Engine], *,
-                  python: str, workload: Workload, search: EngineSearch,
-                  forced_precision: str | None = None) -> EngineChoice | None:
+                  python: str, workload: Workload, search: EngineSearch, forced_precision: str | None = None,
+                  limits: TorchLimits | None = None, floor: int | None = None) -> EngineChoice | None:
     """The first engine release whose every rule holds, trying ``engines`` in order; None with ``search`` filled.
 
     Two passes: the first keeps the serving context; only when nothing holds it does the second
-    accept a shorter one, down to ``MIN_SERVING_CONTEXT``.
+    accept a shorter one, down to ``floor`` (default ``MIN_SERVING_CONTEXT``; an explicit
+    ``--context`` passes its own, and is then never lowered). ``limits``: the torch the user allowed.
     """
-    for floor in (workload.max_model_len, min(MIN_SERVING_CONTEXT, workload.max_model_len)):
+    least = min(MIN_SERVING_CONTEXT, workload.max_model_len) if floor is None else floor
+    arch = architecture_of(model)  # parsed once: every placement of every release reads it
+    for this_pass in dict.fromkeys((workload.max_model_len, least)):
         for engine in engines:
-            choice = _choose_release(host, matrix, model, engine, python, workload, search, forced_precision,
-                                     floor=floor)
+            choice = _choose_release(host, matrix, model, arch, engine, python, workload, search, forced_precision,
+                                     limits or TorchLimits(), floor=this_pass)
             if choice is not None:
                 return choice
     return None
 
 
-def _choose_release(host: HostProfile, matrix: Matrix, model: ModelSpec, engine: Engine, python: str,
-                    workload: Workload, search: EngineSearch, forced: str | None, *, floor: int) -> EngineChoice | None:
+def _choose_release(host: HostProfile, matrix: Matrix, model: ModelSpec, arch: Architecture, engine: Engine,
+                    python: str, workload: Workload, search: EngineSearch, forced: str | None, limits: TorchLimits, *,
+                    floor: int) -> EngineChoice | None:
     if host.platform not in engine.platforms or not host.gpus:
         for release in engine.releases:
             search.reject(engine.name, release, "runs on Linux with an NVIDIA GPU" if host.gpus else
@@ -287,18 +311,22 @@ def _choose_release(host: HostProfile, matrix: Matrix, model: ModelSpec, engine:
         if isinstance(rules, Rejection):
             search.reject(engine.name, release, rules)
             continue
-        choice = _place(host, matrix, model, engine, release, rules, workload, search, forced, floor=floor)
+        refused = limits.refuse(release.torch, rules[1].name)
+        if refused is not None:
+            search.reject(engine.name, release, refused)
+            continue
+        choice = _place(host, matrix, model, arch, engine, release, rules, workload, search, forced, floor=floor)
         if choice is not None:
             return choice
     return None
 
 
-def _place(host: HostProfile, matrix: Matrix, model: ModelSpec, engine: Engine, release: EngineRelease,
-           rules: tuple[TorchRelease, TorchVariant, Version], workload: Workload, search: EngineSearch,
-           forced: str | None, *, floor: int) -> EngineChoice | None:
+def _place(host: HostProfile, matrix: Matrix, model: ModelSpec, arch: Architecture, engine: Engine,
+           release: EngineRelease, rules: tuple[TorchRelease, TorchVariant, Version], workload: Workload,
+           search: EngineSearch, forced: str | None, *, floor: int) -> EngineChoice | None:
     """Precision class by class, placement by placement: the first that runs and fits."""
     torch, variant, transformers = rules
-    heads = architecture_of(model).heads
+    heads = arch.heads
     need: tuple[int, str] | None = None
     for klass in _CLASSES:
         for gpus in _groups(host, heads):
@@ -309,7 +337,7 @@ def _place(host: HostProfile, matrix: Matrix, model: ModelSpec, engine: Engine, 
             if isinstance(gpu_ok, _Refused):
                 search.reject(engine.name, release, gpu_ok.why, gpu_ok.stage)
                 continue
-            budgets = _budgets(model, release, resolved[0], gpus, workload)
+            budgets = _budgets(model, arch, release, resolved[0], gpus, workload)
             fit = _fit(budgets, workload, floor=floor)
             peak = _load_peak(model, resolved[1], len(gpus))
             if fit is None or peak > gpus[-1].memory_free_bytes - FREE_MARGIN_BYTES:

@@ -170,13 +170,15 @@ def _encoder_activations(a: Architecture, workload: Workload, tokens: int) -> in
 
 
 def engine_budget(model: ModelSpec, *, precision: str, tp: int, total_bytes: int, free_bytes: int,
-                  default_share: float | None, workload: Workload, eager: bool = False) -> EngineBudget:
+                  default_share: float | None, workload: Workload, eager: bool = False,
+                  arch: Architecture | None = None) -> EngineBudget:
     """One GPU's budget at the largest share its free memory allows (at most the engine's default).
 
     ``default_share`` None means the engine computes its share at start (SGLang): then the
     budget takes all free memory but the margin, and the renderer passes the share explicitly.
+    ``arch``: the model's architecture when the caller has parsed it already (a search asks often).
     """
-    a = architecture_of(model)
+    a = architecture_of(model) if arch is None else arch
     ceiling = (free_bytes - FREE_MARGIN_BYTES) / total_bytes
     share = math.floor(min(ceiling, default_share if default_share is not None else ceiling) * 1000) / 1000
     budget = EngineBudget(

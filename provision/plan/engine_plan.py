@@ -17,7 +17,7 @@ from packaging.version import Version
 
 from provision.plan.budget import gb
 from provision.plan.document import Placement, Plan, Reason
-from provision.plan.engine import ENGINE_LABELS, EngineSearch, choose_engine
+from provision.plan.engine import ENGINE_LABELS, EngineSearch, TorchLimits, choose_engine
 from provision.plan.engine_memory import Workload
 from provision.plan.rejections import Rule
 from provision.plan.serve import SERVE_PORT, Serve
@@ -143,8 +143,12 @@ def _precision_why(choice: EngineChoice) -> str:
 
 
 def engine_plan(host: HostProfile, matrix: Matrix, model: ModelSpec, choice: EngineChoice, search: EngineSearch,
-                *, python: str, better: Sequence[Engine] = ()) -> Plan:
-    """The plan that serves ``model`` with ``choice``; ``better`` are the engines tried before it."""
+                *, python: str, better: Sequence[Engine] = (), target: int | None = None) -> Plan:
+    """The plan that serves ``model`` with ``choice``; ``better`` are the engines tried before it.
+
+    ``target``: the context the search set out to serve (default: the model's serving context); a
+    choice below it carries a warning with the context it serves and why.
+    """
     assert model.serve is not None
     b, release = choice.budget, choice.release
     tp = choice.tensor_parallel_size
@@ -157,9 +161,12 @@ def engine_plan(host: HostProfile, matrix: Matrix, model: ModelSpec, choice: Eng
     if not choice.native:
         warnings.append(f"{ENGINE_LABELS.get(choice.engine.name)} {release.version} relies on CUDA minor-version "
                         f"compatibility: {choice.driver_why}")
-    if choice.max_model_len < model.serve.context:
-        warnings.append(f"the context is lowered to {choice.max_model_len:,} tokens (of {model.serve.context:,}): "
-                        "that is what the KV cache holds next to the weights")
+    target = model.serve.context if target is None else target
+    if choice.max_model_len < target:
+        warnings.append(f"context lowered to {choice.max_model_len:,} tokens: {target:,} needs "
+                        f"{gb(b.required(target))} per GPU in {choice.precision}, {gb(b.share * b.total_bytes)} "
+                        f"({b.share:g} of {gb(b.total_bytes)}) is what {ENGINE_LABELS.get(choice.engine.name)} may "
+                        "take, and nothing the search tried holds it whole")
     serve = Serve(engine=choice.engine.name, engine_version=str(release.version), port=SERVE_PORT,
                   served_model_name=model.serve.served_model_name, max_model_len=choice.max_model_len,
                   gpu_memory_utilization=_share(choice), tensor_parallel_size=tp,
@@ -185,12 +192,13 @@ ENGINE_FALLBACK = "--engine auto serves with transformers where no engine runs; 
 
 
 def _glibc_remedy(host: HostProfile, matrix: Matrix, model: ModelSpec, engines: Sequence[Engine], *, python: str,
-                  workload: Workload, precision: str | None, search: EngineSearch) -> str | None:
+                  workload: Workload, precision: str | None, search: EngineSearch, limits: TorchLimits,
+                  floor: int | None) -> str | None:
     """The glibc that gets an engine onto this host, when glibc is what stops it: the search rerun without the check."""
     if host.glibc is None or not search.of(Rule.GLIBC):
         return None
     relaxed = choose_engine(replace(host, glibc=None), matrix, model, engines, python=python, workload=workload,
-                            search=EngineSearch(), forced_precision=precision)
+                            search=EngineSearch(), forced_precision=precision, limits=limits, floor=floor)
     if relaxed is None:
         return None  # something else binds too: a newer glibc alone gives no plan
     label = ENGINE_LABELS.get(relaxed.engine.name, relaxed.engine.name)
@@ -200,8 +208,12 @@ def _glibc_remedy(host: HostProfile, matrix: Matrix, model: ModelSpec, engines: 
 
 
 def serve_with_engine(host: HostProfile, matrix: Matrix, model: ModelSpec, *, engine: str, python: str,
-                      context: int | None, precision: str | None) -> Plan | NoEngine:
-    """The engine plan ``engine`` (``auto``, ``vllm``, ``sglang``) asks for, or why each engine was passed over."""
+                      context: int | None, precision: str | None, limits: TorchLimits | None = None) -> Plan | NoEngine:
+    """The engine plan ``engine`` (``auto``, ``vllm``, ``sglang``) asks for, or why each engine was passed over.
+
+    ``context``: ``--context``, served exactly or not at all; None serves the model's serving
+    context, lowered to what fits (down to ``MIN_SERVING_CONTEXT``) when nothing holds it whole.
+    """
     engines = [e for e in matrix.engines.engines if engine in ("auto", e.name)]
     if model.serve is None:
         return NoEngine(tuple(f"{ENGINE_LABELS.get(e.name, e.name)} passed over: {model.name} has no serving facts in "
@@ -209,12 +221,13 @@ def serve_with_engine(host: HostProfile, matrix: Matrix, model: ModelSpec, *, en
     workload = Workload(max_model_len=context or model.serve.context, images_per_prompt=model.serve.images_per_prompt,
                         max_pixels=model.serve.max_pixels)
     search = EngineSearch()
+    limits = limits or TorchLimits()
     choice = choose_engine(host, matrix, model, engines, python=python, workload=workload, search=search,
-                           forced_precision=precision)
+                           forced_precision=precision, limits=limits, floor=context)
     if choice is None:
         glibc = _glibc_remedy(host, matrix, model, engines, python=python, workload=workload, precision=precision,
-                              search=search)
+                              search=search, limits=limits, floor=context)
         return NoEngine(tuple(t for t in (search.explain(e) for e in engines) if t),
                         (*([glibc] if glibc else []), ENGINE_FALLBACK))
     return engine_plan(host, matrix, model, choice, search, python=python,
-                       better=engines[:engines.index(choice.engine)])
+                       better=engines[:engines.index(choice.engine)], target=workload.max_model_len)

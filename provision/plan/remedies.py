@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from provision.plan.budget import gb, ram_needed
+from provision.plan.budget import ContextGoal, gb, ram_needed
 from provision.plan.compat import cc_text
 from provision.plan.memory import estimate_memory
 from provision.plan.rejections import Rejection, Rule, Search
@@ -36,8 +36,11 @@ _DRIVER_FAMILIES = 2
 
 
 def remedies(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences,
-             search: Search) -> tuple[str, list[str]]:
-    """Turn the rejections into one message and concrete changes, most actionable first."""
+             search: Search, goal: ContextGoal) -> tuple[str, list[str]]:
+    """Turn the rejections into one message and concrete changes, most actionable first.
+
+    ``goal``: the context of the search that failed (the least it tried is ``goal.floor``).
+    """
     binding = search.binding
     texts = [binding.text] if binding is not None else []
     changes = _binding_changes(binding, host, matrix, model, prefs) if binding is not None else []
@@ -52,7 +55,7 @@ def remedies(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefere
         if rule is Rule.PYTHON and not python_binds:
             continue
         texts.append((found[-1] if rule is Rule.MEMORY else found[0]).text)
-        changes += _search_changes(rule, found, host, model, prefs, search)
+        changes += _search_changes(rule, found, host, model, prefs, search, goal)
     message = texts[0] if texts else f"no torch build in the matrix fits this host for {model.name}"
     return message, changes or ["check the host profile against matrices/torch.toml"]
 
@@ -101,7 +104,7 @@ def _current_cc_floor(host: HostProfile, matrix: Matrix) -> tuple[tuple[int, int
 
 
 def _search_changes(rule: Rule, found: list[Rejection], host: HostProfile, model: ModelSpec, prefs: Preferences,
-                    search: Search) -> list[str]:
+                    search: Search, goal: ContextGoal) -> list[str]:
     """The change for a rule the search applied before any build was tried."""
     if rule is Rule.PYTHON:
         known = sorted({p for r in found for p in r.pythons}, key=lambda v: tuple(int(x) for x in v.split(".")))
@@ -115,26 +118,28 @@ def _search_changes(rule: Rule, found: list[Rejection], host: HostProfile, model
     if rule is Rule.PRECISION:
         return ["choose another --precision, or leave it out"]
     if rule is Rule.MEMORY:
-        return _memory_changes(host, model, prefs, search)
+        return _memory_changes(host, model, prefs, search, goal)
     if rule is Rule.VARIANT:
         return ["choose a variant this torch release ships for the platform, or leave --variant out"]
     return []
 
 
-def _memory_changes(host: HostProfile, model: ModelSpec, prefs: Preferences, search: Search) -> list[str]:
+def _memory_changes(host: HostProfile, model: ModelSpec, prefs: Preferences, search: Search,
+                    goal: ContextGoal) -> list[str]:
     """Room for the model: less context, a bigger or second GPU, or the CPU with the RAM it would need."""
     changes = ["drop --precision to let the planner pick one that fits"] if prefs.precision else []
+    lower = (f"pass a --context below {goal.floor:,} (the least a default plan lowers the context to)"
+             if goal.can_lower else f"lower --context (now {goal.floor:,})")
     if not host.gpus:
-        return [*changes, f"lower --context (now {prefs.context_tokens})",
-                "use a machine with more RAM, or one with an NVIDIA GPU"]
+        return [*changes, lower, "use a machine with more RAM, or one with an NVIDIA GPU"]
     changes.append("free GPU memory used by other processes")
     if search.min_gpu_need is not None:
         need, precision = search.min_gpu_need
         changes.append(f"use a GPU with at least {gb(need)} free ({precision}), or add a second GPU to split over")
-    changes.append(f"lower --context (now {prefs.context_tokens})")
-    images = workload_for(model, context_tokens=prefs.context_tokens, images=prefs.images,
+    changes.append(lower)
+    images = workload_for(model, context_tokens=goal.floor, images=prefs.images,
                           max_pixels=prefs.max_pixels).image_tokens
-    cpu = estimate_memory(model.config, precision="bf16", context_tokens=prefs.context_tokens, device="cpu",
+    cpu = estimate_memory(model.config, precision="bf16", context_tokens=goal.floor, device="cpu",
                           image_tokens=images)
     changes.append(f"run on CPU with --device cpu (needs {gb(ram_needed(cpu.total))} of RAM "
                    f"in bf16; this host has {gb(host.ram_bytes)})")

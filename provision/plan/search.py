@@ -9,14 +9,14 @@ GPU it uses. Every choice carries a human reason; when nothing fits,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from packaging.version import Version
 
 from provision.errors import InvalidInput, NoViablePlan
-from provision.plan.budget import gb, usable_ram
+from provision.plan.budget import ContextGoal, gb, usable_ram
 from provision.plan.compat import BF16_MIN_CC, cc_text, driver_floor, driver_runs, has_kernels, supports_bf16
 from provision.plan.document import Placement, Plan, Preferences, Reason
 from provision.plan.rejections import Rejection, Rule, Search
@@ -26,9 +26,11 @@ from provision.plan.workload import PHONE_SCREEN, Workload, workload_for
 from provision.vocab import DEVICE_CHOICES, ENGINE_CHOICES, PRECISIONS, PYPI_INDEX, QUANTIZED, parse_arch
 
 if TYPE_CHECKING:
+    from provision.data.architecture import Architecture
     from provision.data.catalog import ModelSpec
     from provision.data.matrix import BnbRelease, Matrix, TorchRelease, TorchVariant
     from provision.host.profile import GpuInfo, HostProfile
+    from provision.plan.memory import MemoryEstimate
 
 __all__ = ["plan", "sibling_variants"]
 
@@ -40,7 +42,13 @@ _SERVING = ("fastapi", "openai", "pydantic", "starlette", "uvicorn")
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    """One planning request: what every step of the search reads, and where it records rejections."""
+    """One planning request: what every step of the search reads, and where it records rejections.
+
+    ``goal`` is the context this pass plans for; ``workload`` the request's screenshots (its
+    ``image_tokens`` are the same at every context the goal allows: its floor leaves room for them);
+    ``estimates`` remembers the memory estimates by (precision, tokens, device), which a lowered
+    context asks for several times.
+    """
 
     host: HostProfile
     matrix: Matrix
@@ -49,6 +57,18 @@ class _Job:
     python: str
     search: Search
     workload: Workload
+    goal: ContextGoal
+    arch: Architecture
+    estimates: dict[tuple[str, int, str], MemoryEstimate] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Option:
+    """A placement, the context it budgets for, and why that is below the goal's target (None: it is not)."""
+
+    placement: Placement
+    context: int
+    lowered: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,40 +191,71 @@ def _precision_order(gpus: Sequence[GpuInfo], forced: str | None) -> list[str]:
     return [*order, "int8", "nf4"]
 
 
-def _single_gpu_placements(job: _Job, precision: str, by_free: Sequence[GpuInfo]) -> list[Placement]:
-    """The model on each GPU it fits on alone, roomiest first (``by_free`` order)."""
+def _estimate(job: _Job, precision: str, tokens: int, device: str = "cuda") -> MemoryEstimate:
+    """The model on one device at ``tokens``, estimated once per job."""
     from provision.plan.memory import estimate_memory
 
-    est = estimate_memory(job.model.config, precision=precision, context_tokens=job.prefs.context_tokens, device="cuda",
-                          image_tokens=job.workload.image_tokens)
-    job.search.need(est.total, precision)
-    out = [Placement(device="cuda", gpus=(gpu.index,), precision=precision, required_bytes=est.total,
-                     available_bytes=gpu.memory_free_bytes, breakdown=est.breakdown,
-                     why=f"{gb(est.total)} fits in {gb(gpu.memory_free_bytes)} free on GPU {gpu.index} ({gpu.name})")
-           for gpu in by_free if est.total <= gpu.memory_free_bytes]
+    key = (precision, tokens, device)
+    found = job.estimates.get(key)
+    if found is None:
+        found = job.estimates[key] = estimate_memory(job.arch, precision=precision, context_tokens=tokens, device=device,
+                                                     image_tokens=job.workload.image_tokens)
+    return found
+
+
+def _fits_in(job: _Job, precision: str, available: int, device: str = "cuda") -> Callable[[int], bool]:
+    return lambda tokens: _estimate(job, precision, tokens, device).total <= available
+
+
+def _single_gpu_placements(job: _Job, precision: str, by_free: Sequence[GpuInfo]) -> list[_Option]:
+    """The model on each GPU it fits on alone, roomiest first (``by_free`` order), at the most context it holds."""
+    goal = job.goal
+    least = _estimate(job, precision, goal.floor)
+    job.search.need(least.total, precision)
+    out = []
+    for gpu in by_free:
+        free = gpu.memory_free_bytes
+        context = goal.best(_fits_in(job, precision, free))
+        if context is None:
+            continue
+        est = _estimate(job, precision, context)
+        lowered = None if context == goal.target else (
+            f"{goal.target:,} needs {gb(_estimate(job, precision, goal.target).total)} in {precision}, GPU {gpu.index} "
+            f"({gpu.name}) has {gb(free)} free")
+        out.append(_Option(Placement(
+            device="cuda", gpus=(gpu.index,), precision=precision, required_bytes=est.total, available_bytes=free,
+            breakdown=est.breakdown, why=f"{gb(est.total)} fits in {gb(free)} free on GPU {gpu.index} ({gpu.name})"),
+            context, lowered))
     if not out:
         best = by_free[0]
         job.search.reject(Rejection(
-            rule=Rule.MEMORY, precision=precision, needed_bytes=est.total, available_bytes=best.memory_free_bytes,
-            gpu=best.name, text=f"{job.model.name} needs {gb(est.total)} in {precision}; GPU {best.index} "
-                                f"({best.name}) has {gb(best.memory_free_bytes)} free"))
+            rule=Rule.MEMORY, precision=precision, needed_bytes=least.total, available_bytes=best.memory_free_bytes,
+            gpu=best.name, text=f"{job.model.name} needs {gb(least.total)} in {precision} for {goal.floor:,} tokens; "
+                                f"GPU {best.index} ({best.name}) has {gb(best.memory_free_bytes)} free"))
     return out
 
 
-def _split_placement(job: _Job, precision: str, by_free: Sequence[GpuInfo]) -> Placement | None:
+def _split_placement(job: _Job, precision: str, by_free: Sequence[GpuInfo]) -> _Option | None:
     """The model split layer by layer over several GPUs, when it fits that way and needs more than one."""
-    from provision.plan.memory import split_across_gpus
+    from provision.plan.memory import GpuSplit, split_across_gpus
 
     free = {g.index: g.memory_free_bytes for g in by_free}
-    split = split_across_gpus(job.model.config, precision=precision, context_tokens=job.prefs.context_tokens,
-                              free_bytes=free, image_tokens=job.workload.image_tokens)
-    if not split.fits:
-        total_free = sum(free.values())
+    splits: dict[int, GpuSplit] = {}
+
+    def fits(tokens: int) -> bool:
+        splits[tokens] = split_across_gpus(job.arch, precision=precision, context_tokens=tokens, free_bytes=free,
+                                           image_tokens=job.workload.image_tokens)
+        return splits[tokens].fits
+
+    goal, total_free = job.goal, sum(free.values())
+    context = goal.best(fits)
+    if context is None:
         job.search.reject(Rejection(
             rule=Rule.MEMORY, precision=precision, available_bytes=total_free,
-            text=f"{job.model.name} in {precision} does not fit split over {len(by_free)} GPUs "
-                 f"({gb(total_free)} free together)"))
+            text=f"{job.model.name} in {precision} for {goal.floor:,} tokens does not fit split over {len(by_free)} "
+                 f"GPUs ({gb(total_free)} free together)"))
         return None
+    split = splits[context]
     if len(split.gpus) < 2:
         return None
     used = tuple(sorted(split.gpus))
@@ -213,15 +264,17 @@ def _split_placement(job: _Job, precision: str, by_free: Sequence[GpuInfo]) -> P
         for key, value in share.estimate.breakdown.items():
             breakdown[key] = breakdown.get(key, 0) + value
     per_gpu = ", ".join(f"GPU {s.index} {gb(s.estimate.total)} of {gb(s.free_bytes)}" for s in split.shares)
-    return Placement(
+    lowered = None if context == goal.target else (
+        f"{goal.target:,} does not fit in {precision} split over {len(by_free)} GPUs ({gb(total_free)} free together)")
+    return _Option(Placement(
         device="cuda", gpus=used, precision=precision, required_bytes=split.required_bytes,
         available_bytes=sum(free[i] for i in used), breakdown=breakdown,
         max_memory={str(k): v for k, v in sorted(split.max_memory.items())}, device_map=dict(split.device_map),
         why=f"{gb(split.required_bytes)} split layer by layer over {len(used)} GPUs ({per_gpu})",
-    )
+    ), context, lowered)
 
 
-def _cuda_placements(job: _Job, precision: str, gpus: Sequence[GpuInfo]) -> list[Placement]:
+def _cuda_placements(job: _Job, precision: str, gpus: Sequence[GpuInfo]) -> list[_Option]:
     """Ways to place the model in ``precision``: each GPU it fits on alone, roomiest first, then a split.
 
     Every single-GPU option is kept because a later check (kernels, bitsandbytes) can rule out one
@@ -286,8 +339,9 @@ def _bnb_for(job: _Job, build: _Build, gpus: Sequence[GpuInfo], precision: str) 
     return gpu_limit or (other[0] if other else rejection(f"no bitsandbytes release in the matrix for {platform}"))
 
 
-def _plan_on(job: _Job, placement: Placement, usable: Sequence[GpuInfo], builds: Sequence[_Build]) -> Plan | None:
-    """The first build that runs ``placement``: the driver runs it, it has kernels, bitsandbytes and companions exist."""
+def _plan_on(job: _Job, option: _Option, usable: Sequence[GpuInfo], builds: Sequence[_Build]) -> Plan | None:
+    """The first build that runs ``option``: the driver runs it, it has kernels, bitsandbytes and companions exist."""
+    placement = option.placement
     placed = [g for g in usable if g.index in placement.gpus]
     for build in builds:
         release, variant = build.release, build.variant
@@ -310,7 +364,7 @@ def _plan_on(job: _Job, placement: Placement, usable: Sequence[GpuInfo], builds:
                 job.search.passed_over(release.version, f"{variant.name}: {found.text}")
                 continue
             bnb = found
-        plan = _assemble(job, build, placement, kernel_notes=kernel_notes, bnb=bnb)
+        plan = _assemble(job, build, option, kernel_notes=kernel_notes, bnb=bnb)
         if plan is not None:
             return plan
     return None
@@ -344,17 +398,15 @@ def _plan_cuda(job: _Job) -> Plan | None:
                 cc_floor=BF16_MIN_CC,
                 text=f"bf16 needs compute capability >= {cc_text(BF16_MIN_CC)}; {low.name} is {low.cc_text}"))
             continue
-        for placement in _cuda_placements(job, precision, gpus):
-            plan = _plan_on(job, placement, usable, builds)
+        for option in _cuda_placements(job, precision, gpus):
+            plan = _plan_on(job, option, usable, builds)
             if plan is not None:
                 return plan
     return None
 
 
 def _plan_cpu(job: _Job, device: str) -> Plan | None:
-    from provision.plan.memory import estimate_memory
-
-    host, model = job.host, job.model
+    host, model, goal = job.host, job.model, job.goal
     precision = job.prefs.precision or "bf16"
     available = usable_ram(host.ram_bytes)
     if precision in QUANTIZED:
@@ -362,22 +414,26 @@ def _plan_cpu(job: _Job, device: str) -> Plan | None:
             rule=Rule.PRECISION, precision=precision,
             text=f"{precision} needs bitsandbytes on an NVIDIA GPU; this plan runs on {device}"))
         return None
-    est = estimate_memory(model.config, precision=precision, context_tokens=job.prefs.context_tokens, device="cpu",
-                          image_tokens=job.workload.image_tokens)
-    if est.total > available:
+    context = goal.best(_fits_in(job, precision, available, "cpu"))
+    if context is None:
+        least = _estimate(job, precision, goal.floor, "cpu")
         job.search.reject(Rejection(
-            rule=Rule.MEMORY, precision=precision, needed_bytes=est.total, available_bytes=available,
-            text=f"{model.name} needs {gb(est.total)} of RAM in {precision}; "
+            rule=Rule.MEMORY, precision=precision, needed_bytes=least.total, available_bytes=available,
+            text=f"{model.name} needs {gb(least.total)} of RAM in {precision} for {goal.floor:,} tokens; "
                  f"{gb(available)} of {gb(host.ram_bytes)} RAM is usable"))
         return None
+    est = _estimate(job, precision, context, "cpu")
     where = "unified memory (MPS)" if device == "mps" else "RAM"
-    placement = Placement(
+    lowered = None if context == goal.target else (
+        f"{goal.target:,} needs {gb(_estimate(job, precision, goal.target, 'cpu').total)} in {precision}, "
+        f"{gb(available)} of {where} usable")
+    option = _Option(Placement(
         device=device, gpus=(), precision=precision, required_bytes=est.total, available_bytes=available,
         breakdown=est.breakdown,
         why=f"{gb(est.total)} fits in {gb(available)} usable {where}",
-    )
+    ), context, lowered)
     for release, variant in _torch_candidates(job, cuda=False):
-        plan = _assemble(job, _Build(release=release, variant=variant), placement, kernel_notes=[], bnb=None)
+        plan = _assemble(job, _Build(release=release, variant=variant), option, kernel_notes=[], bnb=None)
         if plan is not None:
             return plan
     return None
@@ -452,10 +508,11 @@ def _precision_why(placement: Placement, prefs: Preferences, host: HostProfile) 
     return f"16-bit does not fit the free memory; {p} {placement.why}"
 
 
-def _reasons(job: _Job, build: _Build, placement: Placement, transformers: Version, bnb: BnbRelease | None, *,
+def _reasons(job: _Job, build: _Build, option: _Option, transformers: Version, bnb: BnbRelease | None, *,
              kernel_notes: Sequence[str], index_url: str, from_pypi: bool) -> list[Reason]:
     """One reason per decision, in the order a person asks: Python, torch, variant, precision, device, pins."""
-    host, model, release, variant = job.host, job.model, build.release, build.variant
+    host, model, release, variant, placement = job.host, job.model, build.release, build.variant, option.placement
+    workload = replace(job.workload, context_tokens=option.context)
     python_why = ("requested with --python" if job.prefs.python else f"the host's Python is {host.python}")
     if variant.cuda is None:
         variant_why = f"CPU build for {host.platform}" + (" (MPS included)" if placement.device == "mps" else "")
@@ -474,7 +531,7 @@ def _reasons(job: _Job, build: _Build, placement: Placement, transformers: Versi
         Reason(decision="variant", choice=variant.name, why=variant_why),
         Reason(decision="precision", choice=placement.precision, why=_precision_why(placement, job.prefs, host)),
         Reason(decision="device", choice=placement.device, why=placement.why),
-        Reason(decision="workload", choice=job.workload.describe(), why=_workload_why(job)),
+        Reason(decision="workload", choice=workload.describe(), why=_workload_why(job, workload)),
         Reason(decision="transformers", choice=str(transformers),
                why=f"{model.name} needs transformers >= {model.min_transformers}; newest pinned release "
                    f"supporting torch {release.version}"),
@@ -486,9 +543,9 @@ def _reasons(job: _Job, build: _Build, placement: Placement, transformers: Versi
     return reasons
 
 
-def _workload_why(job: _Job) -> str:
+def _workload_why(job: _Job, workload: Workload) -> str:
     """Where the budgeted request comes from: the catalog's serving facts, or the options."""
-    wl, prefs = job.workload, job.prefs
+    wl, prefs = workload, job.prefs
     if not wl.images:
         if prefs.images == 0:
             return "--images 0: text only"
@@ -502,10 +559,13 @@ def _workload_why(job: _Job) -> str:
             f"{PHONE_SCREEN[0]}x{PHONE_SCREEN[1]} phone screenshot per image")
 
 
-def _warnings(job: _Job, build: _Build, placement: Placement, bnb: BnbRelease | None) -> list[str]:
-    """What works but is worth knowing: compatibility modes, slow paths, splits, a hidden GPU."""
-    host, model, variant = job.host, job.model, build.variant
+def _warnings(job: _Job, build: _Build, option: _Option, bnb: BnbRelease | None) -> list[str]:
+    """What works but is worth knowing: a lowered context, compatibility modes, slow paths, splits, a hidden GPU."""
+    host, model, variant, placement = job.host, job.model, build.variant, option.placement
     warnings: list[str] = []
+    if option.lowered is not None:
+        warnings.append(f"context lowered to {option.context:,} tokens: {option.lowered} (--context sets it; "
+                        f"a default plan goes no lower than {job.goal.floor:,})")
     if variant.cuda is not None and not build.native:
         warnings.append(f"{variant.name} relies on CUDA minor-version compatibility: {build.driver_why}. "
                         f"Updating the driver to one that supports CUDA {variant.cuda} natively removes this.")
@@ -528,10 +588,10 @@ def _warnings(job: _Job, build: _Build, placement: Placement, bnb: BnbRelease | 
     return warnings
 
 
-def _assemble(job: _Job, build: _Build, placement: Placement, *, kernel_notes: Sequence[str],
+def _assemble(job: _Job, build: _Build, option: _Option, *, kernel_notes: Sequence[str],
               bnb: BnbRelease | None) -> Plan | None:
     """Pin the companions for one (torch, variant, placement); None when transformers is missing."""
-    release, variant = build.release, build.variant
+    release, variant, placement = build.release, build.variant, option.placement
     transformers = _transformers_for(job, release)
     if transformers is None:
         return None
@@ -542,20 +602,20 @@ def _assemble(job: _Job, build: _Build, placement: Placement, *, kernel_notes: S
         model_id=job.model.id, model_repo=job.model.repo, parameters=job.model.parameters, python=job.python,
         torch_version=release.version, variant=variant.name, index_url=index_url, placement=placement,
         packages=_pins(job, build, transformers, bnb, from_pypi=from_pypi),
-        warnings=tuple(_warnings(job, build, placement, bnb)),
-        reasons=tuple(_reasons(job, build, placement, transformers, bnb, kernel_notes=kernel_notes,
+        warnings=tuple(_warnings(job, build, option, bnb)),
+        reasons=tuple(_reasons(job, build, option, transformers, bnb, kernel_notes=kernel_notes,
                                index_url=index_url, from_pypi=from_pypi)),
-        cuda=variant.cuda, serve=_serve(job, placement, transformers),
+        cuda=variant.cuda, serve=_serve(job, option, transformers),
     )
 
 
-def _serve(job: _Job, placement: Placement, transformers: Version) -> Serve:
+def _serve(job: _Job, option: _Option, transformers: Version) -> Serve:
     """``transformers serve`` of this plan, under the catalog's served name (a local folder: its id, and no source)."""
-    model = job.model
+    model, placement = job.model, option.placement
     return transformers_serve(
         served_model_name=model.serve.served_model_name if model.serve is not None else model.id,
         model_source=model.repo, transformers_version=str(transformers),
-        precision=placement.precision, device=placement.device, context=job.prefs.context_tokens)
+        precision=placement.precision, device=placement.device, context=option.context)
 
 
 def _engine_reason(plan: Plan, passed_over: tuple[str, ...]) -> Reason:
@@ -566,7 +626,7 @@ def _engine_reason(plan: Plan, passed_over: tuple[str, ...]) -> Reason:
     split = (f"; it places the weights over GPUs {', '.join(map(str, plan.placement.gpus))} with accelerate's device map, "
              "not tensor parallelism" if len(plan.placement.gpus) > 1 else "")
     return Reason(decision="engine", choice=served,
-                  why="--engine transformers (the default): `transformers serve` (transformers[serving]) runs the "
+                  why="--engine transformers: `transformers serve` (transformers[serving]) runs the "
                       f"stack the smoke test loads{split}")
 
 
@@ -580,7 +640,7 @@ def _check(prefs: Preferences) -> None:
         raise InvalidInput("--precision", "precision", f"{prefs.precision!r} is not one of {', '.join(PRECISIONS)}")
     if prefs.device not in DEVICE_CHOICES:
         raise InvalidInput("--device", "device", f"{prefs.device!r} is not one of {', '.join(DEVICE_CHOICES)}")
-    if prefs.context_tokens < 1:
+    if prefs.context_tokens is not None and prefs.context_tokens < 1:
         raise InvalidInput("--context", "context", "must be at least 1 token")
     if prefs.engine not in ENGINE_CHOICES:
         raise InvalidInput("--engine", "engine", f"{prefs.engine!r} is not one of {', '.join(ENGINE_CHOICES)}")
@@ -612,11 +672,15 @@ def plan(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences
     :raises InvalidInput: for a contradictory preference (e.g. ``--device cuda`` without a GPU).
     :raises NoViablePlan: when nothing fits; carries remedies.
     """
+    from provision.data.architecture import architecture_of
+
     prefs = prefs or Preferences()
     _check(prefs)
+    goal = ContextGoal.for_model(model, prefs.context_tokens)
+    workload = workload_for(model, context_tokens=goal.target, images=prefs.images, max_pixels=prefs.max_pixels)
+    goal = goal.leaving_room(workload.image_tokens)
     job = _Job(host=host, matrix=matrix, model=model, prefs=prefs, python=prefs.python or host.python_minor,
-               search=Search(), workload=workload_for(model, context_tokens=prefs.context_tokens, images=prefs.images,
-                                                      max_pixels=prefs.max_pixels))
+               search=Search(), workload=workload, goal=goal.exact, arch=architecture_of(model.config))
     device = _device(host, prefs)
     passed_over: tuple[str, ...] = ()
     if prefs.engine != "transformers":
@@ -624,17 +688,25 @@ def plan(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences
         if isinstance(served, Plan):
             return served
         passed_over = served
-    if device == "cuda" and prefs.precision == "fp32":
+    # As the engines do: every precision and placement at the full context first, then less.
+    result = _transformers_plan(job, device)
+    if result is None and goal.can_lower:
+        job = replace(job, goal=goal, search=Search())
+        result = _transformers_plan(job, device)
+    if result is None:
+        message, changes = remedies(host, matrix, model, prefs, job.search, job.goal)
+        raise NoViablePlan(message, changes)
+    return replace(result, reasons=(_engine_reason(result, passed_over), *result.reasons))
+
+
+def _transformers_plan(job: _Job, device: str) -> Plan | None:
+    """The in-process stack (``transformers serve``) on ``device``, at ``job.goal``; None with the search filled."""
+    if device == "cuda" and job.prefs.precision == "fp32":
         job.search.reject(Rejection(
             rule=Rule.PRECISION, precision="fp32",
             text="fp32 doubles the memory of the bf16 checkpoint; this planner places 16-bit or quantized weights on GPUs"))
-        result = None
-    else:
-        result = _plan_cuda(job) if device == "cuda" else _plan_cpu(job, device)
-    if result is None:
-        message, changes = remedies(host, matrix, model, prefs, job.search)
-        raise NoViablePlan(message, changes)
-    return replace(result, reasons=(_engine_reason(result, passed_over), *result.reasons))
+        return None
+    return _plan_cuda(job) if device == "cuda" else _plan_cpu(job, device)
 
 
 def _engine(job: _Job, device: str) -> Plan | tuple[str, ...]:
@@ -642,6 +714,7 @@ def _engine(job: _Job, device: str) -> Plan | tuple[str, ...]:
 
     :raises NoViablePlan: ``--engine vllm`` or ``sglang`` was asked for and cannot serve here.
     """
+    from provision.plan.engine import TorchLimits
     from provision.plan.engine_plan import ENGINE_FALLBACK, NoEngine, serve_with_engine
 
     prefs = job.prefs
@@ -649,8 +722,9 @@ def _engine(job: _Job, device: str) -> Plan | tuple[str, ...]:
         served: Plan | NoEngine = NoEngine(
             (f"vLLM and SGLang serve on Linux with an NVIDIA GPU; this plan runs on {device}",), (ENGINE_FALLBACK,))
     else:
+        limits = TorchLimits(version=prefs.torch_version, variant=prefs.variant, available=prefs.torch_available)
         served = serve_with_engine(job.host, job.matrix, job.model, engine=prefs.engine, python=job.python,
-                                   context=prefs.serving_context, precision=prefs.precision)
+                                   context=prefs.context_tokens, precision=prefs.precision, limits=limits)
     if isinstance(served, Plan):
         return served
     if prefs.engine != "auto":
@@ -678,8 +752,10 @@ def sibling_variants(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs:
             if device == "cpu" and host.platform == "macos-arm64":
                 device = "mps"
             try:
+                # the same context as the chosen plan: every row budgets what the plan serves
                 sibling = plan(host, matrix, model, replace(prefs, torch_version=release.version, engine="transformers",
                                                             variant=variant.name, device=device,
+                                                            context_tokens=chosen.serve.max_model_len,
                                                             precision=None if variant.cuda is None else prefs.precision))
             except (NoViablePlan, InvalidInput):
                 continue

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provision.errors import InvalidInput
-from provision.vocab import DEFAULT_CONTEXT, PYTHON_MINOR_RE, PYTORCH_INDEX, is_buildable_variant
+from provision.vocab import DEFAULT_ENGINE, PYTHON_MINOR_RE, PYTORCH_INDEX, is_buildable_variant
 
 if TYPE_CHECKING:
     from provision.common.net import IndexProbe
@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["PlanRequest", "find_wheelhouses", "load_inputs", "plan_command", "preferences"]
 
 #: The options a lock records as the render's flags (``None`` ones are left out).
-_FLAG_NAMES = ("context", "device", "images", "max_pixels", "model", "precision", "python", "torch_version", "variant")
+_FLAG_NAMES = ("context", "device", "engine", "images", "max_pixels", "model", "precision", "python", "torch_version",
+               "variant")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,7 +37,8 @@ class PlanRequest:
     host: Path | None = None
     model: str | None = None
     python: str | None = None
-    context: int = DEFAULT_CONTEXT
+    #: ``--context``; None: the model's serving context, lowered to what fits (see ``Preferences``)
+    context: int | None = None
     precision: str | None = None
     device: str = "auto"
     torch_version: str | None = None
@@ -44,10 +46,8 @@ class PlanRequest:
     wheelhouse: tuple[str, ...] | None = None
     index_url: str | None = None
     matrix: Path | None = None
-    #: ``auto`` serves with vLLM or SGLang where their rules hold; ``transformers`` (today's default) never does
-    engine: str = "transformers"
-    #: ``--context`` as given; None lets an engine serve the model's serving context
-    serving_context: int | None = None
+    #: ``auto`` (the default) serves with vLLM or SGLang where their rules hold; ``transformers`` never does
+    engine: str = DEFAULT_ENGINE
     #: ``--images`` / ``--max-pixels``: the request the memory budget holds; None: the catalog's
     images: int | None = None
     max_pixels: int | None = None
@@ -148,8 +148,7 @@ def preferences(request: PlanRequest, host: HostProfile, wheelhouses: tuple[Path
     return Preferences(python=python, context_tokens=request.context, precision=request.precision,
                        device=request.device, torch_version=torch_version, variant=variant, torch_available=available,
                        torchvision_available=vision,
-                       engine=request.engine, serving_context=request.serving_context, images=request.images,
-                       max_pixels=request.max_pixels)
+                       engine=request.engine, images=request.images, max_pixels=request.max_pixels)
 
 
 def plan_command(request: PlanRequest, environ: Mapping[str, str] | None = None) -> Plan:

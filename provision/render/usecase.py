@@ -182,7 +182,7 @@ def render_command(request: RenderRequest, environ: Mapping[str, str] | None = N
     root = source_root()
     out = request.out.resolve()
     inputs = RenderInputs(
-        plan=planned.plan, host=planned.host.to_dict(), model=planned.model_id, context=request.plan.context,
+        plan=planned.plan, host=planned.host.to_dict(), model=planned.model_id, context=planned.plan.serve.max_model_len,
         flags=request.plan.flags(), images=planned.matrix.images, matrix_digest=planned.matrix.digest,
         variants=planned.variants, wheelhouse=tuple(str(w) for w in planned.wheelhouse), index_url=index_url, hashes=hashes,
         toolkit_source=str(root) if root else None, docker_env_dir=docker_context_dir(out, root),
