@@ -41,11 +41,12 @@ What the cases cover (``--list`` prints them):
 * ``plan``: every ``tests/fixtures/hosts/*.json`` as JSON and as text, with option combinations
   (precision, context, device, model, Python, torch, variant, a local model folder, broken
   matrices through ``--matrix``).
-* ``render``: every host (also with ``--engine auto``), with option combinations (SGLang and vLLM
-  among them), runner labels, a wheelhouse, index URLs (option and environment variable), ``--plan``
-  from a saved plan (an engine plan too), re-render, edit, ``--force``, and an ``--out`` inside the
-  tree. ``--fast`` passes ``--no-resolve`` everywhere (no network). Without ``--fast``, a few hosts
-  also render with real ``uv pip compile`` hash resolution against PyPI, and with ``--wheelhouse auto``.
+* ``render``: every host (with the default ``--engine auto`` and with ``--engine transformers``),
+  with option combinations (SGLang and vLLM among them), runner labels, a wheelhouse, index URLs
+  (option and environment variable), ``--plan`` from a saved plan (an engine plan too), re-render,
+  edit, ``--force``, and an ``--out`` inside the tree. ``--fast`` passes ``--no-resolve``
+  everywhere (no network). Without ``--fast``, a few hosts also render with real ``uv pip
+  compile`` hash resolution against PyPI, and with ``--wheelhouse auto``.
 * ``hostile``: every file under ``tests/fixtures/hostile`` through the command that reads it
   (hosts: ``plan``, and ``render`` for the five that tests/test_hostile.py renders; plans:
   ``render --plan``; locks: ``doctor --lock`` and ``smoke --lock``). Also huge and deeply
@@ -248,7 +249,7 @@ EVERY_HOST_COMBOS: dict[str, tuple[str, ...]] = {
     "ctx32768": ("--context", "32768"),
     "cpu": ("--device", "cpu"),
     "glm-4-9b-chat-hf": ("--model", "glm-4-9b-chat-hf"),
-    "engine-auto": ("--engine", "auto"),
+    "engine-transformers": ("--engine", "transformers"),  # the default is auto
 }
 
 RTX4090X2 = f"{HOSTS_DIR}/linux-x86_64-2x-rtx4090-driver550.json"
@@ -351,7 +352,7 @@ def render_cases(inputs: Inputs, fast: bool) -> Iterator[Case]:
     present = set(inputs.hosts)
     for host in inputs.hosts:
         yield Case(f"render/{host_stem(host)}", (render(host),))
-        yield Case(f"render/{host_stem(host)}/engine-auto", (render(host, "--engine", "auto"),))
+        yield Case(f"render/{host_stem(host)}/engine-transformers", (render(host, "--engine", "transformers"),))
     for host in (h for h in RENDER_HOSTS if h in present):
         stem = host_stem(host)
         yield Case(f"render/{stem}/json", (render(host, "--json"),))
