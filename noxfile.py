@@ -235,15 +235,24 @@ def engine_args(session: nox.Session) -> None:
     """Check every reference host's planned vLLM and SGLang command with the engine's own argument parser.
 
     Builds one venv per ``scripts/engine_args/<engine>-<version>.txt`` under build/engine-args/ (pip
-    ``--no-deps``, a CPU torch; about 2.3 GB each, rebuilt only when its list changes), then runs
-    scripts/check_engine_args.py (arguments after ``--`` go to it).
+    ``--no-deps``; a CPU torch unless the list pins its own torch, as the lists whose engine imports
+    torchvision do; rebuilt only when its list changes; a venv whose list is gone is removed), then
+    runs scripts/check_engine_args.py (arguments after ``--`` go to it), which fails when a planned
+    release has no list or venv.
     """
     _install_toolkit(session)
     venvs = BUILD.parent / "engine-args"
-    torch = _cpu_torch(session)
-    for reqs in sorted(ENGINE_ARGS.glob("*.txt")):
+    cpu_torch = _cpu_torch(session)
+    lists = sorted(ENGINE_ARGS.glob("*.txt"))
+    for stale in sorted(venvs.glob("*/provision-engine-args.sha256")):
+        if not (ENGINE_ARGS / f"{stale.parent.name}.txt").exists():
+            session.log(f"removing {stale.parent}: its list is gone")
+            shutil.rmtree(stale.parent)
+    for reqs in lists:
         venv = venvs / reqs.stem
-        stamp = hashlib.sha256("\n".join([reqs.read_text(encoding="utf-8"), *torch]).encode()).hexdigest()
+        text = reqs.read_text(encoding="utf-8")
+        torch = [] if any(line.replace(" ", "").startswith("torch==") for line in text.splitlines()) else cpu_torch
+        stamp = hashlib.sha256("\n".join([text, *torch]).encode()).hexdigest()
         done = venv / "provision-engine-args.sha256"
         if done.exists() and done.read_text(encoding="utf-8") == stamp:
             continue

@@ -14,7 +14,8 @@ through what the entrypoint does before it loads anything:
   vLLM    ``vllm serve``: the ``vllm`` CLI parser with its ``serve`` subcommand (vllm/entrypoints/cli/main.py
           and cli/serve.py), the positional model copied to ``--model``, ``validate_parsed_serve_args``,
           then ``AsyncEngineArgs.from_cli_args``; the module form: the api_server's own parser instead.
-  SGLang  ``sglang.srt.server_args.prepare_server_args``, which ``sglang.launch_server`` calls first.
+  SGLang  ``sglang.srt.server_args.prepare_server_args``, which ``sglang.launch_server`` calls first (before
+          ``ServerArgs.resolve_once`` exists, its steps without ``ServerArgs.__post_init__``, which asks the GPU).
 
 Values that only the model's config or the GPU can judge (a context above the model's limit, a
 tensor-parallel size that does not divide the heads, the quantization method) are not checked here.
@@ -101,7 +102,10 @@ def vllm_check() -> Check:
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     # HF_HUB_OFFLINE stays unset: with it, EngineArgs resolves a hub id through the local cache and fails.
     platforms = importlib.import_module("vllm.platforms")
-    if getattr(platforms, "_current_platform", None) is None:  # 0.19.1 only detects CPU from a "+cpu" version
+    # 0.19.1 and 0.27.1 only detect CPU from a "+cpu" version: None there, or (0.27.1, already resolved
+    # while vllm imports) the UnspecifiedPlatform, which has no device type.
+    current = getattr(platforms, "_current_platform", None)
+    if current is None or not getattr(current, "device_type", ""):
         platforms.__dict__["_current_platform"] = importlib.import_module("vllm.platforms.cpu").CpuPlatform()
     flexible = importlib.import_module("vllm.utils.argparse_utils").FlexibleArgumentParser
     engine_args = importlib.import_module("vllm.engine.arg_utils").AsyncEngineArgs
@@ -142,7 +146,20 @@ def vllm_check() -> Check:
 
 def sglang_check() -> Check:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing before resolve_once() needs the hub
-    prepare_server_args = importlib.import_module("sglang.srt.server_args").prepare_server_args
+    module = importlib.import_module("sglang.srt.server_args")
+    parse: Callable[[list[str]], Any] = module.prepare_server_args
+    if not hasattr(module.ServerArgs, "resolve_once"):
+        # Before resolve_once (0.5.10.post1), ServerArgs.__post_init__ resolves the device, its memory and the
+        # model's config, which a CPU-only machine without the model cannot: take prepare_server_args' own steps
+        # (this release's parser, then its from_cli_args) with only that resolution left out.
+        class Unresolved(module.ServerArgs):  # type: ignore[misc,name-defined]
+            def __post_init__(self) -> None:
+                pass
+
+        def parse(flags: list[str]) -> Any:
+            parser = argparse.ArgumentParser(prog="sglang serve")
+            module.ServerArgs.add_cli_args(parser)
+            return Unresolved.from_cli_args(parser.parse_args(flags))
 
     def check(argv: list[str]) -> dict[str, Any]:
         if argv[:1] and argv[0].startswith("-"):
@@ -151,7 +168,7 @@ def sglang_check() -> Check:
             flags = argv[3:]
         else:
             raise Rejected("entrypoint", "not `python -m sglang.launch_server`")
-        return _values("sglang", _parse(prepare_server_args, flags))
+        return _values("sglang", _parse(parse, flags))
 
     return check
 
