@@ -230,25 +230,52 @@ def docker(session: nox.Session) -> None:
 ENGINE_ARGS = ROOT / "scripts" / "engine_args"
 
 
+def _engine_venv(session: nox.Session, venv: Path, reqs: Path, extra: list[str]) -> None:
+    """A venv at ``venv`` with ``reqs`` (and ``extra``) installed ``--no-deps``, wheels only.
+
+    With uv (what nox makes its own venvs with), from a cache beside the venvs whose files they
+    hardlink, so the venvs share the wheels they have in common (torch, transformers, ...) on disk and
+    a rebuild is seconds; uv reads none of pip's configuration, so pip's indexes and find-links go to it.
+    Without uv: ``python -m venv`` and pip.
+    """
+    uv = shutil.which("uv")
+    if uv is None:
+        session.run("python", "-m", "venv", str(venv))
+        session.run(str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary",
+                    ":all:", "-r", str(reqs), *extra, external=True)
+        return
+    from provision.render.sources import pip_find_links, pip_index_urls, read_pip_config
+
+    config = read_pip_config(os.environ)
+    sources = [*(a for url in pip_index_urls(os.environ, config) for a in ("--extra-index-url", url)),
+               *(a for folder in pip_find_links(os.environ, config) for a in ("--find-links", str(folder)))]
+    env = {"UV_CACHE_DIR": str(venv.parent / ".uv-cache")}
+    python = session.run("python", "-c", "import sys; print(sys.executable)", silent=True).strip()
+    session.run(uv, "venv", "--quiet", "--python", python, str(venv), external=True, env=env)
+    # Every line is an exact pin: take it from whichever index has it (a local mirror holds some releases only).
+    session.run(uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "--no-deps",
+                "--only-binary", ":all:", "--index-strategy", "unsafe-best-match", *sources, "-r", str(reqs), *extra,
+                external=True, env=env)
+
+
 @nox.session
 def engine_args(session: nox.Session) -> None:
     """Check every reference host's planned vLLM and SGLang command with the engine's own argument parser.
 
-    Builds one venv per ``scripts/engine_args/<engine>-<version>.txt`` under build/engine-args/ (pip
-    ``--no-deps``; a CPU torch unless the list pins its own torch, as the lists whose engine imports
-    torchvision do; rebuilt only when its list changes; a venv whose list is gone is removed), then
-    runs scripts/check_engine_args.py (arguments after ``--`` go to it), which fails when a planned
-    release has no list or venv.
+    Builds one venv per ``scripts/engine_args/<engine>-<version>.txt`` under build/engine-args/ (``--no-deps``;
+    a CPU torch unless the list pins its own, as a list whose engine imports torchvision does; rebuilt
+    only when its list changes; a venv whose list is gone is removed), then runs
+    scripts/check_engine_args.py (arguments after ``--`` go to it), which fails when a planned release
+    has no list or no venv.
     """
     _install_toolkit(session)
     venvs = BUILD.parent / "engine-args"
     cpu_torch = _cpu_torch(session)
-    lists = sorted(ENGINE_ARGS.glob("*.txt"))
     for stale in sorted(venvs.glob("*/provision-engine-args.sha256")):
         if not (ENGINE_ARGS / f"{stale.parent.name}.txt").exists():
             session.log(f"removing {stale.parent}: its list is gone")
             shutil.rmtree(stale.parent)
-    for reqs in lists:
+    for reqs in sorted(ENGINE_ARGS.glob("*.txt")):
         venv = venvs / reqs.stem
         text = reqs.read_text(encoding="utf-8")
         torch = [] if any(line.replace(" ", "").startswith("torch==") for line in text.splitlines()) else cpu_torch
@@ -257,9 +284,7 @@ def engine_args(session: nox.Session) -> None:
         if done.exists() and done.read_text(encoding="utf-8") == stamp:
             continue
         shutil.rmtree(venv, ignore_errors=True)
-        session.run("python", "-m", "venv", str(venv))
-        session.run(str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary",
-                    ":all:", "-r", str(reqs), *torch, external=True)
+        _engine_venv(session, venv, reqs, torch)
         done.write_text(stamp, encoding="utf-8")
     session.run("python", str(ROOT / "scripts" / "check_engine_args.py"), "--venvs", str(venvs), *session.posargs)
 

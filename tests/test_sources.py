@@ -10,6 +10,7 @@ from packaging.version import Version
 from provision.errors import InvalidInput
 from provision.render.sources import (
     pip_find_links,
+    pip_index_urls,
     read_pip_config,
     resolve_index_url,
     resolve_wheelhouses,
@@ -73,6 +74,18 @@ def test_pip_config_files_are_read(tmp_path: Path) -> None:
     assert pip_find_links(env, text) == (wheels.resolve(),)
     # A find-links entry that is a URL or a missing folder is not a local wheelhouse.
     assert pip_find_links({}, "global.find-links=https://example.org/wheels /does/not/exist") == ()
+
+
+def test_pip_index_urls_come_from_the_environment_then_the_config_once_each(tmp_path: Path) -> None:
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nindex-url = https://mirror.example/simple\n"
+                    "extra-index-url = file:///srv/pypi/simple https://extra.example/simple\n")
+    env = {"PIP_CONFIG_FILE": str(conf), "HOME": str(tmp_path), "XDG_CONFIG_DIRS": str(tmp_path / "none"),
+           "PIP_EXTRA_INDEX_URL": "https://env.example/simple https://extra.example/simple"}
+    assert pip_index_urls(env, read_pip_config(env)) == (
+        "https://env.example/simple", "https://extra.example/simple", "https://mirror.example/simple",
+        "file:///srv/pypi/simple")
+    assert pip_index_urls({}, "global.find-links=/w") == ()
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ __all__ = [
     "INDEX_URL_ENV",
     "WHEELHOUSE_ENV",
     "pip_find_links",
+    "pip_index_urls",
     "pip_local_index_folders",
     "read_pip_config",
     "resolve_index_url",
@@ -130,12 +131,10 @@ _TORCH_FAMILY = ("torch", "torchvision")
 _HREF_RE = re.compile(r'href="([^"#]+)')
 
 
-def pip_local_index_folders(environ: Mapping[str, str], config_text: str | None,
-                            projects: Iterable[str] = _TORCH_FAMILY) -> tuple[Path, ...]:
-    """Folders holding the torch-family wheels that pip's local ``file://`` indexes link to.
+def pip_index_urls(environ: Mapping[str, str], config_text: str | None) -> tuple[str, ...]:
+    """The indexes pip is configured with (``PIP_INDEX_URL``, ``PIP_EXTRA_INDEX_URL``, ``pip config list``), in order.
 
-    A mirror on disk (``index-url``/``extra-index-url = file:///srv/pypi/simple``) is a source pip
-    installs from without a network; its ``<project>/index.html`` pages name the wheel files.
+    uv reads none of pip's configuration: ``nox -s engine_args`` hands these to it.
     """
     raw: list[str] = []
     for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
@@ -144,8 +143,18 @@ def pip_local_index_folders(environ: Mapping[str, str], config_text: str | None,
         key, _, value = line.partition("=")
         if key.strip().endswith(("index-url", "extra-index-url")):
             raw.extend(value.strip().strip("'\"").split())
+    return tuple(dict.fromkeys(raw))
+
+
+def pip_local_index_folders(environ: Mapping[str, str], config_text: str | None,
+                            projects: Iterable[str] = _TORCH_FAMILY) -> tuple[Path, ...]:
+    """Folders holding the torch-family wheels that pip's local ``file://`` indexes link to.
+
+    A mirror on disk (``index-url``/``extra-index-url = file:///srv/pypi/simple``) is a source pip
+    installs from without a network; its ``<project>/index.html`` pages name the wheel files.
+    """
     out: list[Path] = []
-    for url in raw:
+    for url in pip_index_urls(environ, config_text):
         if not url.startswith("file://"):
             continue
         root = Path(url.removeprefix("file://"))
