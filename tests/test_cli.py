@@ -101,6 +101,22 @@ def test_render_twice_is_byte_identical_and_the_lock_records_inputs(tmp_path: Pa
     assert set(lock["files"]) == set(first) - {"provision.lock.json"}
 
 
+def test_two_detections_of_one_machine_render_the_same_bytes(tmp_path: Path) -> None:
+    """A second detection reads other free disk and RAM figures (and from another folder): the render is unchanged."""
+    first = json.loads(A10G.read_text())
+    second = {**first, "disk_free_bytes": 12_345_678_901, "ram_available_bytes": 9_876_543_210,
+              "detected_by": {"disk": "/elsewhere", "ram": "/proc/meminfo"}}
+    first["disk_free_bytes"] = 98_765_432_109
+    hosts = []
+    for i, doc in enumerate((first, second)):
+        hosts.append(tmp_path / f"host{i}.json")
+        hosts[-1].write_text(json.dumps(doc))
+    a = _render(tmp_path / "a", "--host", str(hosts[0]))
+    b = _render(tmp_path / "b", "--host", str(hosts[1]))
+    assert a == b
+    assert "disk_free_bytes" not in json.loads(a["provision.lock.json"])["inputs"]["host"]
+
+
 def test_render_ci_matrix_lists_the_sibling_variants(tmp_path: Path) -> None:
     files = _render(tmp_path / "h100", "--host", str(HOSTS / "linux-x86_64-h100-80gb-driver580.json"),
                     "--engine", "transformers")  # an engine plan has one row: the engine's own torch build

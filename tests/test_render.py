@@ -89,6 +89,22 @@ def test_same_inputs_give_byte_identical_files():
     assert set(a) == set(FILE_NAMES)
 
 
+def test_free_disk_and_ram_readings_do_not_reach_any_file():
+    """Two renders of one machine that differ only in readings nothing is planned from are byte-identical."""
+    def host(disk: int, ram_free: int, where: str) -> dict:
+        return {**HOST_GPU, "disk_free_bytes": disk, "ram_available_bytes": ram_free,
+                "detected_by": {"disk": where, "ram": "/proc/meminfo"}, "probe_failures": {"nvml": "no"}}
+
+    first = render_files(make_inputs(host=host(55_043_756_032, 24_423_821_312, "/work/a")))
+    second = render_files(make_inputs(host=host(54_000_000_000, 21_000_000_000, "/work/b")))
+    assert first == second
+    recorded = json.loads(first[LOCK_NAME])["inputs"]["host"]
+    assert recorded == HOST_GPU  # the planning facts alone
+    # a fact the planner reads is still recorded: another driver is another lock
+    other = render_files(make_inputs(host={**HOST_GPU, "nvidia": {"driver_version": "580.95.05", "gpus": []}}))
+    assert other[LOCK_NAME] != first[LOCK_NAME]
+
+
 def test_lock_records_inputs_plan_and_every_file_digest():
     import hashlib
 

@@ -7,6 +7,7 @@ Everything here is pure: parse and validate a mapping, or turn a profile back in
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "NvidiaInfo",
     "host_from_dict",
     "load_host",
+    "planning_facts",
 ]
 
 OS_NAMES = ("linux", "windows", "darwin")
@@ -41,6 +43,8 @@ _KNOWN_KEYS = frozenset({"schema", "os", "arch", "python", "ram_bytes", "disk_fr
 _DETECTION_KEYS = frozenset({"detected_by", "ram_available_bytes", "gpus", "notes", "probe_failures"})
 _NVIDIA_KEYS = frozenset({"driver_version", "cuda_driver_version", "gpus"})
 _GPU_KEYS = frozenset({"index", "name", "compute_capability", "memory_total_bytes", "memory_free_bytes"})
+#: The profile's keys a plan is made from: everything known but free disk, which nothing is planned from.
+_PLANNING_KEYS = _KNOWN_KEYS - {"disk_free_bytes"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -258,3 +262,24 @@ def load_host(path: Path) -> HostProfile:
     :raises InvalidInput: naming the file and field.
     """
     return host_from_dict(read_json_file(path), str(path))
+
+
+def planning_facts(profile: Mapping[str, Any]) -> dict[str, Any]:
+    """The facts of a host profile (its JSON form) that a plan is made from, and nothing else.
+
+    Left out: free disk (nothing is planned from it) and every key detection adds to say how it
+    found each fact (``detected_by``, the free-RAM reading ``ram_available_bytes``, probe failures):
+    readings that change from one run to the next while the plan stays the same. What a render
+    records of the host (the lock's ``inputs.host``) is this, so an unchanged machine renders the
+    same bytes. Total RAM and each GPU's free memory stay: the planner budgets with them.
+    """
+    out = {k: v for k, v in profile.items() if k in _PLANNING_KEYS}
+    nvidia = profile.get("nvidia")
+    if isinstance(nvidia, Mapping):
+        facts = {k: v for k, v in nvidia.items() if k in _NVIDIA_KEYS}
+        gpus = nvidia.get("gpus")
+        if isinstance(gpus, list):
+            facts["gpus"] = [{k: v for k, v in g.items() if k in _GPU_KEYS} if isinstance(g, Mapping) else g
+                             for g in gpus]
+        out["nvidia"] = facts
+    return out

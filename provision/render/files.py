@@ -35,6 +35,7 @@ from provision.common.quoting import (
 )
 from provision.data import Images
 from provision.errors import InvalidInput
+from provision.host.profile import planning_facts
 from provision.plan.document import Placement, Plan, variant_cuda
 from provision.plan.serve import Serve, transformers_serve
 from provision.render.deploy import DEPLOY_FILES, DeployInputs, NodeFloor, deploy_files
@@ -377,10 +378,14 @@ def _dockerfile(common: Mapping[str, Any], plan: Plan, images: Images, checked: 
 
 
 def _lock(inputs: RenderInputs, checked: _Checked, resolution: Resolution, files: Mapping[str, bytes]) -> bytes:
-    """The lock: every input, the plan, the hashes' state and the digest of every other file."""
+    """The lock: every input that changes the plan, the plan, the hashes' state and the digest of every other file.
+
+    Of the host it keeps only what plans are made from (``planning_facts``): free disk and RAM readings
+    would make an unchanged machine's second render differ from its first.
+    """
     return dump_lock(build_lock(
         inputs={
-            "host": dict(inputs.host), "matrix_digest": inputs.matrix_digest, "model": inputs.model,
+            "host": planning_facts(inputs.host), "matrix_digest": inputs.matrix_digest, "model": inputs.model,
             "context": inputs.context, "flags": dict(inputs.flags), "toolkit_version": inputs.toolkit_version,
             "wheelhouse": list(checked.wheelhouse), "index_url": inputs.index_url,
             "runner_labels": {"gpu": list(inputs.gpu_runner_labels), "cpu": list(inputs.cpu_runner_labels)},
