@@ -60,19 +60,28 @@ def _platform() -> str:
     return wheel_platform(os_name, platform.machine().lower())
 
 
-def _host_dir(host_json: Path) -> Path:
-    from provision.host import load_host
+def _out_dir(session: nox.Session, render_args: list[str]) -> Path:
+    """build/provision/<host-id>/<model-id>/ for these ``provision render`` arguments (a bad one ends the session)."""
+    from provision.cli import render_out_dir
+    from provision.errors import InvalidInput
 
-    return BUILD / load_host(host_json).host_id
+    try:
+        return render_out_dir(render_args, BUILD)
+    except InvalidInput as exc:
+        session.error(f"error: {exc}")
 
 
 def _detect_and_render(session: nox.Session, *render_args: str) -> Path:
-    """``provision detect`` then ``provision render`` into build/provision/<host-id>/; returns that folder."""
+    """``provision detect`` then ``provision render`` into build/provision/<host-id>/<model-id>/; returns that folder.
+
+    One folder per host and model: rendering another model leaves the first one's files and environment alone.
+    """
     BUILD.mkdir(parents=True, exist_ok=True)
     host_json = BUILD / "host.json"
     session.run("provision", "detect", "-o", str(host_json))
-    out = _host_dir(host_json)
-    session.run("provision", "render", "--host", str(host_json), "--out", str(out), *render_args)
+    args = ["--host", str(host_json), *render_args]
+    out = _out_dir(session, args)
+    session.run("provision", "render", *args, "--out", str(out))
     return out
 
 
@@ -218,11 +227,11 @@ def docker(session: nox.Session) -> None:
         session.skip("no Docker engine is running (docker info failed): cannot build the image here")
     _install_toolkit(session)
     out = _detect_and_render(session, *session.posargs)
-    tag = f"provision-smoke:{out.name.lower()}"
+    tag = f"provision-smoke:{out.parent.name.lower()}-{out.name}"  # <host-id>-<model-id>
     # The smoke target is the serving image with `provision smoke` (planned precision) as its entry.
     session.run("docker", "build", "--target", "smoke", "-f", str(out / "Dockerfile"), "-t", tag, str(ROOT),
                 external=True, env={"DOCKER_BUILDKIT": "1"})
-    gpus = [] if out.name.endswith("-cpu") else ["--gpus", "all"]
+    gpus = [] if out.parent.name.endswith("-cpu") else ["--gpus", "all"]
     session.run("docker", "run", "--rm", *gpus, tag, external=True)
 
 

@@ -14,6 +14,8 @@ The smoke report, ``smoke.json``, belongs to the render it tested: it records th
 the lock, is written whole and only after the test passed, and ``current_smoke_report``
 refuses one whose lock has changed since, so a report from another render is never shown
 as this one's.
+A reused venv keeps its smoke report too when nothing the smoke test depends on changed
+(``smoke_key``: the lock, the toolkit, the weights it finds).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,8 @@ BUILD_LOCK = ".provision-build.lock"
 SMOKE_REPORT = "smoke.json"
 #: The toolkit source the venv's copy of provision was installed from (a checkout changes often).
 TOOLKIT_STAMP = ".provision-toolkit.sha256"
+#: What the last passing smoke test in this venv proved (``smoke_key``); removed with the venv.
+SMOKE_STAMP = ".provision-smoke.sha256"
 _TOOLKIT_PARTS = ("pyproject.toml", "provision", "templates", "matrices")
 
 
@@ -66,11 +70,14 @@ class BuildResult:
     reused: bool
     seconds: float
     smoke: SmokeReport | None
+    #: The smoke report is the previous run's: nothing it depends on changed since (``smoke_key``).
+    smoke_reused: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The ``provision.build/v1`` document ``provision build --json`` prints."""
         return {"schema": BUILD_SCHEMA, "venv": str(self.venv), "reused": self.reused,
-                "seconds": round(self.seconds, 2), "smoke": self.smoke.to_dict() if self.smoke else None}
+                "seconds": round(self.seconds, 2), "smoke": self.smoke.to_dict() if self.smoke else None,
+                "smoke_reused": self.smoke_reused}
 
 
 #: The rendered files that decide what gets installed. The lock also records volatile host
@@ -148,6 +155,50 @@ def _refresh_toolkit(venv: Path, root: Path, env: dict[str, str]) -> bool:
         raise BuildError(f"reinstalling the provision toolkit into {venv} failed: {proc.stderr.strip()[-500:]}")
     write_atomic(stamp, digest + "\n")
     return True
+
+
+def smoke_key(out: Path, toolkit: str, environ: Mapping[str, str]) -> str:
+    """sha256 over everything a smoke test's result depends on beyond the venv's installed packages.
+
+    The lock (the plan, and the digest of every rendered file), the toolkit that runs the test
+    (``toolkit``: its source digest or version), the weights it is pointed at (``PROVISION_MODEL_PATH``)
+    and the Hugging Face cache's record of the plan's repo (a download since the last run changes
+    which weights the test finds). The venv's packages are covered by reusing it only when its
+    install files are unchanged.
+    """
+    from provision.doctor.facts import hub_cache_dir
+    from provision.render.lock import LOCK_NAME
+
+    lock_path = out / LOCK_NAME
+    lock = lock_path.read_bytes() if lock_path.is_file() else b""
+    h = hashlib.sha256()
+    for part in (lock, toolkit.encode(), environ.get("PROVISION_MODEL_PATH", "").encode()):
+        h.update(part + b"\0")
+    try:
+        plan = json.loads(lock).get("plan", {}) if lock else {}
+        repo = plan.get("model", {}).get("repo") if isinstance(plan, dict) else None
+    except (ValueError, AttributeError):
+        repo = None
+    if isinstance(repo, str) and "/" in repo:
+        home = Path(environ["HOME"]) if environ.get("HOME") else None  # the smoke test's own home
+        models = hub_cache_dir(environ, home) / f"models--{repo.replace('/', '--')}"
+        h.update(str(models).encode() + b"\0")
+        for ref in sorted((models / "refs").glob("*")) if (models / "refs").is_dir() else []:
+            h.update(ref.name.encode() + b"=" + ref.read_bytes() + b"\0")
+        for snapshot in sorted((models / "snapshots").glob("*/*")) if (models / "snapshots").is_dir() else []:
+            h.update(str(snapshot.relative_to(models)).encode() + b"\0")
+    return h.hexdigest()
+
+
+def _previous_smoke(venv: Path, out: Path, key: str) -> SmokeReport | None:
+    """The report of the last smoke test in ``venv`` when it passed with this ``key``; else None (run it)."""
+    stamp = venv / SMOKE_STAMP
+    if not stamp.is_file() or stamp.read_text().strip() != key:
+        return None
+    try:
+        return current_smoke_report(out)  # this render's, and passed
+    except InvalidInput:
+        return None
 
 
 def _reusable(venv: Path, digest: str) -> bool:
@@ -325,8 +376,19 @@ def _build(out: Path, start: float, *, smoke: bool, environ: dict[str, str] | No
             raise
     elif root is not None:
         _refresh_toolkit(venv, root, env)
-    report = run_smoke_in(venv, out, env, echo or _discard) if smoke else None
-    return BuildResult(venv=venv, reused=reused, seconds=time.perf_counter() - start, smoke=report)
+    report, smoke_reused = None, False
+    if smoke:
+        from provision import __version__
+
+        key = smoke_key(out, toolkit_digest(root) if root is not None else __version__, env)
+        report = _previous_smoke(venv, out, key) if reused else None
+        smoke_reused = report is not None
+        if report is None:
+            (venv / SMOKE_STAMP).unlink(missing_ok=True)
+            report = run_smoke_in(venv, out, env, echo or _discard)
+            write_atomic(venv / SMOKE_STAMP, key + "\n")
+    return BuildResult(venv=venv, reused=reused, seconds=time.perf_counter() - start, smoke=report,
+                       smoke_reused=smoke_reused)
 
 
 def _discard(_text: str) -> None:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from provision.plan.usecase import PlanRequest
     from provision.render.usecase import RenderRequest
 
-__all__ = ["main"]
+__all__ = ["main", "render_out_dir"]
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -259,7 +259,8 @@ def _add_build(sub: _Sub) -> None:
 def _add_serve(sub: _Sub) -> None:
     p = sub.add_parser("serve", help="run the planned server of a built folder in the foreground (Ctrl-C stops it)")
     p.add_argument("out", type=Path, nargs="?",
-                   help="a folder written by provision render and built (default: this machine's build/provision/<host>)")
+                   help="a folder written by provision render and built "
+                        "(default: this machine's build/provision/<host-id>/<model-id>)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, help="port to listen on (default: the plan's, 8000)")
     src = p.add_mutually_exclusive_group()
@@ -325,6 +326,18 @@ def _render_request(args: argparse.Namespace) -> RenderRequest:
     return RenderRequest(plan=_plan_request(args), out=args.out, plan_file=args.plan_file, force=args.force,
                          resolve=not args.no_resolve, gpu_runners=tuple(args.gpu_runner or ()),
                          cpu_runners=tuple(args.cpu_runner or ()), image=args.image)
+
+
+def render_out_dir(argv: Sequence[str], base: Path) -> Path:
+    """Where ``provision render`` with the options ``argv`` (all but ``--out``) renders under ``base``, one folder
+    per host and model (``base/<host-id>/<model-id>``): the ``--out`` that ``nox -s provision`` passes.
+
+    :raises InvalidInput: a bad option, host file, plan file or model (what the render itself would refuse).
+    """
+    from provision.render.usecase import render_target
+
+    args = _build_parser().parse_args(["render", *argv, "--out", str(base)])
+    return render_target(_render_request(args), base)
 
 
 # ---------------------------------------------------------------------------
@@ -517,9 +530,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     out = args.out
     if out is None:
         from provision.build import source_root
+        from provision.data import load_catalog
         from provision.host import detect_host
 
-        out = default_serve_dir(source_root(), detect_host().host_id)
+        out = default_serve_dir(source_root(), detect_host().host_id, load_catalog().default.id)
         if out is None:
             raise InvalidInput("command line", "out", "name the rendered folder to serve (no checkout to default to)")
     extra = tuple(args.passthrough)

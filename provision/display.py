@@ -136,7 +136,10 @@ def show_render(result: RenderResult, console: Any) -> None:
 def show_build(result: BuildResult, out: Path, console: Any) -> None:
     """The environment built or reused, and where its smoke report is."""
     console.print(f"environment {'reused' if result.reused else 'built'}: {result.venv} ({result.seconds:.1f} s)")
-    if result.smoke is not None:
+    if result.smoke is not None and result.smoke_reused:
+        console.print(f"smoke test not rerun: nothing it depends on changed since it passed (the lock, the toolkit, "
+                      f"the weights); its report: {out / 'smoke.json'} (delete it to run the test again)")
+    elif result.smoke is not None:
         console.print(f"smoke report: {out / 'smoke.json'}")
 
 

@@ -53,9 +53,27 @@ class ServeLaunch:
         return f"python main.py --base-url {self.base_url} --model {self.served_model_name}"
 
 
-def default_serve_dir(root: Path | None, host_id: str) -> Path | None:
-    """The folder ``nox -s provision`` renders and builds for this machine, inside a checkout."""
-    return None if root is None else root / "build" / "provision" / host_id
+def default_serve_dir(root: Path | None, host_id: str, default_model: str) -> Path | None:
+    """The folder ``nox -s provision`` rendered and built for this machine inside a checkout; None outside one.
+
+    Folders are kept per host and model (``build/provision/<host-id>/<model-id>``): the one model rendered
+    for this machine, else ``default_model``'s folder (the catalog's default model).
+
+    :raises InvalidInput: several models were rendered for this machine and none is ``default_model``.
+    """
+    from provision.render.lock import LOCK_NAME
+    from provision.render.usecase import OUTPUT_BASE, output_dir
+
+    if root is None:
+        return None
+    base = root / OUTPUT_BASE
+    rendered = sorted(lock.parent.name for lock in (base / host_id).glob(f"*/{LOCK_NAME}"))
+    if len(rendered) == 1:
+        return output_dir(base, host_id, rendered[0])
+    if rendered and default_model not in rendered:
+        raise InvalidInput("command line", "out", f"{base / host_id} holds renders of {', '.join(rendered)}; "
+                                                  "name the folder to serve")
+    return output_dir(base, host_id, default_model)
 
 
 def _check_host(host: str) -> str:

@@ -7,6 +7,7 @@ are built here by hand; tests/test_interrupts.py signals real builds at those mo
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -325,6 +326,75 @@ def test_build_command_json_carries_the_smoke_report(tmp_path: Path, capsys: pyt
     assert main(["build", str(out)]) == 0  # reused now; the person sees where the report is
     err = capsys.readouterr().err.replace("\n", "")  # rich wraps long paths
     assert "environment reused: " in err and f"smoke report: {out / 'smoke.json'}" in err
+
+
+def with_counted_smoke(report: SmokeReport) -> str:
+    """A setup tail whose venv python acts as ``provision smoke --lock OUT/provision.lock.json``: counts its runs
+    in OUT/smokes.txt and prints ``report``."""
+    doc = json.dumps(report.to_dict())
+    return f"""cat > "$1/bin/python" <<'PY'
+#!/bin/sh
+prev=""; for a in "$@"; do [ "$prev" = "--lock" ] && lock="$a"; prev="$a"; done
+echo smoke >> "$(dirname "$lock")/smokes.txt"
+cat <<'JSON'
+{doc}
+JSON
+PY
+chmod +x "$1/bin/python"
+"""
+
+
+def smokes(out: Path) -> int:
+    path = out / "smokes.txt"
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+def download(models: Path) -> None:
+    """What ``huggingface-cli download`` leaves in the cache: a ref and a snapshot of files."""
+    (models / "refs").mkdir(parents=True)
+    (models / "refs" / "main").write_text("0" * 40)
+    (models / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (models / "snapshots" / ("0" * 40) / "config.json").write_text("{}")
+
+
+def test_an_unchanged_rebuild_keeps_the_smoke_report_until_something_it_proves_changes(
+        tmp_path: Path, env: dict[str, str]) -> None:
+    out = rendered(tmp_path / "out", tail=with_counted_smoke(REPORT))
+    plan = {"model": {"id": "autoglm-phone-9b", "repo": "zai-org/AutoGLM-Phone-9B"}}
+    (out / "provision.lock.json").write_text(json.dumps({"plan": plan}))
+    tested = dataclasses.replace(REPORT, lock_sha256=lock_digest(out))  # the build names the render it tested
+    first = build_environment(out, environ=env)
+    assert (first.smoke, first.smoke_reused, smokes(out)) == (tested, False, 1)
+    again = build_environment(out, environ=env)
+    assert (again.reused, again.smoke, again.smoke_reused, smokes(out)) == (True, tested, True, 1)
+    assert again.to_dict()["smoke_reused"] is True
+    # each of these is a reason to prove the environment again
+    changes = [
+        lambda: (out / "provision.lock.json").write_text(json.dumps({"plan": plan, "files": {}})),  # a re-render
+        lambda: env.update(PROVISION_MODEL_PATH=str(tmp_path / "weights")),  # other weights
+        lambda: download(tmp_path / ".cache/huggingface/hub/models--zai-org--AutoGLM-Phone-9B"),  # weights came
+        lambda: (out / "smoke.json").unlink(),  # the report is gone
+    ]
+    for n, change in enumerate(changes, start=2):
+        change()
+        result = build_environment(out, environ=env)
+        assert (result.reused, result.smoke_reused, smokes(out)) == (True, False, n), n
+        assert build_environment(out, environ=env).smoke_reused and smokes(out) == n  # and then it holds again
+
+
+def test_a_failed_smoke_test_is_never_reused(tmp_path: Path, env: dict[str, str]) -> None:
+    out = rendered(tmp_path / "out", tail=with_counted_smoke(REPORT))
+    build_environment(out, environ=env)
+    (out / "smoke.json").write_text(json.dumps({**REPORT.to_dict(), "ok": False, "lock_sha256": lock_digest(out)}))
+    assert build_environment(out, environ=env).smoke_reused is False and smokes(out) == 2
+
+
+def test_the_smoke_key_follows_the_toolkit() -> None:
+    from provision.build import smoke_key
+
+    out = Path("/nonexistent")
+    assert smoke_key(out, "a" * 64, {}) == smoke_key(out, "a" * 64, {"OTHER": "x"})
+    assert smoke_key(out, "a" * 64, {}) != smoke_key(out, "b" * 64, {})
 
 
 # ---------------------------------------------------------------------------

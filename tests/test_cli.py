@@ -355,3 +355,42 @@ def test_help_states_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: auto: vLLM, else SGLang, where the host runs them, else transformers serve)" in text
     assert "(default: the model's serving context from the catalog, 25480 for autoglm-phone-9b" in text
+
+
+def test_render_folders_are_keyed_by_host_and_model(tmp_path: Path) -> None:
+    """What ``nox -s provision`` renders into: a second model gets its own folder and leaves the first alone."""
+    from provision.cli import render_out_dir
+    from provision.errors import InvalidInput
+    from provision.host import load_host
+
+    base, host_id = tmp_path / "build" / "provision", load_host(A10G).host_id
+    first = render_out_dir(["--host", str(A10G), "--wheelhouse", "auto"], base)
+    second = render_out_dir(["--host", str(A10G), "--model=glm-4-9b-chat-hf"], base)
+    assert (first, second) == (base / host_id / "autoglm-phone-9b", base / host_id / "glm-4-9b-chat-hf")
+    before = _render(first)
+    _render(second, "--model", "glm-4-9b-chat-hf")
+    assert {str(p.relative_to(first)): p.read_bytes() for p in sorted(first.rglob("*")) if p.is_file()} == before
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(json.loads((second / "provision.lock.json").read_text())["plan"]))
+    assert render_out_dir(["--host", str(A10G), "--plan", str(plan_file)], base) == second  # the plan's model
+    with pytest.raises(InvalidInput, match="'nope' is not a known model"):
+        render_out_dir(["--host", str(A10G), "--model", "nope"], base)
+
+
+def test_serve_without_a_folder_takes_this_hosts_one_rendered_model(tmp_path: Path) -> None:
+    from provision.errors import InvalidInput
+    from provision.serve import default_serve_dir
+
+    host_dir = tmp_path / "build" / "provision" / "linux-x86_64-py3.11-cpu"
+    assert default_serve_dir(None, "linux-x86_64-py3.11-cpu", "autoglm-phone-9b") is None  # no checkout
+    assert default_serve_dir(tmp_path, "linux-x86_64-py3.11-cpu", "autoglm-phone-9b") == host_dir / "autoglm-phone-9b"
+    (host_dir / "glm-4-9b-chat-hf").mkdir(parents=True)
+    (host_dir / "glm-4-9b-chat-hf" / "provision.lock.json").write_text("{}")
+    assert default_serve_dir(tmp_path, "linux-x86_64-py3.11-cpu", "autoglm-phone-9b") == host_dir / "glm-4-9b-chat-hf"
+    (host_dir / "local-model").mkdir()
+    (host_dir / "local-model" / "provision.lock.json").write_text("{}")
+    with pytest.raises(InvalidInput, match="holds renders of glm-4-9b-chat-hf, local-model; name the folder"):
+        default_serve_dir(tmp_path, "linux-x86_64-py3.11-cpu", "autoglm-phone-9b")
+    (host_dir / "autoglm-phone-9b").mkdir()
+    (host_dir / "autoglm-phone-9b" / "provision.lock.json").write_text("{}")
+    assert default_serve_dir(tmp_path, "linux-x86_64-py3.11-cpu", "autoglm-phone-9b") == host_dir / "autoglm-phone-9b"

@@ -7,6 +7,7 @@ with the planner so the test checks that the doctor recommends what ``provision 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from dataclasses import replace
 from pathlib import Path
@@ -435,10 +436,17 @@ def test_find_lock(tmp_path: Path, matrix: Any, autoglm: Any) -> None:
     h = host("linux-x86_64-a10g-driver535")
     plan_doc = plan(h, matrix, autoglm, Preferences(engine="transformers")).to_dict()
     assert find_lock(h, cwd=tmp_path, prefix=tmp_path / "nowhere" / "venv") is None
-    other = write_lock(tmp_path / "build" / "provision" / "other-host" / "provision.lock.json", plan_doc)
+    base = tmp_path / "build" / "provision"
+    other = write_lock(base / "other-host" / "autoglm-phone-9b" / "provision.lock.json", plan_doc)
     assert find_lock(h, cwd=tmp_path, prefix=tmp_path / "x" / "venv") == other
-    mine = write_lock(tmp_path / "build" / "provision" / h.host_id / "provision.lock.json", plan_doc)
+    mine = write_lock(base / h.host_id / "autoglm-phone-9b" / "provision.lock.json", plan_doc)
+    os.utime(other, (mine.stat().st_mtime + 100,) * 2)  # newer, but another host's
     assert find_lock(h, cwd=tmp_path, prefix=tmp_path / "x" / "venv") == mine
+    # folders are per host and model: the asked model's wins over this host's newer render of another
+    glm = write_lock(base / h.host_id / "glm-4-9b-chat-hf" / "provision.lock.json", plan_doc)
+    os.utime(glm, (mine.stat().st_mtime + 10,) * 2)
+    assert find_lock(h, cwd=tmp_path, prefix=tmp_path / "x" / "venv") == glm
+    assert find_lock(h, model_id="autoglm-phone-9b", cwd=tmp_path, prefix=tmp_path / "x" / "venv") == mine
     beside_venv = write_lock(tmp_path / "out" / "provision.lock.json", plan_doc)
     assert find_lock(h, cwd=tmp_path, prefix=tmp_path / "out" / "venv") == beside_venv
 

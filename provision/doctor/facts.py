@@ -316,21 +316,26 @@ def _scan_snapshot(root: Path, snapshot: Path, *, incomplete: int) -> CacheScan:
                      incomplete_blobs=incomplete)
 
 
-def find_lock(host: HostProfile | None = None, *, cwd: Path | None = None, prefix: Path | None = None) -> Path | None:
-    """The lock describing this environment: next to the running venv, else ``build/provision/*/``.
+def find_lock(host: HostProfile | None = None, *, model_id: str | None = None, cwd: Path | None = None,
+              prefix: Path | None = None) -> Path | None:
+    """The lock describing this environment: next to the running venv, else ``build/provision/<host-id>/<model-id>/``.
 
     A venv built by ``provision build`` lives in ``<out>/venv`` beside ``<out>/provision.lock.json``.
-    Among several build folders, the one named for this host wins, else the newest.
+    Among several build folders, this host's folder for ``model_id`` wins, then this host's newest,
+    then the newest.
     """
+    from provision.render.usecase import OUTPUT_BASE
+
     venv_lock = (prefix if prefix is not None else Path(sys.prefix)).parent / "provision.lock.json"
     if venv_lock.is_file():
         return venv_lock
-    base = (cwd if cwd is not None else Path.cwd()) / "build" / "provision"
+    base = (cwd if cwd is not None else Path.cwd()) / OUTPUT_BASE
     if not base.is_dir():
         return None
-    locks = [p for p in base.glob("*/provision.lock.json") if p.is_file()]
+    locks = [p for p in base.glob("*/*/provision.lock.json") if p.is_file()]
     if host is not None:
-        mine = base / host.host_id / "provision.lock.json"
-        if mine in locks:
-            return mine
+        mine = [p for p in locks if p.parent.parent.name == host.host_id]
+        if model_id is not None and base / host.host_id / model_id / "provision.lock.json" in mine:
+            return base / host.host_id / model_id / "provision.lock.json"
+        locks = mine or locks
     return max(locks, key=lambda p: p.stat().st_mtime) if locks else None

@@ -76,9 +76,9 @@ def _read_expected(lock_path: Path) -> Expected:
     return Expected.from_plan(Plan.from_dict(lock.get("plan"), source=str(lock_path), where="plan"), str(lock_path))
 
 
-def _found_lock(facts: Facts) -> tuple[Expected | None, Path | None]:
+def _found_lock(facts: Facts, model_id: str | None) -> tuple[Expected | None, Path | None]:
     """The lock beside this environment, if any; a stray unreadable one nobody asked for is not fatal."""
-    found = find_lock(facts.host)
+    found = find_lock(facts.host, model_id=model_id)
     if found is None:
         return None, None
     try:
@@ -106,7 +106,7 @@ def run_doctor(*, model_id: str | None = None, lock_path: Path | None = None, fa
     if facts is None:
         facts = gather_facts()
     if lock_path is None and search_lock:
-        expected, lock_path = _found_lock(facts)
+        expected, lock_path = _found_lock(facts, model_id)
     if gathered and expected is not None:  # every package the lock pins, not only the watched ones
         facts = with_versions_of(facts, expected.packages)
     model = resolve_model(model_id or (expected.model_id if expected else catalog.default.id), catalog)

@@ -1,9 +1,10 @@
 """``provision.lock.json``: what a render was made from and what it wrote.
 
-The lock records the inputs that change the plan (the host's planning facts, not its
-free disk or RAM readings; matrix digest, model, flags, toolkit version), the plan, how complete the requirement hashes are, and the sha256 of every
-other rendered file. It is canonical JSON (sorted keys, no timestamps), so the same
-inputs give the same bytes, and a later render can tell which files a user edited.
+The lock records the inputs that change the plan (the host's planning facts, not its free
+disk or RAM readings; the matrix digest, model, flags, toolkit version), the plan, how
+complete the requirement hashes are, and the sha256 of every other rendered file. It is
+canonical JSON (sorted keys, no timestamps), so the same inputs give the same bytes, and a
+later render can tell which files a user edited.
 """
 
 from __future__ import annotations

@@ -25,7 +25,19 @@ if TYPE_CHECKING:
     from provision.plan.usecase import PlanRequest
     from provision.render.requirements import Resolution
 
-__all__ = ["RenderRequest", "RenderResult", "docker_context_dir", "render_command", "resolve_cache_dir"]
+__all__ = [
+    "OUTPUT_BASE",
+    "RenderRequest",
+    "RenderResult",
+    "docker_context_dir",
+    "output_dir",
+    "render_command",
+    "render_target",
+    "resolve_cache_dir",
+]
+
+#: Where a checkout keeps what ``nox -s provision`` renders and builds (``output_dir`` below).
+OUTPUT_BASE = Path("build") / "provision"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +87,27 @@ def resolve_cache_dir(environ: Mapping[str, str]) -> Path:
 def docker_context_dir(out: Path, root: Path | None) -> str:
     """``out`` relative to the Docker build context (the checkout root), or ``.`` outside a checkout."""
     return os.path.relpath(out, root) if root is not None and out.is_relative_to(root) else "."
+
+
+def output_dir(base: Path, host_id: str, model_id: str) -> Path:
+    """``base/<host-id>/<model-id>``: one folder per machine and model, so rendering another model (or for
+    another machine) never overwrites a folder, nor forces its environment to be rebuilt."""
+    return base / host_id / model_id
+
+
+def render_target(request: RenderRequest, base: Path) -> Path:
+    """The ``output_dir`` under ``base`` for what ``request`` renders, found without planning.
+
+    The host is ``--host`` (else this machine); the model is the plan file's, else ``--model``'s id
+    (a local folder's id is its slug), else the catalog's default.
+
+    :raises InvalidInput: a bad host file, plan file or model.
+    """
+    from provision.plan.usecase import load_inputs
+
+    planned = _read_plan_file(request.plan_file).model_id if request.plan_file is not None else None
+    host, _, model = load_inputs(request.plan, planned)
+    return output_dir(base, host.host_id, model.id)
 
 
 def _check_options(request: RenderRequest) -> None:
