@@ -32,13 +32,16 @@ def _install_toolkit(session: nox.Session) -> None:
     session.install("-e", str(ROOT))
 
 
-def _cpu_torch(session: nox.Session) -> list[str]:
-    """A CPU torch for the tests: from pip's local wheel folders when one lies there, else the CPU index.
+def _cpu_torch(session: nox.Session, *, vision: bool = True) -> list[str]:
+    """A CPU torch (and its torchvision, which glm4v's processor needs) for the tests: from pip's local wheel
+    folders when one lies there, else the CPU index.
 
     uv does not read pip's config, so the folders are handed over; PyPI's Linux torch is a CUDA
-    build of several GB, which the tests do not need.
+    build of several GB, which the tests do not need. Without a local CPU torchvision for the local
+    torch, the tests that load glm4v's processor skip (the smoke test then fails, as the server would).
     """
-    from provision.render.sources import pip_find_links, read_pip_config, torch_builds
+    from provision.data import load_matrix
+    from provision.render.sources import pip_find_links, read_pip_config, torch_builds, wheel_builds
 
     folders = pip_find_links(os.environ, read_pip_config(os.environ))
     python = ".".join(session.run("python", "-c", "import sys; print(*sys.version_info[:2])",
@@ -46,8 +49,12 @@ def _cpu_torch(session: nox.Session) -> list[str]:
     local = sorted(v for v, variant in torch_builds(folders, python=python, platform=_platform()) if variant == "cpu")
     if local:
         links = [arg for folder in folders for arg in ("--find-links", str(folder))]
-        return [*links, f"torch=={local[-1]}+cpu"]
-    return ["--extra-index-url", "https://download.pytorch.org/whl/cpu", "torch"]
+        release = next((r for r in load_matrix(ROOT / "matrices").torch if r.version == local[-1]), None)
+        wheels = wheel_builds(folders, "torchvision", python=python, platform=_platform())
+        pair = [f"torchvision=={release.torchvision}+cpu"] if vision and release is not None and \
+            release.torchvision is not None and (release.torchvision, "cpu") in wheels else []
+        return [*links, f"torch=={local[-1]}+cpu", *pair]
+    return ["--extra-index-url", "https://download.pytorch.org/whl/cpu", "torch", *(["torchvision"] if vision else [])]
 
 
 def _platform() -> str:
@@ -279,7 +286,7 @@ def engine_args(session: nox.Session) -> None:
     """
     _install_toolkit(session)
     venvs = BUILD.parent / "engine-args"
-    cpu_torch = _cpu_torch(session)
+    cpu_torch = _cpu_torch(session, vision=False)  # the argument parsers need no image processing
     for stale in sorted(venvs.glob("*/provision-engine-args.sha256")):
         if not (ENGINE_ARGS / f"{stale.parent.name}.txt").exists():
             session.log(f"removing {stale.parent}: its list is gone")

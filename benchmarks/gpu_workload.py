@@ -367,6 +367,7 @@ def _child_run(args: argparse.Namespace) -> int:
     save()
     import torch
 
+    from provision.plan.serve import model_load
     from provision.smoke.inputs import load_processors, text_inputs
     from provision.smoke.load import from_pretrained_kwargs, load_model
     from provision.smoke.measure import decode_rate, timed_generate
@@ -386,9 +387,10 @@ def _child_run(args: argparse.Namespace) -> int:
     order = sorted(range(len(cases)), key=lambda i: cases[i]["prompt_tokens"])
     save()
 
-    skip = spec.skip_modules(args.precision)
-    kwargs = from_pretrained_kwargs(precision=args.precision, device=args.device, gpus=(0,) if cuda.on else (),
-                                    max_memory=None, device_map=None, skip=skip)  # fmt: skip
+    skip = spec.skip_modules(args.precision)  # what transformers leaves unquantized, as the server does
+    bf16 = not cuda.on or torch.cuda.get_device_capability(0)[0] >= 8
+    kwargs = from_pretrained_kwargs(load=model_load(args.precision, bf16=bf16), device=args.device,
+                                    gpus=(0,) if cuda.on else (), max_memory=None, device_map=None)  # fmt: skip
     doc["load"] = {"kwargs": {k: str(v) for k, v in kwargs.items()}, "keep_16bit": list(skip)}
     try:
         model, seconds = load_model(path, spec.auto_class, kwargs, model_id=spec.id, precision=args.precision,

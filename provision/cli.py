@@ -430,19 +430,22 @@ def _cmd_build(args: argparse.Namespace) -> int:
 def _smoke_settings(args: argparse.Namespace) -> dict[str, Any]:
     """What to smoke-test: the lock's plan (model, precision, placement, how it is served), overridden by options."""
     from provision.plan.document import Plan
+    from provision.plan.serve import serve_load
     from provision.render.lock import read_lock
 
     settings: dict[str, Any] = {"model": args.model, "precision": args.precision, "device": None, "gpus": (),
-                                "max_memory": None, "device_map": None, "served_model_name": None, "engine": None}
+                                "max_memory": None, "device_map": None, "served_model_name": None, "engine": None,
+                                "load": None}
     if args.lock is not None:
         lock = read_lock(args.lock)
         if lock is None:
             raise InvalidInput(str(args.lock), "(file)", "no such file")
         plan = Plan.from_dict(lock.get("plan"), source=str(args.lock), where="plan")
         placement = plan.placement
+        load = serve_load(plan.serve, plan.precision) if args.precision is None else None  # as the server loads
         settings.update(model=settings["model"] or plan.model_id, precision=settings["precision"] or plan.precision,
                         device=placement.device, gpus=placement.gpus, max_memory=placement.max_memory,
-                        device_map=placement.device_map)
+                        device_map=placement.device_map, load=load)
         if plan.serve is not None:
             settings.update(served_model_name=plan.serve.served_model_name, engine=plan.serve.engine)
     return settings
@@ -486,8 +489,10 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
             precision=settings["precision"], device=settings["device"],
         )  # fmt: skip
     else:
+        load = settings["load"]  # the lock's server's load; its precision (an engine's fp8 loads 16-bit here)
         report = smoke_command(
-            model=settings["model"], precision=settings["precision"], device=settings["device"], gpus=settings["gpus"],
+            model=settings["model"], precision=load.precision if load else settings["precision"],
+            device=settings["device"], gpus=settings["gpus"], load=load,
             max_memory=settings["max_memory"], device_map=settings["device_map"], model_path=args.model_path,
             stand_in="tiny" if args.tiny else "synthetic" if args.synthetic else None, context_tokens=args.context,
             new_tokens=16 if args.new_tokens is None else args.new_tokens,

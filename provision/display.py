@@ -121,6 +121,9 @@ def show_smoke(report: SmokeReport, console: Any) -> None:
     console.print(f"  load {round(report.load_seconds, 3)} s, peak memory {int(peak or 0) / 1e9:.2f} GB"
                   + (f" (estimate {int(est) / 1e9:.2f} GB)" if est else "")
                   + f", {report.tokens_generated} tokens at {round(report.tokens_per_second, 3)} tok/s")
+    if report.processor or report.server_args:
+        console.print(f"  loaded as the server loads it: processor {escape(report.processor or 'n/a')}; "
+                      f"transformers serve {escape(' '.join(report.server_args)) or '(no load flags recorded)'}")
 
 
 def show_render(result: RenderResult, console: Any) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "LOCK_SCHEMA",
     "MIN_SERVING_CONTEXT",
     "MODELS_SCHEMA",
+    "OUTPUT_BASE",
     "PLAN_PRECISIONS",
     "PLAN_SCHEMA",
     "PLATFORMS",
@@ -57,6 +58,10 @@ DOCTOR_SCHEMA = "provision.doctor/v1"
 RENDER_SCHEMA = "provision.render/v1"
 BUILD_SCHEMA = "provision.build/v1"
 MODELS_SCHEMA = "provision.models/v1"
+
+#: Where a checkout keeps what ``nox -s provision`` renders and builds, one folder per host and model below it
+#: (``build/provision/<host-id>/<model-id>/``).
+OUTPUT_BASE = "build/provision"
 
 #: Tokens budgeted for a model whose serving context the catalog does not give (a local model
 #: directory); a catalog model's default is its serving context (``ModelServe.context``). Plans

@@ -27,6 +27,7 @@ from provision.plan.budget import ContextGoal, ram_needed, usable_ram
 from provision.plan.document import Plan, Preferences
 from provision.plan.memory import estimate_memory
 from provision.plan.search import plan
+from provision.plan.serve import ModelLoad, serve_load
 from provision.vocab import DEFAULT_CONTEXT, MIN_SERVING_CONTEXT, parse_arch
 
 HOSTS = Path(__file__).parent / "fixtures" / "hosts"
@@ -136,7 +137,7 @@ def test_reference_hosts(name: str, torch: str, variant: str, precision: str, de
     decisions = {r.decision for r in p.reasons}
     assert {"engine", "torch", "variant", "precision", "device"} <= decisions
     assert all(r.why for r in p.reasons)
-    assert_transformers_serve(p, context)
+    assert_transformers_serve(p, context, host=h)
     lowered = [w for w in p.warnings if w.startswith("context lowered")]
     assert len(lowered) == (context < 25480), "a lowered context always says so"
     # the memory the plan counts is the model at the context it serves, one screenshot among its tokens
@@ -145,7 +146,7 @@ def test_reference_hosts(name: str, torch: str, variant: str, precision: str, de
     assert p.placement.required_bytes == est.total or len(gpus) > 1
 
 
-def assert_transformers_serve(p: Plan, context: int = 25480) -> None:
+def assert_transformers_serve(p: Plan, context: int = 25480, host: HostProfile | None = None) -> None:
     """``transformers serve`` pinned to the served name, in the plan's precision and on its device."""
     s = p.serve
     flags = dict(zip(s.argv[3::2], s.argv[4::2], strict=True))
@@ -156,7 +157,14 @@ def assert_transformers_serve(p: Plan, context: int = 25480) -> None:
     quantization = {"int8": "bnb-8bit", "nf4": "bnb-4bit"}.get(p.precision)
     assert s.quantization == quantization
     assert flags.get("--quantization") == quantization
-    assert flags.get("--dtype") == {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(p.precision)
+    # always a --dtype: a quantized model's other weights in the 16-bit type its GPUs compute in ("auto" would
+    # take the checkpoint's bf16 on a T4 or V100, which have none)
+    bf16 = host is None or all(g.compute_capability >= (8, 0) for g in host.gpus if g.index in p.placement.gpus)
+    expected = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(p.precision)
+    assert flags["--dtype"] == (expected or ("bfloat16" if bf16 else "float16"))
+    # the smoke test loads with exactly these flags, read back from the plan
+    assert serve_load(s, p.precision) == ModelLoad(flags["--dtype"], quantization)
+    assert serve_load(s, p.precision).argv == tuple(s.argv[5:-2])
     assert (s.tensor_parallel_size, s.gpu_memory_utilization, s.image, s.max_model_len) == (1, None, None, context)
 
 

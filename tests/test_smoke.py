@@ -7,6 +7,8 @@ CPU, the same ``from_pretrained`` path real weights take.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -189,6 +191,7 @@ def empty_hf_cache(tmp_path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_tiny_glm4v_loads_and_generates_from_text_and_image(precision: str, tiny_root: Path, empty_hf_cache: Path) -> None:
+    pytest.importorskip("torchvision", reason="glm4v's processor (and so transformers serve) needs torchvision")
     from provision.smoke import run_smoke
 
     report = run_smoke(
@@ -211,6 +214,8 @@ def test_tiny_glm4v_loads_and_generates_from_text_and_image(precision: str, tiny
     assert abs(doc["estimate"]["weights"] - doc["weights_bytes"]) <= 0.01 * doc["weights_bytes"]
     assert doc["estimated_memory_bytes"] == doc["estimate"]["total"]
     assert doc["versions"]["transformers"].startswith("5.")
+    assert doc["processor"].startswith("Glm4vProcessor (")  # AutoProcessor's, as the server loads it
+    assert doc["server_args"] == ["--dtype", "float32" if precision == "fp32" else "bfloat16"]
 
 
 @pytest.mark.slow
@@ -237,6 +242,7 @@ def _incomplete_hf_snapshot(cache: Path, repo: str) -> Path:
 @pytest.mark.slow
 def test_incomplete_cached_snapshot_is_refused_or_replaced_by_tiny(tmp_path: Path, tiny_root: Path) -> None:
     pytest.importorskip("huggingface_hub")
+    pytest.importorskip("torchvision", reason="glm4v's processor (and so transformers serve) needs torchvision")
     from provision.smoke import run_smoke
 
     spec = CATALOG.get("autoglm-phone-9b")
@@ -284,14 +290,112 @@ def test_quantized_precision_without_bitsandbytes_fails_before_building(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+# ---------------------------------------------------------------- loaded as the server loads it
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_smoke_tests_quantization_is_the_servers() -> None:
+    """``transformers serve --quantization bnb-4bit|bnb-8bit`` builds its own BitsAndBytesConfig; the test's is equal."""
+    from types import SimpleNamespace
+
+    server = pytest.importorskip("transformers.cli.serving.model_manager", reason="no transformers[serving] here")
+    from provision.smoke.load import quantization_config
+
+    for method in ("bnb-4bit", "bnb-8bit"):
+        theirs = server.ModelManager.get_quantization_config(SimpleNamespace(quantization=method))
+        assert quantization_config(method).to_dict() == theirs.to_dict(), method
+    assert quantization_config(None) is None
+
+
+def test_from_pretrained_gets_the_plans_dtype_and_the_servers_quantization(ml: None) -> None:
+    import torch
+
+    from provision.plan.serve import model_load
+    from provision.smoke.load import from_pretrained_kwargs
+
+    t4 = from_pretrained_kwargs(load=model_load("nf4", bf16=False), device="cuda", gpus=(0,), max_memory=None,
+                                device_map=None)
+    assert t4["dtype"] is torch.float16 and t4["device_map"] == {"": 0}
+    quant = t4["quantization_config"]
+    assert quant.load_in_4bit and quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant
+    assert quant.bnb_4bit_compute_dtype is torch.float32 and quant.llm_int8_skip_modules is None  # the server's
+    cpu = from_pretrained_kwargs(load=model_load("bf16"), device="cpu", gpus=(), max_memory=None, device_map=None)
+    assert cpu["dtype"] is torch.bfloat16 and "quantization_config" not in cpu
+
+
+@pytest.mark.slow
+def test_the_catalogs_unquantized_modules_are_what_the_server_leaves_unquantized(ml: None) -> None:
+    """The server names no skipped modules: transformers skips its default. The memory estimate's list must be it."""
+    import torch
+    import transformers
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    for model_id in CATALOG.ids:
+        spec = CATALOG.get(model_id)
+        config = dict(spec.config)
+        with torch.device("meta"):
+            model = getattr(transformers, spec.auto_class).from_config(
+                transformers.AutoConfig.for_model(config.pop("model_type"), **config))
+        default = sorted(get_keys_to_not_convert(model))
+        assert {p: sorted(spec.skip_modules(p)) for p in ("int8", "nf4")} == {"int8": default, "nf4": default}, model_id
+
+
+_HIDE_TORCHVISION = "raise ImportError('torchvision is hidden by this test')\n"
+
+
+@pytest.mark.slow
+def test_without_torchvision_the_smoke_test_fails_as_the_server_does(tmp_path: Path, ml: None) -> None:
+    """glm4v's processor needs torchvision; ``transformers serve`` has no fallback, so the smoke test has none.
+
+    The test fails with one line and exit 1. Where ``PROVISION_SERVE_PYTHON`` names a Python with
+    transformers[serving], the server is started on the same folder without torchvision too, and must fail.
+    """
+    from provision.smoke.tiny import build_tiny
+
+    tiny = build_tiny(CATALOG.get("autoglm-phone-9b").config, model_id="autoglm-phone-9b",
+                      root=tmp_path / "provision" / "tiny").path  # where --tiny finds it (XDG_CACHE_HOME below)
+    hidden = tmp_path / "hide" / "torchvision"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text(_HIDE_TORCHVISION)
+    env = {**os.environ, "PYTHONPATH": f"{hidden.parent}:{ROOT}", "XDG_CACHE_HOME": str(tmp_path),
+           "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "provision", "smoke", "--tiny", "--new-tokens", "2", "--json"],
+                          capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "AutoProcessor" in errors[0] and "torchvision is hidden" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    server_python = os.environ.get("PROVISION_SERVE_PYTHON")
+    if server_python:
+        (tmp_path / "autoglm-phone-9b").symlink_to(tiny, target_is_directory=True)
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            port = str(free.getsockname()[1])
+        served = subprocess.run([server_python, "-m", "transformers.cli.transformers", "serve", "autoglm-phone-9b",
+                                 "--host", "127.0.0.1", "--port", port, "--device", "cpu", "--dtype", "float32"],
+                                cwd=tmp_path,
+                                capture_output=True, text=True, env={**env, "PYTHONPATH": str(hidden.parent)},
+                                timeout=300, check=False)
+        assert served.returncode != 0 and "torchvision is hidden" in served.stderr + served.stdout
+
+
+@pytest.mark.slow
+def test_the_report_says_which_processor_and_load_flags_the_run_used(tiny_root: Path, empty_hf_cache: Path) -> None:
+    from provision.smoke import run_smoke
+
+    report = run_smoke(model=CATALOG.get("glm-4-9b-chat-hf"), precision="bf16", device="cpu", new_tokens=2,
+                       tiny_root=tiny_root, hf_cache_dir=empty_hf_cache)
+    assert report.server_args == ("--dtype", "bfloat16")
+    assert report.processor and "Tokenizer" in report.processor  # a text model's AutoProcessor is its tokenizer
+    assert "transformers serve --dtype bfloat16" in format_report(report)
+
+
 # ---------------------------------------------------------------- gpu
 
 
 @pytest.mark.gpu
 @pytest.mark.slow
-# transformers 5.17's Glm4vProcessor calls np.array() on a torch tensor, which numpy 2
-# flags (seen on the lent H100 with torchvision installed); not this toolkit's code.
-@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 def test_tiny_glm4v_on_cuda_reports_allocator_memory(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():

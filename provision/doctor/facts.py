@@ -19,6 +19,7 @@ from packaging.utils import canonicalize_name
 
 from provision.common.fields import Fields, read_json_file
 from provision.errors import InvalidInput
+from provision.vocab import OUTPUT_BASE
 
 if TYPE_CHECKING:
     from provision.data import ModelSpec
@@ -324,8 +325,6 @@ def find_lock(host: HostProfile | None = None, *, model_id: str | None = None, c
     Among several build folders, this host's folder for ``model_id`` wins, then this host's newest,
     then the newest.
     """
-    from provision.render.usecase import OUTPUT_BASE
-
     venv_lock = (prefix if prefix is not None else Path(sys.prefix)).parent / "provision.lock.json"
     if venv_lock.is_file():
         return venv_lock

@@ -612,10 +612,12 @@ def _assemble(job: _Job, build: _Build, option: _Option, *, kernel_notes: Sequen
 def _serve(job: _Job, option: _Option, transformers: Version) -> Serve:
     """``transformers serve`` of this plan, under the catalog's served name (a local folder: its id, and no source)."""
     model, placement = job.model, option.placement
+    used = [g for g in job.host.gpus if g.index in placement.gpus]
     return transformers_serve(
         served_model_name=model.serve.served_model_name if model.serve is not None else model.id,
         model_source=model.repo, transformers_version=str(transformers),
-        precision=placement.precision, device=placement.device, context=option.context)
+        precision=placement.precision, device=placement.device, context=option.context,
+        bf16=all(supports_bf16(g) for g in used))
 
 
 def _engine_reason(plan: Plan, passed_over: tuple[str, ...]) -> Reason:

@@ -22,7 +22,7 @@ from provision.common.fields import Fields
 from provision.data.engines import IMAGE_TAG_RE
 from provision.errors import InvalidInput
 
-__all__ = ["ENGINES", "SERVE_PORT", "Serve", "transformers_serve"]
+__all__ = ["ENGINES", "SERVE_PORT", "ModelLoad", "Serve", "model_load", "serve_load", "transformers_serve"]
 
 #: The engines a plan can serve with.
 ENGINES = ("vllm", "sglang", "transformers")
@@ -33,6 +33,65 @@ _ARG_RE = re.compile(r'[A-Za-z0-9._:/=@+,{}"\[\] -]{1,200}')
 #: ``transformers serve``'s 16-bit and 32-bit ``--dtype`` values, and its in-flight bitsandbytes modes.
 _TRANSFORMERS_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 _TRANSFORMERS_QUANT = {"int8": "bnb-8bit", "nf4": "bnb-4bit"}
+_PRECISION_OF = {v: k for k, v in _TRANSFORMERS_QUANT.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLoad:
+    """How a plan's model is loaded by transformers in process: by ``transformers serve`` and by the smoke test.
+
+    ``dtype`` (``bfloat16``, ``float16``, ``float32``) is every weight bitsandbytes does not quantize;
+    ``quantization`` is ``transformers serve``'s in-flight bitsandbytes mode (``bnb-4bit``, ``bnb-8bit``)
+    or None. The server takes both as ``--dtype`` and ``--quantization`` (``argv``); the smoke test passes
+    the same to ``from_pretrained`` with the server's own ``BitsAndBytesConfig`` for the mode. Neither sets
+    bitsandbytes' compute dtype or skipped modules, which ``transformers serve`` has no flags for: both
+    take transformers' defaults (nf4 computes in float32; the output embedding, ``lm_head``, stays
+    unquantized, which is what the catalog's ``keep_16bit`` records for the memory estimate).
+    """
+
+    dtype: str
+    quantization: str | None = None
+
+    @property
+    def precision(self) -> str:
+        """The precision this loads in: the bitsandbytes mode's, else the dtype's (an engine's fp8 gives its 16-bit)."""
+        if self.quantization is not None:
+            return _PRECISION_OF[self.quantization]
+        return next(p for p, dtype in _TRANSFORMERS_DTYPES.items() if dtype == self.dtype)
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The server's load flags: ``--dtype`` always (``auto`` would pick bf16 on a GPU without it)."""
+        return ("--dtype", self.dtype, *(("--quantization", self.quantization) if self.quantization else ()))
+
+
+def model_load(precision: str, *, bf16: bool = True) -> ModelLoad:
+    """The one place a plan's precision becomes load settings, for the server command and the smoke test.
+
+    ``bf16``: every GPU the model is placed on computes in bf16 (compute capability 8.0 or newer); the
+    unquantized parts of an int8 or nf4 model are then bfloat16 (the checkpoint's own type), else float16.
+    An engine's ``fp8`` loads here in its 16-bit type (transformers has no in-flight fp8).
+
+    :raises InvalidInput: an unknown precision.
+    """
+    if precision in _TRANSFORMERS_QUANT or precision == "fp8":
+        return ModelLoad("bfloat16" if bf16 else "float16", _TRANSFORMERS_QUANT.get(precision))
+    if precision not in _TRANSFORMERS_DTYPES:
+        raise InvalidInput("plan", "precision", f"{precision!r} has no transformers load settings")
+    return ModelLoad(_TRANSFORMERS_DTYPES[precision])
+
+
+def serve_load(serve: Serve, precision: str) -> ModelLoad:
+    """The load a plan's server command asks for, read back from ``serve.argv`` (the plan's one record of it).
+
+    A ``transformers serve`` command names both flags; a vLLM or SGLang plan's ``--dtype`` gives the 16-bit
+    type, and its precision the bitsandbytes mode the smoke test loads in process (an engine's fp8: none).
+    """
+    value = {flag: serve.argv[i + 1] for i, flag in enumerate(serve.argv[:-1]) if flag in ("--dtype", "--quantization")}
+    if serve.engine == "transformers" and value.get("--dtype") in _TRANSFORMERS_DTYPES.values():
+        return ModelLoad(value["--dtype"], value.get("--quantization"))
+    return model_load(_PRECISION_OF.get(value.get("--quantization", ""), precision),
+                      bf16=value.get("--dtype") != "float16")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,7 +185,7 @@ def _slots(engine: str, argv: tuple[str, ...], port: int, source: str | None) ->
 
 
 def transformers_serve(*, served_model_name: str, model_source: str | None, transformers_version: str,
-                       precision: str, device: str, context: int) -> Serve:
+                       precision: str, device: str, context: int, bf16: bool = True) -> Serve:
     """``transformers serve`` (transformers[serving]) for a plan of the in-process stack.
 
     The command names the served model, which pins the server to that one model under that name
@@ -134,14 +193,11 @@ def transformers_serve(*, served_model_name: str, model_source: str | None, tran
     sends. ``--device auto`` lets accelerate place the weights, over several GPUs by ``device_map``
     when one does not hold them, so ``tensor_parallel_size`` is 1. The server has no context limit of
     its own; ``max_model_len`` is the context the plan budgeted memory for. No ``--host``: ``serve.sh``
-    adds it.
+    adds it. The load flags are ``model_load``'s (``bf16``: the planned GPUs compute in bf16), which the
+    smoke test loads with too.
     """
-    argv = ["transformers", "serve", served_model_name, "--port", str(SERVE_PORT)]
-    if precision in _TRANSFORMERS_QUANT:
-        argv += ["--quantization", _TRANSFORMERS_QUANT[precision]]
-    else:
-        argv += ["--dtype", _TRANSFORMERS_DTYPES[precision]]
-    argv += ["--device", "cpu" if device == "cpu" else "auto"]
+    argv = ["transformers", "serve", served_model_name, "--port", str(SERVE_PORT),
+            *model_load(precision, bf16=bf16).argv, "--device", "cpu" if device == "cpu" else "auto"]
     return Serve(engine="transformers", engine_version=transformers_version, port=SERVE_PORT,
                  served_model_name=served_model_name, max_model_len=context, gpu_memory_utilization=None,
                  tensor_parallel_size=1, quantization=_TRANSFORMERS_QUANT.get(precision), image=None,

@@ -37,7 +37,7 @@ from provision.data import Images
 from provision.errors import InvalidInput
 from provision.host.profile import planning_facts
 from provision.plan.document import Placement, Plan, variant_cuda
-from provision.plan.serve import Serve, transformers_serve
+from provision.plan.serve import Serve, serve_load, transformers_serve
 from provision.render.deploy import DEPLOY_FILES, DeployInputs, NodeFloor, deploy_files
 from provision.render.lock import LOCK_NAME, build_lock, canonical_json, dump_lock, edited_files, read_lock, sha256_hex
 from provision.render.requirements import Resolution, check_wheelhouse, torch_index_for, unresolved
@@ -60,8 +60,6 @@ FILE_NAMES = (
 _EXECUTABLE = frozenset({"install.sh", "setup-venv.sh", "serve.sh"})
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9 ._:/+=,()<>-]{0,200}$")
-#: An engine's ``--dtype`` value as ``provision smoke --precision`` names it (for an fp8 plan's smoke run).
-_SMOKE_PRECISION = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 #: Where the images keep the Hugging Face cache (the volume) and serve.sh.
 _IMAGE_HOME = "/home/app"
 _IMAGE_SERVE_SH = "/opt/provision-env/serve.sh"
@@ -176,16 +174,12 @@ def _is_engine(plan: Plan) -> bool:
 
 
 def _smoke_precision(plan: Plan) -> str:
-    """What ``provision smoke`` loads: the plan's precision, or for an engine's fp8 the 16-bit type it computes in.
+    """What ``provision smoke`` loads: the plan's server's load (``serve_load``), e.g. an engine's fp8 in its 16-bit type.
 
     The smoke test loads the model in process through transformers, which has no online fp8; it
     proves the environment's torch and transformers load the model, and the served proof is the server's.
     """
-    if plan.precision in PRECISIONS:
-        return plan.precision
-    argv = plan.serve.argv
-    dtype = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--dtype"), "bfloat16")
-    return _SMOKE_PRECISION.get(dtype, "bf16")
+    return serve_load(plan.serve, plan.precision).precision
 
 
 def _serve_lines(serve: Serve) -> list[list[dict[str, str | None]]]:
@@ -220,7 +214,8 @@ def _sibling_serve(plan: Plan, packages: Mapping[str, str], placement: Placement
     s = plan.serve
     return transformers_serve(served_model_name=s.served_model_name, model_source=s.model_source,
                               transformers_version=packages.get("transformers", s.engine_version),
-                              precision=placement.precision, device=placement.device, context=s.max_model_len)
+                              precision=placement.precision, device=placement.device, context=s.max_model_len,
+                              bf16=serve_load(s, plan.precision).dtype != "float16")
 
 
 def _variant_plans(inputs: RenderInputs, plan: Plan) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from provision.errors import InvalidInput, write_failure
-from provision.vocab import RENDER_SCHEMA
+from provision.vocab import OUTPUT_BASE, RENDER_SCHEMA
 
 if TYPE_CHECKING:
     from provision.common.net import IndexProbe
@@ -35,9 +35,6 @@ __all__ = [
     "render_target",
     "resolve_cache_dir",
 ]
-
-#: Where a checkout keeps what ``nox -s provision`` renders and builds (``output_dir`` below).
-OUTPUT_BASE = Path("build") / "provision"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,13 +1,14 @@
-"""The smoke test's inputs: the model's processors, its chat template, a text and an image prompt.
+"""The smoke test's inputs: the model's processor, its chat template, a text and an image prompt.
 
-Prompts go through the checkpoint's own chat template so the token counts are the ones a user
-gets; when a processor cannot be built (transformers 5.x without torchvision), the tokenizer and
-the PIL image processor are used directly. torch, numpy and PIL are imported inside functions.
+The processor is loaded exactly as ``transformers serve`` loads it (``AutoProcessor.from_pretrained``),
+and prompts go through the checkpoint's own chat template, as the server applies it. The server has no
+fallback for either (a glm4v processor without torchvision, a checkpoint without a chat template), so
+neither has the smoke test: what would stop the server fails the test. torch, numpy and PIL are imported
+inside functions.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,9 @@ _SNIPPET_CHARS = 200
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Processors:
-    """What turns prompts into model inputs, and how it was obtained (for the report)."""
+    """What ``AutoProcessor`` gave: the processor (None when it is the tokenizer itself), and its class names."""
 
-    processor: Any  # the model's AutoProcessor, or None
+    processor: Any
     tokenizer: Any
     image_processor: Any  # None for text-only models
     how: str
@@ -44,60 +45,49 @@ class Processors:
         return self.processor or self.tokenizer
 
 
-def load_processors(path: Path, vision: bool) -> Processors:
-    """The model's own processor where it can be built, else the tokenizer (+ image processor).
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
-    transformers 5.x cannot build Glm4vProcessor without torchvision (its video processor needs
-    it), so then the tokenizer and the PIL image processor are used directly and the image
-    tokens are expanded here.
+
+def load_processors(path: Path, vision: bool) -> Processors:
+    """The model's processor as ``transformers serve`` loads it: ``AutoProcessor.from_pretrained`` (offline here).
+
+    For a text model that is the tokenizer; a vision model's must carry an image processor, or the
+    server could not take the phone's screenshot.
+
+    :raises SmokeError: ``AutoProcessor`` fails (glm4v's processor needs torchvision) or gives no image
+        processor for a vision model: the server would fail the same way.
     """
     import transformers
 
-    if vision:
-        try:
-            proc = transformers.AutoProcessor.from_pretrained(path, local_files_only=True)
-            return Processors(processor=proc, tokenizer=proc.tokenizer, image_processor=proc.image_processor,
-                              how=type(proc).__name__)  # fmt: skip
-        except (ImportError, ValueError, TypeError, AttributeError, OSError) as exc:
-            reason = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else type(exc).__name__
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-        image_proc = _pil_image_processor(transformers, path)
-        how = f"{type(tokenizer).__name__} + {type(image_proc).__name__} (AutoProcessor unavailable: {reason})"
-        return Processors(processor=None, tokenizer=tokenizer, image_processor=image_proc, how=how)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return Processors(processor=None, tokenizer=tokenizer, image_processor=None, how=type(tokenizer).__name__)
-
-
-def _pil_image_processor(transformers: Any, path: Path) -> Any:
-    """The PIL backend of the folder's image processor (transformers 5.17's AutoImageProcessor
-    itself needs torchvision; 5.24's falls back to PIL on its own)."""
     try:
-        declared = json.loads((path / "preprocessor_config.json").read_text(encoding="utf-8"))
-        name = str(declared.get("image_processor_type", "")).removesuffix("Fast").removesuffix("Pil")
-    except (OSError, ValueError, AttributeError):
-        name = ""
-    pil = getattr(transformers, f"{name}Pil", None) if name else None
-    try:
-        if pil is not None:
-            return pil.from_pretrained(path, local_files_only=True)
-        return transformers.AutoImageProcessor.from_pretrained(path, local_files_only=True)
-    except (ImportError, OSError, ValueError) as exc:
-        raise SmokeError(f"cannot load the image processor of {path}: {exc}; install torchvision matching torch") from exc
+        proc = transformers.AutoProcessor.from_pretrained(path, local_files_only=True)
+    except (ImportError, ValueError, TypeError, AttributeError, OSError) as exc:
+        raise SmokeError(f"the processor of {path} does not load as transformers serve loads it "
+                         f"(AutoProcessor.from_pretrained): {type(exc).__name__}: {_first_line(exc)}") from exc
+    if isinstance(proc, transformers.PreTrainedTokenizerBase):
+        if vision:
+            raise SmokeError(f"AutoProcessor gives only a tokenizer ({type(proc).__name__}) for the vision model in "
+                             f"{path}: the server could not read images")
+        return Processors(processor=None, tokenizer=proc, image_processor=None, how=type(proc).__name__)
+    image_processor = getattr(proc, "image_processor", None)
+    if vision and image_processor is None:
+        raise SmokeError(f"{type(proc).__name__} from {path} has no image processor: the server could not read images")
+    how = f"{type(proc).__name__} ({type(proc.tokenizer).__name__}" + (
+        f" + {type(image_processor).__name__})" if image_processor is not None else ")")
+    return Processors(processor=proc, tokenizer=proc.tokenizer, image_processor=image_processor, how=how)
 
 
 def _render(template_owner: Any, messages: list[dict[str, Any]]) -> str:
-    """The chat template's text; GLM-4's layout for checkpoints that ship without one."""
-    if getattr(template_owner, "chat_template", None):
-        return str(template_owner.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    parts = []
-    for m in messages:
-        content = m["content"]
-        if not isinstance(content, str):
-            content = "".join(
-                "<|begin_of_image|><|image|><|end_of_image|>" if p["type"] == "image" else p.get("text", "") for p in content
-            )
-        parts.append(f"<|{m['role']}|>\n{content}")
-    return "[gMASK]<sop>" + "".join(parts) + "<|assistant|>\n"
+    """The chat template's text, as the server renders a chat request.
+
+    :raises SmokeError: the checkpoint has no chat template (the server's chat completions need one).
+    """
+    if not getattr(template_owner, "chat_template", None):
+        raise SmokeError(f"{type(template_owner).__name__} has no chat template: the server cannot answer chat "
+                         "requests with it")
+    return str(template_owner.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
 def text_inputs(procs: Processors, vision: bool, prompt_tokens: int | None) -> dict[str, Any]:
@@ -144,40 +134,13 @@ def _pil_takes_mode() -> bool:
 
 
 def image_inputs(procs: Processors, model_config: Any) -> dict[str, Any]:
-    """Text+image inputs; with no processor the image tokens are expanded to match the grid."""
+    """Text+image inputs through the model's own processor, as the server builds them."""
     content = [{"type": "image"}, {"type": "text", "text": _IMAGE_PROMPT}]
-    image = _synthetic_image()
     text = _render(procs.template_owner, [{"role": "user", "content": content}])
-    image_id = int(model_config.image_token_id)
-    if procs.processor is not None:
-        encoded = dict(procs.processor(text=[text], images=[image], return_tensors="pt"))
-        if "mm_token_type_ids" not in encoded:  # processors before 5.x's default return it only on request
-            encoded["mm_token_type_ids"] = (encoded["input_ids"] == image_id).long()
-        return encoded
-    return _expanded_image_inputs(procs, text, image, image_id)
-
-
-def _expanded_image_inputs(procs: Processors, text: str, image: Any, image_id: int) -> dict[str, Any]:
-    """What the processor would build: one ``<|image|>`` per merged patch, then the pixels."""
-    import torch
-
-    vision = procs.image_processor(images=[image], return_tensors="pt")
-    merge = int(getattr(procs.image_processor, "merge_size", 2))
-    count = int(vision["image_grid_thw"][0].prod()) // (merge * merge)
-    image_token = "<|image|>"  # noqa: S105 - a vocabulary entry, not a secret
-    if text.count(image_token) != 1:
-        raise SmokeError(f"the chat template produced {text.count(image_token)} image placeholders, expected 1")
-    text = text.replace(image_token, image_token * count)
-    ids = torch.tensor([procs.tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=torch.long)
-    if int((ids == image_id).sum()) != count:
-        raise SmokeError(f"tokenizer does not map {image_token} to the config's image_token_id {image_id}")
-    return {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "mm_token_type_ids": (ids == image_id).long(),
-        "pixel_values": vision["pixel_values"],
-        "image_grid_thw": vision["image_grid_thw"],
-    }
+    encoded = dict(procs.processor(text=[text], images=[_synthetic_image()], return_tensors="pt"))
+    if "mm_token_type_ids" not in encoded:  # processors before 5.x's default return it only on request
+        encoded["mm_token_type_ids"] = (encoded["input_ids"] == int(model_config.image_token_id)).long()
+    return encoded
 
 
 def snippet(tokenizer: Any, ids: Any) -> str:

@@ -1,7 +1,8 @@
 """Loading the model the way a user will: its auto class, ``from_pretrained``, the planned settings.
 
-The keyword arguments (dtype, placement, bitsandbytes config) are built from the plan, so what
-loads is what ``provision.plan.memory`` estimated; load failures become ``SmokeError`` with a hint.
+The dtype and bitsandbytes config are the plan's server's (``provision.plan.serve.ModelLoad``), the
+placement the planner's, so what loads is what the server loads and ``provision.plan.memory``
+estimated; load failures become ``SmokeError`` with a hint.
 torch, transformers and bitsandbytes are imported inside functions.
 """
 
@@ -11,17 +12,21 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provision.common.progress import step
 from provision.errors import SmokeError
 from provision.vocab import QUANTIZED
+
+if TYPE_CHECKING:
+    from provision.plan.serve import ModelLoad
 
 __all__ = [
     "bf16_capable",
     "check_not_offloaded",
     "from_pretrained_kwargs",
     "load_model",
+    "quantization_config",
     "require_bitsandbytes",
 ]
 
@@ -46,34 +51,23 @@ def require_bitsandbytes(precision: str) -> None:
         )
 
 
-def _dtype_for(precision: str, device: str, gpus: Sequence[int]) -> Any:
-    import torch
+def quantization_config(method: str | None) -> Any:
+    """The ``BitsAndBytesConfig`` that ``transformers serve --quantization METHOD`` builds, or None without one.
 
-    if precision in QUANTIZED:  # the compute dtype of the non-quantized parts
-        if device == "cuda" and not bf16_capable(gpus[0] if gpus else 0):
-            return torch.float16
-        return torch.bfloat16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-
-
-def _quantization_config(precision: str, compute_dtype: Any, skip: Sequence[str]) -> Any:
-    """bitsandbytes settings for int8/nf4 (``require_bitsandbytes`` has run by now), else None."""
-    if precision not in QUANTIZED:
+    The values are the server's own (transformers 5.24, ``cli/serving/model_manager.py``): nf4 with
+    double quantization and no compute dtype (bitsandbytes then computes in float32), 8-bit plain, and
+    no skipped modules (transformers' default: the output embedding). The smoke test quantizes as the
+    server does, so it fails where the server would.
+    """
+    if method is None:
         return None
     from transformers import BitsAndBytesConfig
 
-    # The catalog's keep_16bit list (transformers' own default is ["lm_head"]), so what loads is
-    # what provision.plan.memory estimated.
-    extra = {"llm_int8_skip_modules": list(skip)} if skip else {}
-    if precision == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True, **extra)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype,
-        **extra,
-    )
+    if method == "bnb-4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
+    if method == "bnb-8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise SmokeError(f"{method!r} is not a transformers serve quantization (bnb-4bit, bnb-8bit)")
 
 
 def _placement(
@@ -101,16 +95,17 @@ def _placement(
 
 
 def from_pretrained_kwargs(
-    *, precision: str, device: str, gpus: Sequence[int], max_memory: Mapping[str, int] | None,
-    device_map: Mapping[str, int] | None, skip: Sequence[str],
+    *, load: ModelLoad, device: str, gpus: Sequence[int], max_memory: Mapping[str, int] | None,
+    device_map: Mapping[str, int] | None,
 ) -> dict[str, Any]:  # fmt: skip
-    """dtype, placement and quantization for ``from_pretrained``, offline only."""
-    dtype = _dtype_for(precision, device, gpus)
-    quant = _quantization_config(precision, dtype, skip)
+    """dtype and quantization as the plan's server loads them (``load``), the planned placement, offline only."""
+    import torch
+
     placement, limits = _placement(device, gpus, max_memory, device_map)
-    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": placement, "local_files_only": True}
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, load.dtype), "device_map": placement, "local_files_only": True}
     if limits is not None:
         kwargs["max_memory"] = limits
+    quant = quantization_config(load.quantization)
     if quant is not None:
         kwargs["quantization_config"] = quant
     return kwargs

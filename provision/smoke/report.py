@@ -68,6 +68,8 @@ class SmokeReport:
     image: dict[str, Any] | None = None
     text: str | None = None
     processor: str | None = None
+    #: The ``transformers serve`` load flags the model was loaded with (``--dtype``, ``--quantization``).
+    server_args: tuple[str, ...] = ()
     versions: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     # An endpoint proof (source "endpoint"): the server, and the agent's request as it answered it.
@@ -146,6 +148,7 @@ class SmokeReport:
             "image": self.image,
             "text": self.text,
             "processor": self.processor,
+            "server_args": list(self.server_args) or None,
             "versions": self.versions or None,
             "warnings": list(self.warnings) or None,
             "lock_sha256": self.lock_sha256,
@@ -230,6 +233,7 @@ def _report_from_dict(data: object, source: str) -> SmokeReport:
         cuda_free_delta_bytes=_opt_int(f, "cuda_free_delta_bytes"), estimate=_mapping(f, "estimate", _int),
         roofline=_mapping(f, "roofline", _number), image=None if image is None else dict(image.data),
         text=_text(f, "text"), processor=f.str("processor", required=False),
+        server_args=tuple(f.strs("server_args", required=False)),
         versions=_mapping(f, "versions", _str) or {}, warnings=tuple(f.strs("warnings", required=False)),
         endpoint=f.str("endpoint", required=False), served_model_name=f.str("served_model_name", required=False),
         engine=f.str("engine", required=False), ttft_seconds=_opt_number(f, "ttft_seconds"),
@@ -255,6 +259,9 @@ def format_report(report: SmokeReport) -> str:
     if report.estimated_memory_bytes is not None:
         peak += f", estimated {report.estimated_memory_bytes / gb:.2f} GB"
     lines.append(peak)
+    if report.processor or report.server_args:
+        lines.append(f"  loaded as the server loads it: processor {report.processor or 'n/a'}, "
+                     f"transformers serve {' '.join(report.server_args) or '(no load flags recorded)'}")
     if report.image is not None:
         lines.append(
             f"  image prompt: {report.image['image_tokens']} image tokens, {report.image['tokens_generated']} tokens generated"

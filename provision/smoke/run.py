@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provision.errors import InvalidInput, ProvisionError, SmokeError
+from provision.plan.serve import model_load
 from provision.smoke.fit import check_room
 from provision.smoke.inputs import MIN_PROMPT_TOKENS, Processors, image_inputs, load_processors, snippet, text_inputs
 from provision.smoke.load import bf16_capable, from_pretrained_kwargs, load_model, require_bitsandbytes
@@ -53,6 +54,7 @@ from provision.vocab import DEVICES, PRECISIONS
 
 if TYPE_CHECKING:
     from provision.data import ModelSpec
+    from provision.plan.serve import ModelLoad
 
 __all__ = ["SOURCES", "run_smoke"]
 
@@ -78,12 +80,15 @@ def run_smoke(
     hf_cache_dir: Path | None = None,
     tiny_root: Path | None = None,
     synthetic_root: Path | None = None,
+    load: ModelLoad | None = None,
 ) -> SmokeReport:
     """Load the model through ``from_pretrained`` and generate; raise ``SmokeError`` on failure.
 
     ``context_tokens`` makes the text prompt ``context_tokens - new_tokens`` tokens long (the
     planner's budget); without it a short prompt is used. ``device``/``precision`` default to
     CUDA in bf16 (fp16 below compute capability 8.0) where a GPU is visible, else CPU in fp32.
+    ``load``: the plan's server's load settings (``provision.plan.serve.serve_load``); without a plan,
+    ``model_load`` makes them for ``precision`` and the GPUs here, as the planner would.
     """
     try:
         import torch
@@ -97,6 +102,8 @@ def run_smoke(
     device, used, precision = _target(device, tuple(gpus), precision)
     _check_args(source, precision, device, new_tokens, context_tokens)
     require_bitsandbytes(precision)
+    if load is None:
+        load = model_load(precision, bf16=device != "cuda" or all(bf16_capable(g) for g in used))
     if device == "cuda" and not torch.cuda.is_available():
         raise SmokeError("device cuda requested but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
 
@@ -114,7 +121,7 @@ def run_smoke(
         fits(json.loads((chosen.path / "config.json").read_text(encoding="utf-8")), what=f"{spec.id} from {chosen.path}")
     try:
         return _run_loaded(
-            spec, chosen, precision=precision, device=device, gpus=used, max_memory=max_memory,
+            spec, chosen, precision=precision, load=load, device=device, gpus=used, max_memory=max_memory,
             device_map=device_map, context_tokens=context_tokens, new_tokens=new_tokens, image=image,
             measure_bandwidth=measure_bandwidth,
         )  # fmt: skip
@@ -196,6 +203,7 @@ def _run_loaded(
     chosen: Source,
     *,
     precision: str,
+    load: ModelLoad,
     device: str,
     gpus: tuple[int, ...],
     max_memory: Mapping[str, int] | None,
@@ -210,18 +218,18 @@ def _run_loaded(
     vision = config.get("model_type") == "glm4v" or "vision_config" in config
     gpu = GpuMemory(ids=gpus if device == "cuda" else ())
     before = take_baseline(gpu)
-    skip = spec.skip_modules(precision)
-    kwargs = from_pretrained_kwargs(precision=precision, device=device, gpus=gpu.ids, max_memory=max_memory,
-                                    device_map=device_map, skip=skip)  # fmt: skip
+    skip = spec.skip_modules(precision)  # the memory estimate's: transformers' default, which the server keeps
+    procs = load_processors(chosen.path, vision)  # as the server does, before the weights: it fails first
+    kwargs = from_pretrained_kwargs(load=load, device=device, gpus=gpu.ids, max_memory=max_memory,
+                                    device_map=device_map)  # fmt: skip
     model, seconds = load_model(chosen.path, spec.auto_class, kwargs, model_id=spec.id,
                                 precision=precision, sync=gpu.sync)  # fmt: skip
-    load = _measure_load(model, seconds, gpu, before)
+    loaded = _measure_load(model, seconds, gpu, before)
 
-    procs = load_processors(chosen.path, vision)
     prompt_len = (context_tokens - new_tokens) if context_tokens else None
     with _generation_errors(spec.id, chosen.path, precision):
         gen = _generate(model, procs, gpu, vision=vision, image=image, prompt_len=prompt_len, new_tokens=new_tokens)
-    memory = _memory(gpu, before, load, gen)
+    memory = _memory(gpu, before, loaded, gen)
     roofline, roofline_warnings = _roofline(model, config, precision=precision, per_token=gen.seconds_per_token, gpu=gpu,
                                             context=gen.prompt_tokens + new_tokens // 2,
                                             measure_bandwidth=measure_bandwidth)  # fmt: skip
@@ -231,8 +239,8 @@ def _run_loaded(
     del model
     gpu.empty_cache()
     return _report(
-        spec, chosen, precision=precision, device=device, gpus=gpu.ids, context=context, load=load, gen=gen,
-        memory=memory, estimate=estimate, roofline=roofline, text=text, processor=procs.how,
+        spec, chosen, precision=precision, device=device, gpus=gpu.ids, context=context, load=loaded, gen=gen,
+        memory=memory, estimate=estimate, roofline=roofline, text=text, processor=procs.how, server_args=load.argv,
         warnings=(*chosen.warnings, *roofline_warnings, *estimate_warnings),
     )  # fmt: skip
 
@@ -351,7 +359,7 @@ def _estimate(
 def _report(
     spec: ModelSpec, chosen: Source, *, precision: str, device: str, gpus: tuple[int, ...], context: int,
     load: _Load, gen: _Generation, memory: _Memory, estimate: Any, roofline: dict[str, float] | None,
-    text: str, processor: str, warnings: tuple[str, ...],
+    text: str, processor: str, server_args: tuple[str, ...], warnings: tuple[str, ...],
 ) -> SmokeReport:  # fmt: skip
     """The steps' results as one ``SmokeReport``; a stand-in names the model it stands in for."""
     return SmokeReport(
@@ -380,6 +388,7 @@ def _report(
         image=gen.image,
         text=text,
         processor=processor,
+        server_args=server_args,
         versions=stack_versions(),
         warnings=warnings,
     )

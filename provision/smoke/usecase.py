@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from provision.errors import InvalidInput
 
 if TYPE_CHECKING:
+    from provision.plan.serve import ModelLoad
     from provision.smoke.report import SmokeReport
 
 __all__ = ["MODEL_PATH_ENV", "endpoint_command", "model_path_from", "smoke_command"]
@@ -50,10 +51,12 @@ def smoke_command(
     context_tokens: int | None = None,
     new_tokens: int = 16,
     environ: Mapping[str, str] | None = None,
+    load: ModelLoad | None = None,
 ) -> SmokeReport:
     """Smoke-test ``model`` (default: the catalog's) in this environment.
 
-    ``stand_in``: ``"tiny"`` or ``"synthetic"`` to load a stand-in whatever weights exist.
+    ``stand_in``: ``"tiny"`` or ``"synthetic"`` to load a stand-in whatever weights exist. ``load``: the
+    plan's server's load settings (``provision.plan.serve.serve_load``), so the test loads as it does.
 
     :raises InvalidInput: an unknown model or a model folder without ``config.json``.
     :raises SmokeError: the model did not load or generate.
@@ -67,7 +70,7 @@ def smoke_command(
     source = stand_in or ("weights" if path else "auto")
     return run_smoke(model=spec, model_path=path, source=source, precision=precision, device=device, gpus=gpus,
                      max_memory=max_memory, device_map=device_map, context_tokens=context_tokens,
-                     new_tokens=new_tokens)
+                     new_tokens=new_tokens, load=load)
 
 
 def endpoint_command(
