@@ -13,6 +13,7 @@ Every expectation cites the fact it rests on (matrices/*.toml carry the sources)
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -568,3 +569,63 @@ def test_a_local_model_folder_is_served_under_its_id_and_its_path_stays_out_of_t
     assert p.serve.argv[2] == local.id == "my-autoglm" and p.serve.served_model_name == local.id
     assert p.serve.model_source is None  # serve.sh takes the folder from PROVISION_MODEL_PATH
     assert str(tmp_path) not in json.dumps(p.to_dict())
+
+
+# ---------------------------------------------------------------------------
+# Explanations true to what is planned and rendered (issue 14, item 7)
+
+
+def _why(p: Plan, decision: str) -> str:
+    return next(r.why for r in p.reasons if r.decision == decision)
+
+
+def test_a_v100_plan_in_nf4_says_why_int8_was_passed_over() -> None:
+    p = plan(host("linux-x86_64-v100-16gb-driver580"), MATRIX, AUTOGLM)
+    assert p.precision == "nf4"
+    why = _why(p, "precision")
+    bnb = p.packages["bitsandbytes"]
+    assert f"int8 was passed over: bitsandbytes {bnb} int8 needs compute capability >= 7.5; Tesla V100-SXM2-16GB is 7.0" \
+        in why
+    assert "fp16 was passed over: AutoGLM-Phone-9B needs 22.6 GB in fp16" in why
+
+
+def test_forcing_int8_names_the_bitsandbytes_the_plan_pins() -> None:
+    h = host("linux-x86_64-v100-16gb-driver580")
+    pinned = plan(h, MATRIX, AUTOGLM).packages["bitsandbytes"]  # the nf4 plan's
+    with pytest.raises(NoViablePlan) as caught:
+        plan(h, MATRIX, AUTOGLM, Preferences(precision="int8"))
+    assert caught.value.message.startswith(f"bitsandbytes {pinned} int8 needs compute capability >= 7.5")
+
+
+def test_a_t4_on_driver_470_blames_the_driver_for_the_older_torch() -> None:
+    """torch 2.8 to 2.14 have wheels for Python 3.10; what rules them out is the driver: that is said first."""
+    p = plan(host("linux-x86_64-t4-driver470"), MATRIX, AUTOGLM)
+    assert str(p.torch_version) == "2.7.1"
+    why = _why(p, "torch")
+    nearest = why.index("torch 2.8.0 to 2.14.1 were passed over: cu126: driver 470.239.06 runs CUDA <= 11.4; "
+                        "CUDA 12.6 needs >= 525.60.13")
+    assert nearest < why.index("torch 2.15.0 was passed over: torch 2.15.0 has no wheels for Python 3.10")
+
+
+def _clauses(p: Plan) -> list[str]:
+    texts = [r.why for r in p.reasons] + list(p.warnings)
+    return [c.strip().rstrip(".") for t in texts for c in re.split(r";\s+|\.\s+", t) if c.strip()]
+
+
+@pytest.mark.parametrize(("name", "engine"), [
+    *((h.stem, "transformers") for h in sorted(HOSTS.glob("*.json")) if "rtx3070" not in h.stem and h.stem != "h100-detected"),
+    ("linux-x86_64-2x-rtx4090-driver550", "auto"), ("windows-x86_64-rtx4070-driver566", "auto"),
+    ("linux-x86_64-t4-driver470", "auto"), ("linux-x86_64-cpu-only-32gb", "auto"),
+])  # fmt: skip
+def test_no_plan_says_the_same_thing_twice(name: str, engine: str) -> None:
+    p = plan(host(name), MATRIX, AUTOGLM, Preferences(engine=engine))
+    clauses = _clauses(p)
+    assert [c for c in set(clauses) if clauses.count(c) > 1] == []
+
+
+def test_a_compatibility_warning_adds_what_the_variant_reason_does_not_say() -> None:
+    p = plan(host("linux-x86_64-2x-rtx4090-driver550"), MATRIX, AUTOGLM)
+    assert "runs CUDA 12.6 builds through minor-version compatibility" in _why(p, "variant")
+    [warning] = [w for w in p.warnings if "minor-version" in w]
+    assert warning == ("cu126 (CUDA 12.6) runs only through CUDA minor-version compatibility, which cannot JIT-compile "
+                       "newer PTX; a driver >= 560.35.5 runs CUDA 12.6 natively")

@@ -158,9 +158,9 @@ def test_bitsandbytes_without_precision(no_plan: NoPlan) -> None:
     exc, search = no_plan(h)
     binding = search.binding
     assert binding is not None and (binding.rule, binding.stage) == (Rule.BITSANDBYTES, Stage.BITSANDBYTES)
-    # The GPU is the limit, named with the last release that would otherwise have served (the lowest floor).
-    assert (binding.bitsandbytes, binding.compute_capability, binding.cc_floor) == (Version("0.43.3"), (3, 7), (5, 0))
-    assert exc.message == "bitsandbytes 0.43.3 nf4 needs compute capability >= 5.0; Tesla K80 is 3.7"
+    # The GPU is the limit, named with the release whose floor is lowest (5.0), the newest of those (0.47.0)
+    assert (binding.bitsandbytes, binding.compute_capability, binding.cc_floor) == (Version("0.47.0"), (3, 7), (5, 0))
+    assert exc.message == "bitsandbytes 0.47.0 nf4 needs compute capability >= 5.0; Tesla K80 is 3.7"
     floors = (f"{NEWEST_BNB.min_cc_4bit[0]}.{NEWEST_BNB.min_cc_4bit[1]}",
               f"{NEWEST_BNB.min_cc_int8[0]}.{NEWEST_BNB.min_cc_int8[1]}")
     assert floors == ("6.0", "7.5")  # bitsandbytes.toml, the newest release
@@ -173,7 +173,8 @@ def test_bitsandbytes_with_precision(no_plan: NoPlan) -> None:
     assert search.binding is not None and search.binding.rule is Rule.BITSANDBYTES
     assert (search.binding.precision, search.binding.compute_capability, search.binding.cc_floor) == (
         "int8", (7, 0), (7, 5))
-    assert exc.message == "bitsandbytes 0.45.5 int8 needs compute capability >= 7.5; Tesla V100-SXM2-16GB is 7.0"
+    # every release needs 7.5 for int8: the one named is the newest, the one an nf4 plan pins
+    assert exc.message == f"bitsandbytes {NEWEST_BNB.version} int8 needs compute capability >= 7.5; Tesla V100-SXM2-16GB is 7.0"
     assert exc.remedies == ("choose a precision the GPU supports, or leave --precision out",)
 
 

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from provision.data import CudaToolkit, Matrix, TorchVariant
     from provision.host import GpuInfo, HostProfile
 
-__all__ = ["BF16_MIN_CC", "cc_text", "driver_cuda", "driver_floor", "driver_runs", "has_kernels", "supports_bf16"]
+__all__ = ["BF16_MIN_CC", "cc_text", "compatibility_warning", "driver_cuda", "driver_floor", "driver_runs",
+           "has_kernels", "supports_bf16"]
 
 #: bf16 tensor cores arrived with Ampere (sm_80).
 BF16_MIN_CC = (8, 0)
@@ -73,6 +74,19 @@ def driver_runs(host: HostProfile, matrix: Matrix, cuda: Version) -> tuple[bool,
         )
     need = driver_floor(host.os, matrix, cuda)
     return False, False, f"driver {nv.driver_version} runs CUDA <= {own}; CUDA {cuda} needs >= {need}"
+
+
+def compatibility_warning(subject: str, os_name: str, matrix: Matrix, cuda: Version) -> str:
+    """The warning for a build the driver runs only through minor-version compatibility.
+
+    The variant's (or engine's) reason already says which driver runs which CUDA; this says what it
+    costs and what removes it, without repeating that sentence.
+    """
+    tk = matrix.toolkit(cuda)
+    native = _toolkit_floor(matrix, tk, os_name) if tk is not None else None
+    fix = f"a driver >= {native} runs CUDA {cuda} natively" if native else \
+        f"a driver that supports CUDA {cuda} natively removes this"
+    return f"{subject} runs only through CUDA minor-version compatibility, which cannot JIT-compile newer PTX; {fix}"
 
 
 def driver_floor(os_name: str, matrix: Matrix, cuda: Version) -> Version | None:

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from provision.data.matrix import Matrix, TorchRelease, TorchVariant
     from provision.host.profile import GpuInfo, HostProfile
 
-__all__ = ["ENGINE_LABELS", "MIN_SERVING_CONTEXT", "EngineChoice", "EngineSearch", "TorchLimits", "choose_engine"]
+__all__ = ["ENGINE_LABELS", "MIN_SERVING_CONTEXT", "EngineChoice", "EngineSearch", "TorchLimits", "choose_engine",
+           "merge_explanations"]
 
 #: How the engines' names are written in sentences.
 ENGINE_LABELS = {"vllm": "vLLM", "sglang": "SGLang", "transformers": "transformers serve"}
@@ -129,30 +130,49 @@ class EngineSearch:
     def explain(self, engine: Engine) -> str | None:
         """One sentence: why the newest release was passed over; when an older one came closer, why that one;
         and when an older one was refused only for the host's glibc (which an upgrade changes), that too."""
+        items = self.explain_items(engine)
+        return "; ".join(f"{subject}: {why}" for subject, why in items) if items else None
+
+    def explain_items(self, engine: Engine) -> list[tuple[str, str]]:
+        """``explain``'s parts as (who, why): ``vLLM 0.33.0 passed over``, then older releases by name and CUDA."""
         seen = self.passed_over.get(engine.name)
         if not seen:
-            return None
+            return []
         label = ENGINE_LABELS.get(engine.name, engine.name)
         newest = max(seen)
-        text = f"{label} {newest} passed over: {seen[newest].why}"
+        items = [(f"{label} {newest} passed over", seen[newest].why)]
         named = {newest}
         closest = max(seen, key=lambda v: (seen[v].stage, v))
         if closest != newest and seen[closest].stage > seen[newest].stage:
-            text += f"; {self._older(engine, label, closest, seen[closest].why)}"
+            items.append((self._older(engine, label, closest), seen[closest].why))
             named.add(closest)
         glibc = [r for r in engine.releases if r.version in seen and seen[r.version].rule is Rule.GLIBC]
         if glibc and seen[newest].rule is not Rule.GLIBC:
             # what the smallest glibc upgrade admits: releases are newest first, and min keeps the first
             least = min(glibc, key=lambda r: r.glibc)
             if least.version not in named:
-                text += f"; {self._older(engine, label, least.version, seen[least.version].why)}"
-        return text
+                items.append((self._older(engine, label, least.version), seen[least.version].why))
+        return items
 
     @staticmethod
-    def _older(engine: Engine, label: str, version: Version, why: str) -> str:
+    def _older(engine: Engine, label: str, version: Version) -> str:
         release = engine.release(version)
         cuda = f" (CUDA {release.cuda})" if release is not None else ""
-        return f"{label} {version}{cuda}: {why}"
+        return f"{label} {version}{cuda}"
+
+
+def merge_explanations(items: Sequence[tuple[str, str]]) -> tuple[str, ...]:
+    """(who, why) parts of several engines' explanations, each reason told once: ``A and B: why``, in first order."""
+    whos: dict[str, list[str]] = {}
+    for who, why in items:
+        whos.setdefault(why, []).append(who)
+    out = []
+    for why, names in whos.items():
+        tail = " passed over"
+        if len(names) > 1 and all(n.endswith(tail) for n in names):
+            names = [*(n.removesuffix(tail) for n in names[:-1]), names[-1]]
+        out.append(f"{' and '.join(names)}: {why}")
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)

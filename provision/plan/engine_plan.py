@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 from packaging.version import Version
 
 from provision.plan.budget import gb
+from provision.plan.compat import compatibility_warning
 from provision.plan.document import Placement, Plan, Reason
-from provision.plan.engine import ENGINE_LABELS, EngineSearch, TorchLimits, choose_engine
+from provision.plan.engine import ENGINE_LABELS, EngineSearch, TorchLimits, choose_engine, merge_explanations
 from provision.plan.engine_memory import Workload
 from provision.plan.rejections import Rule
 from provision.plan.serve import SERVE_PORT, Serve
@@ -159,8 +160,8 @@ def engine_plan(host: HostProfile, matrix: Matrix, model: ModelSpec, choice: Eng
                           why=next(r.why for r in reasons if r.decision == "device"))
     warnings = []
     if not choice.native:
-        warnings.append(f"{ENGINE_LABELS.get(choice.engine.name)} {release.version} relies on CUDA minor-version "
-                        f"compatibility: {choice.driver_why}")
+        warnings.append(compatibility_warning(f"{ENGINE_LABELS.get(choice.engine.name)} {release.version}'s CUDA "
+                                              f"{release.cuda} wheel", host.os, matrix, release.cuda))
     target = model.serve.context if target is None else target
     if choice.max_model_len < target:
         warnings.append(f"context lowered to {choice.max_model_len:,} tokens: {target:,} needs "
@@ -181,10 +182,15 @@ def engine_plan(host: HostProfile, matrix: Matrix, model: ModelSpec, choice: Eng
 
 @dataclass(frozen=True, slots=True)
 class NoEngine:
-    """Why no engine serves here (a sentence per engine passed over) and what would change that."""
+    """Why no engine serves here (a sentence per engine passed over) and what would change that.
+
+    ``merged``: the same reasons with each told once (``vLLM 0.33.0 and SGLang 0.5.23 passed over: ...``),
+    for the engine decision's reason.
+    """
 
     reasons: tuple[str, ...]
     remedies: tuple[str, ...] = ()
+    merged: tuple[str, ...] = ()
 
 
 #: What always applies when an asked-for engine cannot serve.
@@ -216,8 +222,9 @@ def serve_with_engine(host: HostProfile, matrix: Matrix, model: ModelSpec, *, en
     """
     engines = [e for e in matrix.engines.engines if engine in ("auto", e.name)]
     if model.serve is None:
-        return NoEngine(tuple(f"{ENGINE_LABELS.get(e.name, e.name)} passed over: {model.name} has no serving facts in "
-                              "the catalog (a local model directory)" for e in engines), (ENGINE_FALLBACK,))
+        items = [(f"{ENGINE_LABELS.get(e.name, e.name)} passed over",
+                  f"{model.name} has no serving facts in the catalog (a local model directory)") for e in engines]
+        return NoEngine(tuple(f"{who}: {why}" for who, why in items), (ENGINE_FALLBACK,), merge_explanations(items))
     workload = Workload(max_model_len=context or model.serve.context, images_per_prompt=model.serve.images_per_prompt,
                         max_pixels=model.serve.max_pixels)
     search = EngineSearch()
@@ -228,6 +235,7 @@ def serve_with_engine(host: HostProfile, matrix: Matrix, model: ModelSpec, *, en
         glibc = _glibc_remedy(host, matrix, model, engines, python=python, workload=workload, precision=precision,
                               search=search, limits=limits, floor=context)
         return NoEngine(tuple(t for t in (search.explain(e) for e in engines) if t),
-                        (*([glibc] if glibc else []), ENGINE_FALLBACK))
+                        (*([glibc] if glibc else []), ENGINE_FALLBACK),
+                        merge_explanations([item for e in engines for item in search.explain_items(e)]))
     return engine_plan(host, matrix, model, choice, search, python=python,
                        better=engines[:engines.index(choice.engine)], target=workload.max_model_len)

@@ -106,8 +106,8 @@ class Search:
 
     #: every rejection once (the same rule and text are kept at their first occurrence)
     rejections: list[Rejection] = field(default_factory=list)
-    #: the first reason each torch release was passed over, for the "torch" reason.
-    by_release: dict[Version, str] = field(default_factory=dict)
+    #: why each torch release was passed over (the rule and its sentence), for the "torch" reason.
+    by_release: dict[Version, tuple[Rule, str]] = field(default_factory=dict)
     #: the smallest GPU memory any tried placement needed: (bytes, precision).
     min_gpu_need: tuple[int, str] | None = None
     _seen: set[tuple[Rule, str]] = field(default_factory=set, init=False, repr=False)
@@ -122,8 +122,12 @@ class Search:
         if self.min_gpu_need is None or required < self.min_gpu_need[0]:
             self.min_gpu_need = (required, precision)
 
-    def passed_over(self, release: Version, why: str) -> None:
-        self.by_release.setdefault(release, why)
+    def passed_over(self, release: Version, rule: Rule, why: str, *, closest: bool = False) -> None:
+        """Why ``release`` was passed over: the first reason, or with ``closest`` the latest one given for the
+        same rule (builds are tried newest CUDA first, so the latest driver refusal is the build nearest to running)."""
+        known = self.by_release.get(release)
+        if known is None or (closest and known[0] is rule):
+            self.by_release[release] = (rule, why)
 
     def of(self, rule: Rule) -> list[Rejection]:
         return [r for r in self.rejections if r.rule is rule]

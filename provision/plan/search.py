@@ -17,7 +17,15 @@ from packaging.version import Version
 
 from provision.errors import InvalidInput, NoViablePlan
 from provision.plan.budget import ContextGoal, gb, usable_ram
-from provision.plan.compat import BF16_MIN_CC, cc_text, driver_floor, driver_runs, has_kernels, supports_bf16
+from provision.plan.compat import (
+    BF16_MIN_CC,
+    cc_text,
+    compatibility_warning,
+    driver_floor,
+    driver_runs,
+    has_kernels,
+    supports_bf16,
+)
 from provision.plan.document import Placement, Plan, Preferences, Reason
 from provision.plan.rejections import Rejection, Rule, Search
 from provision.plan.remedies import remedies
@@ -150,7 +158,7 @@ def _release_variants(job: _Job, release: TorchRelease, *, cuda: bool) -> list[T
     if not fitting:
         why = f"torch {torch} has no wheels for Python {python} (has {', '.join(release.pythons)})"
         job.search.reject(Rejection(rule=Rule.PYTHON, text=why, torch=torch, python=python, pythons=release.pythons))
-        job.search.passed_over(torch, why)
+        job.search.passed_over(torch, Rule.PYTHON, why)
     return fitting
 
 
@@ -301,14 +309,15 @@ def _kernel_notes(job: _Job, build: _Build, placed: Sequence[GpuInfo]) -> list[s
                 rule=Rule.KERNELS, text=f"torch {release.version} {why}", torch=release.version, variant=variant.name,
                 cuda=variant.cuda, gpu=gpu.name, compute_capability=gpu.compute_capability,
                 cc_floor=min(parse_arch(a) for a in variant.archs_for(platform))))
-            job.search.passed_over(release.version, why)
+            job.search.passed_over(release.version, Rule.KERNELS, why)
             return None
         notes.append(why)
     return notes
 
 
 def _bnb_for(job: _Job, build: _Build, gpus: Sequence[GpuInfo], precision: str) -> BnbRelease | Rejection:
-    """The newest bitsandbytes for this build and GPUs, else the most telling rejection: a GPU below a floor first."""
+    """The newest bitsandbytes for this build and GPUs, else the most telling rejection: a GPU below a floor first,
+    named with the release whose floor is lowest (the newest of those: what would be pinned)."""
     torch, variant, platform, python = build.release.version, build.variant, job.host.platform, job.python
     assert variant.cuda is not None
     cuda = Version(f"{variant.cuda.major}.{variant.cuda.minor}")
@@ -332,6 +341,8 @@ def _bnb_for(job: _Job, build: _Build, gpus: Sequence[GpuInfo], precision: str) 
             low = [g for g in gpus if g.compute_capability < floor]
             if not low:
                 return rel
+            if gpu_limit is not None and gpu_limit.cc_floor is not None and gpu_limit.cc_floor <= floor:
+                continue  # a newer release with the same floor is the one to name: the one that would be pinned
             gpu_limit = rejection(f"bitsandbytes {rel.version} {precision} needs compute capability "
                                   f">= {cc_text(floor)}; {low[0].name} is {low[0].cc_text}",
                                   bitsandbytes=rel.version, gpu=low[0].name, compute_capability=low[0].compute_capability,
@@ -351,7 +362,7 @@ def _plan_on(job: _Job, option: _Option, usable: Sequence[GpuInfo], builds: Sequ
                 rule=Rule.DRIVER, text=build.driver_why, torch=release.version, variant=variant.name, cuda=variant.cuda,
                 driver=Version(job.host.nvidia.driver_version),
                 driver_floor=driver_floor(job.host.os, job.matrix, variant.cuda)))
-            job.search.passed_over(release.version, f"{variant.name}: {build.driver_why}")
+            job.search.passed_over(release.version, Rule.DRIVER, f"{variant.name}: {build.driver_why}", closest=True)
             continue
         kernel_notes = _kernel_notes(job, build, placed)
         if kernel_notes is None:
@@ -361,7 +372,7 @@ def _plan_on(job: _Job, option: _Option, usable: Sequence[GpuInfo], builds: Sequ
             found = _bnb_for(job, build, placed, placement.precision)
             if isinstance(found, Rejection):
                 job.search.reject(found)
-                job.search.passed_over(release.version, f"{variant.name}: {found.text}")
+                job.search.passed_over(release.version, Rule.BITSANDBYTES, f"{variant.name}: {found.text}")
                 continue
             bnb = found
         plan = _assemble(job, build, option, kernel_notes=kernel_notes, bnb=bnb)
@@ -479,33 +490,60 @@ def _pins(job: _Job, build: _Build, transformers: Version, bnb: BnbRelease | Non
 
 
 def _torch_why(job: _Job, release: TorchRelease) -> str:
+    """Why this release: the newest that fits, and why each newer one was passed over, nearest first.
+
+    Consecutive newer releases passed over for the same rule are one clause, told with the reason of the
+    one nearest the chosen release: what would have to change for the next newer torch to be planned.
+    """
     newest = job.matrix.torch[0].version
     why = f"newest release that fits this host (matrix has up to {newest})"
     if job.prefs.torch_version is not None:
-        why = "requested with --torch"
-    elif job.prefs.torch_available is not None:
+        return "requested with --torch"
+    if job.prefs.torch_available is not None:
         why = "newest release that fits this host among the torch wheels in the configured wheel sources"
-    if release.version != newest and job.prefs.torch_version is None:
-        newer = sorted((v for v in job.search.by_release if v > release.version), reverse=True)
-        if newer:
-            why += f"; torch {newer[0]} was passed over: {job.search.by_release[newer[0]]}"
+    groups: list[list[Version]] = []
+    for version in sorted(v for v in job.search.by_release if v > release.version):
+        if groups and job.search.by_release[groups[-1][0]][0] is job.search.by_release[version][0]:
+            groups[-1].append(version)
+        else:
+            groups.append([version])
+    for versions in groups:
+        span = f"torch {versions[0]} was" if len(versions) == 1 else f"torch {versions[0]} to {versions[-1]} were"
+        why += f"; {span} passed over: {job.search.by_release[versions[0]][1]}"
     return why
 
 
-def _precision_why(placement: Placement, prefs: Preferences, host: HostProfile) -> str:
+def _precision_why(job: _Job, placement: Placement) -> str:
+    """Why this precision, and (quantized) why each better one was passed over; where it fits is the device's reason."""
     p = placement.precision
-    if prefs.precision:
-        return f"requested with --precision; {placement.why}"
+    if job.prefs.precision:
+        return "requested with --precision"
     if placement.device != "cuda":
-        return f"bf16 halves memory against fp32 at the checkpoint's own precision; {placement.why}"
-    placed = [g for g in host.gpus if g.index in placement.gpus]
+        return "bf16 halves memory against fp32 at the checkpoint's own precision"
+    placed = [g for g in job.host.gpus if g.index in placement.gpus]
     ccs = ", ".join(sorted({g.cc_text for g in placed}))
     if p == "bf16":
-        return f"compute capability {ccs} supports bf16 and {placement.why}"
+        return f"compute capability {ccs} supports bf16, the checkpoint's own type"
     if p == "fp16":
-        return (f"compute capability {ccs} has no bf16 (needs >= {cc_text(BF16_MIN_CC)}); fp16 is the 16-bit choice "
-                f"and {placement.why}")
-    return f"16-bit does not fit the free memory; {p} {placement.why}"
+        return f"compute capability {ccs} has no bf16 (needs >= {cc_text(BF16_MIN_CC)}); fp16 is the 16-bit choice"
+    order = _precision_order(job.host.gpus, None)
+    # each better precision's first refusal; those that did not fit the same free memory are told together
+    groups: dict[str, list[tuple[str, Rejection | None]]] = {}
+    for better in order[:order.index(p)] if p in order else []:
+        r = next((r for r in job.search.rejections if r.precision == better), None)
+        memory = r is not None and r.rule is Rule.MEMORY and r.needed_bytes is not None and "; " in r.text
+        key = r.text.partition("; ")[2] if r is not None and memory else f"{better}: {r.text if r else ''}"
+        groups.setdefault(key, []).append((better, r))
+    parts = []
+    for key, group in groups.items():
+        better, r = group[0]
+        if r is not None and r.rule is Rule.MEMORY and key == r.text.partition("; ")[2]:
+            needs = ", ".join(f"{gb(x.needed_bytes)} in {b}" for b, x in group if x is not None and x.needed_bytes)
+            verb = "were" if len(group) > 1 else "was"
+            parts.append(f"{' and '.join(b for b, _ in group)} {verb} passed over: {job.model.name} needs {needs}; {key}")
+        else:
+            parts.append(f"{better} was passed over" + (f": {r.text}" if r is not None else ""))
+    return "; ".join([*parts, f"{p} is the best precision that runs and fits"])
 
 
 def _reasons(job: _Job, build: _Build, option: _Option, transformers: Version, bnb: BnbRelease | None, *,
@@ -529,7 +567,7 @@ def _reasons(job: _Job, build: _Build, option: _Option, transformers: Version, b
                why=f"{python_why}; torch {release.version} has wheels for {', '.join(release.pythons_for(variant))}"),
         Reason(decision="torch", choice=str(release.version), why=_torch_why(job, release)),
         Reason(decision="variant", choice=variant.name, why=variant_why),
-        Reason(decision="precision", choice=placement.precision, why=_precision_why(placement, job.prefs, host)),
+        Reason(decision="precision", choice=placement.precision, why=_precision_why(job, placement)),
         Reason(decision="device", choice=placement.device, why=placement.why),
         Reason(decision="workload", choice=workload.describe(), why=_workload_why(job, workload)),
         Reason(decision="transformers", choice=str(transformers),
@@ -567,8 +605,8 @@ def _warnings(job: _Job, build: _Build, option: _Option, bnb: BnbRelease | None)
         warnings.append(f"context lowered to {option.context:,} tokens: {option.lowered} (--context sets it; "
                         f"a default plan goes no lower than {job.goal.floor:,})")
     if variant.cuda is not None and not build.native:
-        warnings.append(f"{variant.name} relies on CUDA minor-version compatibility: {build.driver_why}. "
-                        f"Updating the driver to one that supports CUDA {variant.cuda} natively removes this.")
+        warnings.append(compatibility_warning(f"{variant.name} (CUDA {variant.cuda})", host.os, job.matrix,
+                                              variant.cuda))
     if bnb is not None:
         floor = bnb.fast_cc_int8
         slow = [g for g in host.gpus if g.index in placement.gpus and g.compute_capability < floor]
@@ -731,7 +769,7 @@ def _engine(job: _Job, device: str) -> Plan | tuple[str, ...]:
         return served
     if prefs.engine != "auto":
         raise NoViablePlan(f"--engine {prefs.engine}: " + "; ".join(served.reasons), list(served.remedies))
-    return served.reasons
+    return served.merged or served.reasons
 
 
 def sibling_variants(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences,
