@@ -88,6 +88,8 @@ def test_readme_example_runs_as_written(command: str, expected: int, workdir: Pa
     if argv[1] == "smoke":
         pytest.importorskip("torch", reason="the smoke test loads a model: needs torch and transformers")
         pytest.importorskip("transformers", reason="the smoke test loads a model: needs torch and transformers")
+        pytest.importorskip("torchvision", reason="glm4v's processor needs torchvision, in the smoke test as in the "
+                                                  "server")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"}
     env.pop("PROVISION_DEBUG", None)
     done = subprocess.run([sys.executable, "-m", "provision", *argv[1:]], cwd=workdir, env=env, capture_output=True,
