@@ -38,7 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CPU = ROOT / "tests" / "fixtures" / "hosts" / "linux-x86_64-cpu-only-32gb.json"
 PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 #: Render A, then render B: another torch pin, so B rebuilds the venv and A's smoke report is another render's.
-RENDER_A = ["--host", str(CPU), "--python", PYTHON, "--no-resolve"]
+#: A text model: the smoke test loads glm4v's processor as the server does, which needs torchvision, and the
+#: interpreter whose packages the stand-in venv links may lack it; the build is what is under test here.
+RENDER_A = ["--host", str(CPU), "--python", PYTHON, "--no-resolve", "--model", "glm-4-9b-chat-hf"]
 RENDER_B = [*RENDER_A, "--torch", "2.14.1"]
 
 UV = '''#!{python}
