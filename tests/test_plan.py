@@ -580,7 +580,14 @@ def _why(p: Plan, decision: str) -> str:
 
 
 def test_a_v100_plan_in_nf4_says_why_int8_was_passed_over() -> None:
-    p = plan(host("linux-x86_64-v100-16gb-driver580"), MATRIX, AUTOGLM)
+    h = host("linux-x86_64-v100-16gb-driver580")
+    served = plan(h, MATRIX, AUTOGLM)  # --engine auto: vLLM, whose in-flight bitsandbytes has no int8
+    assert served.precision == "nf4" and "4-bit only" in _why(served, "precision")
+    p = plan(h, MATRIX, AUTOGLM, TRANSFORMERS)  # at the serving context int8 does not fit: said with the numbers
+    assert p.precision == "nf4" and re.search(
+        r"fp16 and int8 were passed over: AutoGLM-Phone-9B needs [\d.]+ GB in fp16, [\d.]+ GB in int8; "
+        r"GPU 0 \(Tesla V100-SXM2-16GB\) has", _why(p, "precision"))
+    p = plan(h, MATRIX, AUTOGLM, Preferences(engine="transformers", context_tokens=4096))  # int8 fits, cannot run
     assert p.precision == "nf4"
     why = _why(p, "precision")
     bnb = p.packages["bitsandbytes"]
@@ -592,15 +599,15 @@ def test_a_v100_plan_in_nf4_says_why_int8_was_passed_over() -> None:
 
 def test_forcing_int8_names_the_bitsandbytes_the_plan_pins() -> None:
     h = host("linux-x86_64-v100-16gb-driver580")
-    pinned = plan(h, MATRIX, AUTOGLM).packages["bitsandbytes"]  # the nf4 plan's
+    pinned = plan(h, MATRIX, AUTOGLM, TRANSFORMERS).packages["bitsandbytes"]  # the nf4 plan's
     with pytest.raises(NoViablePlan) as caught:
-        plan(h, MATRIX, AUTOGLM, Preferences(precision="int8"))
+        plan(h, MATRIX, AUTOGLM, Preferences(engine="transformers", precision="int8"))
     assert caught.value.message.startswith(f"bitsandbytes {pinned} int8 needs compute capability >= 7.5")
 
 
 def test_a_t4_on_driver_470_blames_the_driver_for_the_older_torch() -> None:
     """torch 2.8 to 2.14 have wheels for Python 3.10; what rules them out is the driver: that is said first."""
-    p = plan(host("linux-x86_64-t4-driver470"), MATRIX, AUTOGLM)
+    p = plan(host("linux-x86_64-t4-driver470"), MATRIX, AUTOGLM, TRANSFORMERS)
     assert str(p.torch_version) == "2.7.1"
     why = _why(p, "torch")
     nearest = why.index("torch 2.8.0 to 2.14.1 were passed over: cu126: driver 470.239.06 runs CUDA <= 11.4; "
@@ -625,7 +632,7 @@ def test_no_plan_says_the_same_thing_twice(name: str, engine: str) -> None:
 
 
 def test_a_compatibility_warning_adds_what_the_variant_reason_does_not_say() -> None:
-    p = plan(host("linux-x86_64-2x-rtx4090-driver550"), MATRIX, AUTOGLM)
+    p = plan(host("linux-x86_64-2x-rtx4090-driver550"), MATRIX, AUTOGLM, TRANSFORMERS)
     assert "runs CUDA 12.6 builds through minor-version compatibility" in _why(p, "variant")
     [warning] = [w for w in p.warnings if "minor-version" in w]
     assert warning == ("cu126 (CUDA 12.6) runs only through CUDA minor-version compatibility, which cannot JIT-compile "

@@ -560,7 +560,7 @@ def _reasons(job: _Job, build: _Build, option: _Option, transformers: Version, b
                        + (" with the torchvision the image processor needs" if model.has_vision else "")
                        + " (a few GB of NVIDIA libraries come with it)")
     else:
-        variant_why = f"{build.driver_why}; " + "; ".join(kernel_notes)
+        variant_why = f"{build.driver_why}; " + "; ".join(dict.fromkeys(kernel_notes))  # two like GPUs: said once
     variant_why += f"; installed from {'PyPI' if from_pypi else index_url}"
     reasons = [
         Reason(decision="python", choice=job.python,
