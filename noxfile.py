@@ -53,8 +53,39 @@ def _cpu_torch(session: nox.Session, *, vision: bool = True) -> list[str]:
         wheels = wheel_builds(folders, "torchvision", python=python, platform=_platform())
         pair = [f"torchvision=={release.torchvision}+cpu"] if vision and release is not None and \
             release.torchvision is not None and (release.torchvision, "cpu") in wheels else []
+        if vision and not pair and (on_disk := _pypi_pair_on_disk(python)):
+            return on_disk  # PyPI's torch (a CUDA build, runs on the CPU) with its torchvision, from local disk
         return [*links, f"torch=={local[-1]}+cpu", *pair]
     return ["--extra-index-url", "https://download.pytorch.org/whl/cpu", "torch", *(["torchvision"] if vision else [])]
+
+
+def _pypi_pair_on_disk(python: str) -> list[str]:
+    """PyPI's torch and the torchvision built for it, where pip's local indexes hold both (no download).
+
+    A CPU torch alone cannot load glm4v's processor (it needs torchvision, and PyPI's is built against
+    PyPI's torch), so where no CPU torchvision lies locally this pair keeps those tests running.
+    """
+    from provision.data import load_matrix
+    from provision.render.sources import (
+        pip_index_urls,
+        pip_local_index_folders,
+        read_pip_config,
+        torch_builds,
+        wheel_builds,
+    )
+
+    config = read_pip_config(os.environ)
+    folders = pip_local_index_folders(os.environ, config)
+    torches = sorted(v for v, variant in torch_builds(folders, python=python, platform=_platform()) if not variant)
+    visions = wheel_builds(folders, "torchvision", python=python, platform=_platform())
+    for version in reversed(torches):
+        release = next((r for r in load_matrix(ROOT / "matrices").torch if r.version == version), None)
+        if release is not None and release.torchvision is not None and (release.torchvision, "") in visions:
+            # the local indexes themselves, so torch's own CUDA libraries come from disk too (uv reads no pip config)
+            local = [a for url in pip_index_urls(os.environ, config) if url.startswith("file://")
+                     for a in ("--extra-index-url", url)]
+            return [*local, f"torch=={version}", f"torchvision=={release.torchvision}"]
+    return []
 
 
 def _platform() -> str:
