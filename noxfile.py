@@ -38,7 +38,8 @@ def _cpu_torch(session: nox.Session, *, vision: bool = True) -> list[str]:
 
     uv does not read pip's config, so the folders are handed over; PyPI's Linux torch is a CUDA
     build of several GB, which the tests do not need. Without a local CPU torchvision for the local
-    torch, the tests that load glm4v's processor skip (the smoke test then fails, as the server would).
+    torch, PyPI's torch and torchvision from pip's local indexes where they lie there; else the tests
+    that load glm4v's processor skip (the smoke test then fails, as the server would).
     """
     from provision.data import load_matrix
     from provision.render.sources import pip_find_links, read_pip_config, torch_builds, wheel_builds
