@@ -143,7 +143,7 @@ def test_metadata_facts_skip_extras_and_other_platforms_and_keep_inexact_pins():
     with pytest.raises(ProvisionError, match="pins no torch"):
         metadata_facts("Name: x\nRequires-Dist: transformers\n", "x")
     with pytest.raises(ProvisionError, match="unreadable Requires-Dist"):
-        metadata_facts("Name: x\nRequires-Dist: torch ===\n", "x")
+        metadata_facts("Name: x\nRequires-Dist: torch >=>= 2\n", "x")
 
 
 # ----------------------------------------------------------------------------- the refresh on recorded data
