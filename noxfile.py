@@ -337,34 +337,16 @@ def engine_args(session: nox.Session) -> None:
     session.run("python", str(ROOT / "scripts" / "check_engine_args.py"), "--venvs", str(venvs), *session.posargs)
 
 
-def _free_port() -> int:
-    """A TCP port nothing listens on now (the kernel picks it) for the session's server."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_healthy(session: nox.Session, url: str, server: subprocess.Popen[bytes], log: Path, deadline_s: float) -> None:
-    """Poll ``url`` until it answers 200, the server exits, or the deadline passes (then fail with its log)."""
-    import time
-    import urllib.error
-    import urllib.request
+    """Wait for the server's health route (``provision.common.net.wait_healthy``); end the session with its log if not."""
+    from provision.common.net import NotHealthy, wait_healthy
 
-    start = time.monotonic()
-    while time.monotonic() - start < deadline_s:
-        if server.poll() is not None:
-            session.error(f"the server exited ({server.returncode}) before it was healthy:\n{_tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as answer:
-                if answer.status == 200:
-                    session.log(f"server healthy after {time.monotonic() - start:.0f} s: {url}")
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(1)
-    session.error(f"the server was not healthy within {deadline_s:.0f} s:\n{_tail(log)}")
+    try:
+        waited = wait_healthy(url, deadline_s=deadline_s, running=lambda: server.poll() is None, interval_s=1)
+    except NotHealthy as exc:
+        why = f"the server exited ({server.returncode}) before it was healthy" if exc.exited else str(exc)
+        session.error(f"{why}:\n{_tail(log)}")
+    session.log(f"server healthy after {waited:.0f} s: {url}")
 
 
 def _tail(log: Path, lines: int = 30) -> str:
@@ -391,6 +373,7 @@ def serve(session: nox.Session) -> None:
         session.install("-e", f"{ROOT}[endpoint]")
     from provision.build import current_smoke_report
     from provision.common.interrupt import interrupt_on_signals
+    from provision.common.net import free_port
     from provision.common.run import process_group
     from provision.errors import InvalidInput
 
@@ -404,7 +387,7 @@ def serve(session: nox.Session) -> None:
             smoke = current_smoke_report(out)
         except InvalidInput as exc:
             session.error(str(exc))
-        port = _free_port()
+        port = free_port()
         log = out / "serve.log"
         program = shutil.which("provision", path=None if session.python is False else session.bin)
         if program is None:

@@ -34,14 +34,12 @@ import math
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +47,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from provision.common.net import NotHealthy, free_port, wait_healthy  # noqa: E402 (after the checkout joins the path)
 
 SCHEMA = "provision.gpu-serve/v1"
 NAME = "autoglm-phone-9b"
@@ -286,20 +286,6 @@ class Sampler:
 # ----------------------------------------------------------------------------- the server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-            return bool(json.loads(r.read()).get("status") == "ok")
-    except (OSError, ValueError):
-        return False
-
-
 def _tail(path: Path, chars: int = 3000) -> str:
     try:
         return path.read_text(errors="replace")[-chars:]
@@ -428,7 +414,7 @@ class Run:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(model_path, target_is_directory=True)  # the relative path given is the served name
-        port = _free_port()
+        port = free_port()
         dtype = "bfloat16" if args.device == "cuda" else "float32"
         argv = [args.serve_python, "-m", "transformers.cli.transformers", "serve", NAME, "--host", "127.0.0.1",
                 "--port", str(port), "--device", args.device, "--dtype", dtype]  # fmt: skip
@@ -446,12 +432,14 @@ class Run:
         self.sampler.pid = self.server.proc.pid
         try:
             limit = min(args.start_timeout, self.left() - 30)
-            while not _healthy(port):
-                if self.server.proc.poll() is not None or time.monotonic() - start > limit:
-                    why = "exited" if self.server.proc.poll() is not None else f"not healthy in {limit:.0f} s"
-                    self.fail(f"{mode}: start", why=why, returncode=self.server.proc.returncode, log_tail=_tail(log))
-                    return
-                time.sleep(0.5)
+            proc = self.server.proc
+            try:
+                wait_healthy(f"http://127.0.0.1:{port}/health", deadline_s=limit - (time.monotonic() - start),
+                             running=lambda: proc.poll() is None)
+            except NotHealthy as exc:
+                why = "exited" if exc.exited else f"not healthy in {limit:.0f} s"
+                self.fail(f"{mode}: start", why=why, returncode=proc.returncode, log_tail=_tail(log))
+                return
             rec["healthy_after_seconds"] = round(time.monotonic() - start, 1)
             rec["gpu_during_start"] = self.sampler.take()
             after = self.sampler.read()

@@ -13,7 +13,6 @@ import base64
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from provision.cli import main
+from provision.common.net import NotHealthy, free_port, wait_healthy
 from provision.errors import InvalidInput
 from provision.smoke import SmokeReport, format_report
 from provision.smoke.endpoint import (
@@ -441,10 +441,7 @@ def _stall(h: _Handler, number: int) -> None:
 
 
 def _closed_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
+    return f"http://127.0.0.1:{free_port()}/v1"
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any] | None, str]:
@@ -514,12 +511,6 @@ def test_a_wrong_base_path_says_where_the_api_lives(local_server: Callable[..., 
 # ---------------------------------------------------------------- live: transformers serve with the tiny model
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(url: str, timeout: float = 2.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read())
@@ -541,7 +532,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tiny = build_tiny(spec.config, model_id=NAME, root=tmp_path_factory.mktemp("tiny"))
     run = tmp_path_factory.mktemp("serve")
     (run / NAME).symlink_to(tiny.path, target_is_directory=True)  # the relative path is the served name
-    port = _free_port()
+    port = free_port()
     log = (run / "serve.log").open("w")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     proc = subprocess.Popen(
@@ -549,18 +540,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
          "--device", "cpu", "--dtype", "float32"], cwd=run, stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited {proc.returncode}:\n{(run / 'serve.log').read_text()[-3000:]}")
-            try:
-                if _get(f"http://127.0.0.1:{port}/health").get("status") == "ok":
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve not healthy in 240 s:\n{(run / 'serve.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}/health", deadline_s=240, running=lambda: proc.poll() is None)
+        except NotHealthy as exc:
+            why = f"transformers serve exited {proc.returncode}" if exc.exited else "transformers serve not healthy in 240 s"
+            pytest.fail(f"{why}:\n{(run / 'serve.log').read_text()[-3000:]}")
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         proc.terminate()

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from provision.build import STAMP, current_smoke_report, lock_digest
+from provision.common.net import free_port
 from provision.errors import InvalidInput
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and links")]
@@ -312,14 +313,6 @@ SERVER = textwrap.dedent('''
 ''')
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _listening(port: int) -> bool:
     import socket
 
@@ -346,7 +339,7 @@ def test_the_serve_sessions_server_group_is_stopped_by_any_interrupt(tmp_path: P
                                                                      stubborn: bool) -> None:
     """The serve session's own code (process_group under interrupt_on_signals) in a real process, a real
     HTTP server with a worker in its group; the stopper is signalled while it waits, as nox is."""
-    port, ready, log = _free_port(), tmp_path / "ready", tmp_path / "server.log"
+    port, ready, log = free_port(), tmp_path / "ready", tmp_path / "server.log"
     grace = 1.5 if len(signals) == 1 else 60.0
     env = {**os.environ, "STUBBORN": "1" if stubborn else ""}
     stopper = subprocess.Popen([sys.executable, "-c", STOPPER.format(root=str(ROOT), server=SERVER), str(port),

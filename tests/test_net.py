@@ -66,3 +66,37 @@ def test_the_default_probe_is_looked_up_when_asked(monkeypatch: pytest.MonkeyPat
     probe = IndexProbe()
     monkeypatch.setattr(provision.common.net, "probe_index", lambda url: "swapped")
     assert probe("https://download.pytorch.org/whl/") == "swapped"
+
+
+def test_wait_healthy_waits_for_a_200_and_stops_at_a_dead_server_or_the_deadline() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from provision.common.net import NotHealthy, free_port, wait_healthy
+
+    answers = [503, 503, 200]
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(answers.pop(0) if len(answers) > 1 else answers[0])
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/health"
+        assert wait_healthy(url, deadline_s=30, running=lambda: True, interval_s=0.01) >= 0
+        assert answers == [200]  # two 503s were waited through
+    finally:
+        server.shutdown()
+        server.server_close()
+    closed = f"http://127.0.0.1:{free_port()}/health"
+    with pytest.raises(NotHealthy) as dead:
+        wait_healthy(closed, deadline_s=30, running=lambda: False)
+    assert dead.value.exited
+    with pytest.raises(NotHealthy, match="not healthy within 0 s") as late:
+        wait_healthy(closed, deadline_s=0.2, running=lambda: True, interval_s=0.05)
+    assert not late.value.exited
