@@ -19,6 +19,7 @@ __all__ = [
     "DOCTOR_SCHEMA",
     "ENGINE_CHOICES",
     "HOST_SCHEMA",
+    "IMAGE_DIGEST_RE",
     "LOCK_SCHEMA",
     "MIN_SERVING_CONTEXT",
     "MODELS_SCHEMA",
@@ -84,6 +85,8 @@ ARCH_RE = re.compile(r"sm_(\d{1,2})(\d)a?")
 #: A PyTorch index variant name: ``cpu``, ``cu128``, ``rocm6.4``.
 VARIANT_RE = re.compile(r"cpu|cu\d{3}|rocm\d+(\.\d+)*")
 _BUILDABLE_RE = re.compile(r"cpu|cu\d{3}")
+#: A container image's content digest, as ``FROM name:tag@<digest>`` takes it: ``sha256:<64 hex>``.
+IMAGE_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 #: Wheel platforms, as the matrices name them (Intel Macs: torch 2.2.x is the last with wheels).
 PLATFORMS = ("linux-x86_64", "linux-aarch64", "windows-x86_64", "macos-arm64", "macos-x86_64")

@@ -81,6 +81,49 @@ def test_hadolint_has_no_findings(rendered):
     assert result.returncode == 0 and result.stdout.strip() == "", result.stdout + result.stderr
 
 
+def test_hadolint_passes_renders_pinned_by_digest(tmp_path):
+    """Base images and uv pinned by digest (``name:tag@sha256:...``), uv the resolver's: still no finding."""
+    import dataclasses
+
+    from provision.cli import main
+
+    try:
+        from test_render import IMAGES
+    except ImportError:  # pragma: no cover
+        from tests.test_render import IMAGES
+
+    hadolint = tool("hadolint")
+    digest = "sha256:" + "d" * 64
+
+    def pin(row):
+        return dataclasses.replace(row, image=dataclasses.replace(row.image, digest=digest))
+
+    images = dataclasses.replace(IMAGES, uv=dataclasses.replace(IMAGES.uv, digest=digest),
+                                 cuda=tuple(pin(r) for r in IMAGES.cuda), cpu=tuple(pin(r) for r in IMAGES.cpu))
+    dockerfiles = []
+    for variant in ("cpu", "cu128"):
+        plan = make_plan(variant)
+        resolution = merge_resolution(plan["packages"], [], resolver=f"uv {IMAGES.uv.tag} (x86_64-unknown-linux-gnu)")
+        out = tmp_path / variant
+        write_rendered(out, render_files(make_inputs(plan, images=images, hashes=resolution)), force=False)
+        dockerfiles.append(out / "Dockerfile")
+        assert f"COPY --from={IMAGES.uv.image}:{IMAGES.uv.tag}@{digest} " in dockerfiles[-1].read_text()
+    matrices = tmp_path / "matrices"
+    shutil.copytree(ROOT / "matrices", matrices)
+    engines = (matrices / "engines.toml").read_text()
+    old = 'image = "vllm/vllm-openai:v0.19.1"\n'
+    assert old in engines
+    (matrices / "engines.toml").write_text(engines.replace(old, f'{old}image_digest = "{digest}"\n'))
+    host = ROOT / "tests" / "fixtures" / "hosts" / "linux-x86_64-a10g-driver535.json"
+    assert main(["render", "--host", str(host), "--matrix", str(matrices), "--engine", "vllm", "--no-resolve",
+                 "--out", str(tmp_path / "vllm")]) == 0
+    dockerfiles.append(tmp_path / "vllm" / "Dockerfile")
+    assert f"FROM vllm/vllm-openai:v0.19.1@{digest} AS engine" in dockerfiles[-1].read_text()
+    for dockerfile in dockerfiles:
+        result = run([hadolint, "--no-color", str(dockerfile)])
+        assert result.returncode == 0 and result.stdout.strip() == "", result.stdout + result.stderr
+
+
 def test_shell_scripts_parse_and_pass_shellcheck(rendered):
     assert run(["sh", "-n", str(rendered / "install.sh")]).returncode == 0
     assert run(["bash", "-n", str(rendered / "setup-venv.sh")]).returncode == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 import subprocess
@@ -194,6 +195,18 @@ def test_image_labels_carry_the_plan_and_requirements_digests_under_their_publis
     assert labels["io.provision.plan-sha256"] == hashlib.sha256(canonical_json(inputs.plan.to_dict())).hexdigest()
     assert labels["io.provision.requirements-sha256"] == hashlib.sha256(files["requirements.txt"]).hexdigest()
     assert labels["io.provision.driver"] == "CUDA 12.8 runtime, planned for host driver 570.124.06"
+
+
+def test_the_dockerfile_says_how_each_image_is_pinned():
+    digest = "sha256:" + "e" * 64
+    cuda = [dataclasses.replace(row, image=dataclasses.replace(row.image, digest=digest)) if row.cuda == "12.8"
+            else row for row in IMAGES.cuda]
+    df = text(render_files(make_inputs(images=dataclasses.replace(IMAGES, cuda=tuple(cuda)))), "Dockerfile")
+    ref = f"nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04@{digest}"
+    assert re.findall(r"^FROM (\S+) AS (builder|runtime)$", df, re.M) == [(ref, "builder"), (ref, "runtime")]
+    assert f"#   {ref}: pinned by digest\n" in df
+    assert (f"#   {IMAGES.uv.ref}: pinned by tag only; `provision matrix refresh --only images` on a connected "
+            "machine records digests\n") in df
 
 
 def test_cpu_dockerfile_uses_slim_python_and_int8_serves_quantized():

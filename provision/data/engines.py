@@ -19,11 +19,12 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
 from provision.common.fields import Fields, read_toml
-from provision.vocab import ARCH_RE, CC_RE, PYTHON_MINOR_RE, parse_arch
+from provision.vocab import ARCH_RE, CC_RE, IMAGE_DIGEST_RE, PYTHON_MINOR_RE, parse_arch
 
 __all__ = [
     "ENGINE_NAMES",
     "ENGINE_PLATFORMS",
+    "IMAGE_REF_RE",
     "IMAGE_TAG_RE",
     "REQUIRED_FLAGS",
     "Engine",
@@ -56,13 +57,15 @@ QUANT_PRECISIONS = ("fp8", "int8", "nf4")
 RELEASE_FIELDS = (
     "version", "date", "torch", "torchvision", "torchaudio", "transformers", "requires_python",
     "pythons", "platforms", "glibc", "wheel_glibc", "cuda", "archs", "kernel",
-    "gpu_memory_utilization", "image", "image_cuda", "variants",
+    "gpu_memory_utilization", "image", "image_digest", "image_cuda", "variants",
 )
 
 _FLAG_RE = re.compile(r"^--[a-z0-9][a-z0-9-]*$")
 _ARG_RE = re.compile(r"^[A-Za-z0-9._:/=-]+$")
 #: An image reference with its tag, ``vllm/vllm-openai:v0.33.0`` (the plan's ``serve.image`` too).
 IMAGE_TAG_RE = re.compile(r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+#: The same, pinned by digest where one is recorded: ``vllm/vllm-openai:v0.33.0@sha256:<64 hex>`` (``serve.image``).
+IMAGE_REF_RE = re.compile(IMAGE_TAG_RE.pattern.rstrip("$") + f"(?:@{IMAGE_DIGEST_RE.pattern})?$")
 _URL_RE = re.compile(r"^https://[A-Za-z0-9.-]+(?:/[A-Za-z0-9._~%/+-]*)?$")
 _ROUTE_RE = re.compile(r"^/[a-z0-9_/-]*$")
 _GLIBC_RE = re.compile(r"^2\.\d{1,2}$")
@@ -174,6 +177,13 @@ class EngineRelease:
     unverified: tuple[str, ...]
     note: str
     source: str
+    #: the registry's digest of ``image`` (``provision matrix refresh --only images``); None: the tag alone pins
+    image_digest: str | None = None
+
+    @property
+    def image_ref(self) -> str:
+        """``image``, pinned by its digest where one is recorded: what a plan's ``serve.image`` and ``FROM`` take."""
+        return f"{self.image}@{self.image_digest}" if self.image_digest else self.image
 
     def archs_for(self, platform: str) -> tuple[str, ...]:
         return self.archs.get(platform, ())
@@ -473,6 +483,7 @@ def _release(r: Fields) -> EngineRelease:
         kernel=_requirement(r, "kernel"),
         gpu_memory_utilization=_fraction(r, "gpu_memory_utilization"),
         image=_matching(r, "image", IMAGE_TAG_RE, "repo/name:tag") or "",
+        image_digest=_matching(r, "image_digest", IMAGE_DIGEST_RE, "sha256:<64 hex>", required=False),
         image_cuda=image_cuda,
         variants=tuple(_variant(v) for v in r.objs("variants", required=False)),
         unverified=_unverified(r),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from provision.common.fields import Fields
 from provision.common.quoting import check_label, check_version
 from provision.errors import InvalidInput
-from provision.vocab import PYTHON_MINOR_RE
+from provision.vocab import IMAGE_DIGEST_RE, PYTHON_MINOR_RE
 
 __all__ = ["REQUIRED_ACTIONS", "Action", "CpuImage", "CudaImage", "ImageRef", "Images", "images_from_fields"]
 
@@ -23,7 +23,6 @@ __all__ = ["REQUIRED_ACTIONS", "Action", "CpuImage", "CudaImage", "ImageRef", "I
 REQUIRED_ACTIONS = ("actions/checkout", "actions/setup-python")
 _IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9./-]{0,127}$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _ACTION_RE = re.compile(r"^[A-Za-z0-9-]+/[A-Za-z0-9._-]+$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _CUDA_RE = re.compile(r"^\d{1,2}\.\d$")
@@ -31,7 +30,11 @@ _CUDA_RE = re.compile(r"^\d{1,2}\.\d$")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ImageRef:
-    """A container image pinned by tag, and by digest where one was verified."""
+    """A container image pinned by tag, and by digest where one was verified.
+
+    ``digest`` is the registry's content digest of ``tag`` (its manifest list, for a multi-platform
+    image) as ``provision matrix refresh --only images`` recorded it; None: the tag alone pins.
+    """
 
     image: str
     tag: str
@@ -41,6 +44,13 @@ class ImageRef:
     def ref(self) -> str:
         """``image:tag`` or ``image:tag@sha256:...``, as a ``FROM`` line takes it."""
         return f"{self.image}:{self.tag}" + (f"@{self.digest}" if self.digest else "")
+
+    @classmethod
+    def parse(cls, ref: str) -> ImageRef:
+        """Split ``name:tag`` or ``name:tag@sha256:...`` (an already validated reference, such as a plan's)."""
+        named, _, digest = ref.partition("@")
+        image, _, tag = named.rpartition(":")
+        return cls(image=image, tag=tag, digest=digest or None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,7 +110,7 @@ def _image_ref(row: Fields) -> ImageRef:
     if not _TAG_RE.fullmatch(tag):
         raise row.fail("tag", f"{tag!r} is not an image tag")
     digest = row.str("digest", required=False)
-    if digest is not None and not _DIGEST_RE.fullmatch(digest):
+    if digest is not None and not IMAGE_DIGEST_RE.fullmatch(digest):
         raise row.fail("digest", f"{digest!r} is not sha256:<64 hex>")
     return ImageRef(image=image, tag=tag, digest=digest)
 

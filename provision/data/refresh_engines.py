@@ -60,7 +60,7 @@ _ARRAYS = frozenset({"engine", "engine.quantization", "engine.excluded", "engine
 RELEASE_ORDER = (
     "version", "date", "torch", "torchvision", "torchaudio", "transformers", "requires_python", "pythons",
     "platforms", "glibc", "wheel_glibc", "cuda", "archs", "kernel", "gpu_memory_utilization", "image",
-    "image_cuda", "variants", "unverified", "note", "source",
+    "image_digest", "image_cuda", "variants", "unverified", "note", "source",
 )
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 

@@ -172,7 +172,7 @@ def engine_plan(host: HostProfile, matrix: Matrix, model: ModelSpec, choice: Eng
                   served_model_name=model.serve.served_model_name, max_model_len=choice.max_model_len,
                   gpu_memory_utilization=_share(choice), tensor_parallel_size=tp,
                   quantization=choice.quantization.method if choice.quantization else None,
-                  image=release.image, argv=server_argv(choice, model, model.serve), kv_cache_tokens=b.kv_tokens,
+                  image=release.image_ref, argv=server_argv(choice, model, model.serve), kv_cache_tokens=b.kv_tokens,
                   model_source=_source_of(model))
     return Plan(model_id=model.id, model_repo=model.repo, parameters=model.parameters, python=python,
                 torch_version=Version(str(release.torch)), variant=choice.variant.name, index_url=PYPI_INDEX,

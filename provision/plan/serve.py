@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from provision.common.fields import Fields
-from provision.data.engines import IMAGE_TAG_RE
+from provision.data.engines import IMAGE_REF_RE
 from provision.errors import InvalidInput
 
 __all__ = ["ENGINES", "SERVE_PORT", "ModelLoad", "Serve", "model_load", "serve_load", "transformers_serve"]
@@ -145,8 +145,9 @@ class Serve:
         if not argv:
             raise f.fail("argv", "the server command is empty")
         image = f.str("image", required=False)
-        if image is not None and not IMAGE_TAG_RE.fullmatch(image):
-            raise f.fail("image", f"{image!r} is not an image reference like 'vllm/vllm-openai:v0.33.0'")
+        if image is not None and not IMAGE_REF_RE.fullmatch(image):
+            raise f.fail("image", f"{image!r} is not an image reference like 'vllm/vllm-openai:v0.33.0' "
+                                  "(optionally @sha256:<64 hex>)")
         share = f.data.get("gpu_memory_utilization")
         if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1):
             raise f.fail("gpu_memory_utilization", f"{share!r} is not a fraction in (0, 1]")

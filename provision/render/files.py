@@ -34,6 +34,7 @@ from provision.common.quoting import (
     check_version,
 )
 from provision.data import Images
+from provision.data.images import ImageRef
 from provision.errors import InvalidInput
 from provision.host.profile import planning_facts
 from provision.plan.document import Placement, Plan, variant_cuda
@@ -59,7 +60,11 @@ FILE_NAMES = (
 )
 _EXECUTABLE = frozenset({"install.sh", "setup-venv.sh", "serve.sh"})
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9 ._:/+=,()<>-]{0,200}$")
+_LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9 ._:/+=,()<>@-]{0,200}$")
+#: What the Dockerfile's header says of each image it names.
+PINNED_BY_DIGEST = "pinned by digest"
+PINNED_BY_TAG = ("pinned by tag only; `provision matrix refresh --only images` on a connected machine "
+                 "records digests")
 #: Where the images keep the Hugging Face cache (the volume) and serve.sh.
 _IMAGE_HOME = "/home/app"
 _IMAGE_SERVE_SH = "/opt/provision-env/serve.sh"
@@ -129,21 +134,25 @@ def _packages(f: Fields, key: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(out.items()))
 
 
-def _base_image(images: Images, plan: Plan) -> tuple[str, bool]:
-    """(image reference, whether the image already has the plan's Python); an engine plan's is the engine's image."""
+def _base_image(images: Images, plan: Plan) -> tuple[ImageRef, bool]:
+    """(image, whether the image already has the plan's Python); an engine plan's is the engine's image."""
     if plan.serve.engine != "transformers":
         if plan.serve.image is None:
             raise InvalidInput("plan", "serve.image", f"a {plan.serve.engine} plan needs the engine's image")
-        return plan.serve.image, True
+        return ImageRef.parse(plan.serve.image), True  # validated by Serve.from_dict / the engines matrix
     if plan.cuda is None:
         image = images.python_image(plan.python)
         if image is None:
             raise InvalidInput(images.source, "cpu", f"no CPU image for Python {plan.python}")
-        return image.ref, True
+        return image, True
     image = images.runtime_image(str(plan.cuda))
     if image is None:
         raise InvalidInput(images.source, "cuda", f"no runtime image for CUDA {plan.cuda} ({plan.variant})")
-    return image.ref, False
+    return image, False
+
+
+def _pinning(image: ImageRef) -> str:
+    return PINNED_BY_DIGEST if image.digest else PINNED_BY_TAG
 
 
 def _actions(images: Images) -> dict[str, str]:
@@ -259,7 +268,7 @@ class _Checked:
     wheelhouse: tuple[str, ...]
     toolkit_source: str | None
     env_dir: str
-    base_image: str
+    base_image: ImageRef
     has_python: bool
     toolkit_version: str
 
@@ -360,16 +369,21 @@ def _dockerfile(common: Mapping[str, Any], plan: Plan, images: Images, checked: 
     """The transformers plan's builder/runtime image, or an engine plan's image on the engine's own."""
     serve = plan.serve
     view = {
-        **common, "base_image": checked.base_image, "env_dir": checked.env_dir, "port": serve.port,
+        **common, "base_image": checked.base_image.ref, "base_digest": checked.base_image.digest is not None,
+        "env_dir": checked.env_dir, "port": serve.port,
         "engine": serve.engine, "engine_version": serve.engine_version, "home": _IMAGE_HOME,
         "serve_sh": _IMAGE_SERVE_SH, "serve_cmd": ["bash", _IMAGE_SERVE_SH], "health_cmd": _health_probe(serve.port),
         "smoke_argv": ["provision", "smoke", "--precision", _smoke_precision(plan)],
         "labels": [(k, _label_value(v)) for k, v in sorted(labels.items())],
         "gpu_flags": "--gpus all " if plan.device == "cuda" else "",
     }
+    pins = [f"{checked.base_image.ref}: {_pinning(checked.base_image)}"]
     if _is_engine(plan):
-        return _render("Dockerfile.engine.j2", {**view, "ipc": "--ipc=host "})
-    return _render("Dockerfile.j2", {**view, "has_python": checked.has_python, "uv_image": images.uv.ref})
+        return _render("Dockerfile.engine.j2", {**view, "ipc": "--ipc=host ", "image_pins": pins})
+    return _render("Dockerfile.j2", {
+        **view, "has_python": checked.has_python, "uv_image": images.uv.ref,
+        "image_pins": [*pins, f"{images.uv.ref}: {_pinning(images.uv)}"],
+    })
 
 
 def _lock(inputs: RenderInputs, checked: _Checked, resolution: Resolution, files: Mapping[str, bytes]) -> bytes:
