@@ -63,14 +63,14 @@ BROKEN = [
      "package[0].requires_torch: expected a string, got number"),
     ("models.toml", 'repo = "zai-org/AutoGLM-Phone-9B"\n', "", "model[0].repo: required key is missing"),
     ("models.toml", "default = true", 'default = "yes"', "model[0].default: expected true or false, got string"),
-    ("images.toml", 'tag = "0.9.8"\n', "", "uv.tag: required key is missing"),
+    ("images.toml", 'tag = "0.13.9"\n', "", "uv.tag: required key is missing"),
     ("images.toml", 'pip = "26.3"', "pip = 26.3", "conda.pip: expected a string, got number"),
     ("images.toml", "schema_version = 1", "schema_version = 2",
      "schema_version: unsupported schema_version 2; this provision reads 1"),
     ("images.toml", "[meta]\nsources = [", "[meta]\nsourcez = [", "meta.sources: required key is missing"),
-    ("images.toml", 'tag = "0.9.8"', 'tag = "0.9.8; rm -rf /"', "uv.tag: '0.9.8; rm -rf /' is not an image tag"),
+    ("images.toml", 'tag = "0.13.9"', 'tag = "0.13.9; rm -rf /"', "uv.tag: '0.13.9; rm -rf /' is not an image tag"),
     ("images.toml", 'image = "ghcr.io/astral-sh/uv"', 'image = "ghcr.io//uv"', "uv.image: 'ghcr.io//uv' is not an image name"),
-    ("images.toml", 'tag = "0.9.8"', 'tag = "0.9.8"\ndigest = "sha256:abc"',
+    ("images.toml", 'tag = "0.13.9"', 'tag = "0.13.9"\ndigest = "sha256:abc"',
      "uv.digest: 'sha256:abc' is not sha256:<64 hex>"),
     ("images.toml", 'tag = "3.11-slim-bookworm"', 'tag = "3.11-slim-bookworm"\ndigest = "sha256:' + "A" * 64 + '"',
      "cpu[1].digest: 'sha256:" + "A" * 64 + "' is not sha256:<64 hex>"),
@@ -180,7 +180,7 @@ def _render(tmp_path: Path, *argv: str) -> dict[str, str]:
 
 
 def test_render_takes_images_and_actions_from_the_matrix_it_is_given(tmp_path: Path) -> None:
-    root = copy_matrices(tmp_path, "images.toml", 'tag = "0.9.8"', 'tag = "0.9.99"')
+    root = copy_matrices(tmp_path, "images.toml", 'tag = "0.13.9"', 'tag = "0.9.99"')
     text = (root / "images.toml").read_text()
     text = text.replace('tag = "12.6.3-cudnn-runtime-ubuntu24.04"', 'tag = "12.6.9-cudnn-runtime-ubuntu24.04"')
     text = text.replace('pip = "26.3"', 'pip = "26.9"').replace("11bd71901bbe5b1630ceea73d27597364c9af683", "f" * 40)
@@ -196,7 +196,7 @@ def test_render_takes_images_and_actions_from_the_matrix_it_is_given(tmp_path: P
 
 def test_the_bundled_render_keeps_the_bundled_pins(tmp_path: Path) -> None:
     files = _render(tmp_path)
-    assert "ghcr.io/astral-sh/uv:0.9.8 " in files["Dockerfile"]
+    assert "ghcr.io/astral-sh/uv:0.13.9 " in files["Dockerfile"]
     assert json.loads(files["provision.lock.json"])["inputs"]["matrix_digest"] == load_matrix().digest
 
 

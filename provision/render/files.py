@@ -61,6 +61,8 @@ FILE_NAMES = (
 _EXECUTABLE = frozenset({"install.sh", "setup-venv.sh", "serve.sh"})
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9 ._:/+=,()<>@-]{0,200}$")
+#: ``uv --version`` as the resolver records it: ``uv 0.13.9 (x86_64-unknown-linux-gnu)``; the version alone.
+_UV_RESOLVER_RE = re.compile(r"^uv (\d+\.\d+\.\d+)(?:\s|$)")
 #: What the Dockerfile's header says of each image it names.
 PINNED_BY_DIGEST = "pinned by digest"
 PINNED_BY_TAG = ("pinned by tag only; `provision matrix refresh --only images` on a connected machine "
@@ -153,6 +155,35 @@ def _base_image(images: Images, plan: Plan) -> tuple[ImageRef, bool]:
 
 def _pinning(image: ImageRef) -> str:
     return PINNED_BY_DIGEST if image.digest else PINNED_BY_TAG
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Uv:
+    """The uv the Dockerfile copies: its image, why that version, and how it is pinned."""
+
+    image: ImageRef
+    why: str
+    pinning: str
+
+
+def _uv_image(images: Images, resolution: Resolution) -> _Uv:
+    """The uv that resolved the lock, so the image installs with the uv whose resolution it pins;
+    images.toml's when no uv resolved it (no resolver ran, or another tool's name is recorded).
+
+    images.toml's digest is its own tag's: another version is pinned by its tag.
+    """
+    match = _UV_RESOLVER_RE.match(resolution.resolver)
+    resolver = _one_line(resolution.resolver)
+    if match is None:
+        return _Uv(image=images.uv, pinning=_pinning(images.uv),
+                   why=f"images.toml's uv, since no uv resolved this render's lock (hashes.resolver: {resolver})")
+    version = match.group(1)
+    why = f"the uv that resolved this render's lock (hashes.resolver: {resolver})"
+    if version == images.uv.tag:
+        return _Uv(image=images.uv, why=why, pinning=_pinning(images.uv))
+    return _Uv(image=replace(images.uv, tag=version, digest=None), why=why,
+               pinning=f"pinned by tag only; images.toml's uv is {images.uv.tag}: set its tag to {version} and "
+                       "`provision matrix refresh --only images` on a connected machine records this one's digest")
 
 
 def _actions(images: Images) -> dict[str, str]:
@@ -365,7 +396,7 @@ def _health_probe(port: int) -> list[str]:
 
 
 def _dockerfile(common: Mapping[str, Any], plan: Plan, images: Images, checked: _Checked,
-                labels: Mapping[str, str]) -> bytes:
+                labels: Mapping[str, str], resolution: Resolution) -> bytes:
     """The transformers plan's builder/runtime image, or an engine plan's image on the engine's own."""
     serve = plan.serve
     view = {
@@ -380,9 +411,10 @@ def _dockerfile(common: Mapping[str, Any], plan: Plan, images: Images, checked: 
     pins = [f"{checked.base_image.ref}: {_pinning(checked.base_image)}"]
     if _is_engine(plan):
         return _render("Dockerfile.engine.j2", {**view, "ipc": "--ipc=host ", "image_pins": pins})
+    uv = _uv_image(images, resolution)
     return _render("Dockerfile.j2", {
-        **view, "has_python": checked.has_python, "uv_image": images.uv.ref,
-        "image_pins": [*pins, f"{images.uv.ref}: {_pinning(images.uv)}"],
+        **view, "has_python": checked.has_python, "uv_image": uv.image.ref, "uv_version": uv.image.tag,
+        "uv_why": uv.why, "image_pins": [*pins, f"{uv.image.ref}: {uv.pinning}"],
     })
 
 
@@ -428,7 +460,7 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
     files["environment.yml"] = _environment_yml(common, plan, images, resolution)
     files["serve.sh"] = _serve_sh(common, plan)
     labels = _image_labels(inputs, plan, resolution, checked.toolkit_version, files["requirements.txt"])
-    files["Dockerfile"] = _dockerfile(common, plan, images, checked, labels)
+    files["Dockerfile"] = _dockerfile(common, plan, images, checked, labels, resolution)
     files[WORKFLOW_PATH] = _render("provision.yml.j2", {
         **common, "actions": _actions(images), "matrix": _variant_plans(inputs, plan),
         "smoke_precision": None if plan.precision in PRECISIONS else _smoke_precision(plan),
