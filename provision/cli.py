@@ -281,12 +281,15 @@ def _add_models(sub: _Sub) -> None:
 def _add_matrix(sub: _Sub) -> None:
     p = sub.add_parser("matrix", help="inspect or refresh the compatibility matrices")
     msub = p.add_subparsers(dest="matrix_command", required=True, parser_class=_Parser)
-    r = msub.add_parser("refresh", help="rebuild torch rows from the PyTorch wheel index and engine pins from PyPI")
+    r = msub.add_parser("refresh", help="rebuild torch rows from the PyTorch wheel index, engine pins from PyPI "
+                                        "and image digests from the images' registries")
     r.add_argument("--matrix", type=Path, metavar="DIR",
                    help="refresh the matrices in this folder (default: the bundled matrices/)")
     r.add_argument("--write", action="store_true", help="write the change (default: show the diff only)")
     r.add_argument("--variant", action="append", help="variants to fetch (default: those in the matrix)")
-    r.add_argument("--only", choices=("torch", "engines"), help="refresh one file (default: both)")
+    r.add_argument("--only", choices=("torch", "engines", "images"),
+                   help="refresh one part: torch.toml, engines.toml's pins, or the digests of the images in "
+                        "images.toml and engines.toml (default: all three)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -569,11 +572,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_matrix(args: argparse.Namespace) -> int:
-    """``matrix refresh``: torch rows from the PyTorch index, engine pins from PyPI; a diff each, written on --write."""
-    if args.only != "engines":
+    """``matrix refresh``: torch rows from the PyTorch index, engine pins from PyPI, image digests from the
+    registries; a diff each, written on --write."""
+    if args.only in (None, "torch"):
         _refresh_torch(args)
-    if args.only != "torch":
+    if args.only in (None, "engines"):
         _refresh_engines(args)
+    if args.only in (None, "images"):
+        _refresh_images(args)
     return 0
 
 
@@ -616,6 +622,33 @@ def _refresh_engines(args: argparse.Namespace) -> None:
         except OSError as exc:
             raise write_failure(str(refresh.path), "(file)", exc) from None
         sys.stderr.write(f"wrote {refresh.path}\n")
+    else:
+        sys.stderr.write("dry run: pass --write to apply this change\n")
+
+
+def _refresh_images(args: argparse.Namespace) -> None:
+    from provision.data.refresh_images import apply_image_refresh, plan_image_refresh
+
+    refresh = plan_image_refresh(args.matrix)
+    for line in refresh.unreachable:  # one line per image, then the error: nothing is written
+        sys.stderr.write(f"{_one_line(line)}\n")
+    if refresh.unreachable:
+        raise ProvisionError(f"no digest written: {len(refresh.unreachable)} of {refresh.images} images' registries "
+                             "could not be reached (above); run it where they can be (HTTPS_PROXY is honoured)")
+    for message in refresh.messages:
+        sys.stderr.write(f"{_one_line(message)}\n")
+    names = ", ".join(str(f.path) for f in refresh.files)
+    if not refresh.changed:
+        sys.stderr.write(f"{names}: image digests up to date with the registries ({refresh.images} images)\n")
+        return
+    sys.stdout.write(refresh.diff)
+    if args.write:
+        try:
+            written = apply_image_refresh(refresh)  # only once the refreshed matrix validates
+        except OSError as exc:
+            raise write_failure(str(exc.filename or names), "(file)", exc) from None
+        for path in written:
+            sys.stderr.write(f"wrote {path}\n")
     else:
         sys.stderr.write("dry run: pass --write to apply this change\n")
 

@@ -40,11 +40,14 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 __all__ = [
+    "ENGINES_LAYOUT",
     "EnginesRefresh",
     "MetadataSource",
     "ReleaseFacts",
+    "TomlLayout",
     "check_refreshed",
     "dump_engines_toml",
+    "dump_toml",
     "merge_engines",
     "metadata_facts",
     "refresh_engines",
@@ -91,7 +94,7 @@ def _key(key: str) -> str:
     return key if _BARE_KEY.fullmatch(key) else _string(key)
 
 
-def _value(value: Any, where: str) -> str:
+def _value(value: Any, where: str, file: str = "engines.toml") -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -99,43 +102,64 @@ def _value(value: Any, where: str) -> str:
     if isinstance(value, str):
         return _string(value)
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_value(v, where) for v in value) + "]"
+        return "[" + ", ".join(_value(v, where, file) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(v, f'{where}.{k}')}" for k, v in value.items()) + " }"
-    raise InvalidInput("engines.toml", where, f"cannot write a value of type {type(value).__name__}")
+        return "{ " + ", ".join(f"{_key(k)} = {_value(v, f'{where}.{k}', file)}" for k, v in value.items()) + " }"
+    raise InvalidInput(file, where, f"cannot write a value of type {type(value).__name__}")
 
 
-def _ordered(path: str, table: Mapping[str, Any]) -> list[str]:
-    """Release keys in RELEASE_ORDER (unknown ones after, as found); other tables as they come."""
-    if path != "engine.release":
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TomlLayout:
+    """How an emitted file is laid out: which tables get ``[a.b]`` / ``[[a.b]]`` headers (every other
+    table is inline), and the key order of the tables that have one (other tables keep theirs)."""
+
+    tables: frozenset[str]
+    arrays: frozenset[str]
+    order: Mapping[str, tuple[str, ...]]
+    file: str
+
+
+ENGINES_LAYOUT = TomlLayout(tables=_TABLES, arrays=_ARRAYS, order={"engine.release": RELEASE_ORDER},
+                            file="engines.toml")
+
+
+def _ordered(path: str, table: Mapping[str, Any], layout: TomlLayout) -> list[str]:
+    """Keys in the layout's order for that table (unknown ones after, as found); other tables as they come."""
+    order = layout.order.get(path)
+    if order is None:
         return list(table)
-    known = [k for k in RELEASE_ORDER if k in table]
-    return known + [k for k in table if k not in RELEASE_ORDER]
+    known = [k for k in order if k in table]
+    return known + [k for k in table if k not in order]
 
 
-def _emit(lines: list[str], path: str, table: Mapping[str, Any]) -> None:
+def _emit(lines: list[str], path: str, table: Mapping[str, Any], layout: TomlLayout) -> None:
     """Scalars and inline values first, then sub-tables and arrays of tables, in key order."""
-    keys = _ordered(path, table)
+    keys = _ordered(path, table, layout)
     children = {k: f"{path}.{k}" if path else k for k in keys}
-    nested = [k for k in keys if children[k] in _TABLES or children[k] in _ARRAYS]
+    nested = [k for k in keys if children[k] in layout.tables or children[k] in layout.arrays]
     for key in keys:
         if key not in nested:
-            lines.append(f"{_key(key)} = {_value(table[key], children[key])}")
+            lines.append(f"{_key(key)} = {_value(table[key], children[key], layout.file)}")
     for key in nested:
         child = children[key]
-        items: Iterable[Any] = table[key] if child in _ARRAYS else [table[key]]
+        items: Iterable[Any] = table[key] if child in layout.arrays else [table[key]]
         for item in items:
             if not isinstance(item, Mapping):
-                raise InvalidInput("engines.toml", child, f"expected a table, got {type(item).__name__}")
-            lines += ["", f"[[{child}]]" if child in _ARRAYS else f"[{child}]"]
-            _emit(lines, child, item)
+                raise InvalidInput(layout.file, child, f"expected a table, got {type(item).__name__}")
+            lines += ["", f"[[{child}]]" if child in layout.arrays else f"[{child}]"]
+            _emit(lines, child, item, layout)
+
+
+def dump_toml(data: Mapping[str, Any], layout: TomlLayout, *, header: str = "") -> str:
+    """TOML text for ``data`` in ``layout``: same input, same bytes; ``header`` (comments) kept on top."""
+    lines: list[str] = [header.rstrip("\n"), ""] if header else []
+    _emit(lines, "", data, layout)
+    return "\n".join(lines) + "\n"
 
 
 def dump_engines_toml(data: Mapping[str, Any], *, header: str = "") -> str:
     """engines.toml text for ``data``: fixed table layout, same input, same bytes."""
-    lines: list[str] = [header.rstrip("\n"), ""] if header else []
-    _emit(lines, "", data)
-    return "\n".join(lines) + "\n"
+    return dump_toml(data, ENGINES_LAYOUT, header=header)
 
 
 # --------------------------------------------------------------------------- what the registry says
