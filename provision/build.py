@@ -16,6 +16,10 @@ refuses one whose lock has changed since, so a report from another render is nev
 as this one's.
 A reused venv keeps its smoke report too when nothing the smoke test depends on changed
 (``smoke_key``: the lock, the toolkit, the weights it finds).
+
+The toolkit comes from the folder too: the wheel the render wrote beside the install files.
+A reused venv gets that wheel reinstalled (alone) when its sha256 differs from the one the
+venv was given, so working on provision never rebuilds the environment.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from provision.smoke.report import SmokeReport
 from provision.vocab import BUILD_SCHEMA
 
 __all__ = ["BuildResult", "build_environment", "check_rendered", "current_smoke_report", "env_digest", "lock_digest",
-           "source_root", "venv_python"]
+           "source_root", "toolkit_wheel_path", "venv_python"]
 
 STAMP = ".provision-lock.sha256"
 #: The link a build swaps; the folders it names, and the link's temporary twin during a swap.
@@ -55,11 +59,11 @@ _LEGACY_OLD = "venv.old"
 #: Held (``flock``) for the length of a build: the kernel releases it however the build ends.
 BUILD_LOCK = ".provision-build.lock"
 SMOKE_REPORT = "smoke.json"
-#: The toolkit source the venv's copy of provision was installed from (a checkout changes often).
+#: The sha256 of the toolkit wheel the venv's copy of provision was installed from.
 TOOLKIT_STAMP = ".provision-toolkit.sha256"
 #: What the last passing smoke test in this venv proved (``smoke_key``); removed with the venv.
 SMOKE_STAMP = ".provision-smoke.sha256"
-_TOOLKIT_PARTS = ("pyproject.toml", "provision", "templates", "matrices")
+_TOOLKIT_WHEEL = re.compile(r"provision-[^/]+-py3-none-any\.whl")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,36 +121,39 @@ def venv_python(venv: Path) -> Path:
 
 
 def source_root() -> Path | None:
-    """The checkout this toolkit runs from, if it runs from one (it is installed into the venv)."""
+    """The checkout this toolkit runs from, if it runs from one (where ``nox -s provision`` renders into)."""
     root = Path(__file__).resolve().parent.parent
     return root if (root / "pyproject.toml").is_file() and (root / "provision").is_dir() else None
 
 
-def toolkit_digest(root: Path) -> str:
-    """sha256 over the toolkit files a venv installs from ``root`` (package, templates, matrices)."""
-    h = hashlib.sha256()
-    for part in _TOOLKIT_PARTS:
-        path = root / part
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()
-                                                      and "__pycache__" not in p.parts)
-        for file in files:
-            h.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes() + b"\0")
-    return h.hexdigest()
+def toolkit_wheel_path(out: Path) -> Path | None:
+    """The toolkit wheel the render of ``out`` wrote (the one its lock lists), or None in an older render."""
+    lock = out / "provision.lock.json"
+    try:
+        files = json.loads(lock.read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    names = [n for n in files if isinstance(n, str) and _TOOLKIT_WHEEL.fullmatch(n)] if isinstance(files, dict) else []
+    return out / names[0] if len(names) == 1 and (out / names[0]).is_file() else None
 
 
-def _refresh_toolkit(venv: Path, root: Path, env: dict[str, str]) -> bool:
-    """Reinstall only the toolkit into a reused venv when its source changed; True if it did.
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _refresh_toolkit(venv: Path, wheel: Path, env: dict[str, str]) -> bool:
+    """Reinstall only the toolkit into a reused venv when the folder's wheel changed; True if it did.
 
     :raises BuildError: the reinstall failed (the venv keeps its previous copy).
     """
-    digest = toolkit_digest(root)
+    digest = _file_digest(wheel)
     stamp = venv / TOOLKIT_STAMP
     if stamp.is_file() and stamp.read_text().strip() == digest:
         return False
     python = str(venv_python(venv))
-    argv = (["uv", "pip", "install", "--python", python, "--no-deps", "--reinstall-package", "provision", str(root)]
+    argv = (["uv", "pip", "install", "--python", python, "--no-deps", "--reinstall-package", "provision", str(wheel)]
             if _run.find_program("uv") else
-            [python, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(root)])
+            [python, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(wheel)])
     try:
         proc = _run.run_process(argv, env=env)
     except _run.NotRun as exc:
@@ -328,12 +335,11 @@ def _stale_smoke(out: Path) -> None:
 
 
 def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] | None = None,
-                      toolkit_source: Path | None = None, echo: Callable[[str], object] | None = None) -> BuildResult:
+                      echo: Callable[[str], object] | None = None) -> BuildResult:
     """Build ``out/venv`` from the files in ``out`` (or reuse it), then run the smoke test in it.
 
-    ``toolkit_source``: the provision checkout the venv installs the toolkit from; a reused venv
-    gets a fresh copy of the toolkit (only) when that source changed. ``echo``: where the smoke
-    test's own stderr goes (the CLI passes its stderr; library code prints nothing itself).
+    A reused venv gets the folder's toolkit wheel reinstalled (only) when it changed. ``echo``: where the
+    smoke test's own stderr goes (the CLI passes its stderr; library code prints nothing itself).
 
     :raises BuildError: the install failed, or another build of ``out`` is running; the old venv (if any) is kept.
     :raises SmokeError: the environment built but the model did not load or generate.
@@ -343,19 +349,17 @@ def build_environment(out: Path, *, smoke: bool = True, environ: dict[str, str] 
     check_rendered(out)
     try:
         with _exclusive(out):
-            return _build(out, start, smoke=smoke, environ=environ, toolkit_source=toolkit_source, echo=echo)
+            return _build(out, start, smoke=smoke, environ=environ, echo=echo)
     except OSError as exc:  # the folder is read-only, or the disk filled: nothing past the failed step ran
         raise write_failure(str(out), "(folder)", exc) from None
 
 
-def _build(out: Path, start: float, *, smoke: bool, environ: dict[str, str] | None, toolkit_source: Path | None,
+def _build(out: Path, start: float, *, smoke: bool, environ: dict[str, str] | None,
            echo: Callable[[str], object] | None) -> BuildResult:
     digest = env_digest(out)
     venv = out / VENV
     env = dict(environ if environ is not None else os.environ)
-    root = toolkit_source
-    if root is not None:
-        env.setdefault("PROVISION_SOURCE", str(root))
+    wheel = toolkit_wheel_path(out)
     _recover(out)
     _stale_smoke(out)
     reused = _reusable(venv, digest)
@@ -366,21 +370,21 @@ def _build(out: Path, start: float, *, smoke: bool, environ: dict[str, str] | No
         try:
             staging.chmod(0o755)
             _run_setup(out, staging, env)
-            if root is not None:
-                write_atomic(staging / TOOLKIT_STAMP, toolkit_digest(root) + "\n")
+            if wheel is not None and not env.get("PROVISION_SOURCE"):
+                write_atomic(staging / TOOLKIT_STAMP, _file_digest(wheel) + "\n")
             write_atomic(staging / STAMP, digest + "\n")  # written last: marks it complete
             _swap_in(out, staging)
         except BaseException:
             with contextlib.suppress(OSError):  # what a kill skips here, the next build's _recover does
                 _recover(out)  # the half-built folder goes; venv still names the previous one
             raise
-    elif root is not None:
-        _refresh_toolkit(venv, root, env)
+    elif wheel is not None:
+        _refresh_toolkit(venv, wheel, env)
     report, smoke_reused = None, False
     if smoke:
         from provision import __version__
 
-        key = smoke_key(out, toolkit_digest(root) if root is not None else __version__, env)
+        key = smoke_key(out, _file_digest(wheel) if wheel is not None else __version__, env)
         report = _previous_smoke(venv, out, key) if reused else None
         smoke_reused = report is not None
         if report is None:

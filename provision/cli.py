@@ -418,11 +418,10 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from provision.build import build_environment, source_root
+    from provision.build import build_environment
     from provision.display import show_build
 
-    result = build_environment(args.out, smoke=not args.no_smoke, toolkit_source=source_root(),
-                               echo=sys.stderr.write)
+    result = build_environment(args.out, smoke=not args.no_smoke, echo=sys.stderr.write)
     if args.json:
         _print_json(result.to_dict())
     else:

@@ -437,29 +437,35 @@ def test_render_refuses_foreign_files_without_a_lock(tmp_path: Path, capsys: pyt
     assert sorted(p.name for p in out.iterdir()) == ["Dockerfile"]
 
 
-def toolkit(root: Path, text: str = "x = 1\n") -> Path:
-    (root / "provision").mkdir(parents=True, exist_ok=True)
-    (root / "pyproject.toml").write_text("[project]\nname = 'provision'\n")
-    (root / "provision" / "__init__.py").write_text(text)
-    return root
+WHEEL = "provision-0.1.0-py3-none-any.whl"
 
 
-def test_toolkit_digest_follows_the_source(tmp_path: Path) -> None:
-    src = toolkit(tmp_path / "src")
-    first = provision.build.toolkit_digest(src)
-    (src / "provision" / "__pycache__").mkdir()
-    (src / "provision" / "__pycache__" / "x.pyc").write_bytes(b"\0")
-    assert provision.build.toolkit_digest(src) == first  # bytecode is not source
-    (src / "provision" / "__init__.py").write_text("x = 2\n")
-    assert provision.build.toolkit_digest(src) != first
+def with_toolkit(out: Path, data: bytes = b"wheel 1") -> Path:
+    """The toolkit wheel in a rendered folder, listed by its lock as a render writes it."""
+    (out / WHEEL).write_bytes(data)
+    (out / "provision.lock.json").write_text(json.dumps({"files": {WHEEL: "0" * 64}}))
+    return out / WHEEL
+
+
+def test_the_toolkit_wheel_is_the_one_the_lock_lists(tmp_path: Path) -> None:
+    out = rendered(tmp_path / "out")
+    assert provision.build.toolkit_wheel_path(out) is None  # an older render: no wheel
+    wheel = with_toolkit(out)
+    (out / "provision-0.0.9-py3-none-any.whl").write_bytes(b"a stale wheel of an older version")
+    assert provision.build.toolkit_wheel_path(out) == wheel
+    (out / "provision.lock.json").write_text("{not json")
+    assert provision.build.toolkit_wheel_path(out) is None
 
 
 def test_reused_venv_gets_the_changed_toolkit_reinstalled(tmp_path: Path, env: dict[str, str],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
     out = rendered(tmp_path / "out")
-    src = toolkit(tmp_path / "src")
-    build_environment(out, smoke=False, environ=env, toolkit_source=src)
-    assert (out / "venv" / provision.build.TOOLKIT_STAMP).read_text().strip() == provision.build.toolkit_digest(src)
+    wheel = with_toolkit(out)
+    build_environment(out, smoke=False, environ=env)
+    stamp = out / "venv" / provision.build.TOOLKIT_STAMP
+    assert stamp.read_text().strip() == hashlib.sha256(b"wheel 1").hexdigest()
     calls: list[list[str]] = []
     real_spawn = provision.common.run.spawn
 
@@ -470,10 +476,10 @@ def test_reused_venv_gets_the_changed_toolkit_reinstalled(tmp_path: Path, env: d
         return real_spawn(argv, **kwargs)
 
     monkeypatch.setattr(provision.common.run, "spawn", record)
-    again = build_environment(out, smoke=False, environ=env, toolkit_source=src)
+    again = build_environment(out, smoke=False, environ=env)
     assert again.reused and calls == [] and runs(out) == 1  # nothing changed: nothing reinstalled
-    (src / "provision" / "__init__.py").write_text("x = 2\n")
-    third = build_environment(out, smoke=False, environ=env, toolkit_source=src)
+    wheel.write_bytes(b"wheel 2")  # a new render of the toolkit (the install files unchanged)
+    third = build_environment(out, smoke=False, environ=env)
     assert third.reused and runs(out) == 1  # the environment stays ...
-    assert len(calls) == 1 and str(src) in calls[0] and "--no-deps" in calls[0]  # ... the toolkit is refreshed
-    assert (out / "venv" / provision.build.TOOLKIT_STAMP).read_text().strip() == provision.build.toolkit_digest(src)
+    assert len(calls) == 1 and str(wheel) in calls[0] and "--no-deps" in calls[0]  # ... the toolkit is refreshed
+    assert stamp.read_text().strip() == hashlib.sha256(b"wheel 2").hexdigest()

@@ -314,7 +314,7 @@ def test_data_dir_prefers_the_installed_layout(tmp_path, monkeypatch):
     package = tmp_path / "site" / "provision"
     (package / "_data" / "templates").mkdir(parents=True)
     (tmp_path / "site" / "templates").mkdir()
-    monkeypatch.setattr(resources, "_package_dir", lambda: package)
+    monkeypatch.setattr(resources, "package_dir", lambda: package)
     assert data_dir("templates") == package / "_data" / "templates"
     with pytest.raises(ProvisionError, match="cannot find the packaged matrices/"):
         data_dir("matrices")

@@ -95,7 +95,7 @@ def rendered(tmp_path_factory) -> dict[tuple[str, str], tuple[Plan, NodeFloor, s
             continue
         arch = load_host(host_path).arch
         floor = node_floor(chosen, MATRIX, arch)
-        files = deploy_files(chosen, DeployInputs(floor=floor, arch=arch, env_dir="build/envs/x", toolkit_version="0.1.0"))
+        files = deploy_files(chosen, DeployInputs(floor=floor, arch=arch, toolkit_version="0.1.0"))
         folder = root / f"{host_path.stem}-{engine}"
         for name, data in files.items():
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +238,7 @@ def test_no_server_command_or_image_overrides_the_dockerfiles_entry(rendered):
     """Compose and k8s run the Dockerfile's serve target as built: serve.sh is the one server command."""
     for (host, engine), (_, _, _, folder) in rendered.items():
         (service,) = _load(folder, COMPOSE_PATH)["services"].values()
-        assert service["build"] == {"context": "../../..", "dockerfile": "build/envs/x/Dockerfile", "target": "serve"}
+        assert service["build"] == {"context": ".", "dockerfile": "Dockerfile", "target": "serve"}  # the render folder
         assert "command" not in service and "entrypoint" not in service, (host, engine)
         container = _container(folder)
         assert "command" not in container and "args" not in container

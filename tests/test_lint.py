@@ -200,7 +200,8 @@ CONDA_ENV_SCHEMA = {
                      "properties": {"pip": {"type": "array", "items": {
                          "type": "string",
                          "pattern": r"^(--(extra-index-url|index-url|find-links) \S+"
-                                    r"|[a-z0-9-]+==[0-9][^\s]*( --hash=sha256:[0-9a-f]{64})*)$"}}}},
+                                    r"|[a-z0-9-]+==[0-9][^\s]*( --hash=sha256:[0-9a-f]{64})*"
+                                    r"|\./provision-[^\s/]+\.whl( --hash=sha256:[0-9a-f]{64})?)$"}}}},
                 ]
             },
         },

@@ -25,6 +25,7 @@ from provision.render.requirements import (
     parse_compiled,
     resolve,
 )
+from provision.render.toolkit import ToolkitWheel, toolkit_wheel
 
 # ---------------------------------------------------------------- fixtures (plans as dicts)
 
@@ -35,6 +36,7 @@ HOST_CPU = {"schema": "provision.host/v1", "os": "linux", "arch": "x86_64", "pyt
 H1, H2, H3 = "sha256:" + "1" * 64, "sha256:" + "2" * 64, "sha256:" + "3" * 64
 MATRIX = load_matrix()
 IMAGES = MATRIX.images
+TOOLKIT = toolkit_wheel()
 
 
 def make_plan(variant: str = "cu128", precision: str = "bf16", torch: str = "2.9.1") -> dict:
@@ -72,8 +74,7 @@ def make_inputs(plan: dict | None = None, **kw) -> RenderInputs:
     base = {"plan": typed, "host": HOST_CPU if plan["device"] == "cpu" else HOST_GPU,
             "node_floor": _floor(typed),
             "model": "autoglm-phone-9b",
-            "images": IMAGES, "matrix_digest": "a" * 64, "variants": variants, "toolkit_source": "/src/provision",
-            "docker_env_dir": "build/provision/test"}
+            "images": IMAGES, "matrix_digest": "a" * 64, "variants": variants, "toolkit": TOOLKIT}
     base.update(kw)
     return RenderInputs(**base)
 
@@ -88,7 +89,7 @@ def text(files: dict, name: str) -> str:
 def test_same_inputs_give_byte_identical_files():
     a, b = render_files(make_inputs()), render_files(make_inputs(plan=make_plan()))
     assert a == b
-    assert set(a) == set(FILE_NAMES)
+    assert set(a) == {*FILE_NAMES, TOOLKIT.name}
 
 
 def test_free_disk_and_ram_readings_do_not_reach_any_file():
@@ -117,7 +118,7 @@ def test_lock_records_inputs_plan_and_every_file_digest():
     assert lock["inputs"]["host"] == HOST_GPU
     assert lock["plan"]["torch"]["variant"] == "cu128"
     assert lock["hashes"]["status"] == "none"
-    assert set(lock["files"]) == set(FILE_NAMES) - {LOCK_NAME}
+    assert set(lock["files"]) == {*FILE_NAMES, TOOLKIT.name} - {LOCK_NAME}
     for name, digest in lock["files"].items():
         assert hashlib.sha256(files[name]).hexdigest() == digest
     assert files[LOCK_NAME] == json.dumps(lock, sort_keys=True, indent=2).encode() + b"\n"
@@ -180,7 +181,7 @@ def test_dockerfile_matches_variant_cuda_runs_non_root_and_serves():
         smoke_cmd, serve_cmd = (json.loads(ln[4:]) for ln in df.splitlines() if ln.startswith("CMD "))
         assert smoke_cmd == ["provision", "smoke", "--precision", "bf16"]
         assert serve_cmd == ["bash", "/opt/provision-env/serve.sh"]  # the script the venv runs too
-        assert "COPY build/provision/test/serve.sh /opt/provision-env/serve.sh" in df
+        assert "COPY serve.sh /opt/provision-env/serve.sh" in df
         assert re.search(r"^ENV PROVISION_SERVE_HOST=0\.0\.0\.0$", df, re.M)
         assert not re.search(r"^(ENV|ARG)\b.*(TOKEN|SECRET)", df, re.M)
 
@@ -326,7 +327,8 @@ def test_environment_yml_parses_and_pins_python():
     assert "torch==2.9.1+cu128" in pip
     # everything pinned: conda packages with =X.Y, pip lines with ==
     assert env["dependencies"][1] == "pip=26.3"
-    assert all("==" in line for line in pip if not line.startswith("--"))
+    assert all("==" in line for line in pip[:-1] if not line.startswith("--"))
+    assert pip[-1] == f"./{TOOLKIT.name}"  # the toolkit: the wheel beside the file (conda runs pip there)
 
 
 def test_wheelhouse_and_index_override_reach_every_installer():
@@ -361,7 +363,7 @@ HOSTILE = [
 
 @pytest.mark.parametrize("bad", HOSTILE)
 @pytest.mark.parametrize("where", ["model.id", "model.repo", "torch.index_url", "torch.version", "package",
-                                   "version", "wheelhouse", "index_url", "runner", "toolkit_source"])
+                                   "version", "wheelhouse", "index_url", "runner", "toolkit"])
 def test_hostile_values_are_rejected(bad, where):
     plan = make_plan()
     kw: dict = {}
@@ -383,8 +385,8 @@ def test_hostile_values_are_rejected(bad, where):
         kw["index_url"] = "https://example.org/" + bad
     elif where == "runner":
         kw["gpu_runner_labels"] = ("gpu", bad)
-    elif where == "toolkit_source":
-        kw["toolkit_source"] = "/src/" + bad
+    elif where == "toolkit":
+        kw["toolkit"] = ToolkitWheel(name=f"provision-0.1.0{bad}-py3-none-any.whl", data=TOOLKIT.data)
     with pytest.raises(InvalidInput):
         render_files(make_inputs(plan, **kw))
 
@@ -418,7 +420,31 @@ def test_rendered_scripts_parse_and_keep_values_quoted():
     files = render_files(make_inputs())
     for name, shell in (("install.sh", "sh"), ("setup-venv.sh", "bash")):
         subprocess.run([shell, "-n", "/dev/stdin"], input=files[name], check=True)
-    assert "default_source=/src/provision" in text(files, "setup-venv.sh")
+    assert f'toolkit_wheel="$here/"{TOOLKIT.name}' in text(files, "setup-venv.sh")
+
+
+def _copy_sources(dockerfile: str) -> list[str]:
+    """What each COPY without --from takes from the build context (the last word is the target)."""
+    sources = []
+    for line in dockerfile.splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in words):
+            sources += [w for w in words[1:-1] if not w.startswith("--")]
+    return sources
+
+
+@pytest.mark.parametrize("plan", [make_plan(), make_plan(variant="cpu")], ids=["cuda", "cpu"])
+def test_the_folder_is_the_whole_build_context(plan):
+    """Every file the Dockerfile copies is in the render, and .dockerignore lets in those files and no other."""
+    files = render_files(make_inputs(plan))
+    sources = _copy_sources(text(files, "Dockerfile"))
+    assert TOOLKIT.name in sources and "requirements.txt" in sources and "serve.sh" in sources
+    assert all(s in files for s in sources)
+    ignore = [line for line in text(files, ".dockerignore").splitlines() if line and not line.startswith("#")]
+    assert ignore[0] == "*" and sorted(x.removeprefix("!") for x in ignore[1:]) == sorted(set(sources))
+    assert files[TOOLKIT.name] == TOOLKIT.data
+    compose = text(files, "compose.yaml")
+    assert 'context: "."' in compose and 'dockerfile: "Dockerfile"' in compose
 
 
 def test_no_viable_plan_document_is_refused():
@@ -496,7 +522,11 @@ def test_resolve_without_the_torch_index_is_partial_with_reasons(tmp_path):
     assert any("not reachable" in r and "dns error" in r for r in res.reasons)
     assert fake.calls[-1]["excludes"] == ["torch"]
     assert fake.calls[0]["extra_index_urls"] == []
-    assert not list(tmp_path.iterdir())  # partial results are never cached
+    calls = len(fake.calls)
+    again = resolve(_request(), compile_fn=fake, probe=lambda url: "dns error", cache_dir=tmp_path)
+    assert again == res and len(fake.calls) == calls  # an unchanged offline re-render asks no resolver
+    online = resolve(_request(), compile_fn=FakeResolver(torch_ok=True), probe=lambda url: None, cache_dir=tmp_path)
+    assert online.status == "complete"  # ... and a connected one is not served the partial result
 
 
 def test_resolve_complete_is_cached_by_inputs(tmp_path):
@@ -580,12 +610,9 @@ def test_render_inputs_are_not_mutated():
 # ---------------------------------------------------------------- the use case (render/usecase.py)
 
 
-def test_docker_context_and_resolve_cache_folders(tmp_path):
-    from provision.render.usecase import docker_context_dir, resolve_cache_dir
+def test_resolve_cache_folder(tmp_path):
+    from provision.render.usecase import resolve_cache_dir
 
-    assert docker_context_dir(tmp_path / "build" / "provision" / "h", tmp_path) == "build/provision/h"
-    assert docker_context_dir(tmp_path / "elsewhere", tmp_path / "checkout") == "."
-    assert docker_context_dir(tmp_path, None) == "."  # an installed toolkit: the folder itself
     assert resolve_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "provision" / "resolve"
     assert resolve_cache_dir({}).parts[-3:] == (".cache", "provision", "resolve")
 

@@ -129,7 +129,7 @@ def test_every_plan_renders_serve_sh_and_a_dockerfile_that_runs_it(rendered, hos
     else:  # the engine's official image, pinned by release; our own installs stay out of it
         assert stages[0] == (plan.serve.image, "engine") and "install.sh" not in df
         assert re.search(r"^ENTRYPOINT \[\]$", df, re.M)
-        assert '--constraint /tmp/engine-constraints.txt "/opt/provision-src[smoke]"' in df
+        assert re.search(r'--constraint /tmp/engine-constraints.txt "/opt/provision-env/provision-[^"/]+\.whl\[smoke\]"', df)
         assert "HF_HOME=/home/app/.cache/huggingface" in df
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from provision.errors import ProvisionError
 
-__all__ = ["DATA_NAMES", "data_dir"]
+__all__ = ["DATA_NAMES", "data_dir", "package_dir"]
 
 DATA_NAMES = ("matrices", "templates")
 
@@ -28,7 +28,7 @@ def data_dir(name: str) -> Path:
     """
     if name not in DATA_NAMES:
         raise ValueError(f"unknown data directory {name!r}; expected one of {', '.join(DATA_NAMES)}")
-    package = _package_dir()
+    package = package_dir()
     for candidate in (package / "_data" / name, package.parent / name):
         if candidate.is_dir():
             return candidate
@@ -38,7 +38,7 @@ def data_dir(name: str) -> Path:
     )
 
 
-def _package_dir() -> Path:
+def package_dir() -> Path:
     """The ``provision`` package directory, via importlib.resources where it is a real path."""
     try:
         from importlib.resources import files

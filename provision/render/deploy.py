@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from packaging.version import Version
 
-from provision.common.quoting import check_path, check_version, sh_quote
+from provision.common.quoting import check_version, sh_quote
 from provision.errors import InvalidInput
 from provision.plan.compat import BF16_MIN_CC, cc_text, driver_floor
 from provision.plan.engine import ENGINE_LABELS
@@ -116,15 +116,13 @@ class NodeFloor:
 class DeployInputs:
     """The render's inputs the deployments need beyond the plan.
 
-    ``arch``: the planned host's CPU architecture (the image's). ``env_dir``: the output folder relative to
-    the Docker build context (the checkout root), as the Dockerfile's own build line uses it. ``image``: the
+    ``arch``: the planned host's CPU architecture (the image's). ``image``: the
     image compose tags its build with and k8s runs; None keeps the defaults (a local name for compose, the
     placeholder registry for k8s).
     """
 
     floor: NodeFloor
     arch: str
-    env_dir: str = "."
     image: str | None = None
     toolkit_version: str
 
@@ -276,17 +274,6 @@ def _argv_line(argv: Sequence[str]) -> str:
     return " ".join(sh_quote(a) for a in argv)
 
 
-def _build_context(env_dir: str) -> tuple[str, str]:
-    """(compose's build context relative to compose.yaml, the Dockerfile relative to that context)."""
-    env_dir = check_path(env_dir, source="docker_env_dir", field="path").strip("/") or "."
-    if env_dir == ".":
-        return ".", "Dockerfile"
-    if env_dir.startswith("/"):
-        raise InvalidInput("docker_env_dir", "path", f"{env_dir!r} must be relative to the build context")
-    parts = [p for p in env_dir.split("/") if p not in ("", ".")]
-    return "/".join([".."] * len(parts)) or ".", "/".join([*parts, "Dockerfile"])
-
-
 # ---------------------------------------------------------------- the server the deployments run
 
 
@@ -377,7 +364,6 @@ def _view(plan: Plan, inputs: DeployInputs) -> dict[str, Any]:
     gpus = [str(g) for g in plan.placement.gpus] if plan.device == "cuda" else []
     tag = f"provision-{name}:{plan.variant}"
     image = None if inputs.image is None else check_image(inputs.image)
-    context, dockerfile = _build_context(inputs.env_dir)
     terms, floor_why = _node_terms(plan, inputs.floor, inputs.arch)
     shm = _SHM_GIB.get(server.engine, _SHM_GIB["transformers"])
     checkpoint = plan.parameters * _CHECKPOINT_BYTES_PER_PARAM
@@ -390,7 +376,7 @@ def _view(plan: Plan, inputs: DeployInputs) -> dict[str, Any]:
         "base_image": server.base_image,
         "compose_image": image or tag, "k8s_image": image or f"{PLACEHOLDER_REGISTRY}/{tag}",
         "image_given": image is not None,
-        "build_context": context, "dockerfile": dockerfile, "target": SERVE_TARGET,
+        "target": SERVE_TARGET,
         "hf_home": _OWN_IMAGE_HOME if own_image else _ENGINE_IMAGE_HOME,
         "uid": _OWN_IMAGE_UID if own_image else None,
         "shm_gib": shm, "health": HEALTH_ROUTE, "ready": READY_ROUTE,

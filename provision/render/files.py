@@ -30,7 +30,6 @@ from provision.common.quoting import (
     check_label,
     check_model_id,
     check_package_name,
-    check_path,
     check_version,
 )
 from provision.data import Images
@@ -43,6 +42,7 @@ from provision.render.deploy import DEPLOY_FILES, DeployInputs, NodeFloor, deplo
 from provision.render.lock import LOCK_NAME, build_lock, canonical_json, dump_lock, edited_files, read_lock, sha256_hex
 from provision.render.requirements import Resolution, check_wheelhouse, torch_index_for, unresolved
 from provision.render.templating import render_template as _render
+from provision.render.toolkit import ToolkitWheel
 from provision.vocab import DEFAULT_CONTEXT, PRECISIONS, is_buildable_variant
 
 __all__ = [
@@ -54,10 +54,15 @@ __all__ = [
 ]
 
 WORKFLOW_PATH = ".github/workflows/provision.yml"
+DOCKERIGNORE = ".dockerignore"
+#: Every rendered file but the toolkit's wheel, whose name carries the toolkit's version (``RenderInputs.toolkit``).
 FILE_NAMES = (
     "requirements.txt", "install.sh", "setup-venv.sh", "setup-venv.ps1", "environment.yml",
-    "Dockerfile", WORKFLOW_PATH, "serve.sh", *DEPLOY_FILES, LOCK_NAME,
+    "Dockerfile", DOCKERIGNORE, WORKFLOW_PATH, "serve.sh", *DEPLOY_FILES, LOCK_NAME,
 )
+#: What the Dockerfiles copy from the render folder, their build context (the wheel's name is added).
+_CONTEXT_FILES = ("requirements.txt", "install.sh", "serve.sh")
+_WHEEL_RE = re.compile(r"^provision-[0-9][0-9A-Za-z.+_]*-py3-none-any\.whl$")
 _EXECUTABLE = frozenset({"install.sh", "setup-venv.sh", "serve.sh"})
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9 ._:/+=,()<>@-]{0,200}$")
@@ -89,7 +94,8 @@ class RenderInputs:
     ``variants``: one mapping per CUDA/CPU variant of the chosen torch for the CI matrix,
     each ``{"variant", "cuda", "index_url", "packages"}``. ``hashes``: the resolution
     from ``provision.render.requirements.resolve`` (None: pins without hashes).
-    ``docker_env_dir``: the output folder relative to the Docker build context (the checkout root).
+    ``toolkit``: the running toolkit as a wheel (``provision.render.toolkit.toolkit_wheel``), written into the
+    folder so that it builds and installs from that folder alone.
     ``images``: the base images and CI actions to pin, from the same ``Matrix`` as ``matrix_digest``.
     ``node_floor``: what a node's GPU needs for the plan (``provision.render.deploy.node_floor``, from the same
     ``Matrix``); a CUDA plan's deployments cannot be rendered without it. ``deploy_image``: the image name
@@ -107,9 +113,8 @@ class RenderInputs:
     wheelhouse: tuple[str, ...] = ()
     index_url: str | None = None
     hashes: Resolution | None = None
+    toolkit: ToolkitWheel
     toolkit_version: str = __version__
-    toolkit_source: str | None = None
-    docker_env_dir: str = "."
     gpu_runner_labels: tuple[str, ...] = ("self-hosted", "linux", "gpu")
     cpu_runner_labels: tuple[str, ...] = ("ubuntu-22.04",)
     node_floor: NodeFloor | None = None
@@ -297,8 +302,7 @@ class _Checked:
 
     torch_index: str | None
     wheelhouse: tuple[str, ...]
-    toolkit_source: str | None
-    env_dir: str
+    toolkit_wheel: str
     base_image: ImageRef
     has_python: bool
     toolkit_version: str
@@ -316,11 +320,10 @@ def _resolution(inputs: RenderInputs, plan: Plan) -> Resolution:
 def _check(inputs: RenderInputs, plan: Plan, images: Images) -> _Checked:
     torch_index = _torch_index(inputs, plan)
     wheelhouse = check_wheelhouse(inputs.wheelhouse)
-    source = None if inputs.toolkit_source is None else check_path(
-        inputs.toolkit_source, source="toolkit_source", field="path")
-    env_dir = check_path(inputs.docker_env_dir, source="docker_env_dir", field="path").strip("/") or "."
+    if not _WHEEL_RE.fullmatch(inputs.toolkit.name):
+        raise InvalidInput("render", "toolkit", f"{inputs.toolkit.name!r} is not a provision wheel's file name")
     base, has_python = _base_image(images, plan)
-    return _Checked(torch_index=torch_index, wheelhouse=wheelhouse, toolkit_source=source, env_dir=env_dir,
+    return _Checked(torch_index=torch_index, wheelhouse=wheelhouse, toolkit_wheel=inputs.toolkit.name,
                     base_image=base, has_python=has_python,
                     toolkit_version=check_version(inputs.toolkit_version, source="render", field="toolkit_version"))
 
@@ -333,7 +336,7 @@ def _common_view(plan: Plan, checked: _Checked, resolution: Resolution) -> dict[
         "cuda": _cuda(plan), "torch": str(plan.torch_version), "precision": plan.precision, "device": plan.device,
         "engine": plan.serve.engine, "port": plan.serve.port,
         "torch_index": checked.torch_index, "wheelhouse": list(checked.wheelhouse),
-        "hash_status": resolution.status,
+        "toolkit_wheel": checked.toolkit_wheel, "hash_status": resolution.status,
         "unhashed": [f"{r.name}=={r.version}" for r in resolution.requirements if not r.hashes],
     }
 
@@ -347,15 +350,19 @@ def _requirements_txt(common: Mapping[str, Any], resolution: Resolution) -> byte
 
 
 def _environment_yml(common: Mapping[str, Any], plan: Plan, images: Images,
-                     resolution: Resolution) -> bytes:
-    """conda's file: pip lines carry hashes only when every line has them (pip's all-or-nothing rule)."""
+                     resolution: Resolution, toolkit: ToolkitWheel) -> bytes:
+    """conda's file: pip lines carry hashes only when every line has them (pip's all-or-nothing rule).
+
+    The last line is the toolkit's wheel in this folder (conda runs pip in the file's folder).
+    """
+    complete = resolution.status == "complete"
+    lines = [" ".join([f"{r.name}=={r.version}", *(f"--hash={h}" for h in r.hashes)]) if complete
+             else f"{r.name}=={r.version}" for r in resolution.requirements]
+    wheel = f"./{toolkit.name}"
+    lines.append(f"{wheel} --hash=sha256:{sha256_hex(toolkit.data)}" if complete else wheel)
     return _render("environment.yml.j2", {
         **common, "env_name": f"provision-{plan.model_id}-{plan.variant}", "pip_version": images.conda_pip,
-        "pip_lines": [
-            " ".join([f"{r.name}=={r.version}", *(f"--hash={h}" for h in r.hashes)])
-            if resolution.status == "complete" else f"{r.name}=={r.version}"
-            for r in resolution.requirements
-        ],
+        "pip_lines": lines,
     })
 
 
@@ -401,7 +408,7 @@ def _dockerfile(common: Mapping[str, Any], plan: Plan, images: Images, checked: 
     serve = plan.serve
     view = {
         **common, "base_image": checked.base_image.ref, "base_digest": checked.base_image.digest is not None,
-        "env_dir": checked.env_dir, "port": serve.port,
+        "port": serve.port,
         "engine": serve.engine, "engine_version": serve.engine_version, "home": _IMAGE_HOME,
         "serve_sh": _IMAGE_SERVE_SH, "serve_cmd": ["bash", _IMAGE_SERVE_SH], "health_cmd": _health_probe(serve.port),
         "smoke_argv": ["provision", "smoke", "--precision", _smoke_precision(plan)],
@@ -430,7 +437,7 @@ def _lock(inputs: RenderInputs, checked: _Checked, resolution: Resolution, files
             "context": inputs.context, "flags": dict(inputs.flags), "toolkit_version": inputs.toolkit_version,
             "wheelhouse": list(checked.wheelhouse), "index_url": inputs.index_url,
             "runner_labels": {"gpu": list(inputs.gpu_runner_labels), "cpu": list(inputs.cpu_runner_labels)},
-            "docker_env_dir": checked.env_dir, "deploy_image": inputs.deploy_image,
+            "deploy_image": inputs.deploy_image,
         },
         plan=inputs.plan.to_dict(),
         hashes=resolution.summary(),
@@ -455,18 +462,20 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     files["requirements.txt"] = _requirements_txt(common, resolution)
     files["install.sh"] = _render("install.sh.j2", common)
-    files["setup-venv.sh"] = _render("setup-venv.sh.j2", {**common, "toolkit_source": checked.toolkit_source})
-    files["setup-venv.ps1"] = _render("setup-venv.ps1.j2", {**common, "toolkit_source": checked.toolkit_source})
-    files["environment.yml"] = _environment_yml(common, plan, images, resolution)
+    files["setup-venv.sh"] = _render("setup-venv.sh.j2", common)
+    files["setup-venv.ps1"] = _render("setup-venv.ps1.j2", common)
+    files[checked.toolkit_wheel] = inputs.toolkit.data
+    files["environment.yml"] = _environment_yml(common, plan, images, resolution, inputs.toolkit)
     files["serve.sh"] = _serve_sh(common, plan)
     labels = _image_labels(inputs, plan, resolution, checked.toolkit_version, files["requirements.txt"])
     files["Dockerfile"] = _dockerfile(common, plan, images, checked, labels, resolution)
+    files[DOCKERIGNORE] = _render("dockerignore.j2", {**common, "context_files": [*_CONTEXT_FILES, checked.toolkit_wheel]})
     files[WORKFLOW_PATH] = _render("provision.yml.j2", {
         **common, "actions": _actions(images), "matrix": _variant_plans(inputs, plan),
         "smoke_precision": None if plan.precision in PRECISIONS else _smoke_precision(plan),
     })
     files.update(deploy_files(plan, DeployInputs(
-        floor=inputs.node_floor or NodeFloor(), arch=str(inputs.host.get("arch")), env_dir=checked.env_dir,
+        floor=inputs.node_floor or NodeFloor(), arch=str(inputs.host.get("arch")),
         image=inputs.deploy_image, toolkit_version=checked.toolkit_version)))
     files[LOCK_NAME] = _lock(inputs, checked, resolution, files)
     return files

@@ -344,10 +344,13 @@ def resolve(
     2. PyTorch index unreachable and the wheelhouse lacks the build: resolve the rest
        with the torch packages excluded; they keep exact pins without hashes.
     3. Resolver missing or failing: exact pins, no hashes.
-    Only complete resolutions are cached, so a connected re-render can complete a partial one.
+    What the resolver returned is cached under the request and whether the PyTorch index answered: an
+    unchanged offline re-render reuses its partial resolution, and a connected one completes it.
     """
     version = resolver_version or (_uv_version() if compile_fn is uv_compile else "injected")
-    cache_file = cache_dir / f"{request.key(version)}.json" if cache_dir else None
+    why = probe(request.torch_index) if request.torch_index is not None else None
+    key = request.key(version) + ("" if why is None else "-torch-index-unreachable")
+    cache_file = cache_dir / f"{key}.json" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
         try:
             return Resolution.from_dict(json.loads(cache_file.read_text(encoding="utf-8")), str(cache_file))
@@ -357,7 +360,6 @@ def resolve(
     extra_indexes: list[str] = []
     reasons: list[str] = []
     if request.torch_index is not None:
-        why = probe(request.torch_index)
         if why is None:
             extra_indexes.append(request.torch_index)
         else:
@@ -380,7 +382,7 @@ def resolve(
                 "their own dependencies are resolved at install time"])
         except CompileFailed as exc2:
             return unresolved(request.packages, f"resolver failed: {exc2}")
-    if result.status == "complete" and cache_file is not None:
+    if cache_file is not None:
         with contextlib.suppress(OSError):  # a cache that cannot be written is only slower next time
             write_atomic(cache_file, json.dumps(result.to_dict(), sort_keys=True, indent=1))
     return result

@@ -1,7 +1,7 @@
 """``provision render`` as a use case: plan (or read ``--plan``), resolve hashes, render, write.
 
 The decisions a render makes beyond the templates live here: where resolutions are cached,
-the output folder as the Docker build context sees it, the CI runner labels, and the one
+the toolkit's wheel and dependencies that go into every folder, the CI runner labels, and the one
 ``IndexProbe`` that both the wheel-folder choice and the resolver ask. The result is a
 ``RenderResult``; printing it is the CLI's job.
 """
@@ -9,7 +9,7 @@ the output folder as the Docker build context sees it, the CI runner labels, and
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -29,7 +29,6 @@ __all__ = [
     "OUTPUT_BASE",
     "RenderRequest",
     "RenderResult",
-    "docker_context_dir",
     "output_dir",
     "render_command",
     "render_target",
@@ -79,11 +78,6 @@ class RenderResult:
 def resolve_cache_dir(environ: Mapping[str, str]) -> Path:
     """Where complete resolutions are kept between renders (``$XDG_CACHE_HOME/provision/resolve``)."""
     return Path(environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "provision" / "resolve"
-
-
-def docker_context_dir(out: Path, root: Path | None) -> str:
-    """``out`` relative to the Docker build context (the checkout root), or ``.`` outside a checkout."""
-    return os.path.relpath(out, root) if root is not None and out.is_relative_to(root) else "."
 
 
 def output_dir(base: Path, host_id: str, model_id: str) -> Path:
@@ -166,11 +160,14 @@ def _engine_glibc(planned: _Planned) -> str | None:
     return str(release.glibc) if release is not None else None
 
 
-def _resolve(planned: _Planned, index_url: str | None, environ: Mapping[str, str], probe: IndexProbe) -> Resolution:
+def _resolve(planned: _Planned, index_url: str | None, environ: Mapping[str, str], probe: IndexProbe,
+             toolkit: Sequence[str]) -> Resolution:
+    """The plan's closure with ``toolkit`` (the toolkit's own requirements), so the folder's wheel installs
+    with ``--no-deps`` over pinned, hashed dependencies."""
     from provision.render.requirements import resolve, resolve_request
 
     request = resolve_request(planned.plan, planned.host.to_dict(), wheelhouse=[str(w) for w in planned.wheelhouse],
-                              index_url=index_url, glibc=_engine_glibc(planned))
+                              index_url=index_url, glibc=_engine_glibc(planned), extra_requirements=toolkit)
     return resolve(request, cache_dir=resolve_cache_dir(environ), probe=probe)
 
 
@@ -195,11 +192,11 @@ def render_command(request: RenderRequest, environ: Mapping[str, str] | None = N
     :raises InvalidInput: bad options or input files, or files edited since the last render.
     :raises NoViablePlan: nothing fits this host.
     """
-    from provision.build import source_root
     from provision.common.net import IndexProbe
     from provision.render.deploy import node_floor
     from provision.render.files import RenderInputs, render_files, write_rendered
     from provision.render.sources import resolve_index_url
+    from provision.render.toolkit import toolkit_meta, toolkit_requirements, toolkit_wheel
 
     environ = os.environ if environ is None else environ
     if request.out.exists() and not request.out.is_dir():  # before any planning, nothing written
@@ -208,14 +205,14 @@ def render_command(request: RenderRequest, environ: Mapping[str, str] | None = N
     index_url = resolve_index_url(request.plan.index_url, environ)
     _check_options(request)  # before any planning or resolving
     planned = _plan(request, index_url, environ, probe)
-    hashes = _resolve(planned, index_url, environ, probe) if request.resolve else None
-    root = source_root()
+    meta = toolkit_meta()
+    hashes = _resolve(planned, index_url, environ, probe, toolkit_requirements(meta)) if request.resolve else None
     out = request.out.resolve()
     inputs = RenderInputs(
         plan=planned.plan, host=planned.host.to_dict(), model=planned.model_id, context=planned.plan.serve.max_model_len,
         flags=request.plan.flags(), images=planned.matrix.images, matrix_digest=planned.matrix.digest,
         variants=planned.variants, wheelhouse=tuple(str(w) for w in planned.wheelhouse), index_url=index_url, hashes=hashes,
-        toolkit_source=str(root) if root else None, docker_env_dir=docker_context_dir(out, root),
+        toolkit=toolkit_wheel(meta),
         node_floor=node_floor(planned.plan, planned.matrix, planned.host.arch), deploy_image=request.image,
         **_runner_labels(request),
     )
