@@ -79,8 +79,7 @@ def _time_nox() -> float:
     return time.perf_counter() - start
 
 
-_STEP_RE = re.compile(r"^(installing the environment|running the smoke test) into .*?: done in ([0-9.]+) s$|"
-                      r"^(installing the environment|running the smoke test) in .*?: done in ([0-9.]+) s$", re.M)
+_STEP_RE = re.compile(r"^(installing the environment|running the smoke test) (?:into|in) .*?: done in ([0-9.]+) s$", re.M)
 
 
 def _time_cold() -> tuple[float, dict[str, float]]:
@@ -95,7 +94,7 @@ def _time_cold() -> tuple[float, dict[str, float]]:
         raise SystemExit(f"nox -s provision failed in the fresh clone:\n{(proc.stdout + proc.stderr)[-3000:]}")
     steps = {}
     for m in _STEP_RE.finditer(proc.stdout + proc.stderr):
-        steps[m.group(1) or m.group(3)] = float(m.group(2) or m.group(4))
+        steps[m.group(1)] = float(m.group(2))
     return seconds, steps
 
 
