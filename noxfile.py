@@ -268,8 +268,8 @@ def docker(session: nox.Session) -> None:
     out = _detect_and_render(session, *session.posargs)
     tag = f"provision-smoke:{out.parent.name.lower()}-{out.name}"  # <host-id>-<model-id>
     # The smoke target is the serving image with `provision smoke` (planned precision) as its entry.
-    session.run("docker", "build", "--target", "smoke", "-f", str(out / "Dockerfile"), "-t", tag, str(ROOT),
-                external=True, env={"DOCKER_BUILDKIT": "1"})
+    # The render folder is the whole build context (its Dockerfile copies only files that lie in it).
+    session.run("docker", "build", "--target", "smoke", "-t", tag, str(out), external=True, env={"DOCKER_BUILDKIT": "1"})
     gpus = [] if out.parent.name.endswith("-cpu") else ["--gpus", "all"]
     session.run("docker", "run", "--rm", *gpus, tag, external=True)
 
