@@ -575,18 +575,16 @@ def run_rendered_scripts(out: Path, tmp: Path) -> str:
     fake = tmp / "fake-python"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
-    src = tmp / "src"
-    src.mkdir(exist_ok=True)
-    (src / "pyproject.toml").write_text("[project]\nname = 'x'\n")
     log = tmp / "fake.log"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "FAKE_LOG": str(log), "FAKE_MINOR": lock["plan"]["python"],
-           "PROVISION_PYTHON": str(fake), "PROVISION_INSTALLER": "pip", "PROVISION_SOURCE": str(src)}
+           "PROVISION_PYTHON": str(fake), "PROVISION_INSTALLER": "pip"}
     proc = subprocess.run(["bash", str(out / "setup-venv.sh"), str(tmp / "venv")], cwd=tmp, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     text = log.read_text()
-    assert f"-m pip install --disable-pip-version-check -r {out / 'requirements.txt'}" in text
-    assert f"-m pip install --disable-pip-version-check {src}" in text
+    assert f"-m pip install --disable-pip-version-check --no-compile -r {out / 'requirements.txt'}" in text
+    wheel = next(out.glob("provision-*-py3-none-any.whl"))  # the toolkit, from the folder alone
+    assert f"-m pip install --disable-pip-version-check --no-deps --force-reinstall {wheel}" in text
     return text
 
 

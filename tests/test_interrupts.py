@@ -9,8 +9,9 @@ report of another render is taken for this one, and the next run succeeds.
 What is real: the rendered setup-venv.sh and install.sh, the venv (``python -m venv``), the build,
 its swap and cleanup, the smoke test (the tiny model loaded through transformers in the built
 venv), nox and the noxfile. What stands in: ``uv`` on PATH, for the package download only. It
-makes the venv with ``python -m venv`` and "installs" by linking this interpreter's packages and
-this checkout into it (``.pth`` files) instead of downloading torch; it announces each step in a
+makes the venv with ``python -m venv`` and "installs" by linking this interpreter's packages into it
+(a ``.pth`` file) instead of downloading torch, and the toolkit by unpacking the folder's wheel of it
+into the venv, as an installer does with a pure wheel; it announces each step in a
 folder of phase files and, when asked, waits at one so the test can signal it there.
 """
 
@@ -46,7 +47,7 @@ RENDER_B = [*RENDER_A, "--torch", "2.14.1"]
 
 UV = '''#!{python}
 """Stand-in for uv (see tests/test_interrupts.py): a real venv, packages linked instead of downloaded."""
-import os, subprocess, sys, sysconfig, time
+import os, subprocess, sys, sysconfig, time, zipfile
 from pathlib import Path
 
 SITE = {site!r}
@@ -72,7 +73,7 @@ elif args[:2] == ["pip", "install"] and "--python" in args:
         (site / "standin-packages.pth").write_text(SITE + "\\n")
         phase("install")  # the packages are in, the toolkit not yet
     else:
-        (site / "_standin-toolkit.pth").write_text(args[-1] + "\\n")
+        zipfile.ZipFile(args[-1]).extractall(site)  # the toolkit's wheel: pure Python, unpacked as is
         phase("toolkit")
 else:
     sys.exit(f"uv stand-in: not modelled: {{args}}")
@@ -157,7 +158,8 @@ def children() -> Iterator[list[Child]]:
 
 
 def venv_state(out: Path, env: dict[str, str]) -> tuple[Path, str]:
-    """The folder ``venv`` names now (it must be complete and import provision from this checkout), and its stamp."""
+    """The folder ``venv`` names now (it must be complete and import provision as installed from the folder's
+    wheel, this checkout's code), and its stamp."""
     link = out / "venv"
     assert link.is_symlink(), f"{link} is not a link"
     target = link.resolve()
@@ -165,7 +167,8 @@ def venv_state(out: Path, env: dict[str, str]) -> tuple[Path, str]:
     done = subprocess.run([str(link / "bin" / "python"), "-c", "import provision; print(provision.__file__)"],
                           env=env, cwd=out, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    assert Path(done.stdout.strip()).resolve() == ROOT / "provision" / "__init__.py"
+    installed = Path(done.stdout.strip()).resolve()
+    assert installed.is_relative_to(target) and installed.read_bytes() == (ROOT / "provision" / "__init__.py").read_bytes()
     return target, stamp
 
 
