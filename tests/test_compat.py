@@ -55,10 +55,13 @@ def test_driver_runs_natively_by_compatibility_or_not_at_all() -> None:
     assert driver_runs(host("535.183.01", cuda="12.2"), MATRIX, Version("12.6")) == (
         True, False, "driver 535.183.01 (CUDA 12.2) runs CUDA 12.6 builds through minor-version compatibility "
                      "(family floor 525.60.13)")
+    # A refusal names the floor of the CUDA asked for, not "runs CUDA <= 11.4": 470 runs every 11.x build
+    # (11.8 through minor-version compatibility), which such a sentence would deny.
     assert driver_runs(host("470.57.02", cuda="11.4"), MATRIX, Version("12.6")) == (
-        False, False, "driver 470.57.02 runs CUDA <= 11.4; CUDA 12.6 needs >= 525.60.13")
+        False, False, "CUDA 12.6 needs driver >= 525.60.13, this host has 470.57.02")
+    assert driver_runs(host("470.57.02", cuda="11.4"), MATRIX, Version("11.8"))[:2] == (True, False)
     runs, _native, why = driver_runs(host("535.183.01", cuda=None), MATRIX, Version("13.0"))
-    assert not runs and why == "driver 535.183.01 runs CUDA <= 12.1; CUDA 13.0 needs >= 580.65.6"
+    assert not runs and why == "CUDA 13.0 needs driver >= 580.65.6, this host has 535.183.01"
 
 
 @pytest.mark.parametrize(("os", "cuda", "floor"), [

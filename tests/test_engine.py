@@ -91,7 +91,7 @@ REFERENCE = [
 
 NO_ENGINE = [
     ("linux-aarch64-gh200-driver570", "570 cannot run CUDA 13 engines; torch 2.10 (vLLM 0.19.1) is CPU-only on "
-     "PyPI for aarch64", "needs a newer driver"),
+     "PyPI for aarch64", "wheel needs driver >= 580.65.6, this host has 570.133.20"),
     ("linux-x86_64-gtx1080ti-driver535", "cc 6.1: no engine ships sm_60 kernels", "no kernels"),
     ("linux-x86_64-rtx3060-12gb-driver550", "12 GB: not even 4-bit with the profiling peak fits", "per GPU at the least"),
     ("windows-x86_64-rtx4070-driver566", "no engine wheels for Windows", "Linux"),
@@ -138,7 +138,7 @@ def test_driver_550_never_gets_a_cuda_13_engine():
         choice, search = choose(name)
         assert choice is not None and choice.release.cuda.major == 12
         assert choice.variant.cuda is not None and choice.variant.cuda.major == 12
-        assert "vLLM 0.33.0 passed over: its CUDA 13.0 wheel needs a newer driver" in (search.explain(choice.engine) or "")
+        assert "vLLM 0.33.0 passed over: the CUDA 13.0 wheel needs driver >= 580.65.6" in (search.explain(choice.engine) or "")
 
 
 def test_v100_gets_only_an_engine_build_with_sm70_kernels():
@@ -405,7 +405,7 @@ def test_driver_550_passes_sglangs_cuda_13_builds_over():
     assert chosen is not None and str(chosen.release.version) == "0.5.10.post1"
     refused = search.passed_over["sglang"]
     for version in ("0.5.11", "0.5.19", "0.5.23"):
-        assert "its CUDA 13.0 wheel needs a newer driver" in refused[Version(version)].why, version
+        assert "the CUDA 13.0 wheel needs driver >= 580.65.6" in refused[Version(version)].why, version
 
 
 # ---------------------------------------------------------------- SGLang's precision rules
@@ -501,7 +501,7 @@ def test_glibc_2_28_and_driver_535_get_sglang_and_say_why_not_vllm():
     assert chosen.packages["transformers"] == "5.3.0" and chosen.packages["torch"] == "2.9.1"
     assert chosen.placement.precision == "bf16"
     why = chosen.reasons[0].why
-    assert "vLLM 0.33.0 passed over: its CUDA 13.0 wheel needs a newer driver" in why
+    assert "vLLM 0.33.0 passed over: the CUDA 13.0 wheel needs driver >= 580.65.6" in why
     assert "vLLM 0.19.1 (CUDA 12.9): its wheels need glibc >= 2.31, this host has 2.28" in why
     assert "SGLang 0.5.23 passed over: its wheels need glibc >= 2.34, this host has 2.28" in why
     assert chosen.serve.argv[:3] == ("python3", "-m", "sglang.launch_server")

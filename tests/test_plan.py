@@ -610,9 +610,31 @@ def test_a_t4_on_driver_470_blames_the_driver_for_the_older_torch() -> None:
     p = plan(host("linux-x86_64-t4-driver470"), MATRIX, AUTOGLM, TRANSFORMERS)
     assert str(p.torch_version) == "2.7.1"
     why = _why(p, "torch")
-    nearest = why.index("torch 2.8.0 to 2.14.1 were passed over: cu126: driver 470.239.06 runs CUDA <= 11.4; "
-                        "CUDA 12.6 needs >= 525.60.13")
-    assert nearest < why.index("torch 2.15.0 was passed over: torch 2.15.0 has no wheels for Python 3.10")
+    nearest = why.index("torch 2.8.0 to 2.14.1 were passed over: cu126: CUDA 12.6 needs driver >= 525.60.13, "
+                        "this host has 470.239.06")
+    assert nearest < why.index("torch 2.15.0 was passed over: no wheels for Python 3.10")
+    # the driver runs the chosen CUDA 11.8 build: no reason may say it runs "CUDA <= 11.4"
+    assert "runs CUDA 11.8 builds through minor-version compatibility" in _why(p, "variant")
+    assert "CUDA <=" not in json.dumps([r.why for r in p.reasons])
+
+
+@pytest.mark.parametrize("name", ["linux-aarch64-gh200-driver570", "linux-x86_64-rtx3060-12gb-driver550"])
+def test_a_driver_floor_is_said_once_where_it_first_decides(name: str) -> None:
+    """CUDA 13.0's driver floor passes over both the engines (their CUDA 13 wheels) and torch 2.15 (its CUDA 13
+    builds): the engine reason, which comes first, gives it; the torch reason points to it."""
+    h = host(name)
+    assert h.nvidia is not None
+    floor = "CUDA 13.0 wheel needs driver >= 580.65.6"
+    p = plan(h, MATRIX, AUTOGLM)  # --engine auto: transformers serve, after both engines
+    assert p.serve.engine == "transformers"
+    texts = [r.why for r in p.reasons]
+    assert sum("580.65.6" in t for t in texts) == 1 and floor in _why(p, "engine")
+    assert f"this host has {h.nvidia.driver_version}" in _why(p, "engine")
+    assert _why(p, "torch").endswith("torch 2.15.0 was passed over: cu130: a CUDA 13.0 build, which needs the newer "
+                                     "driver the engine reason names")
+    alone = plan(h, MATRIX, AUTOGLM, TRANSFORMERS)  # no engine reason to point to: the torch reason says it
+    assert _why(alone, "torch").endswith(f"torch 2.15.0 was passed over: cu130: CUDA 13.0 needs driver >= 580.65.6, "
+                                         f"this host has {h.nvidia.driver_version}")
 
 
 def _clauses(p: Plan) -> list[str]:

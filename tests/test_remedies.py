@@ -106,7 +106,7 @@ def test_driver(no_plan: NoPlan, os: str) -> None:
     assert binding is not None and (binding.rule, binding.stage) == (Rule.DRIVER, Stage.DRIVER)
     floor_13 = FAMILY_13.min_driver(os)  # below the 13.2 toolkit's own floor, so the family's
     assert (binding.driver, binding.cuda, binding.driver_floor) == (Version("418.67"), Version("13.2"), floor_13)
-    assert exc.message == f"driver 418.67 runs CUDA <= 10.1; CUDA 13.2 needs >= {floor_13}"
+    assert exc.message == f"CUDA 13.2 needs driver >= {floor_13}, this host has 418.67"
     assert exc.remedies == (f"update the NVIDIA driver (>= {FAMILY_12.min_driver(os)} runs CUDA 12 builds; "
                             f">= {floor_13} runs CUDA 13 builds)", *_gpu_memory_remedies(h))
 

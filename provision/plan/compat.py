@@ -72,8 +72,10 @@ def driver_runs(host: HostProfile, matrix: Matrix, cuda: Version) -> tuple[bool,
             f"driver {nv.driver_version} (CUDA {own}) runs CUDA {cuda} builds through minor-version "
             f"compatibility (family floor {floor})"
         )
+    # Not "runs CUDA <= own": a driver runs every build of its own CUDA major through minor-version
+    # compatibility, so the floor of the CUDA asked for is the one true bound to name.
     need = driver_floor(host.os, matrix, cuda)
-    return False, False, f"driver {nv.driver_version} runs CUDA <= {own}; CUDA {cuda} needs >= {need}"
+    return False, False, f"CUDA {cuda} needs driver >= {need}, this host has {nv.driver_version}"
 
 
 def compatibility_warning(subject: str, os_name: str, matrix: Matrix, cuda: Version) -> str:

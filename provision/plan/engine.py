@@ -21,7 +21,7 @@ from packaging.version import Version
 
 from provision.data.architecture import architecture_of
 from provision.plan.budget import gb
-from provision.plan.compat import driver_runs, has_kernels
+from provision.plan.compat import driver_floor, driver_runs, has_kernels
 from provision.plan.engine_memory import FREE_MARGIN_BYTES, EngineBudget, Workload, engine_budget, load_peak_bytes
 from provision.plan.rejections import Rejection, Rule
 from provision.vocab import MIN_SERVING_CONTEXT, parse_arch
@@ -94,11 +94,13 @@ class TorchLimits:
 
 @dataclass(frozen=True, slots=True)
 class _Passed:
-    """The first reason a release was passed over, how far it got, and the rule when it is a typed one."""
+    """The first reason a release was passed over, how far it got, the rule when it is a typed one, and for a
+    driver refusal the CUDA version whose driver floor ``why`` names."""
 
     stage: int
     why: str
     rule: Rule | None = None
+    cuda: Version | None = None
 
 
 @dataclass(slots=True)
@@ -114,7 +116,8 @@ class EngineSearch:
     passed_over: dict[str, dict[Version, _Passed]] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
 
-    def reject(self, engine: str, release: EngineRelease, why: str | Rejection, stage: int = 0) -> None:
+    def reject(self, engine: str, release: EngineRelease, why: str | Rejection, stage: int = 0, *,
+               cuda: Version | None = None) -> None:
         seen = self.passed_over.setdefault(engine, {})
         if release.version in seen:
             return
@@ -122,7 +125,7 @@ class EngineSearch:
             seen[release.version] = _Passed(stage, why.text, why.rule)
             self.rejections.append(why)
         else:
-            seen[release.version] = _Passed(stage, why)
+            seen[release.version] = _Passed(stage, why, cuda=cuda)
 
     def of(self, rule: Rule) -> list[Rejection]:
         return [r for r in self.rejections if r.rule is rule]
@@ -135,23 +138,36 @@ class EngineSearch:
 
     def explain_items(self, engine: Engine) -> list[tuple[str, str]]:
         """``explain``'s parts as (who, why): ``vLLM 0.33.0 passed over``, then older releases by name and CUDA."""
+        seen = self.passed_over.get(engine.name, {})
+        return [(who, seen[version].why) for who, version in self._told(engine)]
+
+    def driver_cudas(self, engines: Sequence[Engine]) -> frozenset[Version]:
+        """The CUDA versions whose driver floor ``explain`` states for ``engines``: a later reason that meets the
+        same floor can point to it instead of saying it again."""
+        out: set[Version] = set()
+        for engine in engines:
+            seen = self.passed_over.get(engine.name, {})
+            out |= {cuda for _, v in self._told(engine) if (cuda := seen[v].cuda) is not None}
+        return frozenset(out)
+
+    def _told(self, engine: Engine) -> list[tuple[str, Version]]:
+        """The releases ``explain`` tells of, as (who, release): the newest, the one that came closest, and the
+        oldest one refused only for the host's glibc (which an upgrade changes)."""
         seen = self.passed_over.get(engine.name)
         if not seen:
             return []
         label = ENGINE_LABELS.get(engine.name, engine.name)
         newest = max(seen)
-        items = [(f"{label} {newest} passed over", seen[newest].why)]
-        named = {newest}
+        items = [(f"{label} {newest} passed over", newest)]
         closest = max(seen, key=lambda v: (seen[v].stage, v))
         if closest != newest and seen[closest].stage > seen[newest].stage:
-            items.append((self._older(engine, label, closest), seen[closest].why))
-            named.add(closest)
+            items.append((self._older(engine, label, closest), closest))
         glibc = [r for r in engine.releases if r.version in seen and seen[r.version].rule is Rule.GLIBC]
         if glibc and seen[newest].rule is not Rule.GLIBC:
             # what the smallest glibc upgrade admits: releases are newest first, and min keeps the first
             least = min(glibc, key=lambda r: r.glibc)
-            if least.version not in named:
-                items.append((self._older(engine, label, least.version), seen[least.version].why))
+            if least.version not in {v for _, v in items}:
+                items.append((self._older(engine, label, least.version), least.version))
         return items
 
     @staticmethod
@@ -177,10 +193,11 @@ def merge_explanations(items: Sequence[tuple[str, str]]) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class _Refused:
-    """A release the GPUs rule out, and how close it came (see ``EngineSearch``)."""
+    """A release the GPUs rule out, how close it came (see ``EngineSearch``), and the CUDA of a driver refusal."""
 
     stage: int
     why: str
+    cuda: Version | None = None
 
 
 def _torch_for(matrix: Matrix, release: EngineRelease, platform: str) -> tuple[TorchRelease, TorchVariant] | Rejection:
@@ -231,13 +248,15 @@ def _host_rules(host: HostProfile, matrix: Matrix, model: ModelSpec, release: En
 def _gpu_rules(host: HostProfile, matrix: Matrix, release: EngineRelease, variant: TorchVariant,
                gpus: Sequence[GpuInfo]) -> _Refused | tuple[bool, str, tuple[str, ...]]:
     """Driver and kernels, for the engine's CUDA and torch's, on every placed GPU; a refusal when not."""
-    assert variant.cuda is not None
+    assert variant.cuda is not None and host.nvidia is not None
+    driver = host.nvidia.driver_version
     runs, native, why = driver_runs(host, matrix, release.cuda)
     if not runs:
-        return _Refused(1, f"its CUDA {release.cuda} wheel needs a newer driver: {why}")
+        return _Refused(1, f"the CUDA {release.cuda} wheel needs driver >= "
+                           f"{driver_floor(host.os, matrix, release.cuda)}, this host has {driver}", release.cuda)
     t_runs, t_native, t_why = driver_runs(host, matrix, variant.cuda)
     if not t_runs:
-        return _Refused(1, f"its torch {release.torch} ({variant.name}) needs a newer driver: {t_why}")
+        return _Refused(1, f"its torch {release.torch} is a {variant.name} build: {t_why}", variant.cuda)
     notes = []
     archs = release.archs_for(host.platform)
     for gpu in gpus:
@@ -355,7 +374,7 @@ def _place(host: HostProfile, matrix: Matrix, model: ModelSpec, arch: Architectu
                 continue
             gpu_ok = _gpu_rules(host, matrix, release, variant, gpus)
             if isinstance(gpu_ok, _Refused):
-                search.reject(engine.name, release, gpu_ok.why, gpu_ok.stage)
+                search.reject(engine.name, release, gpu_ok.why, gpu_ok.stage, cuda=gpu_ok.cuda)
                 continue
             budgets = _budgets(model, arch, release, resolved[0], gpus, workload)
             fit = _fit(budgets, workload, floor=floor)

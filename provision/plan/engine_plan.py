@@ -185,12 +185,13 @@ class NoEngine:
     """Why no engine serves here (a sentence per engine passed over) and what would change that.
 
     ``merged``: the same reasons with each told once (``vLLM 0.33.0 and SGLang 0.5.23 passed over: ...``),
-    for the engine decision's reason.
+    for the engine decision's reason; ``driver_cudas``: the CUDA versions whose driver floor they state.
     """
 
     reasons: tuple[str, ...]
     remedies: tuple[str, ...] = ()
     merged: tuple[str, ...] = ()
+    driver_cudas: frozenset[Version] = frozenset()
 
 
 #: What always applies when an asked-for engine cannot serve.
@@ -236,6 +237,7 @@ def serve_with_engine(host: HostProfile, matrix: Matrix, model: ModelSpec, *, en
                               search=search, limits=limits, floor=context)
         return NoEngine(tuple(t for t in (search.explain(e) for e in engines) if t),
                         (*([glibc] if glibc else []), ENGINE_FALLBACK),
-                        merge_explanations([item for e in engines for item in search.explain_items(e)]))
+                        merge_explanations([item for e in engines for item in search.explain_items(e)]),
+                        search.driver_cudas(engines))
     return engine_plan(host, matrix, model, choice, search, python=python,
                        better=engines[:engines.index(choice.engine)], target=workload.max_model_len)

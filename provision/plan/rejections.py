@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
+from typing import NamedTuple
 
 from packaging.version import Version
 
-__all__ = ["Rejection", "Rule", "Search", "Stage"]
+__all__ = ["Passed", "Rejection", "Rule", "Search", "Stage"]
 
 
 class Stage(IntEnum):
@@ -100,14 +101,23 @@ class Rejection:
         return self.rule.stage
 
 
+class Passed(NamedTuple):
+    """Why a torch release was passed over: the rule, its sentence, and for a driver refusal the CUDA
+    version whose driver floor the sentence names (so a plan that already gave that floor can point to it)."""
+
+    rule: Rule
+    why: str
+    cuda: Version | None = None
+
+
 @dataclass(slots=True)
 class Search:
     """What the search turned down, in order, to explain a no-plan."""
 
     #: every rejection once (the same rule and text are kept at their first occurrence)
     rejections: list[Rejection] = field(default_factory=list)
-    #: why each torch release was passed over (the rule and its sentence), for the "torch" reason.
-    by_release: dict[Version, tuple[Rule, str]] = field(default_factory=dict)
+    #: why each torch release was passed over, for the "torch" reason.
+    by_release: dict[Version, Passed] = field(default_factory=dict)
     #: the smallest GPU memory any tried placement needed: (bytes, precision).
     min_gpu_need: tuple[int, str] | None = None
     _seen: set[tuple[Rule, str]] = field(default_factory=set, init=False, repr=False)
@@ -122,12 +132,14 @@ class Search:
         if self.min_gpu_need is None or required < self.min_gpu_need[0]:
             self.min_gpu_need = (required, precision)
 
-    def passed_over(self, release: Version, rule: Rule, why: str, *, closest: bool = False) -> None:
+    def passed_over(self, release: Version, rule: Rule, why: str, *, closest: bool = False,
+                    cuda: Version | None = None) -> None:
         """Why ``release`` was passed over: the first reason, or with ``closest`` the latest one given for the
-        same rule (builds are tried newest CUDA first, so the latest driver refusal is the build nearest to running)."""
+        same rule (builds are tried newest CUDA first, so the latest driver refusal is the build nearest to running).
+        ``cuda``: the CUDA version whose driver floor a driver refusal names."""
         known = self.by_release.get(release)
-        if known is None or (closest and known[0] is rule):
-            self.by_release[release] = (rule, why)
+        if known is None or (closest and known.rule is rule):
+            self.by_release[release] = Passed(rule, why, cuda)
 
     def of(self, rule: Rule) -> list[Rejection]:
         return [r for r in self.rejections if r.rule is rule]

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from provision.data.catalog import ModelSpec
     from provision.data.matrix import BnbRelease, Matrix, TorchRelease, TorchVariant
     from provision.host.profile import GpuInfo, HostProfile
+    from provision.plan.engine_plan import NoEngine
     from provision.plan.memory import MemoryEstimate
 
 __all__ = ["plan", "sibling_variants"]
@@ -55,7 +56,8 @@ class _Job:
     ``goal`` is the context this pass plans for; ``workload`` the request's screenshots (its
     ``image_tokens`` are the same at every context the goal allows: its floor leaves room for them);
     ``estimates`` remembers the memory estimates by (precision, tokens, device), which a lowered
-    context asks for several times.
+    context asks for several times; ``told_cudas`` lets the torch reason point to a driver floor the
+    engine reason gave instead of saying it twice.
     """
 
     host: HostProfile
@@ -68,6 +70,8 @@ class _Job:
     goal: ContextGoal
     arch: Architecture
     estimates: dict[tuple[str, int, str], MemoryEstimate] = field(default_factory=dict)
+    #: CUDA versions whose driver floor the engine reason already gives (engines passed over for it)
+    told_cudas: frozenset[Version] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +160,9 @@ def _release_variants(job: _Job, release: TorchRelease, *, cuda: bool) -> list[T
         return []
     fitting = [v for v in variants if python in release.pythons_for(v)]
     if not fitting:
-        why = f"torch {torch} has no wheels for Python {python} (has {', '.join(release.pythons)})"
-        job.search.reject(Rejection(rule=Rule.PYTHON, text=why, torch=torch, python=python, pythons=release.pythons))
+        why = f"no wheels for Python {python} (has {', '.join(release.pythons)})"
+        job.search.reject(Rejection(rule=Rule.PYTHON, text=f"torch {torch} has {why}", torch=torch, python=python,
+                                    pythons=release.pythons))
         job.search.passed_over(torch, Rule.PYTHON, why)
     return fitting
 
@@ -362,7 +367,8 @@ def _plan_on(job: _Job, option: _Option, usable: Sequence[GpuInfo], builds: Sequ
                 rule=Rule.DRIVER, text=build.driver_why, torch=release.version, variant=variant.name, cuda=variant.cuda,
                 driver=Version(job.host.nvidia.driver_version),
                 driver_floor=driver_floor(job.host.os, job.matrix, variant.cuda)))
-            job.search.passed_over(release.version, Rule.DRIVER, f"{variant.name}: {build.driver_why}", closest=True)
+            job.search.passed_over(release.version, Rule.DRIVER, f"{variant.name}: {build.driver_why}", closest=True,
+                                   cuda=variant.cuda)
             continue
         kernel_notes = _kernel_notes(job, build, placed)
         if kernel_notes is None:
@@ -502,14 +508,19 @@ def _torch_why(job: _Job, release: TorchRelease) -> str:
     if job.prefs.torch_available is not None:
         why = "newest release that fits this host among the torch wheels in the configured wheel sources"
     groups: list[list[Version]] = []
-    for version in sorted(v for v in job.search.by_release if v > release.version):
-        if groups and job.search.by_release[groups[-1][0]][0] is job.search.by_release[version][0]:
+    by_release = job.search.by_release
+    for version in sorted(v for v in by_release if v > release.version):
+        if groups and by_release[groups[-1][0]].rule is by_release[version].rule:
             groups[-1].append(version)
         else:
             groups.append([version])
     for versions in groups:
         span = f"torch {versions[0]} was" if len(versions) == 1 else f"torch {versions[0]} to {versions[-1]} were"
-        why += f"; {span} passed over: {job.search.by_release[versions[0]][1]}"
+        passed = by_release[versions[0]]
+        told = passed.rule is Rule.DRIVER and passed.cuda in job.told_cudas
+        text = (f"{passed.why.partition(':')[0]}: a CUDA {passed.cuda} build, which needs the newer driver the "
+                "engine reason names") if told else passed.why
+        why += f"; {span} passed over: {text}"
     return why
 
 
@@ -727,7 +738,8 @@ def plan(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences
         served = _engine(job, device)
         if isinstance(served, Plan):
             return served
-        passed_over = served
+        passed_over = served.merged or served.reasons
+        job = replace(job, told_cudas=served.driver_cudas)
     # As the engines do: every precision and placement at the full context first, then less.
     result = _transformers_plan(job, device)
     if result is None and goal.can_lower:
@@ -749,7 +761,7 @@ def _transformers_plan(job: _Job, device: str) -> Plan | None:
     return _plan_cuda(job) if device == "cuda" else _plan_cpu(job, device)
 
 
-def _engine(job: _Job, device: str) -> Plan | tuple[str, ...]:
+def _engine(job: _Job, device: str) -> Plan | NoEngine:
     """A vLLM or SGLang plan when ``--engine`` allows one and its rules hold; else why not.
 
     :raises NoViablePlan: ``--engine vllm`` or ``sglang`` was asked for and cannot serve here.
@@ -769,7 +781,7 @@ def _engine(job: _Job, device: str) -> Plan | tuple[str, ...]:
         return served
     if prefs.engine != "auto":
         raise NoViablePlan(f"--engine {prefs.engine}: " + "; ".join(served.reasons), list(served.remedies))
-    return served.merged or served.reasons
+    return served
 
 
 def sibling_variants(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences,
