@@ -138,6 +138,35 @@ def test_render_with_a_wheelhouse_plans_only_for_wheels_present(tmp_path: Path) 
     assert "download.pytorch.org" not in requirements
 
 
+@pytest.mark.parametrize("source", ["wheelhouse", "mirror", "index"])
+def test_the_variant_reason_names_where_requirements_take_torch_from(tmp_path: Path, source: str) -> None:
+    """Issue 14: a CPU plan said "installed from https://download.pytorch.org/whl/cpu" while its requirements took
+    torch from a --find-links folder (and the lock's index_url was null)."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-2.12.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    (wheels / "torchvision-0.27.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    mirror = "https://mirror.example/whl/cpu"
+    extra = {"wheelhouse": ["--wheelhouse", str(wheels)], "mirror": ["--index-url", mirror, "--torch", "2.12.0"],
+             "index": ["--torch", "2.12.0"]}[source]
+    files = _render(tmp_path / "out", "--host", str(HOSTS / "linux-x86_64-cpu-only-32gb.json"), *extra)
+    requirements = files["requirements.txt"].decode()
+    lock = json.loads(files["provision.lock.json"])
+    why = next(r["why"] for r in lock["plan"]["reasons"] if r["decision"] == "variant")
+    installed = why.rpartition("; ")[2]
+    if source == "wheelhouse":
+        assert installed == (f"installed from the wheels in {wheels} (--find-links), not from its index "
+                             "https://download.pytorch.org/whl/cpu")
+        assert f"--find-links {wheels}" in requirements and "--extra-index-url" not in requirements
+    elif source == "mirror":
+        assert installed == f"installed from the --index-url mirror {mirror} (in place of https://download.pytorch.org/whl/cpu)"
+        assert f"--extra-index-url {mirror}" in requirements and "download.pytorch.org" not in requirements
+        assert lock["inputs"]["index_url"] == mirror
+    else:
+        assert installed == "installed from https://download.pytorch.org/whl/cpu"
+        assert "--extra-index-url https://download.pytorch.org/whl/cpu" in requirements
+
+
 def test_a_wheelhouse_without_the_cpu_torchvision_takes_pypis_build_that_runs_on_the_cpu(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """glm4v's processor needs torchvision built like torch: a CPU torch alone cannot serve images."""

@@ -55,6 +55,10 @@ class Preferences:
     torch_available: frozenset[tuple[Version, str]] | None = None
     #: the same for torchvision (a vision model's processor needs the build that matches torch's).
     torchvision_available: frozenset[tuple[Version, str]] | None = None
+    #: where the rendered files take torch from instead of its index, for the variant's reason to say:
+    #: the wheel folders (``--wheelhouse``, requirements.txt's ``--find-links``) and the ``--index-url`` mirror.
+    wheelhouse: tuple[str, ...] = ()
+    index_url: str | None = None
     #: ``auto`` serves with the best engine the host runs (vLLM, then SGLang), else ``transformers serve``.
     engine: str = DEFAULT_ENGINE
     #: screenshots per request and their pixel cap for the memory budget; None: the catalog's (``ModelSpec.serve``)

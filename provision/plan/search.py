@@ -572,7 +572,7 @@ def _reasons(job: _Job, build: _Build, option: _Option, transformers: Version, b
                        + " (a few GB of NVIDIA libraries come with it)")
     else:
         variant_why = f"{build.driver_why}; " + "; ".join(dict.fromkeys(kernel_notes))  # two like GPUs: said once
-    variant_why += f"; installed from {'PyPI' if from_pypi else index_url}"
+    variant_why += f"; {_installed_from(job.prefs, index_url, from_pypi=from_pypi)}"
     reasons = [
         Reason(decision="python", choice=job.python,
                why=f"{python_why}; torch {release.version} has wheels for {', '.join(release.pythons_for(variant))}"),
@@ -590,6 +590,22 @@ def _reasons(job: _Job, build: _Build, option: _Option, transformers: Version, b
                               why=f"newest release with a CUDA {variant.cuda} library for torch {release.version} "
                                   f"on {host.platform}"))
     return reasons
+
+
+def _installed_from(prefs: Preferences, index_url: str, *, from_pypi: bool) -> str:
+    """Where the rendered requirements take this torch build from, as ``provision.render.requirements`` writes them:
+    the ``--index-url`` mirror (an extra index), else the wheel folders (``--find-links``, no PyTorch index line),
+    else the build's own index."""
+    if prefs.index_url is not None:
+        if from_pypi:
+            return f"installed from PyPI or the --index-url mirror {prefs.index_url}"
+        return f"installed from the --index-url mirror {prefs.index_url} (in place of {index_url})"
+    if prefs.wheelhouse:
+        folders = ", ".join(prefs.wheelhouse)
+        if from_pypi:
+            return f"installed from PyPI or the same wheel in {folders} (--find-links)"
+        return f"installed from the wheels in {folders} (--find-links), not from its index {index_url}"
+    return f"installed from {'PyPI' if from_pypi else index_url}"
 
 
 def _workload_why(job: _Job, workload: Workload) -> str:

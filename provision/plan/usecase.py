@@ -119,8 +119,12 @@ def find_wheelhouses(request: PlanRequest, index_url: str | None, environ: Mappi
     return resolve_wheelhouses(request.wheelhouse, environ, index_reachable=lambda: probe.reachable(index))
 
 
-def preferences(request: PlanRequest, host: HostProfile, wheelhouses: tuple[Path, ...]) -> Preferences:
+def preferences(request: PlanRequest, host: HostProfile, wheelhouses: tuple[Path, ...],
+                index_url: str | None = None) -> Preferences:
     """The options as the planner's ``Preferences``; the torch builds found in ``wheelhouses`` limit the choice.
+
+    ``wheelhouses`` and ``index_url`` (the ``--index-url`` mirror) are also where the rendered files take torch
+    from, which the plan's variant reason names.
 
     :raises InvalidInput: a malformed ``--python``, ``--torch`` or ``--variant``.
     """
@@ -147,8 +151,8 @@ def preferences(request: PlanRequest, host: HostProfile, wheelhouses: tuple[Path
         raise InvalidInput("--variant", "variant", f"{variant!r} is not a variant like 'cu128' or 'cpu'")
     return Preferences(python=python, context_tokens=request.context, precision=request.precision,
                        device=request.device, torch_version=torch_version, variant=variant, torch_available=available,
-                       torchvision_available=vision,
-                       engine=request.engine, images=request.images, max_pixels=request.max_pixels)
+                       torchvision_available=vision, wheelhouse=tuple(str(w) for w in wheelhouses),
+                       index_url=index_url, engine=request.engine, images=request.images, max_pixels=request.max_pixels)
 
 
 def plan_command(request: PlanRequest, environ: Mapping[str, str] | None = None) -> Plan:
@@ -163,5 +167,6 @@ def plan_command(request: PlanRequest, environ: Mapping[str, str] | None = None)
 
     environ = os.environ if environ is None else environ
     host, matrix, model = load_inputs(request)
-    wheelhouses = find_wheelhouses(request, resolve_index_url(request.index_url, environ), environ, IndexProbe())
-    return plan(host, matrix, model, preferences(request, host, wheelhouses))
+    index_url = resolve_index_url(request.index_url, environ)
+    wheelhouses = find_wheelhouses(request, index_url, environ, IndexProbe())
+    return plan(host, matrix, model, preferences(request, host, wheelhouses, index_url))

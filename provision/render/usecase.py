@@ -146,7 +146,7 @@ def _plan(request: RenderRequest, index_url: str | None, environ: Mapping[str, s
                         wheelhouse=wheelhouse)
     host, matrix, model = load_inputs(options)
     wheelhouse = find_wheelhouses(options, index_url, environ, probe)
-    prefs = preferences(options, host, wheelhouse)
+    prefs = preferences(options, host, wheelhouse, index_url)
     chosen = plan(host, matrix, model, prefs)
     return _Planned(plan=chosen, chosen=chosen, host=host, model_id=model.id, matrix=matrix,
                     variants=tuple(sibling_variants(host, matrix, model, prefs, chosen)), wheelhouse=wheelhouse)
