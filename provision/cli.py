@@ -583,9 +583,19 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
 
 
 def _refresh_torch(args: argparse.Namespace) -> None:
-    from provision.data.refresh import apply_refresh, plan_refresh
+    import os
 
-    refresh = plan_refresh(args.matrix, args.variant)
+    from provision.data.pypi import PypiClient, parse_simple_json, pip_network
+    from provision.data.refresh import apply_refresh, plan_refresh
+    from provision.render.sources import read_pip_config
+
+    index, verify = pip_network(os.environ, read_pip_config(os.environ))
+    client = PypiClient(index, verify=verify)
+
+    def pypi_names(package: str) -> list[str]:  # the manylinux tags of PyPI's wheels: torch.toml's glibc floors
+        return [f.filename for f in parse_simple_json(client.project_page(package), f"{index}/{package}/")]
+
+    refresh = plan_refresh(args.matrix, args.variant, pypi=pypi_names)
     if not refresh.result.changed:
         sys.stderr.write(f"{refresh.path}: up to date with the PyTorch index ({', '.join(refresh.variants)})\n")
         return

@@ -54,6 +54,10 @@ BROKEN = [
     ("cuda.toml", "schema_version = 1", "schema_version = 2",
      "schema_version: unsupported schema_version 2; this provision reads 1"),
     ("torch.toml", 'date = "2026-10-28"\n', "", "release[0].date: required key is missing"),
+    ("torch.toml", 'glibc = { linux-x86_64 = "2.28", linux-aarch64 = "2.28" }', 'glibc = { macos-arm64 = "14.0" }',
+     "release[0].glibc.macos-arm64: 'macos-arm64' is not one of linux-x86_64, linux-aarch64"),
+    ("torch.toml", 'glibc = { linux-x86_64 = "2.28", linux-aarch64 = "2.28" }', 'glibc = { linux-x86_64 = "manylinux_2_28" }',
+     "release[0].glibc.linux-x86_64: 'manylinux_2_28' is not a glibc version like 2.28"),
     ("torch.toml", 'pythons = ["3.11", "3.12", "3.13", "3.14", "3.15"]', 'pythons = "3.11"',
      "release[0].pythons: expected an array, got string"),
     ("bitsandbytes.toml", 'min_cc_4bit = "6.0"\n', "", "release[0].min_cc_4bit: required key is missing"),
@@ -150,6 +154,20 @@ def test_cross_checks(capsys: pytest.CaptureFixture[str], tmp_path: Path, name: 
 
 
 # --- the digest ------------------------------------------------------------------------------------
+
+
+def test_every_torch_release_has_a_glibc_floor_for_each_linux_platform_it_ships() -> None:
+    """The floors are the manylinux tags of PyPI's torch and torchvision wheel names (torch.toml's meta note):
+    manylinux_2_28 on both Linux platforms from 2.7.0; 2.6.0 is manylinux_2_28 on aarch64 but still manylinux1
+    on x86_64; before it manylinux2014 (2.17) on aarch64 and manylinux1 (2.5) on x86_64."""
+    matrix = load_matrix()
+    for release in matrix.torch:
+        linux = {p for v in release.variants for p in v.platforms if p.startswith("linux-")}
+        assert set(release.glibc) == linux, release.version
+    floors = {str(r.version): {p: str(v) for p, v in r.glibc.items()} for r in matrix.torch}
+    assert floors["2.15.0"] == floors["2.7.0"] == {"linux-x86_64": "2.28", "linux-aarch64": "2.28"}
+    assert floors["2.6.0"] == {"linux-x86_64": "2.5", "linux-aarch64": "2.28"}
+    assert floors["2.5.1"] == floors["2.2.0"] == {"linux-x86_64": "2.5", "linux-aarch64": "2.17"}
 
 
 def test_matrix_files_are_every_file_of_the_folder() -> None:

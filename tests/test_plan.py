@@ -663,3 +663,33 @@ def test_a_compatibility_warning_adds_what_the_variant_reason_does_not_say() -> 
     [warning] = [w for w in p.warnings if "minor-version" in w]
     assert warning == ("cu126 (CUDA 12.6) runs only through CUDA minor-version compatibility, which cannot JIT-compile "
                        "newer PTX; a driver >= 560.35.5 runs CUDA 12.6 natively")
+
+
+# ---------------------------------------------------------------------------
+# glibc: torch's wheels are manylinux_2_28 from 2.7.0 (torch.toml's glibc floors, read from PyPI's file names)
+
+
+def test_an_old_glibc_plans_the_newest_torch_whose_wheels_install() -> None:
+    """Ubuntu 18.04 (glibc 2.27): pip refuses torch 2.7.0 to 2.15.0 (manylinux_2_28); 2.6.0's x86_64 wheels are
+    tagged manylinux1. The host's glibc is said once: by the engine reason where engines were passed over for it."""
+    h = host("linux-x86_64-a10g-driver535-glibc2.27")
+    p = plan(h, MATRIX, AUTOGLM)
+    assert p.serve.engine == "transformers" and str(p.torch_version) == "2.6.0"
+    assert "this host has 2.27" in _why(p, "engine")
+    assert _why(p, "torch").endswith("torch 2.7.0 to 2.15.0 were passed over: the wheels need glibc >= 2.28")
+    alone = plan(h, MATRIX, AUTOGLM, TRANSFORMERS)
+    assert str(alone.torch_version) == "2.6.0"
+    assert _why(alone, "torch").endswith("torch 2.7.0 to 2.15.0 were passed over: the wheels need glibc >= 2.28, "
+                                         "this host has 2.27")
+    for glibc in (Version("2.28"), None):  # at the floor, or unknown (a profile without glibc): no obstacle
+        assert str(plan(replace(h, glibc=glibc), MATRIX, AUTOGLM, TRANSFORMERS).torch_version) == "2.14.1"
+
+
+def test_a_glibc_below_every_torch_with_a_cuda_build_is_a_no_plan_naming_it() -> None:
+    """A GH200 on glibc 2.27: aarch64 CUDA builds start at torch 2.9 (manylinux_2_28); older releases have none."""
+    h = replace(host("linux-aarch64-gh200-driver570"), glibc=Version("2.27"))
+    for prefs in (Preferences(), TRANSFORMERS):
+        with pytest.raises(NoViablePlan) as caught:
+            plan(h, MATRIX, AUTOGLM, prefs)
+        assert caught.value.message == "torch 2.6.0's wheels need glibc >= 2.28, this host has 2.27"
+        assert caught.value.remedies[0] == "use a Linux with glibc >= 2.28 (this host has 2.27): pip refuses wheels above it"

@@ -16,6 +16,9 @@ from provision.data.refresh import (
     cuda_of_variant,
     dump_torch_toml,
     fetch_index,
+    glibc_floors,
+    manylinux_floor,
+    merge_glibc,
     merge_torch,
     parse_index_html,
     parse_wheel_names,
@@ -262,6 +265,56 @@ def test_refresh_end_to_end_on_recorded_pages(tmp_path):
     assert new_291 == old_291
     write_atomic(path, result.new_text)
     assert not refresh_torch(path, ["cu128", "cpu"], fetch=page, min_version="2.10").changed
+
+
+# ----------------------------------------------------------------------------- glibc floors from wheel names
+
+
+@pytest.mark.parametrize(("tag", "floor"), [
+    ("manylinux_2_28_x86_64", (2, 28)), ("manylinux_2_17_aarch64", (2, 17)), ("manylinux1_x86_64", (2, 5)),
+    ("manylinux2010_x86_64", (2, 12)), ("manylinux2014_aarch64", (2, 17)), ("linux_x86_64", None),
+    ("macosx_14_0_arm64", None), ("win_amd64", None),
+])  # fmt: skip
+def test_manylinux_floor_reads_pep_600_and_the_legacy_tags(tag: str, floor: tuple[int, int] | None) -> None:
+    assert manylinux_floor(tag) == floor
+
+
+def test_glibc_floors_per_release_and_platform() -> None:
+    """A wheel installs where its lowest tag does; a release needs its highest wheel's floor. Names as on PyPI."""
+    names = [
+        "torch-2.6.0-cp311-cp311-manylinux1_x86_64.whl",
+        "torch-2.6.0-cp311-cp311-manylinux_2_28_aarch64.whl",
+        "torch-2.6.0-cp311-none-macosx_11_0_arm64.whl",
+        "torch-2.7.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+        "torch-2.7.0-cp313-cp313-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",  # either tag: 2.27
+        "torch-2.7.0+cpu-cp311-cp311-linux_x86_64.whl",  # names no glibc
+        "torchvision-0.22.0-cp311-cp311-manylinux_2_28_x86_64.whl",  # another project
+        "not-a-wheel.tar.gz",
+    ]
+    assert glibc_floors(names, "torch") == {"2.6.0": {"linux-aarch64": "2.28", "linux-x86_64": "2.5"},
+                                           "2.7.0": {"linux-x86_64": "2.28"}}
+
+
+def test_merge_glibc_takes_the_higher_of_torch_and_its_torchvision() -> None:
+    existing = {"release": [{"version": "2.6.0", "torchvision": "0.21.0", "glibc": {"linux-aarch64": "2.17"}},
+                            {"version": "2.5.1", "torchvision": "0.20.1", "glibc": {"linux-aarch64": "2.17"}}]}
+    merged = merge_glibc(existing, {"2.6.0": {"linux-x86_64": "2.5", "linux-aarch64": "2.28"}},
+                         {"0.21.0": {"linux-x86_64": "2.17"}})
+    assert merged["release"][0]["glibc"] == {"linux-aarch64": "2.28", "linux-x86_64": "2.17"}
+    assert merged["release"][1] == existing["release"][1]  # nothing scanned: kept as recorded
+    assert existing["release"][0]["glibc"] == {"linux-aarch64": "2.17"}  # the input is not changed
+
+
+def test_refresh_rewrites_glibc_from_pypis_wheel_names(tmp_path: Path) -> None:
+    data = tomllib.loads((ROOT / "matrices" / "torch.toml").read_text(encoding="utf-8"))
+    release = next(r for r in data["release"] if r["version"] == "2.9.1")
+    release["glibc"] = {"linux-x86_64": "2.17", "linux-aarch64": "2.28"}  # a stale floor
+    path = tmp_path / "torch.toml"
+    path.write_text(dump_torch_toml(data), encoding="utf-8")
+    pypi = {"torch": ["torch-2.9.1-cp311-cp311-manylinux_2_28_x86_64.whl"],
+            "torchvision": ["torchvision-0.24.1-cp311-cp311-manylinux_2_28_x86_64.whl"]}
+    result = refresh_torch(path, [], fetch=page, pypi=pypi.__getitem__)
+    assert result.diff.count("\n+glibc") == 1 and '+glibc = { linux-x86_64 = "2.28", linux-aarch64 = "2.28" }' in result.diff
 
 
 # ----------------------------------------------------------------------------- the command's two steps

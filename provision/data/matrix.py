@@ -104,6 +104,8 @@ class TorchRelease:
     pypi_default: dict[str, str] = field(hash=False)
     variants: tuple[TorchVariant, ...]
     source: str = ""
+    #: the glibc floor of the release's torch and torchvision wheels per Linux platform (their manylinux tags)
+    glibc: dict[str, Version] = field(default_factory=dict, hash=False)
 
     def variant(self, name: str) -> TorchVariant | None:
         return next((v for v in self.variants if v.name == name), None)
@@ -113,6 +115,10 @@ class TorchRelease:
 
     def on_pypi(self, variant: TorchVariant, platform: str) -> bool:
         return on_pypi(platform, self.pypi_default, variant.name)
+
+    def glibc_for(self, platform: str) -> Version | None:
+        """The glibc this release's wheels need on ``platform``; None off Linux or where the matrix records none."""
+        return self.glibc.get(platform)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -328,6 +334,7 @@ def _load_torch(f: Fields) -> tuple[TorchRelease, ...]:
         releases.append(
             TorchRelease(
                 version=version,
+                glibc=_glibc_floors(row),
                 date=row.str("date"),
                 pythons=_pythons(row, "pythons"),
                 torchvision=row.version("torchvision", required=False),
@@ -338,6 +345,26 @@ def _load_torch(f: Fields) -> tuple[TorchRelease, ...]:
             )
         )
     return tuple(sorted(releases, key=lambda r: r.version, reverse=True))
+
+
+_GLIBC_RE = re.compile(r"^2\.\d{1,2}$")
+
+
+def _glibc_floors(row: Fields) -> dict[str, Version]:
+    """A release's optional ``glibc`` table: Linux platform -> ``"2.28"``."""
+    table = row.obj("glibc", required=False)
+    if table is None:
+        return {}
+    linux = [p for p in PLATFORMS if p.startswith("linux-")]
+    floors = {}
+    for platform in table.data:
+        if platform not in linux:
+            raise table.fail(platform, f"{platform!r} is not one of {', '.join(linux)}")
+        text = table.str(platform)
+        if not _GLIBC_RE.fullmatch(text):
+            raise table.fail(platform, f"{text!r} is not a glibc version like 2.28")
+        floors[platform] = Version(text)
+    return floors
 
 
 def _load_bnb(f: Fields) -> tuple[BnbRelease, ...]:

@@ -4,7 +4,9 @@ The wheel index pages (PEP 503 simple pages under ``https://download.pytorch.org
 are the only place that says which platforms and Python versions each ``torch+<variant>`` build
 exists for.  Everything else in torch.toml (GPU architectures, PTX, dates, pairings, sources) is
 verified by hand, so a refresh only rewrites ``platforms`` / ``pythons`` and adds rows it has never
-seen, and always shows a diff before anything is written.
+seen, and always shows a diff before anything is written.  The wheel file names also carry each
+build's manylinux tag: a release's ``glibc`` floors are rewritten from them (the index pages', and
+PyPI's torch and torchvision pages' where the caller passes ``pypi``).
 
 Pure functions do the parsing, merging, rendering and diffing; ``fetch_index`` reads the index and
 ``apply_refresh`` writes (through ``provision.common.atomic``) only what validates with the other
@@ -49,6 +51,9 @@ __all__ = [
     "cuda_of_variant",
     "dump_torch_toml",
     "fetch_index",
+    "glibc_floors",
+    "manylinux_floor",
+    "merge_glibc",
     "merge_torch",
     "parse_index_html",
     "parse_wheel_names",
@@ -78,6 +83,7 @@ _KEY_ORDER: dict[str, tuple[str, ...]] = {
         "torchvision",
         "torchaudio",
         "pypi_default",
+        "glibc",
         "source",
         "note",
     ),
@@ -207,6 +213,46 @@ def parse_wheel_names(filenames: Iterable[str], *, default_variant: str) -> list
     return sorted(rows, key=lambda r: (Version(r.version), r.variant, r.platform, _pykey(r.python)))
 
 
+#: The legacy manylinux tags and the glibc they promise (PEP 513, 571, 599); PEP 600 tags spell it out.
+_LEGACY_MANYLINUX = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+_PEP600 = re.compile(r"^manylinux_(\d+)_(\d+)_")
+
+
+def manylinux_floor(tag_platform: str) -> tuple[int, int] | None:
+    """The glibc a manylinux platform tag needs (``manylinux_2_28_x86_64`` -> (2, 28), ``manylinux2014_*`` ->
+    (2, 17)); None for a tag that names none (``linux_x86_64``, macOS, Windows)."""
+    match = _PEP600.match(tag_platform)
+    if match is not None:
+        return int(match.group(1)), int(match.group(2))
+    return _LEGACY_MANYLINUX.get(tag_platform.split("_", 1)[0])
+
+
+def glibc_floors(filenames: Iterable[str], package: str) -> dict[str, dict[str, str]]:
+    """``package``'s glibc floor per public version and Linux platform, from its wheel file names.
+
+    A wheel installs where any one of its tags does, so its floor is its lowest tag's; a release
+    and platform take the highest floor among their wheels (every build must install). Wheels
+    whose tags name no glibc (``linux_x86_64``) add nothing.
+    """
+    floors: dict[str, dict[str, tuple[int, int]]] = {}
+    for filename in filenames:
+        try:
+            name, version, _build, tags = parse_wheel_filename(filename)
+        except (InvalidWheelFilename, InvalidVersion):
+            continue
+        if name != package:
+            continue
+        by_platform: dict[str, tuple[int, int]] = {}
+        for tag in tags:
+            platform, floor = platform_of_tag(tag.platform), manylinux_floor(tag.platform)
+            if platform is not None and floor is not None:
+                by_platform[platform] = min(floor, by_platform.get(platform, floor))
+        release = floors.setdefault(version.public, {})
+        for platform, floor in by_platform.items():
+            release[platform] = max(floor, release.get(platform, floor))
+    return {v: {p: f"{f[0]}.{f[1]}" for p, f in sorted(fl.items())} for v, fl in floors.items() if fl}
+
+
 def _pykey(python: str) -> tuple[int, ...]:
     return tuple(int(p) for p in python.split("."))
 
@@ -298,6 +344,21 @@ def merge_torch(
     data["release"] = sorted(releases, key=lambda r: Version(str(r["version"])), reverse=True)
     for release in data["release"]:
         release["variant"] = sorted(release.get("variant", []), key=_variant_key)
+    return data
+
+
+def merge_glibc(existing: Mapping[str, Any], torch: Mapping[str, Mapping[str, str]],
+                torchvision: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    """Set each release's ``glibc`` floors from the scanned ones (``glibc_floors``): per Linux platform the higher
+    of torch's and its torchvision's; a platform no scanned wheel names keeps its recorded floor."""
+    data: dict[str, Any] = _deepcopy(existing)
+    for release in data.get("release", []):
+        scans = [torch.get(str(release.get("version")), {}), torchvision.get(str(release.get("torchvision")), {})]
+        floors = dict(release.get("glibc", {}))
+        for platform in sorted({p for scan in scans for p in scan}):
+            floors[platform] = max((scan[platform] for scan in scans if platform in scan), key=_pykey)
+        if floors:
+            release["glibc"] = floors
     return data
 
 
@@ -438,11 +499,13 @@ def refresh_torch(
     *,
     fetch: Callable[[str], str] = fetch_index,
     min_version: str | None = None,
+    pypi: Callable[[str], list[str]] | None = None,
 ) -> RefreshResult:
     """Read the index page of each variant and work out the new torch.toml (nothing is written).
 
     ``min_version`` drops releases older than it from what is added (old releases already in
-    the file are left alone).
+    the file are left alone). ``pypi``: a project's wheel file names on PyPI (torch and torchvision), whose
+    manylinux tags join the index pages' in the ``glibc`` floors.
     """
     torch_toml = Path(torch_toml)
     old_text = torch_toml.read_text(encoding="utf-8")
@@ -451,12 +514,19 @@ def refresh_torch(
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(str(torch_toml), "(file)", f"not valid TOML: {exc}") from exc
     rows: list[WheelRow] = []
+    names: list[str] = []
     for variant in variants:
-        rows += parse_wheel_names(parse_index_html(fetch(variant)), default_variant=variant)
+        page = parse_index_html(fetch(variant))
+        names += page
+        rows += parse_wheel_names(page, default_variant=variant)
+    names += pypi("torch") if pypi is not None else []
+    floors = glibc_floors(names, "torch")
     if min_version is not None:
         floor = Version(min_version)
         rows = [r for r in rows if Version(r.version) >= floor]
-    merged = merge_torch(existing, collect_rows(rows))
+        floors = {v: f for v, f in floors.items() if Version(v) >= floor}
+    vision = glibc_floors(pypi("torchvision"), "torchvision") if pypi is not None else {}
+    merged = merge_glibc(merge_torch(existing, collect_rows(rows)), floors, vision)
     new_text = dump_torch_toml(merged)
     return RefreshResult(old_text=old_text, new_text=new_text, diff=render_diff(old_text, new_text, torch_toml.name))
 
@@ -478,8 +548,10 @@ def plan_refresh(
     variants: Sequence[str] | None = None,
     *,
     fetch: Callable[[str], str] = fetch_index,
+    pypi: Callable[[str], list[str]] | None = None,
 ) -> MatrixRefresh:
-    """Read the index for ``variants`` (default: every variant the matrix has); nothing is written.
+    """Read the index for ``variants`` (default: every variant the matrix has), and ``pypi``'s file names for the
+    glibc floors (see ``refresh_torch``); nothing is written.
 
     :raises InvalidInput: the matrix folder does not load.
     :raises ProvisionError: the index cannot be read.
@@ -487,7 +559,8 @@ def plan_refresh(
     matrix = load_matrix(matrix_dir)
     path = matrix.root / "torch.toml"
     chosen = tuple(variants or sorted({v.name for r in matrix.torch for v in r.variants}))
-    return MatrixRefresh(path=path, variants=chosen, result=refresh_torch(path, chosen, fetch=fetch, min_version="2.2"))
+    return MatrixRefresh(path=path, variants=chosen,
+                         result=refresh_torch(path, chosen, fetch=fetch, min_version="2.2", pypi=pypi))
 
 
 def apply_refresh(refresh: MatrixRefresh) -> None:

@@ -23,7 +23,7 @@ from provision.data.architecture import architecture_of
 from provision.plan.budget import gb
 from provision.plan.compat import driver_floor, driver_runs, has_kernels
 from provision.plan.engine_memory import FREE_MARGIN_BYTES, EngineBudget, Workload, engine_budget, load_peak_bytes
-from provision.plan.rejections import Rejection, Rule
+from provision.plan.rejections import Rejection, Rule, Told
 from provision.vocab import MIN_SERVING_CONTEXT, parse_arch
 
 if TYPE_CHECKING:
@@ -141,14 +141,12 @@ class EngineSearch:
         seen = self.passed_over.get(engine.name, {})
         return [(who, seen[version].why) for who, version in self._told(engine)]
 
-    def driver_cudas(self, engines: Sequence[Engine]) -> frozenset[Version]:
-        """The CUDA versions whose driver floor ``explain`` states for ``engines``: a later reason that meets the
-        same floor can point to it instead of saying it again."""
-        out: set[Version] = set()
-        for engine in engines:
-            seen = self.passed_over.get(engine.name, {})
-            out |= {cuda for _, v in self._told(engine) if (cuda := seen[v].cuda) is not None}
-        return frozenset(out)
+    def told(self, engines: Sequence[Engine]) -> Told:
+        """The host facts ``explain`` states for ``engines`` (driver floors by CUDA version, the host's glibc): a
+        later reason that meets the same fact can point to it instead of saying it again."""
+        told = [self.passed_over[e.name][v] for e in engines for _, v in self._told(e)]
+        return Told(cudas=frozenset(p.cuda for p in told if p.cuda is not None),
+                    glibc=any(p.rule is Rule.GLIBC for p in told))
 
     def _told(self, engine: Engine) -> list[tuple[str, Version]]:
         """The releases ``explain`` tells of, as (who, release): the newest, the one that came closest, and the

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from packaging.version import Version
@@ -20,7 +20,7 @@ from provision.plan.compat import compatibility_warning
 from provision.plan.document import Placement, Plan, Reason
 from provision.plan.engine import ENGINE_LABELS, EngineSearch, TorchLimits, choose_engine, merge_explanations
 from provision.plan.engine_memory import Workload
-from provision.plan.rejections import Rule
+from provision.plan.rejections import Rule, Told
 from provision.plan.serve import SERVE_PORT, Serve
 from provision.vocab import PYPI_INDEX
 
@@ -185,13 +185,13 @@ class NoEngine:
     """Why no engine serves here (a sentence per engine passed over) and what would change that.
 
     ``merged``: the same reasons with each told once (``vLLM 0.33.0 and SGLang 0.5.23 passed over: ...``),
-    for the engine decision's reason; ``driver_cudas``: the CUDA versions whose driver floor they state.
+    for the engine decision's reason; ``told``: the host facts they state (see ``EngineSearch.told``).
     """
 
     reasons: tuple[str, ...]
     remedies: tuple[str, ...] = ()
     merged: tuple[str, ...] = ()
-    driver_cudas: frozenset[Version] = frozenset()
+    told: Told = field(default_factory=Told)
 
 
 #: What always applies when an asked-for engine cannot serve.
@@ -238,6 +238,6 @@ def serve_with_engine(host: HostProfile, matrix: Matrix, model: ModelSpec, *, en
         return NoEngine(tuple(t for t in (search.explain(e) for e in engines) if t),
                         (*([glibc] if glibc else []), ENGINE_FALLBACK),
                         merge_explanations([item for e in engines for item in search.explain_items(e)]),
-                        search.driver_cudas(engines))
+                        search.told(engines))
     return engine_plan(host, matrix, model, choice, search, python=python,
                        better=engines[:engines.index(choice.engine)], target=workload.max_model_len)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from packaging.version import Version
 
-__all__ = ["Passed", "Rejection", "Rule", "Search", "Stage"]
+__all__ = ["Passed", "Rejection", "Rule", "Search", "Stage", "Told"]
 
 
 class Stage(IntEnum):
@@ -99,6 +99,15 @@ class Rejection:
     @property
     def stage(self) -> Stage:
         return self.rule.stage
+
+
+@dataclass(frozen=True, slots=True)
+class Told:
+    """Host facts an earlier reason (the engine's) already gave, so a later one can point to them: the CUDA
+    versions whose driver floor it named, and whether it named the host's glibc."""
+
+    cudas: frozenset[Version] = frozenset()
+    glibc: bool = False
 
 
 class Passed(NamedTuple):

@@ -28,9 +28,14 @@ if TYPE_CHECKING:
 __all__ = ["remedies"]
 
 #: Rules the search applies before trying a build, in the order their remedies are listed.
-_SEARCH_RULES = (Rule.PYTHON, Rule.PLATFORM, Rule.WHEELHOUSE_VISION, Rule.WHEELHOUSE, Rule.PRECISION, Rule.MEMORY, Rule.VARIANT)
+_SEARCH_RULES = (Rule.GLIBC, Rule.PYTHON, Rule.PLATFORM, Rule.WHEELHOUSE_VISION, Rule.WHEELHOUSE, Rule.PRECISION,
+                 Rule.MEMORY, Rule.VARIANT)
 #: ... of which these say nothing once a build was tried on a placement that fits: that build binds.
-_ONLY_WITHOUT_BINDING = frozenset({Rule.PYTHON, Rule.PLATFORM, Rule.WHEELHOUSE_VISION, Rule.WHEELHOUSE, Rule.VARIANT})
+_ONLY_WITHOUT_BINDING = frozenset({Rule.GLIBC, Rule.PYTHON, Rule.PLATFORM, Rule.WHEELHOUSE_VISION, Rule.WHEELHOUSE,
+                                   Rule.VARIANT})
+#: ... of which these are told by their last rejection: the most context tried (memory), the oldest torch and so the
+#: lowest glibc floor (glibc); the others by their first, the newest torch.
+_TOLD_BY_LAST = frozenset({Rule.MEMORY, Rule.GLIBC})
 #: How many of the newest CUDA families a driver remedy names: the ones current torch builds use.
 _DRIVER_FAMILIES = 2
 
@@ -54,7 +59,7 @@ def remedies(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Prefere
             continue
         if rule is Rule.PYTHON and not python_binds:
             continue
-        texts.append((found[-1] if rule is Rule.MEMORY else found[0]).text)
+        texts.append((found[-1] if rule in _TOLD_BY_LAST else found[0]).text)
         changes += _search_changes(rule, found, host, model, prefs, search, goal)
     message = texts[0] if texts else f"no torch build in the matrix fits this host for {model.name}"
     return message, changes or ["check the host profile against matrices/torch.toml"]
@@ -106,6 +111,9 @@ def _current_cc_floor(host: HostProfile, matrix: Matrix) -> tuple[tuple[int, int
 def _search_changes(rule: Rule, found: list[Rejection], host: HostProfile, model: ModelSpec, prefs: Preferences,
                     search: Search, goal: ContextGoal) -> list[str]:
     """The change for a rule the search applied before any build was tried."""
+    if rule is Rule.GLIBC:
+        least = min(r.glibc_floor for r in found if r.glibc_floor is not None)  # the smallest upgrade that admits one
+        return [f"use a Linux with glibc >= {least} (this host has {host.glibc}): pip refuses wheels above it"]
     if rule is Rule.PYTHON:
         known = sorted({p for r in found for p in r.pythons}, key=lambda v: tuple(int(x) for x in v.split(".")))
         return [f"use a Python torch has wheels for ({known[0]} - {known[-1]}); "

@@ -27,7 +27,7 @@ from provision.plan.compat import (
     supports_bf16,
 )
 from provision.plan.document import Placement, Plan, Preferences, Reason
-from provision.plan.rejections import Rejection, Rule, Search
+from provision.plan.rejections import Rejection, Rule, Search, Told
 from provision.plan.remedies import remedies
 from provision.plan.serve import Serve, transformers_serve
 from provision.plan.workload import PHONE_SCREEN, Workload, workload_for
@@ -56,7 +56,7 @@ class _Job:
     ``goal`` is the context this pass plans for; ``workload`` the request's screenshots (its
     ``image_tokens`` are the same at every context the goal allows: its floor leaves room for them);
     ``estimates`` remembers the memory estimates by (precision, tokens, device), which a lowered
-    context asks for several times; ``told_cudas`` lets the torch reason point to a driver floor the
+    context asks for several times; ``told`` lets the torch reason point to a driver floor or glibc the
     engine reason gave instead of saying it twice.
     """
 
@@ -70,8 +70,8 @@ class _Job:
     goal: ContextGoal
     arch: Architecture
     estimates: dict[tuple[str, int, str], MemoryEstimate] = field(default_factory=dict)
-    #: CUDA versions whose driver floor the engine reason already gives (engines passed over for it)
-    told_cudas: frozenset[Version] = frozenset()
+    #: host facts the engine reason already gives (engines passed over for them)
+    told: Told = field(default_factory=Told)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +129,13 @@ def _release_variants(job: _Job, release: TorchRelease, *, cuda: bool) -> list[T
     """The release's builds of the kind asked for that this platform, the preferences and Python allow."""
     prefs, platform, python = job.prefs, job.host.platform, job.python
     torch = release.version
+    floor, glibc = release.glibc_for(platform), job.host.glibc
+    if floor is not None and glibc is not None and glibc < floor:
+        job.search.reject(Rejection(rule=Rule.GLIBC, torch=torch, glibc=glibc, glibc_floor=floor,
+                                    text=f"torch {torch}'s wheels need glibc >= {floor}, this host has {glibc}"))
+        job.search.passed_over(torch, Rule.GLIBC, f"the wheels need glibc >= {floor}"
+                                                  + ("" if job.told.glibc else f", this host has {glibc}"))
+        return []
     variants = [v for v in release.variants if (v.cuda is not None) == cuda and platform in v.platforms]
     if prefs.variant is not None:
         variants = [v for v in variants if v.name == prefs.variant]
@@ -517,7 +524,7 @@ def _torch_why(job: _Job, release: TorchRelease) -> str:
     for versions in groups:
         span = f"torch {versions[0]} was" if len(versions) == 1 else f"torch {versions[0]} to {versions[-1]} were"
         passed = by_release[versions[0]]
-        told = passed.rule is Rule.DRIVER and passed.cuda in job.told_cudas
+        told = passed.rule is Rule.DRIVER and passed.cuda in job.told.cudas
         text = (f"{passed.why.partition(':')[0]}: a CUDA {passed.cuda} build, which needs the newer driver the "
                 "engine reason names") if told else passed.why
         why += f"; {span} passed over: {text}"
@@ -755,7 +762,7 @@ def plan(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences
         if isinstance(served, Plan):
             return served
         passed_over = served.merged or served.reasons
-        job = replace(job, told_cudas=served.driver_cudas)
+        job = replace(job, told=served.told)
     # As the engines do: every precision and placement at the full context first, then less.
     result = _transformers_plan(job, device)
     if result is None and goal.can_lower:

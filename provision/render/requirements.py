@@ -62,8 +62,12 @@ _PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[A-Za-z0-9,._-]*\])?==([^
 _HASH_OPT_RE = re.compile(r"--hash=(sha256:[0-9a-f]{64})")
 
 _GLIBC_RE = re.compile(r"^2\.\d{1,2}$")
+#: The lowest manylinux floor a resolution assumes: torch's from 2.7.0 (matrices/torch.toml's glibc). An older
+#: torch's is lower (2.6.0's x86_64 wheels are manylinux1), but uv's --python-platform names no floor between 2.17
+#: and 2.28, and at 2.17 bitsandbytes 0.50.2 (manylinux_2_24 wheels, no sdist) does not resolve: such a plan
+#: (glibc 2.27, Ubuntu 18.04) is resolved at 2.28, and its pins install there from their older-tagged wheels.
 _TORCH_GLIBC = (2, 28)
-# uv's --python-platform names for the host profile's os/arch (torch >= 2.6 wheels are manylinux_2_28).
+# uv's --python-platform names for the host profile's os/arch.
 _PLATFORMS = {
     ("linux", "x86_64"): "x86_64-manylinux_2_28",
     ("linux", "aarch64"): "aarch64-manylinux_2_28",
