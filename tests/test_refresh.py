@@ -16,9 +16,8 @@ from provision.data.refresh import (
     cuda_of_variant,
     dump_torch_toml,
     fetch_index,
-    glibc_floors,
     manylinux_floor,
-    merge_glibc,
+    merge_floors,
     merge_torch,
     parse_index_html,
     parse_wheel_names,
@@ -26,6 +25,7 @@ from provision.data.refresh import (
     platform_of_tag,
     refresh_torch,
     render_diff,
+    wheel_floors,
 )
 from provision.errors import ProvisionError
 
@@ -279,28 +279,31 @@ def test_manylinux_floor_reads_pep_600_and_the_legacy_tags(tag: str, floor: tupl
     assert manylinux_floor(tag) == floor
 
 
-def test_glibc_floors_per_release_and_platform() -> None:
+def test_wheel_floors_per_release_and_platform() -> None:
     """A wheel installs where its lowest tag does; a release needs its highest wheel's floor. Names as on PyPI."""
     names = [
         "torch-2.6.0-cp311-cp311-manylinux1_x86_64.whl",
         "torch-2.6.0-cp311-cp311-manylinux_2_28_aarch64.whl",
         "torch-2.6.0-cp311-none-macosx_11_0_arm64.whl",
+        "torch-2.6.0-cp313-none-macosx_14_0_arm64.whl",  # macOS: the highest floor among the release's wheels
         "torch-2.7.0-cp311-cp311-manylinux_2_28_x86_64.whl",
         "torch-2.7.0-cp313-cp313-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",  # either tag: 2.27
         "torch-2.7.0+cpu-cp311-cp311-linux_x86_64.whl",  # names no glibc
         "torchvision-0.22.0-cp311-cp311-manylinux_2_28_x86_64.whl",  # another project
         "not-a-wheel.tar.gz",
     ]
-    assert glibc_floors(names, "torch") == {"2.6.0": {"linux-aarch64": "2.28", "linux-x86_64": "2.5"},
-                                           "2.7.0": {"linux-x86_64": "2.28"}}
+    assert wheel_floors(names, "torch") == {
+        "2.6.0": {"linux-aarch64": "2.28", "linux-x86_64": "2.5", "macos-arm64": "14.0"},
+        "2.7.0": {"linux-x86_64": "2.28"}}
 
 
-def test_merge_glibc_takes_the_higher_of_torch_and_its_torchvision() -> None:
+def test_merge_floors_takes_the_higher_of_torch_and_its_torchvision() -> None:
     existing = {"release": [{"version": "2.6.0", "torchvision": "0.21.0", "glibc": {"linux-aarch64": "2.17"}},
                             {"version": "2.5.1", "torchvision": "0.20.1", "glibc": {"linux-aarch64": "2.17"}}]}
-    merged = merge_glibc(existing, {"2.6.0": {"linux-x86_64": "2.5", "linux-aarch64": "2.28"}},
-                         {"0.21.0": {"linux-x86_64": "2.17"}})
+    merged = merge_floors(existing, {"2.6.0": {"linux-x86_64": "2.5", "linux-aarch64": "2.28", "macos-arm64": "11.0"}},
+                          {"0.21.0": {"linux-x86_64": "2.17", "macos-arm64": "12.0"}})
     assert merged["release"][0]["glibc"] == {"linux-aarch64": "2.28", "linux-x86_64": "2.17"}
+    assert merged["release"][0]["macos"] == {"macos-arm64": "12.0"}
     assert merged["release"][1] == existing["release"][1]  # nothing scanned: kept as recorded
     assert existing["release"][0]["glibc"] == {"linux-aarch64": "2.17"}  # the input is not changed
 

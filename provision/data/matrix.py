@@ -106,6 +106,8 @@ class TorchRelease:
     source: str = ""
     #: the glibc floor of the release's torch and torchvision wheels per Linux platform (their manylinux tags)
     glibc: dict[str, Version] = field(default_factory=dict, hash=False)
+    #: the same per macOS platform (the highest macosx tag among their wheels): the resolver's deployment target
+    macos: dict[str, Version] = field(default_factory=dict, hash=False)
 
     def variant(self, name: str) -> TorchVariant | None:
         return next((v for v in self.variants if v.name == name), None)
@@ -119,6 +121,10 @@ class TorchRelease:
     def glibc_for(self, platform: str) -> Version | None:
         """The glibc this release's wheels need on ``platform``; None off Linux or where the matrix records none."""
         return self.glibc.get(platform)
+
+    def macos_for(self, platform: str) -> Version | None:
+        """The macOS this release's wheels are built for on ``platform``; None off macOS or where none is recorded."""
+        return self.macos.get(platform)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -334,7 +340,8 @@ def _load_torch(f: Fields) -> tuple[TorchRelease, ...]:
         releases.append(
             TorchRelease(
                 version=version,
-                glibc=_glibc_floors(row),
+                glibc=_os_floors(row, "glibc", "linux-", _GLIBC_RE, "a glibc version like 2.28"),
+                macos=_os_floors(row, "macos", "macos-", _MACOS_RE, "a macOS version like 14.0"),
                 date=row.str("date"),
                 pythons=_pythons(row, "pythons"),
                 torchvision=row.version("torchvision", required=False),
@@ -348,21 +355,22 @@ def _load_torch(f: Fields) -> tuple[TorchRelease, ...]:
 
 
 _GLIBC_RE = re.compile(r"^2\.\d{1,2}$")
+_MACOS_RE = re.compile(r"^\d{2}\.\d{1,2}$")
 
 
-def _glibc_floors(row: Fields) -> dict[str, Version]:
-    """A release's optional ``glibc`` table: Linux platform -> ``"2.28"``."""
-    table = row.obj("glibc", required=False)
+def _os_floors(row: Fields, key: str, prefix: str, pattern: re.Pattern[str], like: str) -> dict[str, Version]:
+    """A release's optional ``glibc`` / ``macos`` table: platform (``prefix``-named) -> version."""
+    table = row.obj(key, required=False)
     if table is None:
         return {}
-    linux = [p for p in PLATFORMS if p.startswith("linux-")]
+    allowed = [p for p in PLATFORMS if p.startswith(prefix)]
     floors = {}
     for platform in table.data:
-        if platform not in linux:
-            raise table.fail(platform, f"{platform!r} is not one of {', '.join(linux)}")
+        if platform not in allowed:
+            raise table.fail(platform, f"{platform!r} is not one of {', '.join(allowed)}")
         text = table.str(platform)
-        if not _GLIBC_RE.fullmatch(text):
-            raise table.fail(platform, f"{text!r} is not a glibc version like 2.28")
+        if not pattern.fullmatch(text):
+            raise table.fail(platform, f"{text!r} is not {like}")
         floors[platform] = Version(text)
     return floors
 

@@ -5,8 +5,8 @@ are the only place that says which platforms and Python versions each ``torch+<v
 exists for.  Everything else in torch.toml (GPU architectures, PTX, dates, pairings, sources) is
 verified by hand, so a refresh only rewrites ``platforms`` / ``pythons`` and adds rows it has never
 seen, and always shows a diff before anything is written.  The wheel file names also carry each
-build's manylinux tag: a release's ``glibc`` floors are rewritten from them (the index pages', and
-PyPI's torch and torchvision pages' where the caller passes ``pypi``).
+build's platform tag: a release's ``glibc`` (manylinux) and ``macos`` (macosx) floors are rewritten from
+them (the index pages', and PyPI's torch and torchvision pages' where the caller passes ``pypi``).
 
 Pure functions do the parsing, merging, rendering and diffing; ``fetch_index`` reads the index and
 ``apply_refresh`` writes (through ``provision.common.atomic``) only what validates with the other
@@ -51,9 +51,8 @@ __all__ = [
     "cuda_of_variant",
     "dump_torch_toml",
     "fetch_index",
-    "glibc_floors",
     "manylinux_floor",
-    "merge_glibc",
+    "merge_floors",
     "merge_torch",
     "parse_index_html",
     "parse_wheel_names",
@@ -61,6 +60,7 @@ __all__ = [
     "platform_of_tag",
     "refresh_torch",
     "render_diff",
+    "wheel_floors",
 ]
 
 DEFAULT_INDEX_URL = "https://download.pytorch.org/whl"
@@ -84,6 +84,7 @@ _KEY_ORDER: dict[str, tuple[str, ...]] = {
         "torchaudio",
         "pypi_default",
         "glibc",
+        "macos",
         "source",
         "note",
     ),
@@ -227,12 +228,22 @@ def manylinux_floor(tag_platform: str) -> tuple[int, int] | None:
     return _LEGACY_MANYLINUX.get(tag_platform.split("_", 1)[0])
 
 
-def glibc_floors(filenames: Iterable[str], package: str) -> dict[str, dict[str, str]]:
-    """``package``'s glibc floor per public version and Linux platform, from its wheel file names.
+def os_floor(tag_platform: str) -> tuple[int, int] | None:
+    """The OS version a platform tag needs: glibc for manylinux (``manylinux_floor``), macOS for macosx
+    (``macosx_14_0_arm64`` -> (14, 0)); None for a tag that names none."""
+    if tag_platform.startswith("macosx_"):
+        parts = tag_platform.split("_")
+        return (int(parts[1]), int(parts[2])) if len(parts) > 3 and parts[1].isdigit() and parts[2].isdigit() else None
+    return manylinux_floor(tag_platform)
+
+
+def wheel_floors(filenames: Iterable[str], package: str) -> dict[str, dict[str, str]]:
+    """``package``'s OS floor per public version and platform, from its wheel file names: glibc on Linux
+    platforms, the macOS version on macOS ones.
 
     A wheel installs where any one of its tags does, so its floor is its lowest tag's; a release
     and platform take the highest floor among their wheels (every build must install). Wheels
-    whose tags name no glibc (``linux_x86_64``) add nothing.
+    whose tags name no floor (``linux_x86_64``, ``win_amd64``) add nothing.
     """
     floors: dict[str, dict[str, tuple[int, int]]] = {}
     for filename in filenames:
@@ -244,7 +255,7 @@ def glibc_floors(filenames: Iterable[str], package: str) -> dict[str, dict[str, 
             continue
         by_platform: dict[str, tuple[int, int]] = {}
         for tag in tags:
-            platform, floor = platform_of_tag(tag.platform), manylinux_floor(tag.platform)
+            platform, floor = platform_of_tag(tag.platform), os_floor(tag.platform)
             if platform is not None and floor is not None:
                 by_platform[platform] = min(floor, by_platform.get(platform, floor))
         release = floors.setdefault(version.public, {})
@@ -347,18 +358,20 @@ def merge_torch(
     return data
 
 
-def merge_glibc(existing: Mapping[str, Any], torch: Mapping[str, Mapping[str, str]],
-                torchvision: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
-    """Set each release's ``glibc`` floors from the scanned ones (``glibc_floors``): per Linux platform the higher
-    of torch's and its torchvision's; a platform no scanned wheel names keeps its recorded floor."""
+def merge_floors(existing: Mapping[str, Any], torch: Mapping[str, Mapping[str, str]],
+                 torchvision: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    """Set each release's ``glibc`` (Linux platforms) and ``macos`` (macOS platforms) floors from the scanned ones
+    (``wheel_floors``): per platform the higher of torch's and its torchvision's; a platform no scanned wheel
+    names keeps its recorded floor."""
     data: dict[str, Any] = _deepcopy(existing)
     for release in data.get("release", []):
         scans = [torch.get(str(release.get("version")), {}), torchvision.get(str(release.get("torchvision")), {})]
-        floors = dict(release.get("glibc", {}))
-        for platform in sorted({p for scan in scans for p in scan}):
-            floors[platform] = max((scan[platform] for scan in scans if platform in scan), key=_pykey)
-        if floors:
-            release["glibc"] = floors
+        for key, prefix in (("glibc", "linux-"), ("macos", "macos-")):
+            floors = dict(release.get(key, {}))
+            for platform in sorted({p for scan in scans for p in scan if p.startswith(prefix)}):
+                floors[platform] = max((scan[platform] for scan in scans if platform in scan), key=_pykey)
+            if floors:
+                release[key] = floors
     return data
 
 
@@ -505,7 +518,7 @@ def refresh_torch(
 
     ``min_version`` drops releases older than it from what is added (old releases already in
     the file are left alone). ``pypi``: a project's wheel file names on PyPI (torch and torchvision), whose
-    manylinux tags join the index pages' in the ``glibc`` floors.
+    platform tags join the index pages' in the ``glibc`` and ``macos`` floors.
     """
     torch_toml = Path(torch_toml)
     old_text = torch_toml.read_text(encoding="utf-8")
@@ -520,13 +533,13 @@ def refresh_torch(
         names += page
         rows += parse_wheel_names(page, default_variant=variant)
     names += pypi("torch") if pypi is not None else []
-    floors = glibc_floors(names, "torch")
+    floors = wheel_floors(names, "torch")
     if min_version is not None:
         floor = Version(min_version)
         rows = [r for r in rows if Version(r.version) >= floor]
         floors = {v: f for v, f in floors.items() if Version(v) >= floor}
-    vision = glibc_floors(pypi("torchvision"), "torchvision") if pypi is not None else {}
-    merged = merge_glibc(merge_torch(existing, collect_rows(rows)), floors, vision)
+    vision = wheel_floors(pypi("torchvision"), "torchvision") if pypi is not None else {}
+    merged = merge_floors(merge_torch(existing, collect_rows(rows)), floors, vision)
     new_text = dump_torch_toml(merged)
     return RefreshResult(old_text=old_text, new_text=new_text, diff=render_diff(old_text, new_text, torch_toml.name))
 
@@ -551,7 +564,7 @@ def plan_refresh(
     pypi: Callable[[str], list[str]] | None = None,
 ) -> MatrixRefresh:
     """Read the index for ``variants`` (default: every variant the matrix has), and ``pypi``'s file names for the
-    glibc floors (see ``refresh_torch``); nothing is written.
+    OS floors (see ``refresh_torch``); nothing is written.
 
     :raises InvalidInput: the matrix folder does not load.
     :raises ProvisionError: the index cannot be read.

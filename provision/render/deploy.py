@@ -125,6 +125,8 @@ class DeployInputs:
     arch: str
     image: str | None = None
     toolkit_version: str
+    #: comment lines on the Linux image of a macOS or Windows host (``provision.render.container.platform_note``)
+    platform_note: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- the node floor (from the matrix)
@@ -370,7 +372,9 @@ def _view(plan: Plan, inputs: DeployInputs) -> dict[str, Any]:
     return {
         "toolkit_version": check_version(inputs.toolkit_version, source="render", field="toolkit_version"),
         "model_id": plan.model_id, "name": name, "served": server.served, "engine": server.engine,
-        "engine_label": server.label, "precision": plan.precision, "variant": plan.variant, "device": plan.device,
+        # MPS stays on the Mac: in a container the model runs on the CPU (platform_note says why)
+        "engine_label": server.label, "precision": plan.precision, "variant": plan.variant,
+        "device": "cpu" if plan.device == "mps" else plan.device,
         "port": server.port, "gpus": gpus, "gpu_count": len(gpus),
         "argv_line": _argv_line(server.argv) if server.argv else None,
         "base_image": server.base_image,
@@ -387,6 +391,7 @@ def _view(plan: Plan, inputs: DeployInputs) -> dict[str, Any]:
         "node_terms": terms, "floor_why": floor_why,
         "memory_request_mib": math.ceil(plan.placement.required_bytes / _MIB) if plan.device != "cuda" else None,
         "pvc_gib": math.ceil(checkpoint * 3 / 2 / _GIB), "checkpoint_gb": f"{checkpoint / 1e9:.1f}",
+        "platform_note": list(inputs.platform_note),
     }
 
 

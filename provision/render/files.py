@@ -72,6 +72,7 @@ _UV_RESOLVER_RE = re.compile(r"^uv (\d+\.\d+\.\d+)(?:\s|$)")
 PINNED_BY_DIGEST = "pinned by digest"
 PINNED_BY_TAG = ("pinned by tag only; `provision matrix refresh --only images` on a connected machine "
                  "records digests")
+_NOTE_LINE_RE = re.compile(r"^[ -~]{1,120}$")  # printable ASCII: a comment line cannot be broken out of
 #: Where the images keep the Hugging Face cache (the volume) and serve.sh.
 _IMAGE_HOME = "/home/app"
 _IMAGE_SERVE_SH = "/opt/provision-env/serve.sh"
@@ -100,6 +101,8 @@ class RenderInputs:
     ``node_floor``: what a node's GPU needs for the plan (``provision.render.deploy.node_floor``, from the same
     ``Matrix``); a CUDA plan's deployments cannot be rendered without it. ``deploy_image``: the image name
     compose.yaml tags and k8s/ runs (None: a local name and a placeholder registry).
+    ``platform_note``: comment lines on the Linux image of a macOS or Windows host
+    (``provision.render.container.platform_note``), for the Dockerfile, compose.yaml and k8s/.
     """
 
     plan: Plan
@@ -119,6 +122,7 @@ class RenderInputs:
     cpu_runner_labels: tuple[str, ...] = ("ubuntu-22.04",)
     node_floor: NodeFloor | None = None
     deploy_image: str | None = None
+    platform_note: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- view-models
@@ -306,6 +310,7 @@ class _Checked:
     base_image: ImageRef
     has_python: bool
     toolkit_version: str
+    platform_note: tuple[str, ...] = ()
 
 
 def _resolution(inputs: RenderInputs, plan: Plan) -> Resolution:
@@ -323,8 +328,11 @@ def _check(inputs: RenderInputs, plan: Plan, images: Images) -> _Checked:
     if not _WHEEL_RE.fullmatch(inputs.toolkit.name):
         raise InvalidInput("render", "toolkit", f"{inputs.toolkit.name!r} is not a provision wheel's file name")
     base, has_python = _base_image(images, plan)
+    for i, line in enumerate(inputs.platform_note):
+        if not _NOTE_LINE_RE.fullmatch(line):
+            raise InvalidInput("render", f"platform_note[{i}]", "expected one line of printable ASCII (120 at most)")
     return _Checked(torch_index=torch_index, wheelhouse=wheelhouse, toolkit_wheel=inputs.toolkit.name,
-                    base_image=base, has_python=has_python,
+                    base_image=base, has_python=has_python, platform_note=inputs.platform_note,
                     toolkit_version=check_version(inputs.toolkit_version, source="render", field="toolkit_version"))
 
 
@@ -337,15 +345,14 @@ def _common_view(plan: Plan, checked: _Checked, resolution: Resolution) -> dict[
         "engine": plan.serve.engine, "port": plan.serve.port,
         "torch_index": checked.torch_index, "wheelhouse": list(checked.wheelhouse),
         "toolkit_wheel": checked.toolkit_wheel, "hash_status": resolution.status,
-        "unhashed": [f"{r.name}=={r.version}" for r in resolution.requirements if not r.hashes],
+        "unhashed": [r.pin for r in resolution.requirements if not r.hashes],
     }
 
 
 def _requirements_txt(common: Mapping[str, Any], resolution: Resolution) -> bytes:
     return _render("requirements.txt.j2", {
         **common, "reasons": [_one_line(r) for r in resolution.reasons],
-        "requirements": [{"pin": f"{r.name}=={r.version}", "hashes": list(r.hashes)}
-                         for r in resolution.requirements],
+        "requirements": [{"pin": r.pin, "hashes": list(r.hashes)} for r in resolution.requirements],
     })
 
 
@@ -356,8 +363,8 @@ def _environment_yml(common: Mapping[str, Any], plan: Plan, images: Images,
     The last line is the toolkit's wheel in this folder (conda runs pip in the file's folder).
     """
     complete = resolution.status == "complete"
-    lines = [" ".join([f"{r.name}=={r.version}", *(f"--hash={h}" for h in r.hashes)]) if complete
-             else f"{r.name}=={r.version}" for r in resolution.requirements]
+    lines = [" ".join([r.pin, *(f"--hash={h}" for h in r.hashes)]) if complete else r.pin
+             for r in resolution.requirements]
     wheel = f"./{toolkit.name}"
     lines.append(f"{wheel} --hash=sha256:{sha256_hex(toolkit.data)}" if complete else wheel)
     return _render("environment.yml.j2", {
@@ -413,7 +420,7 @@ def _dockerfile(common: Mapping[str, Any], plan: Plan, images: Images, checked: 
         "serve_sh": _IMAGE_SERVE_SH, "serve_cmd": ["bash", _IMAGE_SERVE_SH], "health_cmd": _health_probe(serve.port),
         "smoke_argv": ["provision", "smoke", "--precision", _smoke_precision(plan)],
         "labels": [(k, _label_value(v)) for k, v in sorted(labels.items())],
-        "gpu_flags": "--gpus all " if plan.device == "cuda" else "",
+        "gpu_flags": "--gpus all " if plan.device == "cuda" else "", "platform_note": list(checked.platform_note),
     }
     pins = [f"{checked.base_image.ref}: {_pinning(checked.base_image)}"]
     if _is_engine(plan):
@@ -476,7 +483,7 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
     })
     files.update(deploy_files(plan, DeployInputs(
         floor=inputs.node_floor or NodeFloor(), arch=str(inputs.host.get("arch")),
-        image=inputs.deploy_image, toolkit_version=checked.toolkit_version)))
+        image=inputs.deploy_image, toolkit_version=checked.toolkit_version, platform_note=checked.platform_note)))
     files[LOCK_NAME] = _lock(inputs, checked, resolution, files)
     return files
 

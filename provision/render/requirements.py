@@ -18,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,8 @@ __all__ = [
     "Resolution",
     "ResolveRequest",
     "check_wheelhouse",
+    "image_platform",
+    "merge_platforms",
     "merge_resolution",
     "parse_compiled",
     "python_platform",
@@ -79,20 +82,34 @@ _PLATFORMS = {
 }
 
 
+#: The PEP 508 ``sys_platform`` of each host profile ``os``: what tells a host's pins from its Linux image's.
+SYS_PLATFORM = {"linux": "linux", "darwin": "darwin", "windows": "win32"}
+_MARKER_RE = re.compile(r'^sys_platform == "(linux|darwin|win32)"$')
+
+
 class CompileFailed(Exception):
     """The resolver ran and failed; ``str()`` is its last error lines."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PinnedRequirement:
-    """One ``name==version`` line; ``hashes`` empty when its index was not reachable."""
+    """One ``name==version`` line; ``hashes`` empty when its index was not reachable. ``marker``: a
+    ``sys_platform == "..."`` marker for a pin that only one platform of a two-platform resolution needs
+    (see ``merge_platforms``); None everywhere else."""
 
     name: str
     version: str
     hashes: tuple[str, ...] = ()
+    marker: str | None = None
+
+    @property
+    def pin(self) -> str:
+        """The requirement as requirements.txt writes it: ``name==version``, then `` ; marker`` when it has one."""
+        return f"{self.name}=={self.version}" + (f" ; {self.marker}" if self.marker else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "hashes": list(self.hashes)}
+        marker = {"marker": self.marker} if self.marker else {}
+        return {"name": self.name, "version": self.version, "hashes": list(self.hashes), **marker}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,6 +153,8 @@ class ResolveRequest:
     find_links: tuple[str, ...] = ()
     extra_requirements: tuple[str, ...] = ()  # e.g. "transformers[serving]==5.24.0"
     exclude_newer: str | None = None
+    #: the macOS a macOS platform is resolved for (uv's MACOSX_DEPLOYMENT_TARGET; it assumes 13.0 without it)
+    macos: str | None = None
 
     def key(self, resolver_version: str) -> str:
         doc = {
@@ -147,6 +166,7 @@ class ResolveRequest:
             "extra_requirements": sorted(self.extra_requirements),
             "exclude_newer": self.exclude_newer,
             "resolver": resolver_version,
+            **({"macos": self.macos} if self.macos else {}),
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -241,6 +261,52 @@ def merge_resolution(
     return Resolution(status=status, requirements=reqs, reasons=tuple(reasons), resolver=resolver)
 
 
+def image_platform(os_name: str, arch: str) -> str | None:
+    """uv's ``--python-platform`` for the Linux image a Dockerfile rendered on a macOS or Windows host builds;
+    None on Linux, whose image installs the host's own resolution.
+
+    Docker Desktop runs Linux containers in a VM of the host's architecture: linux/arm64 on Apple silicon,
+    linux/amd64 on an x86_64 Mac or PC.
+
+    :raises InvalidInput: an architecture with no Linux wheel platform.
+    """
+    return None if os_name == "linux" else python_platform("linux", arch)
+
+
+def merge_platforms(packages: Mapping[str, str], host: Resolution, image: Resolution, *, host_os: str,
+                    host_platform: str, image_platform: str) -> Resolution:
+    """One requirements.txt for a non-Linux host and its Linux image: the two resolutions of the same pins.
+
+    A pin both closures hold at one version is written once (its hashes joined: uv lists every file of
+    the version anyway); a pin only one holds, or holds at another version, carries that platform's
+    ``sys_platform`` marker, so pip and uv install on each exactly its own closure (on linux/arm64 a plain
+    ``torch==2.15.0`` is PyPI's CUDA build, whose nvidia-* dependencies the macOS closure lacks). Where
+    either resolution has no hashes, neither file can carry them (the image would otherwise install
+    with --require-hashes a closure missing its Linux dependencies): exact pins only.
+    """
+    reasons = [*dict.fromkeys((*host.reasons, *image.reasons))]
+    both = (f"resolved for this {host_os} host ({host_platform}) and for the Linux image the Dockerfile builds "
+            f"({image_platform}); a pin only one of them installs carries its sys_platform marker")
+    if "none" in (host.status, image.status):
+        return unresolved(packages, "; ".join([*reasons, f"no hashes: the {host_os} host's and the Linux image's "
+                                                          "closures must both resolve"]))
+    own, linux = (f'sys_platform == "{SYS_PLATFORM[host_os]}"', 'sys_platform == "linux"')
+    by_host = {r.name: r for r in host.requirements}
+    by_image = {r.name: r for r in image.requirements}
+    pins: list[PinnedRequirement] = []
+    for name in sorted({*by_host, *by_image}):
+        h, i = by_host.get(name), by_image.get(name)
+        if h is not None and i is not None and h.version == i.version:
+            pins.append(replace(h, hashes=tuple(sorted({*h.hashes, *i.hashes}))))
+            continue
+        pins += [replace(r, marker=m) for r, m in ((h, own), (i, linux)) if r is not None]
+    if any(p.marker and not p.hashes for p in pins):  # install.sh's partial path matches unhashed lines as pins
+        return unresolved(packages, "; ".join([*reasons, "no hashes: a pin only one platform needs has none"]))
+    hashed = sum(1 for p in pins if p.hashes)
+    status = "complete" if hashed == len(pins) else "partial"
+    return Resolution(status=status, requirements=tuple(pins), reasons=(both, *reasons), resolver=host.resolver)
+
+
 def unresolved(packages: Mapping[str, str], reason: str) -> Resolution:
     """Exact pins only, no hashes: what a render gets without any resolver."""
     reqs = tuple(PinnedRequirement(name=n, version=packages[n]) for n in sorted(packages))
@@ -257,7 +323,10 @@ def _resolution_from_dict(data: Any, source: str) -> Resolution:
         for i, h in enumerate(hashes):
             if not _HASH_RE.fullmatch(h):
                 raise InvalidInput(source, f"{item.where('hashes')}[{i}]", f"{h!r} is not sha256:<64 hex>")
-        reqs.append(PinnedRequirement(name=name, version=version, hashes=hashes))
+        marker = item.str("marker", required=False, default="") or None
+        if marker is not None and not _MARKER_RE.fullmatch(marker):
+            raise InvalidInput(source, item.where("marker"), f"{marker!r} is not sys_platform == \"linux|darwin|win32\"")
+        reqs.append(PinnedRequirement(name=name, version=version, hashes=hashes, marker=marker))
     return Resolution(
         status=f.choice("status", ("complete", "partial", "none")),
         requirements=tuple(sorted(reqs, key=lambda r: r.name)),
@@ -282,8 +351,10 @@ def uv_compile(
     find_links: Sequence[str] = (),
     excludes: Sequence[str] = (),
     exclude_newer: str | None = None,
+    macos: str | None = None,
 ) -> str:
-    """Run ``uv pip compile --generate-hashes`` and return its output.
+    """Run ``uv pip compile --generate-hashes`` and return its output; ``macos`` is the deployment target of a
+    macOS platform (torch 2.12+ ships macosx_14_0 wheels only, and uv assumes 13.0 by default).
 
     :raises CompileFailed: uv missing, failed or timed out (the message says which).
     """
@@ -305,8 +376,9 @@ def uv_compile(
             argv += ["--excludes", str(exc)]
         if exclude_newer:
             argv += ["--exclude-newer", exclude_newer]
+        env = {**os.environ, "MACOSX_DEPLOYMENT_TARGET": macos} if macos else None
         try:
-            done = _run.run_process(argv, timeout=_RESOLVER_TIMEOUT_S)
+            done = _run.run_process(argv, timeout=_RESOLVER_TIMEOUT_S, env=env)
         except _run.NotRun as why:
             raise CompileFailed(f"uv pip compile timed out after {_RESOLVER_TIMEOUT_S} s" if why.timed_out
                                 else str(why)) from None
@@ -370,7 +442,7 @@ def resolve(
             reasons.append(f"{request.torch_index} was not reachable at render time ({why})")
     common = {"python": request.python, "platform": request.platform, "index_url": PYPI_INDEX,
               "extra_index_urls": extra_indexes, "find_links": list(request.find_links),
-              "exclude_newer": request.exclude_newer}
+              "exclude_newer": request.exclude_newer, **({"macos": request.macos} if request.macos else {})}
     try:
         result = merge_resolution(request.packages, parse_compiled(compile_fn(pins, **common)),
                                   resolver=version, reasons=reasons)
@@ -419,12 +491,14 @@ def resolve_request(
     extra_requirements: Sequence[str] = (),
     exclude_newer: str | None = None,
     glibc: str | None = None,
+    macos: str | None = None,
 ) -> ResolveRequest:
     """The resolution a render of ``plan`` needs, with the same index choice as the render.
 
     ``serving`` adds ``transformers[serving]`` (fastapi, uvicorn, ...) to a plan served by
     ``transformers serve``, so that server runs from the same pinned closure in the venv and the
-    image; vLLM and SGLang bring their own server. ``glibc``: an engine's manylinux floor.
+    image; vLLM and SGLang bring their own server. ``glibc``: an engine's manylinux floor; ``macos``: the
+    deployment target of a macOS host's resolution (the torch release's macosx floor).
 
     :raises InvalidInput: a host field, the wheelhouse or the index override is malformed.
     """
@@ -441,4 +515,5 @@ def resolve_request(
         find_links=finds,
         extra_requirements=tuple(extras),
         exclude_newer=exclude_newer,
+        macos=macos if h.str("os") == "darwin" else None,
     )

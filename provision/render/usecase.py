@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -162,13 +162,23 @@ def _engine_glibc(planned: _Planned) -> str | None:
 
 def _resolve(planned: _Planned, index_url: str | None, environ: Mapping[str, str], probe: IndexProbe,
              toolkit: Sequence[str]) -> Resolution:
-    """The plan's closure with ``toolkit`` (the toolkit's own requirements), so the folder's wheel installs
-    with ``--no-deps`` over pinned, hashed dependencies."""
-    from provision.render.requirements import resolve, resolve_request
+    """The plan's closure with ``toolkit`` (the toolkit's own requirements), hashed; on a macOS or Windows host
+    also its Linux image's, in the same file. The folder's wheel then installs over pinned, hashed dependencies."""
+    from provision.render.requirements import image_platform, merge_platforms, resolve, resolve_request
 
-    request = resolve_request(planned.plan, planned.host.to_dict(), wheelhouse=[str(w) for w in planned.wheelhouse],
-                              index_url=index_url, glibc=_engine_glibc(planned), extra_requirements=toolkit)
-    return resolve(request, cache_dir=resolve_cache_dir(environ), probe=probe)
+    host = planned.host
+    torch = next((r for r in planned.matrix.torch if r.version == planned.plan.torch_version), None)
+    macos = torch.macos_for(host.platform) if torch is not None else None
+    request = resolve_request(planned.plan, host.to_dict(), wheelhouse=[str(w) for w in planned.wheelhouse],
+                              index_url=index_url, glibc=_engine_glibc(planned), macos=str(macos) if macos else None,
+                              extra_requirements=toolkit)
+    resolution = resolve(request, cache_dir=resolve_cache_dir(environ), probe=probe)
+    linux = image_platform(host.os, host.arch)
+    if linux is None:
+        return resolution
+    image = resolve(replace(request, platform=linux, macos=None), cache_dir=resolve_cache_dir(environ), probe=probe)
+    return merge_platforms(planned.plan.packages, resolution, image, host_os=host.os, host_platform=request.platform,
+                           image_platform=linux)
 
 
 class _RunnerLabels(TypedDict, total=False):
@@ -193,6 +203,7 @@ def render_command(request: RenderRequest, environ: Mapping[str, str] | None = N
     :raises NoViablePlan: nothing fits this host.
     """
     from provision.common.net import IndexProbe
+    from provision.render.container import platform_note
     from provision.render.deploy import node_floor
     from provision.render.files import RenderInputs, render_files, write_rendered
     from provision.render.sources import resolve_index_url
@@ -214,6 +225,8 @@ def render_command(request: RenderRequest, environ: Mapping[str, str] | None = N
         variants=planned.variants, wheelhouse=tuple(str(w) for w in planned.wheelhouse), index_url=index_url, hashes=hashes,
         toolkit=toolkit_wheel(meta),
         node_floor=node_floor(planned.plan, planned.matrix, planned.host.arch), deploy_image=request.image,
+        platform_note=platform_note(planned.plan, planned.host, planned.matrix,
+                                    resolved_apart=hashes is not None and any(r.marker for r in hashes.requirements)),
         **_runner_labels(request),
     )
     files = render_files(inputs)
