@@ -287,10 +287,20 @@ def test_a_plan_without_cuda_renders_its_variants_image():
     assert 'LABEL io.provision.cuda="12.6"' in df
 
 
+def test_a_cuda_without_its_own_image_runs_on_the_newest_of_its_major_below_it():
+    """The wheels bring their CUDA libraries from pip; a driver that runs a 13.2 build runs a 13.0 image."""
+    df = text(render_files(make_inputs(make_plan("cu132", torch="2.15.0"))), "Dockerfile")
+    assert re.search(r"^FROM nvidia/cuda:13\.0\.\S+ AS builder$", df, re.MULTILINE)
+    assert "# Base image: CUDA 13.0 runtime: images.toml has no CUDA 13.2 image, and the cu132 torch" in df
+    assert 'LABEL io.provision.cuda="13.2"' in df  # the build's CUDA, as before
+    assert IMAGES.runtime_row("12.5") == IMAGES.runtime_row("12.4")
+    assert "images.toml has no" not in text(render_files(make_inputs(make_plan("cu130"))), "Dockerfile")
+
+
 def test_unknown_cuda_or_python_has_no_image_and_names_the_images_file():
     with pytest.raises(InvalidInput) as err:
-        render_files(make_inputs(make_plan("cu125")))
-    assert str(err.value) == f"{IMAGES.source}: cuda: no runtime image for CUDA 12.5 (cu125)"
+        render_files(make_inputs(make_plan("cu110")))  # 11.8 is the only CUDA 11 image: above 11.0
+    assert str(err.value) == f"{IMAGES.source}: cuda: no runtime image for CUDA 11.0 (cu110)"
     plan = make_plan("cpu")
     plan["python"] = "3.9"
     with pytest.raises(InvalidInput) as err:

@@ -4,7 +4,8 @@ Read and validated with the other matrix files, so a render takes them from the
 ``Matrix`` it is given (``--matrix DIR`` included) and a bad row is an ``InvalidInput``
 at load, naming the file and the dotted key, instead of at the render that first uses it.
 Which row a plan needs (its CUDA, its Python) is still looked up at render time: the
-table does not have to cover every torch build (no image means that plan cannot render).
+table does not have to cover every torch build (a CUDA build without its own row takes the
+newest row of its CUDA major below it; no image means that plan cannot render).
 """
 
 from __future__ import annotations
@@ -95,12 +96,35 @@ class Images:
     source: str
 
     def runtime_image(self, cuda: str) -> ImageRef | None:
-        """The runtime image for CUDA ``major.minor``, or None when the table has no row for it."""
-        return next((row.image for row in self.cuda if row.cuda == cuda), None)
+        """The image of ``runtime_row(cuda)``, or None."""
+        row = self.runtime_row(cuda)
+        return row.image if row is not None else None
+
+    def runtime_row(self, cuda: str) -> CudaImage | None:
+        """The runtime image's row for CUDA ``major.minor``; without one, the newest row of the same major
+        below it; None when there is neither.
+
+        The image's own CUDA libraries go unused (torch's wheels bring theirs from pip); it needs a
+        driver for its CUDA, which any driver that runs the build has: a same-major build runs only on
+        a driver of that major's family (minor-version compatibility), so one running CUDA 13.2 builds
+        runs a 13.0 image.
+        """
+        exact = next((row for row in self.cuda if row.cuda == cuda), None)
+        if exact is not None:
+            return exact
+        wanted = _cuda_numbers(cuda)
+        below = [row for row in self.cuda if _cuda_numbers(row.cuda)[0] == wanted[0] and _cuda_numbers(row.cuda) < wanted]
+        return max(below, key=lambda row: _cuda_numbers(row.cuda), default=None)
 
     def python_image(self, python: str) -> ImageRef | None:
         """The slim image of Python ``python`` (a minor like ``3.11``), or None."""
         return next((row.image for row in self.cpu if row.python == python), None)
+
+
+def _cuda_numbers(cuda: str) -> tuple[int, int]:
+    """``"13.2"`` -> ``(13, 2)`` (rows are checked against ``_CUDA_RE`` at load; a malformed one sorts first)."""
+    major, _, minor = cuda.partition(".")
+    return (int(major), int(minor)) if major.isdigit() and minor.isdigit() else (-1, -1)
 
 
 def _image_ref(row: Fields) -> ImageRef:

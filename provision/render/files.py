@@ -426,9 +426,11 @@ def _dockerfile(common: Mapping[str, Any], plan: Plan, images: Images, checked: 
     if _is_engine(plan):
         return _render("Dockerfile.engine.j2", {**view, "ipc": "--ipc=host ", "image_pins": pins})
     uv = _uv_image(images, resolution)
+    row = images.runtime_row(str(plan.cuda)) if plan.cuda else None
     return _render("Dockerfile.j2", {
         **view, "has_python": checked.has_python, "uv_image": uv.image.ref, "uv_version": uv.image.tag,
         "uv_why": uv.why, "image_pins": [*pins, f"{uv.image.ref}: {uv.pinning}"],
+        "image_cuda": row.cuda if row is not None else None,
     })
 
 
