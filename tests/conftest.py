@@ -1,4 +1,5 @@
-"""Shared test setup: the ``gpu`` marker, a guard against touching a real NVIDIA driver, read-only folders."""
+"""Shared test setup: the ``gpu`` marker, guards against touching a real NVIDIA driver or asking the network
+whether a package index answers, read-only folders."""
 
 from __future__ import annotations
 
@@ -42,6 +43,20 @@ def _no_real_nvidia(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(provision.common.run, "find_program", guarded_find)
     monkeypatch.setattr(provision.host.detect, "import_nvml", guarded_nvml)
+
+
+@pytest.fixture(autouse=True)
+def _no_real_index_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command's ``IndexProbe`` never asks the real network in a test: every index answers, so plans are
+    those of a connected machine whatever network the tests run on (an unreachable torch index would plan
+    PyPI's build). A test of an unreachable index says so: ``monkeypatch.setattr(provision.common.net,
+    "probe_index", lambda url: "offline")``."""
+    import provision.common.net
+
+    def answers(url: str, timeout: float = 0.0) -> str | None:
+        return None
+
+    monkeypatch.setattr(provision.common.net, "probe_index", answers)
 
 
 class _CapHeader(ctypes.Structure):

@@ -64,6 +64,16 @@ class Preferences:
     #: screenshots per request and their pixel cap for the memory budget; None: the catalog's (``ModelSpec.serve``)
     images: int | None = None
     max_pixels: int | None = None
+    #: whether the index the torch builds come from (the PyTorch index, or ``--index-url``'s) answered the
+    #: command's one probe; None: not asked, plans as if it did. False: within a release, PyPI's build of the
+    #: platform's default variant comes first where it runs, so the whole closure can be hashed.
+    torch_index_reachable: bool | None = None
+
+    @property
+    def index_decides(self) -> bool:
+        """Whether the torch index's reachability can change a plan: torch comes from an index (no wheel
+        folders restrict it) and no ``--variant`` names the build."""
+        return self.torch_available is None and self.variant is None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,6 +124,8 @@ class Plan:
     cuda: Version | None = None
     #: how the model is served: by vLLM or SGLang, else by ``transformers serve``
     serve: Serve
+    #: ``Preferences.torch_index_reachable`` as planned with (``torch.index_reachable``, absent when None)
+    torch_index_reachable: bool | None = None
 
     @property
     def precision(self) -> str:
@@ -134,11 +146,14 @@ class Plan:
             memory["max_memory"] = dict(p.max_memory)
         if p.device_map:
             memory["device_map"] = dict(p.device_map)
+        torch: dict[str, Any] = {"version": str(self.torch_version), "variant": self.variant, "index_url": self.index_url}
+        if self.torch_index_reachable is not None:
+            torch["index_reachable"] = self.torch_index_reachable
         return {
             "schema": PLAN_SCHEMA,
             "model": {"id": self.model_id, "repo": self.model_repo, "parameters": self.parameters},
             "python": self.python,
-            "torch": {"version": str(self.torch_version), "variant": self.variant, "index_url": self.index_url},
+            "torch": torch,
             "cuda": str(self.cuda) if self.cuda else None,
             "device": p.device,
             "gpus": list(p.gpus),
@@ -155,8 +170,9 @@ class Plan:
         """Read a ``provision.plan/v1`` document; ``where`` is its path inside ``source`` (``plan`` in a lock).
 
         Every key ``to_dict`` writes is required except ``cuda`` (derived from the variant when absent,
-        as in the contract's example), ``model.repo`` (null for a local model directory) and ``serve``
-        (absent: the ``transformers serve`` of the plan, see ``_read_serve``).
+        as in the contract's example), ``model.repo`` (null for a local model directory), ``serve``
+        (absent: the ``transformers serve`` of the plan, see ``_read_serve``) and ``torch.index_reachable``
+        (absent: not asked).
 
         :raises InvalidInput: naming ``source`` and the dotted field; a no-viable-plan document is one too.
         """
@@ -194,6 +210,7 @@ class Plan:
             torch_version=Version(version), variant=variant, index_url=index_url, cuda=cuda,
             placement=replace(placement, why=why), packages=packages, warnings=warnings, reasons=reasons,
             serve=_read_serve(f, model_id, repo, packages, placement),
+            torch_index_reachable=torch.bool("index_reachable", required=False),
         )
 
 
@@ -201,7 +218,7 @@ class Plan:
 _PLAN_KEYS = {"": frozenset({"schema", "model", "python", "torch", "cuda", "device", "gpus", "precision", "memory",
                              "packages", "warnings", "reasons", "serve"}),
               "model": frozenset({"id", "repo", "parameters"}),
-              "torch": frozenset({"version", "variant", "index_url"}),
+              "torch": frozenset({"version", "variant", "index_url", "index_reachable"}),
               "memory": frozenset({"required_bytes", "available_bytes", "breakdown", "max_memory", "device_map"})}
 _REASON_KEYS = frozenset({"decision", "choice", "why"})
 

@@ -197,6 +197,30 @@ def _cuda_builds(job: _Job) -> list[_Build]:
     return builds
 
 
+def _pypi_first(prefs: Preferences) -> bool:
+    """The torch index did not answer and nothing else names the build: PyPI's build of a release is tried first."""
+    return prefs.torch_index_reachable is False and prefs.index_decides
+
+
+def _index_choice(job: _Job, build: _Build, placement: Placement) -> _Build | None:
+    """The build of ``build``'s release that the index order plans on ``placement``, when PyPI's ``build`` was
+    planned only because the torch index was unreachable; None when it would have been planned anyway."""
+    if not _pypi_first(job.prefs) or not build.release.on_pypi(build.variant, job.host.platform):
+        return None
+    placed = [g for g in job.host.gpus if g.index in placement.gpus]
+    for other in _cuda_builds(replace(job, search=Search())):
+        if other.release.version != build.release.version or not other.runs:
+            continue
+        if other.variant.name == build.variant.name:
+            return None
+        if not all(has_kernels(g, other.variant, job.host.platform, can_jit=other.native)[0] for g in placed):
+            continue
+        if placement.precision in QUANTIZED and isinstance(_bnb_for(job, other, placed, placement.precision), Rejection):
+            continue
+        return other
+    return None
+
+
 # ---------------------------------------------------------------------------
 # Placements
 
@@ -363,11 +387,21 @@ def _bnb_for(job: _Job, build: _Build, gpus: Sequence[GpuInfo], precision: str) 
 
 
 def _plan_on(job: _Job, option: _Option, usable: Sequence[GpuInfo], builds: Sequence[_Build]) -> Plan | None:
-    """The first build that runs ``option``: the driver runs it, it has kernels, bitsandbytes and companions exist."""
+    """The first build that runs ``option``: the driver runs it, it has kernels, bitsandbytes and companions exist.
+
+    With the torch index unreachable (``_pypi_first``), each release's PyPI build is tried before the
+    release's others: the release, precision and placement are what the index order gives.
+    """
     placement = option.placement
     placed = [g for g in usable if g.index in placement.gpus]
+    releases: set[Version] = set()
     for build in builds:
         release, variant = build.release, build.variant
+        if _pypi_first(job.prefs) and release.version not in releases:
+            releases.add(release.version)
+            pypi = _plan_pypi(job, option, placed, [b for b in builds if b.release.version == release.version])
+            if pypi is not None:
+                return pypi
         if not build.runs:
             assert variant.cuda is not None and job.host.nvidia is not None and build.driver_why is not None
             job.search.reject(Rejection(
@@ -392,6 +426,24 @@ def _plan_on(job: _Job, option: _Option, usable: Sequence[GpuInfo], builds: Sequ
         if plan is not None:
             return plan
     return None
+
+
+def _plan_pypi(job: _Job, option: _Option, placed: Sequence[GpuInfo], builds: Sequence[_Build]) -> Plan | None:
+    """``builds``' (one release's) PyPI build on ``option`` where the driver runs it, it has kernels and
+    bitsandbytes; its refusals are not recorded: the index order that follows tells them where it always did."""
+    pypi = next((b for b in builds if b.runs and b.release.on_pypi(b.variant, job.host.platform)), None)
+    if pypi is None:
+        return None
+    kernel_notes = _kernel_notes(replace(job, search=Search()), pypi, placed)
+    if kernel_notes is None:
+        return None
+    bnb = None
+    if option.placement.precision in QUANTIZED:
+        found = _bnb_for(job, pypi, placed, option.placement.precision)
+        if isinstance(found, Rejection):
+            return None
+        bnb = found
+    return _assemble(job, pypi, option, kernel_notes=kernel_notes, bnb=bnb)
 
 
 def _usable_gpus(job: _Job) -> list[GpuInfo]:
@@ -579,6 +631,13 @@ def _reasons(job: _Job, build: _Build, option: _Option, transformers: Version, b
                        + " (a few GB of NVIDIA libraries come with it)")
     else:
         variant_why = f"{build.driver_why}; " + "; ".join(dict.fromkeys(kernel_notes))  # two like GPUs: said once
+        passed = _index_choice(job, build, placement)
+        if passed is not None:
+            better = "would run natively" if passed.native and not build.native else f"has the newer CUDA {passed.variant.cuda}"
+            index = f"the --index-url mirror {job.prefs.index_url}" if job.prefs.index_url else "the PyTorch index"
+            variant_why = (f"PyPI's torch {release.version} for {host.platform} is this {variant.name} build; {index} "
+                           "was not reachable, so PyPI's build is planned, and a render hashes it and every "
+                           f"dependency ({passed.variant.name} from that index {better}); {variant_why}")
     variant_why += f"; {_installed_from(job.prefs, index_url, from_pypi=from_pypi)}"
     reasons = [
         Reason(decision="python", choice=job.python,
@@ -760,7 +819,7 @@ def plan(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences
     if prefs.engine != "transformers":
         served = _engine(job, device)
         if isinstance(served, Plan):
-            return served
+            return replace(served, torch_index_reachable=prefs.torch_index_reachable)
         passed_over = served.merged or served.reasons
         job = replace(job, told=served.told)
     # As the engines do: every precision and placement at the full context first, then less.
@@ -771,7 +830,8 @@ def plan(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences
     if result is None:
         message, changes = remedies(host, matrix, model, prefs, job.search, job.goal)
         raise NoViablePlan(message, changes)
-    return replace(result, reasons=(_engine_reason(result, passed_over), *result.reasons))
+    return replace(result, reasons=(_engine_reason(result, passed_over), *result.reasons),
+                   torch_index_reachable=prefs.torch_index_reachable)
 
 
 def _transformers_plan(job: _Job, device: str) -> Plan | None:

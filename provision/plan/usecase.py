@@ -2,20 +2,22 @@
 
 The planner itself (``provision.plan.search``) is pure; this module gathers what it needs:
 the host (a ``--host`` file or this machine), the matrix, the model, the wheel folders (``auto``
-asks the network once, through the command's ``IndexProbe``), and the preferences parsed from
-the options. ``provision render`` plans through the same steps.
+asks the network once, through the command's ``IndexProbe``), the preferences parsed from the
+options, and, where the answer could change the plan, whether the torch index answers (the same
+probe: PyPI's build then comes first, so the lock can hash everything). ``provision render`` plans
+through the same steps.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provision.errors import InvalidInput
-from provision.vocab import DEFAULT_ENGINE, PYTHON_MINOR_RE, PYTORCH_INDEX, is_buildable_variant
+from provision.vocab import DEFAULT_ENGINE, PYPI_INDEX, PYTHON_MINOR_RE, PYTORCH_INDEX, is_buildable_variant
 
 if TYPE_CHECKING:
     from provision.common.net import IndexProbe
@@ -23,7 +25,8 @@ if TYPE_CHECKING:
     from provision.host import HostProfile
     from provision.plan.document import Plan, Preferences
 
-__all__ = ["PlanRequest", "find_wheelhouses", "load_inputs", "plan_command", "preferences"]
+__all__ = ["PlanRequest", "find_wheelhouses", "load_inputs", "plan_command", "plan_with_index", "preferences",
+           "torch_index"]
 
 #: The options a lock records as the render's flags (``None`` ones are left out).
 _FLAG_NAMES = ("context", "device", "engine", "images", "max_pixels", "model", "precision", "python", "torch_version",
@@ -107,6 +110,11 @@ def _host(path: Path | None, matrix: Matrix) -> HostProfile:
     return detect_host(probes=Probes(gpu_table=lambda: matrix.gpus))
 
 
+def torch_index(index_url: str | None) -> str:
+    """The index torch's builds come from: ``--index-url`` (``PROVISION_INDEX_URL``), else the PyTorch index."""
+    return index_url or PYTORCH_INDEX
+
+
 def find_wheelhouses(request: PlanRequest, index_url: str | None, environ: Mapping[str, str],
                      probe: IndexProbe) -> tuple[Path, ...]:
     """The wheel folders to take torch from; ``auto`` asks ``probe`` about ``index_url`` (else the PyTorch index).
@@ -115,8 +123,31 @@ def find_wheelhouses(request: PlanRequest, index_url: str | None, environ: Mappi
     """
     from provision.render.sources import resolve_wheelhouses
 
-    index = index_url or PYTORCH_INDEX
+    index = torch_index(index_url)
     return resolve_wheelhouses(request.wheelhouse, environ, index_reachable=lambda: probe.reachable(index))
+
+
+def plan_with_index(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences, *,
+                    index_reachable: Callable[[], bool]) -> tuple[Plan, Preferences]:
+    """The plan, and the preferences it was made with: where the torch index's reachability could change it
+    (a CUDA build from that index, no wheel folders or ``--variant`` naming the build), ``index_reachable``
+    is asked once and the plan made with its answer, so an unreachable index gets PyPI's build where it runs.
+
+    Only that case asks, so a plan the network cannot change waits for no network (and records None).
+
+    :raises InvalidInput: bad preferences.
+    :raises NoViablePlan: nothing fits.
+    """
+    from dataclasses import replace
+
+    from provision.plan.search import plan
+
+    chosen = plan(host, matrix, model, prefs)
+    if prefs.torch_index_reachable is not None or not prefs.index_decides or chosen.device != "cuda" \
+            or chosen.index_url.rstrip("/") == PYPI_INDEX:
+        return chosen, prefs
+    prefs = replace(prefs, torch_index_reachable=index_reachable())
+    return plan(host, matrix, model, prefs), prefs
 
 
 def preferences(request: PlanRequest, host: HostProfile, wheelhouses: tuple[Path, ...],
@@ -162,11 +193,13 @@ def plan_command(request: PlanRequest, environ: Mapping[str, str] | None = None)
     :raises NoViablePlan: nothing fits; carries remedies.
     """
     from provision.common.net import IndexProbe
-    from provision.plan.search import plan
     from provision.render.sources import resolve_index_url
 
     environ = os.environ if environ is None else environ
     host, matrix, model = load_inputs(request)
+    probe = IndexProbe()  # one per command: the wheel folders and the torch build share its answer
     index_url = resolve_index_url(request.index_url, environ)
-    wheelhouses = find_wheelhouses(request, index_url, environ, IndexProbe())
-    return plan(host, matrix, model, preferences(request, host, wheelhouses, index_url))
+    wheelhouses = find_wheelhouses(request, index_url, environ, probe)
+    chosen, _ = plan_with_index(host, matrix, model, preferences(request, host, wheelhouses, index_url),
+                                index_reachable=lambda: probe.reachable(torch_index(index_url)))
+    return chosen

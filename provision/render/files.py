@@ -115,6 +115,8 @@ class RenderInputs:
     variants: tuple[Mapping[str, Any], ...] = ()
     wheelhouse: tuple[str, ...] = ()
     index_url: str | None = None
+    #: whether the torch index answered the planning probe (None: not asked); the lock's inputs record it
+    torch_index_reachable: bool | None = None
     hashes: Resolution | None = None
     toolkit: ToolkitWheel
     toolkit_version: str = __version__
@@ -445,6 +447,7 @@ def _lock(inputs: RenderInputs, checked: _Checked, resolution: Resolution, files
             "host": planning_facts(inputs.host), "matrix_digest": inputs.matrix_digest, "model": inputs.model,
             "context": inputs.context, "flags": dict(inputs.flags), "toolkit_version": inputs.toolkit_version,
             "wheelhouse": list(checked.wheelhouse), "index_url": inputs.index_url,
+            "torch_index_reachable": inputs.torch_index_reachable,
             "runner_labels": {"gpu": list(inputs.gpu_runner_labels), "cpu": list(inputs.cpu_runner_labels)},
             "deploy_image": inputs.deploy_image,
         },

@@ -130,12 +130,14 @@ class _Planned:
     matrix: Matrix
     variants: tuple[Mapping[str, Any], ...]
     wheelhouse: tuple[Path, ...]
+    #: whether the torch index answered, as planned with (None: not asked); a plan file's own record
+    torch_index_reachable: bool | None = None
 
 
 def _plan(request: RenderRequest, index_url: str | None, environ: Mapping[str, str], probe: IndexProbe) -> _Planned:
     """The plan to render: read from ``--plan``, or planned here with its sibling variants for CI."""
-    from provision.plan.search import plan, sibling_variants
-    from provision.plan.usecase import find_wheelhouses, load_inputs, preferences
+    from provision.plan.search import sibling_variants
+    from provision.plan.usecase import find_wheelhouses, load_inputs, plan_with_index, preferences, torch_index
 
     options = request.plan
     if request.plan_file is not None:
@@ -143,13 +145,14 @@ def _plan(request: RenderRequest, index_url: str | None, environ: Mapping[str, s
         host, matrix, model = load_inputs(options, read.model_id)
         wheelhouse = find_wheelhouses(options, index_url, environ, probe)
         return _Planned(plan=read, chosen=None, host=host, model_id=model.id, matrix=matrix, variants=(),
-                        wheelhouse=wheelhouse)
+                        wheelhouse=wheelhouse, torch_index_reachable=read.torch_index_reachable)
     host, matrix, model = load_inputs(options)
     wheelhouse = find_wheelhouses(options, index_url, environ, probe)
-    prefs = preferences(options, host, wheelhouse, index_url)
-    chosen = plan(host, matrix, model, prefs)
+    chosen, prefs = plan_with_index(host, matrix, model, preferences(options, host, wheelhouse, index_url),
+                                    index_reachable=lambda: probe.reachable(torch_index(index_url)))
     return _Planned(plan=chosen, chosen=chosen, host=host, model_id=model.id, matrix=matrix,
-                    variants=tuple(sibling_variants(host, matrix, model, prefs, chosen)), wheelhouse=wheelhouse)
+                    variants=tuple(sibling_variants(host, matrix, model, prefs, chosen)), wheelhouse=wheelhouse,
+                    torch_index_reachable=prefs.torch_index_reachable)
 
 
 def _engine_glibc(planned: _Planned) -> str | None:
@@ -223,6 +226,7 @@ def render_command(request: RenderRequest, environ: Mapping[str, str] | None = N
         plan=planned.plan, host=planned.host.to_dict(), model=planned.model_id, context=planned.plan.serve.max_model_len,
         flags=request.plan.flags(), images=planned.matrix.images, matrix_digest=planned.matrix.digest,
         variants=planned.variants, wheelhouse=tuple(str(w) for w in planned.wheelhouse), index_url=index_url, hashes=hashes,
+        torch_index_reachable=planned.torch_index_reachable,
         toolkit=toolkit_wheel(meta),
         node_floor=node_floor(planned.plan, planned.matrix, planned.host.arch), deploy_image=request.image,
         platform_note=platform_note(planned.plan, planned.host, planned.matrix,
