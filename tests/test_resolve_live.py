@@ -45,3 +45,27 @@ def test_a_pypi_torch_build_pins_its_own_dependencies_with_hashes(tmp_path: Path
     assert "--extra-index-url" not in (out / "requirements.txt").read_text()  # nothing but PyPI
     lock = json.loads((out / "provision.lock.json").read_text())
     assert lock["hashes"]["status"] == "complete" and lock["hashes"]["unhashed"] == []
+
+
+@pytest.mark.slow
+def test_an_unreachable_pytorch_index_gets_pypis_build_and_a_complete_lock(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The issue's H100 at torch 2.15.0 with download.pytorch.org unreachable: PyPI's cu132 build, every line hashed."""
+    import provision.common.net
+
+    if shutil.which("uv") is None:
+        pytest.skip("uv is not on PATH: no resolver")
+    why = probe_index(PYPI_INDEX)
+    if why is not None:
+        pytest.skip(f"PyPI does not answer here: {why}")
+    monkeypatch.setattr(provision.common.net, "probe_index",
+                        lambda url, timeout=5.0: "offline" if "download.pytorch.org" in url else None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "env"
+    assert main(["render", "--host", str(H100), "--engine", "transformers", "--json", "--out", str(out)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["plan"]["torch"] == {"version": "2.15.0", "variant": "cu132", "index_url": PYPI_INDEX,
+                                    "index_reachable": False}
+    assert doc["hashes"] == "complete"
+    pins = {r.name: r for r in parse_compiled((out / "requirements.txt").read_text())}
+    assert pins["torch"].version == "2.15.0" and {"triton", "sympy", "nvidia-nccl-cu13"} <= set(pins)
+    assert all(pins[name].hashes for name in pins)
