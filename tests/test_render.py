@@ -66,11 +66,11 @@ def _floor(plan: Plan):
 
 def make_inputs(plan: dict | None = None, **kw) -> RenderInputs:
     plan = plan or make_plan()
-    variants = tuple(
-        {"variant": v, "cuda": None, "index_url": f"https://download.pytorch.org/whl/{v}",
-         "packages": {**plan.get("packages", {}), "torch": f"2.9.1+{v}", "torchvision": f"0.24.1+{v}"}}
-        for v in ("cpu", "cu126", "cu128", "cu130"))
     typed = Plan.from_dict(plan)
+    gpu_precision = typed.precision if typed.precision in ("bf16", "fp16", "int8", "nf4") else "bf16"
+    variants = tuple(  # the CI rows as sibling_variants plans them: the CPU row's plan is a CPU plan
+        typed if v == typed.variant else Plan.from_dict(make_plan(v, "bf16" if v == "cpu" else gpu_precision))
+        for v in ("cpu", "cu126", "cu128", "cu130"))
     base = {"plan": typed, "host": HOST_CPU if plan["device"] == "cpu" else HOST_GPU,
             "node_floor": _floor(typed),
             "model": "autoglm-phone-9b",

@@ -868,36 +868,35 @@ def _engine(job: _Job, device: str) -> Plan | NoEngine:
 
 
 def sibling_variants(host: HostProfile, matrix: Matrix, model: ModelSpec, prefs: Preferences,
-                     chosen: Plan) -> list[dict[str, Any]]:
-    """Plans for every other variant of the chosen torch that this host can run: the CI matrix rows.
+                     chosen: Plan) -> list[Plan]:
+    """Plans for every variant of the chosen torch that this host can run: the CI matrix rows, ``chosen`` among them.
 
-    An engine plan has one row, its own: the engine pins torch, and PyPI carries one build of it.
+    Each row is the planner's own plan for that build: a CUDA variant's is what ``plan`` gives with
+    ``--variant`` (its precision, placement and pins, bitsandbytes where it quantizes), and the CPU
+    build's is what ``plan`` gives with ``--device cpu`` (16-bit, the server on ``--device cpu``, no
+    bitsandbytes), never the GPU plan's placement on a CPU build. A build the host cannot run, or a CPU
+    the model does not fit in at the chosen context, has no row. An engine plan has one row, its own:
+    the engine pins torch, and PyPI carries one build of it.
     """
     release = next((r for r in matrix.torch if r.version == chosen.torch_version), None)
     if release is None or chosen.serve.engine != "transformers":
-        return [_row(chosen)]
+        return [chosen]
     rows = []
     for variant in release.variants:
         if host.platform not in variant.platforms:
             continue
         if variant.name == chosen.variant:
-            sibling = chosen
-        else:
-            device = "cpu" if variant.cuda is None else "auto"
-            if device == "cpu" and host.platform == "macos-arm64":
-                device = "mps"
-            try:
-                # the same context as the chosen plan: every row budgets what the plan serves
-                sibling = plan(host, matrix, model, replace(prefs, torch_version=release.version, engine="transformers",
-                                                            variant=variant.name, device=device,
-                                                            context_tokens=chosen.serve.max_model_len,
-                                                            precision=None if variant.cuda is None else prefs.precision))
-            except (NoViablePlan, InvalidInput):
-                continue
-        rows.append(_row(sibling))
+            rows.append(chosen)
+            continue
+        device = "cpu" if variant.cuda is None else "auto"
+        if device == "cpu" and host.platform == "macos-arm64":
+            device = "mps"
+        try:
+            # the same context as the chosen plan: every row budgets what the plan serves
+            rows.append(plan(host, matrix, model, replace(prefs, torch_version=release.version, engine="transformers",
+                                                          variant=variant.name, device=device,
+                                                          context_tokens=chosen.serve.max_model_len,
+                                                          precision=None if variant.cuda is None else prefs.precision)))
+        except (NoViablePlan, InvalidInput):
+            continue
     return rows
-
-
-def _row(p: Plan) -> dict[str, Any]:
-    return {"variant": p.variant, "cuda": str(p.cuda) if p.cuda else None, "index_url": p.index_url,
-            "packages": dict(p.packages)}

@@ -11,6 +11,7 @@ folder inside the output (beside it when the output is new), refuses to overwrit
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -20,30 +21,26 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from packaging.version import Version
-
 from provision import __version__
 from provision.common.atomic import replace_durably, write_atomic
-from provision.common.fields import Fields
 from provision.common.quoting import (
-    check_index_url,
     check_label,
     check_model_id,
-    check_package_name,
+    check_repo_id,
     check_version,
 )
 from provision.data import Images
 from provision.data.images import ImageRef
 from provision.errors import InvalidInput
 from provision.host.profile import planning_facts
-from provision.plan.document import Placement, Plan, variant_cuda
+from provision.plan.document import Plan
 from provision.plan.serve import Serve, serve_load, transformers_serve
 from provision.render.deploy import DEPLOY_FILES, DeployInputs, NodeFloor, deploy_files
 from provision.render.lock import LOCK_NAME, build_lock, canonical_json, dump_lock, edited_files, read_lock, sha256_hex
 from provision.render.requirements import Resolution, check_wheelhouse, torch_index_for, unresolved
 from provision.render.templating import render_template as _render
 from provision.render.toolkit import ToolkitWheel
-from provision.vocab import DEFAULT_CONTEXT, PRECISIONS, is_buildable_variant
+from provision.vocab import DEFAULT_CONTEXT, QUANTIZED, is_buildable_variant
 
 __all__ = [
     "FILE_NAMES",
@@ -76,6 +73,8 @@ _NOTE_LINE_RE = re.compile(r"^[ -~]{1,120}$")  # printable ASCII: a comment line
 #: Where the images keep the Hugging Face cache (the volume) and serve.sh.
 _IMAGE_HOME = "/home/app"
 _IMAGE_SERVE_SH = "/opt/provision-env/serve.sh"
+#: What a CPU loads: the unquantized precisions (int8 and nf4 need bitsandbytes' CUDA kernels, fp8 an engine).
+_CPU_PRECISIONS = ("bf16", "fp16", "fp32")
 
 
 class EditedFiles(InvalidInput):
@@ -92,8 +91,8 @@ class EditedFiles(InvalidInput):
 class RenderInputs:
     """Everything a render depends on; nothing else is read.
 
-    ``variants``: one mapping per CUDA/CPU variant of the chosen torch for the CI matrix,
-    each ``{"variant", "cuda", "index_url", "packages"}``. ``hashes``: the resolution
+    ``variants``: the CI matrix rows, the planner's plan for each CUDA/CPU variant of the chosen torch
+    (``provision.plan.search.sibling_variants``; empty: the plan's own row alone). ``hashes``: the resolution
     from ``provision.render.requirements.resolve`` (None: pins without hashes).
     ``toolkit``: the running toolkit as a wheel (``provision.render.toolkit.toolkit_wheel``), written into the
     folder so that it builds and installs from that folder alone.
@@ -112,7 +111,7 @@ class RenderInputs:
     context: int = DEFAULT_CONTEXT
     flags: Mapping[str, Any] = field(default_factory=dict)
     matrix_digest: str = ""
-    variants: tuple[Mapping[str, Any], ...] = ()
+    variants: tuple[Plan, ...] = ()
     wheelhouse: tuple[str, ...] = ()
     index_url: str | None = None
     #: whether the torch index answered the planning probe (None: not asked); the lock's inputs record it
@@ -133,18 +132,6 @@ class RenderInputs:
 def _cuda(plan: Plan) -> str | None:
     """The plan's CUDA as images and labels write it (``12.6``); None for a CPU build."""
     return str(plan.cuda) if plan.cuda else None
-
-
-def _packages(f: Fields, key: str) -> tuple[tuple[str, str], ...]:
-    pk = f.obj(key)
-    assert pk is not None
-    out = {}
-    for name, version in pk.data.items():
-        canon = check_package_name(name, source=f.source, field=pk.where(str(name)))
-        out[canon] = check_version(version, source=f.source, field=pk.where(str(name)))
-    if not out:
-        raise f.fail(key, "must pin at least one package")
-    return tuple(sorted(out.items()))
 
 
 def _base_image(images: Images, plan: Plan) -> tuple[ImageRef, bool]:
@@ -260,39 +247,68 @@ def _serve_sh(common: Mapping[str, Any], plan: Plan) -> bytes:
     })
 
 
-def _sibling_serve(plan: Plan, packages: Mapping[str, str], placement: Placement) -> Serve:
-    """A transformers plan's server on another variant's build (the CPU row serves with ``--device cpu``)."""
+def _ci_plan(plan: Plan) -> Plan:
+    """The plan a CI row runs: the row's own, or for an MPS plan its CPU twin (no CI runner has MPS).
+
+    The twin is what ``plan(..., device="cpu")`` gives on the same Mac: one macOS torch wheel serves both
+    devices and the planner budgets both in host memory at the same precision, so only the device, its
+    sentence and the server's ``--device`` change.
+    """
+    if plan.device != "mps":
+        return plan
+    placement = replace(plan.placement, device="cpu", why=plan.placement.why.replace("unified memory (MPS)", "RAM"))
     s = plan.serve
-    return transformers_serve(served_model_name=s.served_model_name, model_source=s.model_source,
-                              transformers_version=packages.get("transformers", s.engine_version),
-                              precision=placement.precision, device=placement.device, context=s.max_model_len,
-                              bf16=serve_load(s, plan.precision).dtype != "float16")
+    serve = transformers_serve(served_model_name=s.served_model_name, model_source=s.model_source,
+                               transformers_version=s.engine_version, precision=plan.precision, device="cpu",
+                               context=s.max_model_len)
+    reasons = tuple(replace(r, choice="cpu", why=placement.why) if r.decision == "device" else r for r in plan.reasons)
+    return replace(plan, placement=placement, serve=serve, reasons=reasons)
+
+
+def _check_runnable(plan: Plan, row: int) -> None:
+    """A CI row's plan must load where its job runs: a CPU row in a 16- or 32-bit precision and a server on
+    ``--device cpu``; bitsandbytes pinned wherever a precision needs it (int8 and nf4 load through it).
+
+    :raises InvalidInput: naming the row of ``variants``.
+    """
+    where = f"[{row}]"
+    if plan.precision in QUANTIZED and "bitsandbytes" not in plan.packages:
+        raise InvalidInput("variants", f"{where}.packages", f"{plan.precision} loads through bitsandbytes, "
+                                                            f"which the {plan.variant} row does not pin")
+    if plan.device == "cuda":
+        return
+    if plan.precision not in _CPU_PRECISIONS:
+        raise InvalidInput("variants", f"{where}.precision", f"{plan.precision} does not load on a CPU "
+                                                             f"(a CPU row needs one of {', '.join(_CPU_PRECISIONS)})")
+    argv = plan.serve.argv
+    if serve_load(plan.serve, plan.precision).precision != plan.precision or (
+            plan.serve.engine == "transformers" and dict(itertools.pairwise(argv)).get("--device") != "cpu"):
+        raise InvalidInput("variants", f"{where}.serve.argv", f"{' '.join(plan.serve.argv)!r} does not serve "
+                                                              f"{plan.precision} on the CPU")
 
 
 def _variant_plans(inputs: RenderInputs, plan: Plan) -> list[dict[str, Any]]:
-    """One CI matrix entry per sibling variant: its runner, and the plan with that variant's build, as JSON.
+    """One CI matrix entry per sibling plan (``sibling_variants``): its device, runner, and the plan as JSON.
 
-    An engine plan has one row, its own: the engine pins torch to one build.
+    A job runs on the GPU runner labels when its plan places the model on CUDA, else on the CPU labels.
+    Each row's plan is read back as ``provision render --plan`` reads it in the job, so a row that
+    would fail there fails this render. An engine plan has one row, its own: the engine pins torch to one build.
+
+    :raises InvalidInput: a row that is not a buildable variant, or whose plan its runner cannot load.
     """
-    own = {"variant": plan.variant, "index_url": plan.index_url, "packages": plan.packages}
-    rows = (own,) if _is_engine(plan) else (inputs.variants or (own,))
+    rows = (plan,) if _is_engine(plan) else (inputs.variants or (plan,))
     out = []
     for i, row in enumerate(rows):
-        f = Fields(row, "variants", f"[{i}]")
-        variant = f.str("variant")
-        if not is_buildable_variant(variant):
-            raise f.fail("variant", f"{variant!r} is not cpu or cuXYZ")
-        index_url = check_index_url(f.str("index_url"), source="variants", field=f.where("index_url"))
-        packages = dict(_packages(f, "packages"))
-        version = check_version(packages.get("torch", str(plan.torch_version)).split("+")[0],
-                                source="variants", field=f.where("packages"))
-        placement = replace(plan.placement, device="cpu", gpus=()) if variant == "cpu" else plan.placement
-        sub = replace(plan, torch_version=Version(version), variant=variant, cuda=variant_cuda(variant),
-                      index_url=index_url, packages=packages, placement=placement,
-                      serve=plan.serve if _is_engine(plan) else _sibling_serve(plan, packages, placement))
-        labels = inputs.cpu_runner_labels if variant == "cpu" else inputs.gpu_runner_labels
+        if not is_buildable_variant(row.variant):
+            raise InvalidInput("variants", f"[{i}].variant", f"{row.variant!r} is not cpu or cuXYZ")
+        sub = Plan.from_dict(_ci_plan(row).to_dict(), source="variants", where=f"[{i}]")
+        _check_runnable(sub, i)
+        labels = inputs.gpu_runner_labels if sub.device == "cuda" else inputs.cpu_runner_labels
         out.append({
-            "variant": variant,
+            "variant": sub.variant,
+            "device": sub.device,
+            "precision": sub.precision,
+            "torch_pin": sub.packages.get("torch", ""),
             "runner": [check_label(x, field="runner_labels") for x in labels],
             "plan_json": canonical_json(sub.to_dict()).decode(),
         })
@@ -436,6 +452,20 @@ def _dockerfile(common: Mapping[str, Any], plan: Plan, images: Images, checked: 
     })
 
 
+def _workflow(common: Mapping[str, Any], inputs: RenderInputs, plan: Plan, images: Images) -> bytes:
+    """The CI workflow: one job per row of ``_variant_plans``, each building, smoke-testing and serving its plan."""
+    rows = _variant_plans(inputs, plan)
+    source = plan.serve.model_source
+    return _render("provision.yml.j2", {
+        **common, "actions": _actions(images), "matrix": rows, "engine_plan": _is_engine(plan),
+        "engine_version": plan.serve.engine_version,
+        "model_source": check_repo_id(source, source="plan", field="serve.model_source") if source else None,
+        "has_cpu_row": any(r["device"] != "cuda" for r in rows), "has_gpu_row": any(r["device"] == "cuda" for r in rows),
+        # a plain pin on a CPU row is PyPI's build for the host's platform: on a Linux runner, a CUDA build
+        "pypi_cpu_torch": next((r["torch_pin"] for r in rows if r["device"] != "cuda" and "+" not in r["torch_pin"]), None),
+    })
+
+
 def _lock(inputs: RenderInputs, checked: _Checked, resolution: Resolution, files: Mapping[str, bytes]) -> bytes:
     """The lock: every input that changes the plan, the plan, the hashes' state and the digest of every other file.
 
@@ -482,10 +512,7 @@ def render_files(inputs: RenderInputs) -> dict[str, bytes]:
     labels = _image_labels(inputs, plan, resolution, checked.toolkit_version, files["requirements.txt"])
     files["Dockerfile"] = _dockerfile(common, plan, images, checked, labels, resolution)
     files[DOCKERIGNORE] = _render("dockerignore.j2", {**common, "context_files": [*_CONTEXT_FILES, checked.toolkit_wheel]})
-    files[WORKFLOW_PATH] = _render("provision.yml.j2", {
-        **common, "actions": _actions(images), "matrix": _variant_plans(inputs, plan),
-        "smoke_precision": None if plan.precision in PRECISIONS else _smoke_precision(plan),
-    })
+    files[WORKFLOW_PATH] = _workflow(common, inputs, plan, images)
     files.update(deploy_files(plan, DeployInputs(
         floor=inputs.node_floor or NodeFloor(), arch=str(inputs.host.get("arch")),
         image=inputs.deploy_image, toolkit_version=checked.toolkit_version, platform_note=checked.platform_note)))

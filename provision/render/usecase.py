@@ -128,7 +128,7 @@ class _Planned:
     host: HostProfile
     model_id: str
     matrix: Matrix
-    variants: tuple[Mapping[str, Any], ...]
+    variants: tuple[Plan, ...]
     wheelhouse: tuple[Path, ...]
     #: whether the torch index answered, as planned with (None: not asked); a plan file's own record
     torch_index_reachable: bool | None = None
