@@ -24,15 +24,21 @@ H100 = Path(__file__).parent / "fixtures" / "hosts" / "linux-x86_64-h100-80gb-dr
 RENDER = ["render", "--host", str(H100), "--engine", "transformers", "--torch", "2.14.1", "--json"]
 
 
-@pytest.mark.slow
-def test_a_pypi_torch_build_pins_its_own_dependencies_with_hashes(tmp_path: Path, monkeypatch, capsys) -> None:
+@pytest.fixture
+def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """uv and PyPI as they are, and an empty resolution cache: a real resolution, not a cached one."""
     if shutil.which("uv") is None:
         pytest.skip("uv is not on PATH: no resolver")
     why = probe_index(PYPI_INDEX)
     if why is not None:
         pytest.skip(f"PyPI does not answer here: {why}")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # a real resolution, not a cached one
-    out = tmp_path / "env"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "env"
+
+
+@pytest.mark.slow
+def test_a_pypi_torch_build_pins_its_own_dependencies_with_hashes(live: Path, capsys) -> None:
+    out = live
     assert main([*RENDER, "--out", str(out)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["plan"]["torch"]["variant"] == "cu130" and doc["plan"]["torch"]["index_url"] == PYPI_INDEX
@@ -48,19 +54,13 @@ def test_a_pypi_torch_build_pins_its_own_dependencies_with_hashes(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_an_unreachable_pytorch_index_gets_pypis_build_and_a_complete_lock(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_an_unreachable_pytorch_index_gets_pypis_build_and_a_complete_lock(live: Path, monkeypatch, capsys) -> None:
     """The issue's H100 at torch 2.15.0 with download.pytorch.org unreachable: PyPI's cu132 build, every line hashed."""
     import provision.common.net
 
-    if shutil.which("uv") is None:
-        pytest.skip("uv is not on PATH: no resolver")
-    why = probe_index(PYPI_INDEX)
-    if why is not None:
-        pytest.skip(f"PyPI does not answer here: {why}")
     monkeypatch.setattr(provision.common.net, "probe_index",
                         lambda url, timeout=5.0: "offline" if "download.pytorch.org" in url else None)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    out = tmp_path / "env"
+    out = live
     assert main(["render", "--host", str(H100), "--engine", "transformers", "--json", "--out", str(out)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["plan"]["torch"] == {"version": "2.15.0", "variant": "cu132", "index_url": PYPI_INDEX,
