@@ -141,12 +141,12 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _refresh_toolkit(venv: Path, wheel: Path, env: dict[str, str]) -> bool:
-    """Reinstall only the toolkit into a reused venv when the folder's wheel changed; True if it did.
+def _refresh_toolkit(venv: Path, wheel: Path, digest: str, env: dict[str, str]) -> bool:
+    """Reinstall only the toolkit into a reused venv when the folder's wheel (sha256 ``digest``) changed;
+    True if it did.
 
     :raises BuildError: the reinstall failed (the venv keeps its previous copy).
     """
-    digest = _file_digest(wheel)
     stamp = venv / TOOLKIT_STAMP
     if stamp.is_file() and stamp.read_text().strip() == digest:
         return False
@@ -360,6 +360,7 @@ def _build(out: Path, start: float, *, smoke: bool, environ: dict[str, str] | No
     venv = out / VENV
     env = dict(environ if environ is not None else os.environ)
     wheel = toolkit_wheel_path(out)
+    toolkit = _file_digest(wheel) if wheel is not None else None
     _recover(out)
     _stale_smoke(out)
     reused = _reusable(venv, digest)
@@ -370,21 +371,21 @@ def _build(out: Path, start: float, *, smoke: bool, environ: dict[str, str] | No
         try:
             staging.chmod(0o755)
             _run_setup(out, staging, env)
-            if wheel is not None and not env.get("PROVISION_SOURCE"):
-                write_atomic(staging / TOOLKIT_STAMP, _file_digest(wheel) + "\n")
+            if toolkit is not None and not env.get("PROVISION_SOURCE"):
+                write_atomic(staging / TOOLKIT_STAMP, toolkit + "\n")
             write_atomic(staging / STAMP, digest + "\n")  # written last: marks it complete
             _swap_in(out, staging)
         except BaseException:
             with contextlib.suppress(OSError):  # what a kill skips here, the next build's _recover does
                 _recover(out)  # the half-built folder goes; venv still names the previous one
             raise
-    elif wheel is not None:
-        _refresh_toolkit(venv, wheel, env)
+    elif wheel is not None and toolkit is not None:
+        _refresh_toolkit(venv, wheel, toolkit, env)
     report, smoke_reused = None, False
     if smoke:
         from provision import __version__
 
-        key = smoke_key(out, _file_digest(wheel) if wheel is not None else __version__, env)
+        key = smoke_key(out, toolkit or __version__, env)
         report = _previous_smoke(venv, out, key) if reused else None
         smoke_reused = report is not None
         if report is None:
