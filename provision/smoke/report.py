@@ -112,25 +112,20 @@ class SmokeReport:
             "tokens_generated": int(self.tokens_generated),
             "tokens_per_second": round(self.tokens_per_second, 3),
         }
-        if self.source == ENDPOINT_SOURCE:
-            out.update({
-                "endpoint": self.endpoint,
-                "served_model_name": self.served_model_name,
-                "engine": self.engine,
-                "ttft_seconds": _rounded(self.ttft_seconds),
-                "latency_seconds": _rounded(self.latency_seconds),
-                "tokens_counted_by": self.tokens_counted_by,
-                "image": self.image,
-            })  # fmt: skip
-        extras: dict[str, Any] = {
-            "load": self.load,
-            "error": self.error,
+        served: dict[str, Any] = {
             "endpoint": self.endpoint,
             "served_model_name": self.served_model_name,
             "engine": self.engine,
             "ttft_seconds": _rounded(self.ttft_seconds),
             "latency_seconds": _rounded(self.latency_seconds),
             "tokens_counted_by": self.tokens_counted_by,
+        }
+        if self.source == ENDPOINT_SOURCE:
+            out.update({**served, "image": self.image})
+        extras: dict[str, Any] = {
+            "load": self.load,
+            "error": self.error,
+            **served,
             "label": self.label,
             "stand_in_for": self.stand_in_for,
             "model_path": self.model_path,
