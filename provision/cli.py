@@ -63,24 +63,22 @@ class _Parser(argparse.ArgumentParser):
         raise InvalidInput("command line", "options", message)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 1 <= value <= 10_000_000:
-        raise argparse.ArgumentTypeError(f"{value} is out of range [1, 10000000]")
-    return value
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[low, high]``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range [{low}, {high}]")
+        return value
+
+    return parse
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"{value} is out of range [0, 1000]")
-    return value
+_positive_int = _int_in(1, 10_000_000)
+_count = _int_in(0, 1000)
 
 
 def _pixels(text: str) -> int:
