@@ -9,9 +9,7 @@ so the check's coverage cannot shrink while nobody runs the (slow) session.
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +17,16 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+try:
+    from script_module import load_script  # tests/ is on sys.path (rootdir-less test modules)
+except ImportError:  # pragma: no cover
+    from tests.script_module import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "hosts"
 
 
-def _load() -> Any:
-    spec = importlib.util.spec_from_file_location("check_engine_args", ROOT / "scripts" / "check_engine_args.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-cea = _load()
+cea = load_script("scripts/check_engine_args.py", "check_engine_args")
 
 
 @pytest.fixture(scope="module")

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+try:
+    from script_module import load_script  # tests/ is on sys.path (rootdir-less test modules)
+except ImportError:  # pragma: no cover
+    from tests.script_module import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load() -> Any:
-    spec = importlib.util.spec_from_file_location("gpu_serve_bench", ROOT / "benchmarks" / "gpu_serve.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gs = _load()
+gs = load_script("benchmarks/gpu_serve.py", "gpu_serve_bench")
 
 CONFIG = {"tie_word_embeddings": False,
           "text_config": {"num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 32}}

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
+
+try:
+    from script_module import load_script  # tests/ is on sys.path (rootdir-less test modules)
+except ImportError:  # pragma: no cover
+    from tests.script_module import load_script
 
 ROOT = Path(__file__).parent.parent
 HELD_OUT = ["--precisions", "nf4,bf16,int8", "--text", "25480,49152", "--screen-size", "1440x3200",
@@ -14,12 +17,7 @@ HELD_OUT = ["--precisions", "nf4,bf16,int8", "--text", "25480,49152", "--screen-
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("gpu_workload_bench", ROOT / "benchmarks" / "gpu_workload.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_workload_bench"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/gpu_workload.py", "gpu_workload_bench")
 
 
 def test_screen_cases_name_their_text_when_it_is_not_the_default():

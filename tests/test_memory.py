@@ -14,6 +14,11 @@ from provision.data.catalog import load_catalog
 from provision.errors import InvalidInput
 from provision.plan.memory import CUDA_CONTEXT_BYTES, estimate_memory, split_across_gpus
 
+try:
+    from script_module import load_script  # tests/ is on sys.path (rootdir-less test modules)
+except ImportError:  # pragma: no cover
+    from tests.script_module import load_script
+
 GB = 1e9
 
 # model-facts.md section 5's recommended tiny glm4v config, vocabulary cut to 1000.
@@ -409,16 +414,7 @@ def test_activation_estimate_tracks_the_recorded_prefill_peaks(catalog):
 
 
 def _benchmark(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"benchmarks/{name}.py", name)
 
 
 def test_estimates_meet_the_targets_on_the_recorded_h200_fit_set(catalog):
