@@ -15,6 +15,7 @@ import textwrap
 from typing import TYPE_CHECKING
 
 from provision.plan.budget import gb
+from provision.render.deploy import CONTAINER_ARCH, LINUX_PLATFORM
 
 if TYPE_CHECKING:
     from provision.data.matrix import Matrix
@@ -24,14 +25,12 @@ if TYPE_CHECKING:
 __all__ = ["docker_platform", "platform_note"]
 
 _HOST_NAMES = {"darwin": "macOS", "windows": "Windows"}
-_DOCKER_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-_MATRIX_ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 _WIDTH = 108  # the rendered files' comment width, "# " included
 
 
 def docker_platform(arch: str) -> str:
     """Docker's name of the Linux platform a host of ``arch`` runs containers as: ``linux/arm64``."""
-    return f"linux/{_DOCKER_ARCH.get(arch, arch)}"
+    return f"linux/{CONTAINER_ARCH.get(arch, arch)}"
 
 
 def _torch_there(plan: Plan, matrix: Matrix, linux: str) -> tuple[str, bool]:
@@ -59,7 +58,7 @@ def platform_note(plan: Plan, host: HostProfile, matrix: Matrix, *, resolved_apa
     if name is None:
         return ()
     docker = docker_platform(host.arch)
-    torch, cuda_build = _torch_there(plan, matrix, f"linux-{_MATRIX_ARCH.get(host.arch, host.arch)}")
+    torch, cuda_build = _torch_there(plan, matrix, LINUX_PLATFORM.get(host.arch, f"linux-{host.arch}"))
     resolved = (f"resolved for {docker} beside this host's own (requirements.txt marks the pins only one of them "
                 "installs)" if resolved_apart else
                 "as requirements.txt pins them; their dependencies resolve for Linux when the image is built")

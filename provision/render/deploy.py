@@ -35,10 +35,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPOSE_PATH",
+    "CONTAINER_ARCH",
     "DEPLOY_FILES",
     "K8S_DEPLOYMENT",
     "K8S_PVC",
     "K8S_SERVICE",
+    "LINUX_PLATFORM",
     "DeployInputs",
     "NodeFloor",
     "check_image",
@@ -81,8 +83,10 @@ GFD_DRIVER_MAJOR = "nvidia.com/cuda.driver-version.major"
 GFD_COMPUTE_MAJOR = "nvidia.com/gpu.compute.major"
 GFD_COMPUTE_MINOR = "nvidia.com/gpu.compute.minor"
 GFD_MEMORY = "nvidia.com/gpu.memory"
-_K8S_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-_LINUX_PLATFORM = {"x86_64": "linux-x86_64", "aarch64": "linux-aarch64", "arm64": "linux-aarch64"}
+#: A host's CPU architecture as containers and Kubernetes name it (``kubernetes.io/arch``, ``linux/<arch>``).
+CONTAINER_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+#: The matrix's Linux platform of that architecture (the image's, whatever the host's OS).
+LINUX_PLATFORM = {"x86_64": "linux-x86_64", "aarch64": "linux-aarch64", "arm64": "linux-aarch64"}
 
 _DNS_LABEL_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _NAME_MAX = 50  # the longest suffix added is "-hf-token"; a label is at most 63
@@ -214,7 +218,7 @@ def node_floor(plan: Plan, matrix: Matrix, arch: str) -> NodeFloor:
     """
     if plan.device != "cuda" or plan.cuda is None:
         return NodeFloor()
-    platform = _LINUX_PLATFORM.get(arch)
+    platform = LINUX_PLATFORM.get(arch)
     if platform is None:
         raise InvalidInput("host", "arch", f"{arch!r} has no Linux container platform")
     engine = matrix.engines.get(plan.serve.engine) if plan.serve is not None else None
@@ -340,7 +344,7 @@ def _at_least(major_key: str, minor_key: str, floor: tuple[int, int]) -> list[li
 def _node_terms(plan: Plan, floor: NodeFloor, arch: str) -> tuple[list[list[dict[str, Any]]], list[str]]:
     """nodeSelectorTerms (ORed; expressions inside one ANDed) and one comment line per floor."""
     base = [{"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
-            {"key": "kubernetes.io/arch", "operator": "In", "values": [_K8S_ARCH[arch]]}]
+            {"key": "kubernetes.io/arch", "operator": "In", "values": [CONTAINER_ARCH[arch]]}]
     if plan.device != "cuda":
         return [base], []
     if floor.driver is None or floor.compute is None:
@@ -358,7 +362,7 @@ def _node_terms(plan: Plan, floor: NodeFloor, arch: str) -> tuple[list[list[dict
 
 
 def _view(plan: Plan, inputs: DeployInputs) -> dict[str, Any]:
-    if inputs.arch not in _K8S_ARCH:
+    if inputs.arch not in CONTAINER_ARCH:
         raise InvalidInput("host", "arch", f"{inputs.arch!r} has no Linux container platform")
     server = _server(plan)
     name = k8s_name(server.served)
